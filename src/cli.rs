@@ -1,0 +1,315 @@
+//! Command line: flags, `-o` mount options (as `mount.fuse3` and fstab pass them), and checks.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::pacer::RateLimit;
+use crate::size::parse_size;
+use crate::upstream::http::DEFAULT_ENDPOINT;
+
+const ABOUT: &str = "Mount a FUSE filesystem whose /random serves quantum entropy from Qrypt's \
+Entropy-as-a-Service API, for programs that can only read a file.";
+
+const AFTER_HELP: &str = "\
+FILES IN THE MOUNT
+  random       Entropy. Every byte is handed out once, then wiped. Reads of up to 256 bytes
+               are never short; larger reads may return what is buffered (use dd iflag=fullblock).
+               A read waits while the buffer is empty (Ctrl-C ends the wait); O_NONBLOCK gets
+               EAGAIN; EIO when the token is rejected or the quota is used up and nothing is left.
+  status       One consistent snapshot (taken at open) as `key: value` lines.
+  status.json  The same as a JSON object.
+  metrics      The same in Prometheus text format (qrypt_fs_*).
+
+THE TOKEN
+  From the environment (QRYPT_TOKEN) or --token-file PATH (first line). Never on the command
+  line: argv is visible to every user through ps. It is never logged or shown in status.
+
+MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
+  endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S read_timeout=SECS
+  max_in_flight=N quota_retry=SECS log_file=PATH mix_local allow_other allow_root
+  default_permissions ro; rw, dev, suid, exec, atime (and no*), _netdev, nofail, auto,
+  noauto, user, users and x-* are accepted and ignored.
+
+SIGNALS
+  SIGINT/SIGTERM: answer waiting readers (EIO), unmount (lazily if busy), wipe, exit 0.
+  SIGHUP: re-read the token file and retry now, whatever the upstream state.
+
+EXAMPLE
+  QRYPT_TOKEN=\"$(cat ~/.qrypt-token)\" qrypt-fs /mnt/qrypt
+  head -c 32 /mnt/qrypt/random | xxd; cat /mnt/qrypt/status; umount /mnt/qrypt";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "qrypt-fs", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The directory to mount on. `qrypt-fs SOURCE MOUNTPOINT` (as mount.fuse3 calls it) also works.
+    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub positional: Vec<PathBuf>,
+
+    /// Stay in the foreground (for systemd, debugging and tests); logs go to stderr.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Read the API token from the first line of PATH (otherwise from QRYPT_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Base URL of the API. https:// only, except http:// to a loopback address (the emulator).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+
+    /// Also trust the CA certificate(s) in this PEM file (TLS-intercepting proxies, the emulator).
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Prefetch buffer capacity (K, M, G suffixes). Default 4M: filled by 8 requests, well
+    /// inside the API's burst of 30; a 1 MiB read never waits on a full buffer; small enough
+    /// that a mount costs little of the monthly quota and fits the usual 8 MiB mlock limit.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    pub buffer_size: u64,
+
+    /// Client-side pacing, REQUESTS/SECONDS, or `off`. Default: Qrypt's documented limit.
+    #[arg(long, value_name = "R/S", default_value = "30/10")]
+    pub rate_limit: String,
+
+    /// Requests in flight at once (1-16).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub max_in_flight: u8,
+
+    /// Turn a read that waits longer than SECONDS into EIO (default: wait, like /dev/random).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub read_timeout: Option<Duration>,
+
+    /// TCP/TLS connect timeout.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub connect_timeout: Duration,
+
+    /// Limit for one whole request, body included.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub request_timeout: Duration,
+
+    /// After a 403 (monthly quota used up), ask again after this long.
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
+    pub quota_retry: Duration,
+
+    /// XOR every byte with the OS CSPRNG (getrandom): unpredictable if either source is good.
+    /// Off by default: by default every byte is Qrypt's.
+    #[arg(long)]
+    pub mix_local: bool,
+
+    /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root).
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Log to this file instead of syslog when in the background.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Mount options, comma-separated (see MOUNT OPTIONS below).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 1e7) {
+        return Err(format!("{s:?}: seconds must be > 0"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Everything the daemon needs, after the flags and `-o` options are merged and checked.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: Option<String>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub token_file: Option<PathBuf>,
+    pub endpoint: String,
+    pub ca_cert: Option<PathBuf>,
+    pub buffer_size: usize,
+    pub rate_limit: Option<RateLimit>,
+    pub max_in_flight: usize,
+    pub read_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub quota_retry: Duration,
+    pub mix_local: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub log_file: Option<PathBuf>,
+    pub verbose: u8,
+}
+
+pub const MIN_BUFFER: u64 = 4 << 10;
+pub const MAX_BUFFER: u64 = 16 << 30;
+
+impl Options {
+    pub fn from_cli(cli: Cli) -> Result<Options, String> {
+        let (source, mountpoint) = match cli.positional.as_slice() {
+            [m] => (None, m.clone()),
+            [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
+            _ => return Err("expected MOUNTPOINT (or SOURCE MOUNTPOINT)".into()),
+        };
+        let mut o = Options {
+            source,
+            mountpoint,
+            foreground: cli.foreground,
+            token_file: cli.token_file,
+            endpoint: cli.endpoint,
+            ca_cert: cli.ca_cert,
+            buffer_size: 0,
+            rate_limit: parse_rate_limit(&cli.rate_limit)?,
+            max_in_flight: cli.max_in_flight as usize,
+            read_timeout: cli.read_timeout,
+            connect_timeout: cli.connect_timeout,
+            request_timeout: cli.request_timeout,
+            quota_retry: cli.quota_retry,
+            mix_local: cli.mix_local,
+            allow_other: cli.allow_other,
+            allow_root: false,
+            default_permissions: true,
+            log_file: cli.log_file,
+            verbose: cli.verbose,
+        };
+        let mut buffer_size = cli.buffer_size;
+        for opt in cli.options.iter().flat_map(|s| s.split(',')) {
+            let opt = opt.trim();
+            if opt.is_empty() {
+                continue;
+            }
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let need = |v: Option<&str>| -> Result<String, String> {
+                v.map(str::to_owned)
+                    .ok_or_else(|| format!("mount option {key} needs a value ({key}=...)"))
+            };
+            match key {
+                "endpoint" => o.endpoint = need(value)?,
+                "token_file" => o.token_file = Some(need(value)?.into()),
+                "ca_cert" => o.ca_cert = Some(need(value)?.into()),
+                "buffer_size" => buffer_size = parse_size(&need(value)?)?,
+                "rate_limit" => o.rate_limit = parse_rate_limit(&need(value)?)?,
+                "read_timeout" => o.read_timeout = Some(parse_seconds(&need(value)?)?),
+                "quota_retry" => o.quota_retry = parse_seconds(&need(value)?)?,
+                "max_in_flight" => {
+                    o.max_in_flight = need(value)?
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=16).contains(n))
+                        .ok_or("max_in_flight must be 1-16")?;
+                }
+                "log_file" => o.log_file = Some(need(value)?.into()),
+                "mix_local" => o.mix_local = true,
+                "allow_other" => o.allow_other = true,
+                "allow_root" => o.allow_root = true,
+                "default_permissions" => o.default_permissions = true,
+                "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+                | "noatime" | "relatime" | "_netdev" | "nofail" | "auto" | "noauto" | "user"
+                | "users" | "nouser" | "defaults" | "async" | "sync" => {}
+                k if k.starts_with("x-") || k == "fsname" || k == "subtype" => {}
+                "token" => {
+                    return Err(
+                        "there is no token= option: a token in the mount options is \
+                                visible to every user; use token_file=PATH"
+                            .into(),
+                    );
+                }
+                _ => return Err(format!("unknown mount option {key:?} (see --help)")),
+            }
+        }
+        if !(MIN_BUFFER..=MAX_BUFFER).contains(&buffer_size) {
+            return Err(format!(
+                "--buffer-size {buffer_size} is out of range: use 4K to 16G"
+            ));
+        }
+        o.buffer_size = buffer_size as usize;
+        Ok(o)
+    }
+}
+
+/// Catches a token passed as a flag before clap would echo it back in an error message.
+pub fn reject_token_argument(args: &[std::ffi::OsString]) -> Result<(), String> {
+    for a in args.iter().skip(1) {
+        let s = a.to_string_lossy();
+        if s == "--token" || s.starts_with("--token=") || s == "-t" {
+            return Err(
+                "there is no --token option: a token on the command line is visible to \
+                        every user through ps. Set QRYPT_TOKEN in the environment or use \
+                        --token-file PATH"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        Options::from_cli(cli)
+    }
+
+    #[test]
+    fn defaults() {
+        let o = parse(&["qrypt-fs", "/mnt/q"]).expect("ok");
+        assert_eq!(o.buffer_size, 4 << 20);
+        assert_eq!(o.rate_limit, Some(RateLimit::QRYPT));
+        assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
+        assert!(!o.foreground && !o.mix_local && !o.allow_other);
+    }
+
+    #[test]
+    fn mount_fuse3_shape() {
+        let o = parse(&[
+            "qrypt-fs",
+            "qrypt",
+            "/mnt/q",
+            "-o",
+            "rw,token_file=/etc/qrypt/token,allow_other,_netdev,buffer_size=1M,x-systemd.after=net",
+        ])
+        .expect("ok");
+        assert_eq!(o.source.as_deref(), Some("qrypt"));
+        assert_eq!(o.mountpoint, PathBuf::from("/mnt/q"));
+        assert_eq!(o.token_file, Some(PathBuf::from("/etc/qrypt/token")));
+        assert!(o.allow_other);
+        assert_eq!(o.buffer_size, 1 << 20);
+    }
+
+    #[test]
+    fn bad_input() {
+        assert!(parse(&["qrypt-fs", "/m", "--buffer-size", "1K"]).is_err());
+        assert!(parse(&["qrypt-fs", "/m", "--buffer-size", "lots"]).is_err());
+        assert!(parse(&["qrypt-fs", "/m", "-o", "bogus"]).is_err());
+        assert!(parse(&["qrypt-fs", "/m", "-o", "token=abc"]).is_err());
+        assert!(parse(&["qrypt-fs", "/m", "--rate-limit", "0/1"]).is_err());
+        assert!(parse(&["qrypt-fs"]).is_err());
+        let args: Vec<std::ffi::OsString> = ["qrypt-fs", "--token=abc", "/m"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let err = reject_token_argument(&args).expect_err("rejected");
+        assert!(!err.contains("abc"));
+    }
+}

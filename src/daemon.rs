@@ -1,0 +1,99 @@
+//! Going to the background the way FUSE filesystems do: the command returns only once the mount
+//! is live (exit 0), or with the daemon's error message (exit 1).
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+
+use nix::unistd::{ForkResult, fork, setsid};
+
+/// The daemon's side of the readiness report.
+pub struct Ready {
+    pipe: Option<File>,
+}
+
+impl Ready {
+    /// Nothing to report to: we are in the foreground.
+    pub fn foreground() -> Ready {
+        Ready { pipe: None }
+    }
+
+    /// The mount is live: release the waiting parent, and tell systemd if it is watching.
+    pub fn succeeded(&mut self) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(b"\0");
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Mounting failed: the parent prints `message` and exits 1.
+    pub fn failed(&mut self, message: &str) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(message.as_bytes());
+        }
+    }
+}
+
+/// Forks. The parent waits for the child's report and exits; only the child returns.
+/// Must be called before any thread is started.
+pub fn daemonize() -> std::io::Result<Ready> {
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    // SAFETY: single-threaded at this point (checked by the caller's ordering), so the child
+    // may run arbitrary code.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let mut msg = Vec::new();
+            let _ = File::from(read_end).read_to_end(&mut msg);
+            match msg.as_slice() {
+                [0] => std::process::exit(0),
+                [] => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    eprintln!(
+                        "qrypt-fs: the daemon exited before the mount was ready (see syslog)"
+                    );
+                    std::process::exit(1)
+                }
+                m => {
+                    eprintln!("qrypt-fs: {}", String::from_utf8_lossy(m));
+                    std::process::exit(1)
+                }
+            }
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            let _ = setsid();
+            detach_stdio();
+            Ok(Ready {
+                pipe: Some(File::from(write_end)),
+            })
+        }
+    }
+}
+
+/// Points stdin/stdout/stderr at /dev/null, so a caller capturing our output sees EOF when the
+/// parent exits instead of waiting on the daemon.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Keeps secrets out of core dumps and ptrace by other users: no core files at all.
+pub fn harden_process() {
+    // SAFETY: plain syscalls with constant arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+    }
+}

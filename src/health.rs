@@ -1,0 +1,192 @@
+//! Continuous health tests on upstream bytes before they enter the pool (NIST SP 800-90B §4.4)
+//! plus a duplicate-block test. A response that fails any of them is discarded whole.
+use std::collections::{HashSet, VecDeque};
+
+use sha2::{Digest, Sha256};
+
+use crate::upstream::BLOCK_LEN;
+
+/// False-alarm probability per test window, as the standard recommends (2^-40).
+const ALPHA_LOG2: f64 = -40.0;
+/// Claimed min-entropy per byte sample: full entropy.
+const H: f64 = 8.0;
+/// Adaptive Proportion Test window for non-binary samples.
+pub const APT_WINDOW: usize = 512;
+/// The duplicate test remembers at least this many bytes' worth of blocks.
+pub const DUP_MEMORY_BYTES: usize = 64 << 20;
+
+/// Repetition Count Test cutoff: C = 1 + ceil(-log2(alpha) / H).
+pub fn rct_cutoff() -> usize {
+    1 + (-ALPHA_LOG2 / H).ceil() as usize
+}
+
+/// Adaptive Proportion Test cutoff at the standard's false-alarm rate.
+pub fn apt_cutoff() -> usize {
+    apt_cutoff_for(ALPHA_LOG2)
+}
+
+/// C = 1 + CRITBINOM(W, 2^-H, 1 - alpha): one more than the smallest k with P(X > k) <= alpha
+/// for X ~ Binomial(W, 2^-H), computed from the upper tail to keep precision.
+pub fn apt_cutoff_for(alpha_log2: f64) -> usize {
+    let alpha = 2f64.powf(alpha_log2);
+    let p = 2f64.powf(-H);
+    let n = APT_WINDOW;
+    let mut pmf = vec![0f64; n + 1];
+    pmf[0] = (1.0 - p).powi(n as i32);
+    for j in 0..n {
+        pmf[j + 1] = pmf[j] * (n - j) as f64 / (j + 1) as f64 * p / (1.0 - p);
+    }
+    let mut tail = 0.0; // P(X > k)
+    for k in (0..=n).rev() {
+        if tail > alpha {
+            return k + 2;
+        }
+        tail += pmf[k];
+    }
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthFailure {
+    #[error("repetition count test: a byte repeated {0} times in a row")]
+    Repetition(usize),
+    #[error("adaptive proportion test: a byte appeared {0} times in a {APT_WINDOW}-byte window")]
+    Proportion(usize),
+    #[error("block {0} repeats a recently received block")]
+    DuplicateBlock(usize),
+}
+
+pub struct HealthTests {
+    rct_cutoff: usize,
+    apt_cutoff: usize,
+    seen: HashSet<[u8; 16]>,
+    order: VecDeque<[u8; 16]>,
+    memory_blocks: usize,
+}
+
+impl Default for HealthTests {
+    fn default() -> Self {
+        HealthTests::new()
+    }
+}
+
+impl HealthTests {
+    pub fn new() -> HealthTests {
+        HealthTests {
+            rct_cutoff: rct_cutoff(),
+            apt_cutoff: apt_cutoff(),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            memory_blocks: DUP_MEMORY_BYTES / BLOCK_LEN,
+        }
+    }
+
+    /// Tests one response's bytes (a whole number of blocks). On success its blocks are
+    /// remembered for the duplicate test; on failure nothing is remembered.
+    pub fn check(&mut self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        self.repetition_count(bytes)?;
+        self.adaptive_proportion(bytes)?;
+        let digests: Vec<[u8; 16]> = bytes.chunks(BLOCK_LEN).map(digest).collect();
+        let mut fresh = HashSet::with_capacity(digests.len());
+        for (i, d) in digests.iter().enumerate() {
+            if self.seen.contains(d) || !fresh.insert(*d) {
+                return Err(HealthFailure::DuplicateBlock(i));
+            }
+        }
+        for d in digests {
+            self.seen.insert(d);
+            self.order.push_back(d);
+            if self.order.len() > self.memory_blocks {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn repetition_count(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        let mut run = 0usize;
+        let mut prev = None;
+        for &b in bytes {
+            if Some(b) == prev {
+                run += 1;
+                if run >= self.rct_cutoff {
+                    return Err(HealthFailure::Repetition(run));
+                }
+            } else {
+                prev = Some(b);
+                run = 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn adaptive_proportion(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        for window in bytes.chunks(APT_WINDOW) {
+            let first = window[0];
+            let count = window.iter().filter(|&&b| b == first).count();
+            if count >= self.apt_cutoff {
+                return Err(HealthFailure::Proportion(count));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn digest(block: &[u8]) -> [u8; 16] {
+    let full = Sha256::digest(block);
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        getrandom::getrandom(&mut v).expect("os rng");
+        v
+    }
+
+    #[test]
+    fn cutoffs_match_the_standard() {
+        // SP 800-90B: RCT C = 1 + ceil(40/8) = 6. Its Table 2 (alpha = 2^-20, H = 8, W = 512)
+        // gives C = 13, which checks the formula; at alpha = 2^-40 it gives 19.
+        assert_eq!(rct_cutoff(), 6);
+        assert_eq!(apt_cutoff_for(-20.0), 13);
+        assert_eq!(apt_cutoff(), 19);
+    }
+
+    #[test]
+    fn passes_random_and_catches_faults() {
+        let mut h = HealthTests::new();
+        for _ in 0..64 {
+            h.check(&random(64 * 1024)).expect("random data passes");
+        }
+        assert!(matches!(
+            h.check(&vec![0u8; 1024]),
+            Err(HealthFailure::Repetition(6))
+        ));
+        let mut biased = random(1024);
+        for i in (0..512).step_by(20) {
+            biased[i] = biased[0];
+        }
+        assert!(matches!(
+            h.check(&biased),
+            Err(HealthFailure::Proportion(_))
+        ));
+        let block = random(1024);
+        h.check(&block).expect("fresh");
+        let mut again = random(2048);
+        again[1024..].copy_from_slice(&block);
+        assert_eq!(h.check(&again), Err(HealthFailure::DuplicateBlock(1)));
+        let twice = [block.clone(), block].concat();
+        assert!(matches!(
+            h.check(&twice),
+            Err(HealthFailure::DuplicateBlock(_))
+        ));
+    }
+}

@@ -1,0 +1,112 @@
+//! Logging: stderr in the foreground; syslog (journald picks it up) or a file in the background.
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+pub enum LogTarget<'a> {
+    Stderr,
+    File(&'a Path),
+    Syslog,
+}
+
+fn filter(verbose: u8) -> EnvFilter {
+    let default = match verbose {
+        0 => "qrypt_fs=info,warn",
+        1 => "qrypt_fs=debug,info",
+        _ => "qrypt_fs=trace,debug",
+    };
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+pub fn init(target: LogTarget<'_>, verbose: u8) -> io::Result<()> {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(verbose));
+    let result = match target {
+        LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
+        LogTarget::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .try_init()
+        }
+        LogTarget::Syslog => {
+            static IDENT: &std::ffi::CStr = c"qrypt-fs";
+            // SAFETY: IDENT is 'static, as openlog requires.
+            unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_target(false)
+                .with_writer(Syslog)
+                .try_init()
+        }
+    };
+    // Already initialised (tests) is fine.
+    let _ = result;
+    Ok(())
+}
+
+struct Syslog;
+
+/// Collects one formatted event and hands it to syslog(3) when dropped.
+pub struct SyslogLine {
+    priority: libc::c_int,
+    buf: Vec<u8>,
+}
+
+impl Write for SyslogLine {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine {
+    fn drop(&mut self) {
+        let text: Vec<u8> = self
+            .buf
+            .iter()
+            .copied()
+            .filter(|&b| b != 0 && b != b'\n')
+            .collect();
+        if let Ok(msg) = CString::new(text) {
+            // SAFETY: "%s" with one NUL-terminated string.
+            unsafe { libc::syslog(self.priority, c"%s".as_ptr(), msg.as_ptr()) };
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Syslog {
+    type Writer = SyslogLine;
+
+    fn make_writer(&'a self) -> SyslogLine {
+        SyslogLine {
+            priority: libc::LOG_INFO,
+            buf: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> SyslogLine {
+        let priority = match *meta.level() {
+            Level::ERROR => libc::LOG_ERR,
+            Level::WARN => libc::LOG_WARNING,
+            Level::INFO => libc::LOG_INFO,
+            _ => libc::LOG_DEBUG,
+        };
+        SyslogLine {
+            priority,
+            buf: Vec::new(),
+        }
+    }
+}

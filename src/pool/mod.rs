@@ -1,0 +1,325 @@
+//! The entropy pool: a ring of validated bytes and the queue of readers waiting for them.
+//!
+//! Every byte leaves through exactly one [`ReadSink`], in FIFO order of the reads that asked,
+//! and is wiped as it leaves. The pool knows nothing of FUSE: the adapter hands it sinks.
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+use zeroize::Zeroizing;
+
+mod ring;
+pub use ring::Ring;
+
+/// Reads up to this size are never short: key generators read 16–64 bytes once and trust the
+/// count, as `getrandom(2)` promises for up to 256 bytes. Larger reads take what is buffered
+/// once at least this much is.
+pub const SMALL_READ_MAX: usize = 256;
+
+/// Why a read got no bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// Non-blocking read and nothing servable now (`EAGAIN`).
+    WouldBlock,
+    /// The reader has a signal pending (`EINTR`).
+    Interrupted,
+    /// The upstream cannot recover by itself (token rejected, quota used up) (`EIO`).
+    Unavailable,
+    /// `--read-timeout` passed (`EIO`).
+    TimedOut,
+    /// The filesystem is shutting down (`EIO`).
+    ShuttingDown,
+}
+
+/// Where a read's answer goes. Called at most once, possibly from another thread, possibly
+/// with the pool locked: implementations must only hand the bytes on.
+pub trait ReadSink: Send {
+    fn deliver(self: Box<Self>, data: &[u8]);
+    fn fail(self: Box<Self>, err: ReadError);
+}
+
+/// A read as the pool sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRequest {
+    pub len: usize,
+    pub nonblocking: bool,
+    /// The reading thread, checked for pending signals while it waits.
+    pub pid: u32,
+    pub deadline: Option<Instant>,
+}
+
+/// What `poll` would report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    /// A read would fail at once (upstream unavailable with nothing buffered, or shutdown).
+    pub error: bool,
+}
+
+/// A waiting read, as the watchdog sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitingRead {
+    pub id: u64,
+    pub pid: u32,
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Availability {
+    Open,
+    Unavailable,
+    Shutdown,
+}
+
+struct Waiter {
+    id: u64,
+    req: ReadRequest,
+    sink: Box<dyn ReadSink>,
+}
+
+type Waker = Box<dyn FnOnce() + Send>;
+
+struct Inner {
+    ring: Ring,
+    scratch: Zeroizing<Vec<u8>>,
+    waiters: VecDeque<Waiter>,
+    pollers: Vec<Waker>,
+    availability: Availability,
+    next_id: u64,
+}
+
+pub struct Pool {
+    inner: Mutex<Inner>,
+    /// Wakes the prefetcher when bytes leave (there is room to fill).
+    space: Arc<tokio::sync::Notify>,
+    /// Wakes the watchdog when a reader starts waiting.
+    waiting: Condvar,
+    served: AtomicU64,
+}
+
+/// Bytes a read needs buffered before it is answered.
+fn need(len: usize) -> usize {
+    len.min(SMALL_READ_MAX)
+}
+
+impl Pool {
+    pub fn new(capacity: usize) -> Pool {
+        Pool {
+            inner: Mutex::new(Inner {
+                ring: Ring::new(capacity),
+                scratch: Zeroizing::new(Vec::new()),
+                waiters: VecDeque::new(),
+                pollers: Vec::new(),
+                availability: Availability::Open,
+                next_id: 0,
+            }),
+            space: Arc::new(tokio::sync::Notify::new()),
+            waiting: Condvar::new(),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.inner.lock().ring.capacity()
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.inner.lock().ring.len()
+    }
+
+    pub fn memory_locked(&self) -> bool {
+        self.inner.lock().ring.is_locked()
+    }
+
+    pub fn served_bytes(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Buffered and served bytes and waiting readers, read together (one consistent picture).
+    pub fn counts(&self) -> (usize, u64, usize) {
+        let g = self.inner.lock();
+        (
+            g.ring.len(),
+            self.served.load(Ordering::SeqCst),
+            g.waiters.len(),
+        )
+    }
+
+    pub fn space_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.space.clone()
+    }
+
+    /// Answers a read now, or queues it behind earlier waiting reads.
+    pub fn read(&self, req: ReadRequest, sink: Box<dyn ReadSink>) {
+        if req.len == 0 {
+            sink.deliver(&[]);
+            return;
+        }
+        let mut g = self.inner.lock();
+        match g.availability {
+            Availability::Shutdown => return sink.fail(ReadError::ShuttingDown),
+            Availability::Unavailable if g.ring.len() < need(req.len) => {
+                return sink.fail(ReadError::Unavailable);
+            }
+            _ => {}
+        }
+        if g.waiters.is_empty() && g.ring.len() >= need(req.len) {
+            self.serve(&mut g, req.len, sink);
+            return;
+        }
+        if req.nonblocking {
+            return sink.fail(ReadError::WouldBlock);
+        }
+        let id = g.next_id;
+        g.next_id += 1;
+        g.waiters.push_back(Waiter { id, req, sink });
+        drop(g);
+        self.waiting.notify_all();
+    }
+
+    fn serve(&self, g: &mut Inner, len: usize, sink: Box<dyn ReadSink>) {
+        let n = len.min(g.ring.len());
+        let Inner { ring, scratch, .. } = g;
+        ring.consume(n, scratch, |bytes| sink.deliver(bytes));
+        self.served.fetch_add(n as u64, Ordering::SeqCst);
+        self.space.notify_one();
+    }
+
+    /// Serves waiting reads, oldest first, while the oldest can be served.
+    fn serve_waiters(&self, g: &mut Inner) {
+        while g
+            .waiters
+            .front()
+            .is_some_and(|w| g.ring.len() >= need(w.req.len))
+        {
+            if let Some(w) = g.waiters.pop_front() {
+                self.serve(g, w.req.len, w.sink);
+            }
+        }
+    }
+
+    fn take_pollers_if_ready(g: &mut Inner) -> Vec<Waker> {
+        let r = Self::readiness_locked(g);
+        if r.readable || r.error {
+            std::mem::take(&mut g.pollers)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Adds validated bytes; returns how many fit. Serves waiting reads and wakes pollers.
+    pub fn push(&self, data: &[u8]) -> usize {
+        let mut g = self.inner.lock();
+        if g.availability == Availability::Shutdown {
+            return 0;
+        }
+        let n = g.ring.push(data);
+        self.serve_waiters(&mut g);
+        let wake = Self::take_pollers_if_ready(&mut g);
+        drop(g);
+        wake.into_iter().for_each(|w| w());
+        n
+    }
+
+    /// Marks the upstream as unable to recover by itself: waiting reads fail with `EIO`, and so
+    /// do later reads that would wait. Buffered bytes are still served.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        let mut g = self.inner.lock();
+        match (g.availability, unavailable) {
+            (Availability::Open, true) => {
+                g.availability = Availability::Unavailable;
+                for w in std::mem::take(&mut g.waiters) {
+                    w.sink.fail(ReadError::Unavailable);
+                }
+                let wake = Self::take_pollers_if_ready(&mut g);
+                drop(g);
+                wake.into_iter().for_each(|w| w());
+            }
+            (Availability::Unavailable, false) => g.availability = Availability::Open,
+            _ => {}
+        }
+    }
+
+    /// Fails every waiting read, wipes the buffer and refuses everything from now on.
+    pub fn shutdown(&self) {
+        let mut g = self.inner.lock();
+        g.availability = Availability::Shutdown;
+        for w in std::mem::take(&mut g.waiters) {
+            w.sink.fail(ReadError::ShuttingDown);
+        }
+        g.ring.wipe();
+        let wake = std::mem::take(&mut g.pollers);
+        drop(g);
+        wake.into_iter().for_each(|w| w());
+        self.waiting.notify_all();
+        self.space.notify_one();
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.lock().availability == Availability::Shutdown
+    }
+
+    fn readiness_locked(g: &Inner) -> Readiness {
+        let readable = g.waiters.is_empty() && g.ring.len() >= need(g.ring.capacity());
+        let error = match g.availability {
+            Availability::Open => false,
+            Availability::Unavailable => !readable,
+            Availability::Shutdown => true,
+        };
+        Readiness { readable, error }
+    }
+
+    /// What `poll` reports now; when neither readable nor failing, `waker` is kept and called
+    /// once that changes.
+    pub fn poll(&self, waker: Option<Waker>) -> Readiness {
+        let mut g = self.inner.lock();
+        let r = Self::readiness_locked(&g);
+        if !r.readable && !r.error {
+            if let Some(w) = waker {
+                g.pollers.push(w);
+            }
+        }
+        r
+    }
+
+    /// The reads waiting now.
+    pub fn waiting_reads(&self) -> Vec<WaitingRead> {
+        let g = self.inner.lock();
+        g.waiters
+            .iter()
+            .map(|w| WaitingRead {
+                id: w.id,
+                pid: w.req.pid,
+                deadline: w.req.deadline,
+            })
+            .collect()
+    }
+
+    /// Blocks until some read is waiting (or shutdown, or `timeout`).
+    pub fn wait_for_waiters(&self, timeout: std::time::Duration) {
+        let mut g = self.inner.lock();
+        if g.waiters.is_empty() && g.availability != Availability::Shutdown {
+            self.waiting.wait_for(&mut g, timeout);
+        }
+    }
+
+    /// Ends one waiting read with `err` (a signal arrived, or its deadline passed).
+    pub fn cancel(&self, id: u64, err: ReadError) {
+        let mut g = self.inner.lock();
+        if let Some(pos) = g.waiters.iter().position(|w| w.id == id) {
+            if let Some(w) = g.waiters.remove(pos) {
+                w.sink.fail(err);
+            }
+            // The next in line may be servable now that a bigger read left the head.
+            self.serve_waiters(&mut g);
+            let wake = Self::take_pollers_if_ready(&mut g);
+            drop(g);
+            wake.into_iter().for_each(|w| w());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

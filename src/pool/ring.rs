@@ -1,0 +1,149 @@
+//! A fixed-capacity byte ring, locked in memory where allowed and wiped as it is consumed.
+use std::ptr::NonNull;
+
+use zeroize::Zeroize;
+
+pub struct Ring {
+    buf: Box<[u8]>,
+    head: usize,
+    len: usize,
+    locked: bool,
+}
+
+impl Ring {
+    /// Allocates `capacity` bytes, tries to `mlock` them (so entropy never reaches swap) and
+    /// excludes them from core dumps.
+    pub fn new(capacity: usize) -> Ring {
+        let buf = vec![0u8; capacity.max(1)].into_boxed_slice();
+        let locked = lock_memory(&buf);
+        Ring {
+            buf,
+            head: 0,
+            len: 0,
+            locked,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn free(&self) -> usize {
+        self.capacity() - self.len
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// Appends as much of `data` as fits; returns how much that was.
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.free());
+        let cap = self.capacity();
+        let tail = (self.head + self.len) % cap;
+        let first = n.min(cap - tail);
+        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
+        self.buf[..n - first].copy_from_slice(&data[first..n]);
+        self.len += n;
+        n
+    }
+
+    /// Hands the oldest `n` bytes (n <= len) to `f` as one slice, then wipes and drops them.
+    /// When they wrap around the end, they are gathered in `scratch`, which is wiped too.
+    pub fn consume<R>(&mut self, n: usize, scratch: &mut Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> R {
+        assert!(n <= self.len, "consume past end of ring");
+        let cap = self.capacity();
+        let first = n.min(cap - self.head);
+        let result = if first == n {
+            let r = f(&self.buf[self.head..self.head + n]);
+            self.buf[self.head..self.head + n].zeroize();
+            r
+        } else {
+            scratch.clear();
+            scratch.extend_from_slice(&self.buf[self.head..]);
+            scratch.extend_from_slice(&self.buf[..n - first]);
+            let r = f(scratch);
+            scratch.zeroize();
+            self.buf[self.head..].zeroize();
+            self.buf[..n - first].zeroize();
+            r
+        };
+        self.head = (self.head + n) % cap;
+        self.len -= n;
+        if self.len == 0 {
+            // Keeps later reads contiguous (no scratch copy) as often as possible.
+            self.head = 0;
+        }
+        result
+    }
+
+    /// Drops everything buffered, wiping it.
+    pub fn wipe(&mut self) {
+        self.buf.zeroize();
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.wipe();
+        if self.locked {
+            // SAFETY: the range is our own live allocation.
+            let _ = unsafe {
+                nix::sys::mman::munlock(NonNull::from(&mut *self.buf).cast(), self.buf.len())
+            };
+        }
+    }
+}
+
+fn lock_memory(buf: &[u8]) -> bool {
+    let ptr = NonNull::from(buf).cast::<std::ffi::c_void>();
+    // SAFETY: the range is a live allocation owned by the ring for its whole life.
+    unsafe {
+        // Not in core dumps, whatever happens with mlock. Needs page alignment; best effort.
+        let page = 4096usize;
+        let start = (ptr.as_ptr() as usize).div_ceil(page) * page;
+        let end = (ptr.as_ptr() as usize + buf.len()) / page * page;
+        if end > start {
+            if let Some(p) = NonNull::new(start as *mut std::ffi::c_void) {
+                let _ = nix::sys::mman::madvise(
+                    p,
+                    end - start,
+                    nix::sys::mman::MmapAdvise::MADV_DONTDUMP,
+                );
+            }
+        }
+        nix::sys::mman::mlock(ptr, buf.len()).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_and_wipes() {
+        let mut r = Ring::new(8);
+        let mut scratch = Vec::new();
+        assert_eq!(r.push(&[1, 2, 3, 4, 5, 6]), 6);
+        assert_eq!(r.consume(4, &mut scratch, |b| b.to_vec()), vec![1, 2, 3, 4]);
+        assert_eq!(r.push(&[7, 8, 9, 10, 11, 12]), 6);
+        assert_eq!(r.push(&[13]), 0, "full");
+        assert_eq!(
+            r.consume(8, &mut scratch, |b| b.to_vec()),
+            vec![5, 6, 7, 8, 9, 10, 11, 12]
+        );
+        assert!(r.is_empty());
+        assert!(r.buf.iter().all(|&b| b == 0), "consumed bytes wiped");
+        assert!(scratch.iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,150 @@
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::*;
+
+type Log = Arc<Mutex<Vec<(usize, Result<Vec<u8>, ReadError>)>>>;
+
+struct Sink(usize, Log);
+
+impl ReadSink for Sink {
+    fn deliver(self: Box<Self>, data: &[u8]) {
+        self.1.lock().push((self.0, Ok(data.to_vec())));
+    }
+    fn fail(self: Box<Self>, err: ReadError) {
+        self.1.lock().push((self.0, Err(err)));
+    }
+}
+
+fn req(len: usize) -> ReadRequest {
+    ReadRequest {
+        len,
+        nonblocking: false,
+        pid: 0,
+        deadline: None,
+    }
+}
+
+fn seq(start: u8, n: usize) -> Vec<u8> {
+    (0..n).map(|i| start.wrapping_add(i as u8)).collect()
+}
+
+#[test]
+fn small_reads_wait_for_full_count_in_fifo_order() {
+    let pool = Pool::new(4096);
+    let log: Log = Default::default();
+    pool.read(req(32), Box::new(Sink(1, log.clone())));
+    pool.read(req(16), Box::new(Sink(2, log.clone())));
+    pool.push(&seq(0, 20));
+    assert!(log.lock().is_empty(), "32-byte read must not be short");
+    pool.push(&seq(20, 40));
+    let got = log.lock().clone();
+    assert_eq!(got, vec![(1, Ok(seq(0, 32))), (2, Ok(seq(32, 16)))]);
+    assert_eq!(pool.buffered(), 12);
+    assert_eq!(pool.served_bytes(), 48);
+}
+
+#[test]
+fn large_read_takes_what_is_there_once_256_are() {
+    let pool = Pool::new(8192);
+    let log: Log = Default::default();
+    pool.read(req(4096), Box::new(Sink(1, log.clone())));
+    pool.push(&seq(0, 255));
+    assert!(log.lock().is_empty());
+    pool.push(&seq(255, 45));
+    assert_eq!(log.lock().clone(), vec![(1, Ok(seq(0, 300)))]);
+}
+
+#[test]
+fn new_reads_queue_behind_waiters() {
+    let pool = Pool::new(4096);
+    let log: Log = Default::default();
+    pool.read(req(100), Box::new(Sink(1, log.clone())));
+    pool.push(&seq(0, 50));
+    // 10 bytes could be served, but the earlier read comes first.
+    pool.read(req(10), Box::new(Sink(2, log.clone())));
+    assert!(log.lock().is_empty());
+    let mut nb = req(10);
+    nb.nonblocking = true;
+    pool.read(nb, Box::new(Sink(3, log.clone())));
+    assert_eq!(log.lock().clone(), vec![(3, Err(ReadError::WouldBlock))]);
+    pool.push(&seq(50, 60));
+    let got = log.lock().clone();
+    assert_eq!(got[1], (1, Ok(seq(0, 100))));
+    assert_eq!(got[2], (2, Ok(seq(100, 10))));
+}
+
+#[test]
+fn unavailable_fails_waiters_but_serves_buffered() {
+    let pool = Pool::new(4096);
+    let log: Log = Default::default();
+    pool.push(&seq(0, 40));
+    pool.read(req(64), Box::new(Sink(1, log.clone())));
+    pool.set_unavailable(true);
+    pool.read(req(16), Box::new(Sink(2, log.clone())));
+    pool.read(req(64), Box::new(Sink(3, log.clone())));
+    let got = log.lock().clone();
+    assert_eq!(
+        got,
+        vec![
+            (1, Err(ReadError::Unavailable)),
+            (2, Ok(seq(0, 16))),
+            (3, Err(ReadError::Unavailable))
+        ]
+    );
+    assert!(pool.poll(None).error);
+}
+
+#[test]
+fn cancel_unblocks_the_next_in_line() {
+    let pool = Pool::new(4096);
+    let log: Log = Default::default();
+    pool.read(req(200), Box::new(Sink(1, log.clone())));
+    pool.read(req(8), Box::new(Sink(2, log.clone())));
+    pool.push(&seq(0, 10));
+    let w = pool.waiting_reads();
+    assert_eq!(w.len(), 2);
+    pool.cancel(w[0].id, ReadError::Interrupted);
+    assert_eq!(
+        log.lock().clone(),
+        vec![(1, Err(ReadError::Interrupted)), (2, Ok(seq(0, 8)))]
+    );
+}
+
+#[test]
+fn shutdown_fails_waiters_and_wipes() {
+    let pool = Pool::new(4096);
+    let log: Log = Default::default();
+    pool.push(&seq(0, 10));
+    pool.read(req(64), Box::new(Sink(1, log.clone())));
+    pool.shutdown();
+    pool.read(req(1), Box::new(Sink(2, log.clone())));
+    assert_eq!(pool.buffered(), 0);
+    assert_eq!(
+        log.lock().clone(),
+        vec![
+            (1, Err(ReadError::ShuttingDown)),
+            (2, Err(ReadError::ShuttingDown))
+        ]
+    );
+    assert_eq!(pool.push(&[1, 2, 3]), 0);
+}
+
+#[test]
+fn poll_wakes_when_readable() {
+    let pool = Pool::new(4096);
+    let woke = Arc::new(Mutex::new(0));
+    let w2 = woke.clone();
+    let r = pool.poll(Some(Box::new(move || *w2.lock() += 1)));
+    assert!(!r.readable && !r.error);
+    pool.push(&seq(0, 100));
+    assert_eq!(
+        *woke.lock(),
+        0,
+        "100 bytes: a 256-byte read would still wait"
+    );
+    pool.push(&seq(100, 156));
+    assert_eq!(*woke.lock(), 1);
+    assert!(pool.poll(None).readable);
+}

@@ -1,0 +1,379 @@
+//! The prefetch worker: keeps the pool topped up from the upstream, paced under the rate limit,
+//! backing off on errors, and applying each HTTP status's policy.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::health::HealthTests;
+use crate::pacer::{Pacer, RateLimit};
+use crate::pool::Pool;
+use crate::status::{Status, UpstreamState};
+use crate::token::read_token_file;
+use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
+
+#[derive(Debug, Clone)]
+pub struct PrefetchConfig {
+    /// Requests at once; several hide the round trip when the reader is fast.
+    pub max_in_flight: usize,
+    /// Refilling starts when buffered + in-flight bytes fall below this.
+    pub low_watermark: usize,
+    pub rate_limit: Option<RateLimit>,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How long to wait before asking again after a 403 (quota used up).
+    pub quota_retry: Duration,
+    /// XOR every byte with the OS CSPRNG before it enters the pool.
+    pub mix_local: bool,
+    /// Re-read on change after a 401 (and on SIGHUP).
+    pub token_file: Option<PathBuf>,
+    /// How often to look at the token file while the token is rejected.
+    pub token_poll: Duration,
+}
+
+impl PrefetchConfig {
+    pub fn for_capacity(capacity: usize) -> PrefetchConfig {
+        PrefetchConfig {
+            max_in_flight: 4,
+            low_watermark: capacity / 2,
+            rate_limit: Some(RateLimit::QRYPT),
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(60),
+            quota_retry: Duration::from_secs(3600),
+            mix_local: false,
+            token_file: None,
+            token_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Control {
+    /// SIGHUP: re-read the token file and retry at once, whatever the state.
+    Reload,
+}
+
+/// Logs a failure class once when it starts, then at the 10th, 100th, ... repeat, so a long
+/// outage does not flood the log.
+#[derive(Default)]
+struct LogThrottle {
+    class: Option<String>,
+    repeats: u64,
+}
+
+impl LogThrottle {
+    fn should_log(&mut self, class: &str) -> Option<u64> {
+        if self.class.as_deref() != Some(class) {
+            self.class = Some(class.to_owned());
+            self.repeats = 1;
+            return Some(1);
+        }
+        self.repeats += 1;
+        let r = self.repeats;
+        (r >= 10
+            && r.to_string()
+                .trim_start_matches('1')
+                .bytes()
+                .all(|b| b == b'0'))
+        .then_some(r)
+    }
+
+    fn recovered(&mut self) -> Option<(String, u64)> {
+        let c = self.class.take()?;
+        Some((c, std::mem::take(&mut self.repeats)))
+    }
+}
+
+pub struct Prefetcher<C: EntropyClient> {
+    client: Arc<C>,
+    pool: Arc<Pool>,
+    status: Arc<Status>,
+    cfg: PrefetchConfig,
+    pacer: Pacer,
+    backoff: Backoff,
+    health: HealthTests,
+    /// Set in states that need an outside change (new token, SIGHUP) before asking again.
+    halted: Option<UpstreamState>,
+    next_attempt: Instant,
+    next_token_check: Instant,
+    token_digest: Option<[u8; 32]>,
+    filling: bool,
+    reserved: usize,
+    in_flight: HashMap<tokio::task::Id, u32>,
+    log: LogThrottle,
+}
+
+type FetchResult = (u32, Result<Entropy, FetchError>);
+
+fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    let data = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+    Some(Sha256::digest(&*data).into())
+}
+
+impl<C: EntropyClient> Prefetcher<C> {
+    pub fn new(client: Arc<C>, pool: Arc<Pool>, status: Arc<Status>, cfg: PrefetchConfig) -> Self {
+        let now = Instant::now();
+        Prefetcher {
+            pacer: Pacer::new(cfg.rate_limit),
+            backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
+            health: HealthTests::new(),
+            token_digest: cfg.token_file.as_deref().and_then(file_digest),
+            client,
+            pool,
+            status,
+            cfg,
+            halted: None,
+            next_attempt: now,
+            next_token_check: now,
+            filling: false,
+            reserved: 0,
+            in_flight: HashMap::new(),
+            log: LogThrottle::default(),
+        }
+    }
+
+    /// Runs until `control` closes or the pool shuts down.
+    pub async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
+        let space = self.pool.space_notify();
+        let mut tasks: JoinSet<FetchResult> = JoinSet::new();
+        loop {
+            if self.pool.is_shut_down() {
+                break;
+            }
+            let wake_at = self.launch(&mut tasks);
+            let sleep = async {
+                match wake_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    match joined {
+                        Ok((id, (kib, result))) => {
+                            self.in_flight.remove(&id);
+                            self.reserved -= kib as usize * BLOCK_LEN;
+                            self.complete(kib, result);
+                        }
+                        Err(e) => {
+                            if let Some(kib) = self.in_flight.remove(&e.id()) {
+                                self.reserved -= kib as usize * BLOCK_LEN;
+                            }
+                            error!("fetch task failed: {e}");
+                        }
+                    }
+                }
+                _ = space.notified() => {}
+                _ = sleep => {}
+                msg = control.recv() => match msg {
+                    Some(Control::Reload) => self.reload(),
+                    None => break,
+                },
+            }
+        }
+        tasks.abort_all();
+    }
+
+    /// Starts whatever requests are due; returns when to look again (None: on an event).
+    fn launch(&mut self, tasks: &mut JoinSet<FetchResult>) -> Option<Instant> {
+        let now = Instant::now();
+        if let Some(state) = self.halted {
+            if self.cfg.token_file.is_some() && state == UpstreamState::Unauthorized {
+                if now >= self.next_token_check {
+                    self.next_token_check = now + self.cfg.token_poll;
+                    self.check_token_file(false);
+                }
+                if self.halted.is_some() {
+                    return Some(self.next_token_check);
+                }
+            } else {
+                return None;
+            }
+        }
+        if now < self.next_attempt {
+            return Some(self.next_attempt);
+        }
+        let capacity = self.pool.capacity();
+        let buffered = self.pool.buffered();
+        if buffered + self.reserved < self.cfg.low_watermark {
+            self.filling = true;
+        }
+        while self.filling {
+            let free = capacity.saturating_sub(buffered + self.reserved);
+            if free < BLOCK_LEN {
+                self.filling = false;
+                break;
+            }
+            if tasks.len() >= self.cfg.max_in_flight {
+                break;
+            }
+            if let Err(at) = self.pacer.try_acquire(now) {
+                return Some(at);
+            }
+            let kib = (free / BLOCK_LEN).min(MAX_KIB_PER_REQUEST as usize) as u32;
+            self.reserved += kib as usize * BLOCK_LEN;
+            let client = self.client.clone();
+            let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
+            self.in_flight.insert(handle.id(), kib);
+        }
+        None
+    }
+
+    fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>) {
+        let entropy = match result {
+            Ok(e) => e,
+            Err(e) => return self.failed(e, 0),
+        };
+        if let Err(h) = self.health.check(entropy.bytes()) {
+            return self.failed(FetchError::Health(h.to_string()), entropy.bytes().len());
+        }
+        let mut bytes = entropy.0;
+        if self.cfg.mix_local {
+            let mut local = zeroize::Zeroizing::new(vec![0u8; bytes.len()]);
+            if let Err(e) = getrandom::getrandom(&mut local) {
+                // Without the hedge the user asked for, serve nothing rather than less.
+                return self.failed(
+                    FetchError::Transport(format!("getrandom: {e}")),
+                    bytes.len(),
+                );
+            }
+            bytes
+                .iter_mut()
+                .zip(local.iter())
+                .for_each(|(b, l)| *b ^= l);
+        }
+        debug_assert_eq!(bytes.len(), kib as usize * BLOCK_LEN);
+        // Counted before the push, so a snapshot never sees served + buffered > fetched.
+        self.status.record_success(bytes.len());
+        self.pool.push(&bytes);
+        self.backoff.reset();
+        if let Some((class, n)) = self.log.recovered() {
+            info!("upstream recovered after {n} failure(s) of class {class}");
+        }
+        if self.halted.take().is_some() || self.status.state().is_unrecoverable() {
+            self.status.set_state(UpstreamState::Ok, None);
+        }
+        self.pool.set_unavailable(false);
+    }
+
+    fn failed(&mut self, err: FetchError, discarded: usize) {
+        let now = Instant::now();
+        let class = err.class();
+        let message = err.to_string();
+        let (state, action) = match &err {
+            FetchError::Status { code: 400, .. } => {
+                self.halted = Some(UpstreamState::BadRequest);
+                (
+                    UpstreamState::BadRequest,
+                    "stopped requesting; check --endpoint and the configuration, then send SIGHUP"
+                        .to_owned(),
+                )
+            }
+            FetchError::Status { code: 401, .. } => {
+                self.halted = Some(UpstreamState::Unauthorized);
+                self.next_token_check = now + self.cfg.token_poll;
+                let how = match &self.cfg.token_file {
+                    Some(p) => format!(
+                        "put a valid token in {} (picked up automatically) or send SIGHUP",
+                        p.display()
+                    ),
+                    None => "a token from the environment can only be replaced by restarting \
+                             qrypt-fs with a new QRYPT_TOKEN (or use --token-file)"
+                        .to_owned(),
+                };
+                (
+                    UpstreamState::Unauthorized,
+                    format!("token rejected; stopped requesting: {how}"),
+                )
+            }
+            FetchError::Status { code: 403, .. } => {
+                self.backoff.note_failure();
+                self.next_attempt = now + self.cfg.quota_retry;
+                (
+                    UpstreamState::QuotaExhausted,
+                    format!(
+                        "monthly quota used up; next try in {}s (SIGHUP retries now)",
+                        self.cfg.quota_retry.as_secs()
+                    ),
+                )
+            }
+            FetchError::Status {
+                code: 429,
+                retry_after: Some(wait),
+            } => {
+                self.backoff.note_failure();
+                self.next_attempt = now + *wait;
+                (
+                    UpstreamState::BackingOff,
+                    format!("rate limited; retrying after {}s as asked", wait.as_secs()),
+                )
+            }
+            _ => {
+                let delay = self.backoff.next_delay();
+                self.next_attempt = now + delay;
+                (
+                    UpstreamState::BackingOff,
+                    format!("retrying in {:.1}s", delay.as_secs_f64()),
+                )
+            }
+        };
+        self.status
+            .record_failure(&class, message.clone(), discarded);
+        let next = (self.halted.is_none()).then_some(self.next_attempt);
+        self.status.set_state(state, next);
+        if state.is_unrecoverable() {
+            self.pool.set_unavailable(true);
+        }
+        if let Some(n) = self.log.should_log(&class) {
+            if n == 1 {
+                warn!("upstream failure ({class}): {message}; {action}");
+            } else {
+                warn!("upstream failure ({class}) repeated {n} times: {message}; {action}");
+            }
+        }
+    }
+
+    /// Picks up a changed token file. With `force`, re-reads it even if unchanged.
+    fn check_token_file(&mut self, force: bool) {
+        let Some(path) = self.cfg.token_file.clone() else {
+            return;
+        };
+        let digest = file_digest(&path);
+        if !force && (digest.is_none() || digest == self.token_digest) {
+            return;
+        }
+        match read_token_file(&path) {
+            Ok(token) => {
+                self.token_digest = digest;
+                self.client.replace_token(token);
+                info!("token reloaded from {}", path.display());
+                if self.halted == Some(UpstreamState::Unauthorized) {
+                    self.resume();
+                }
+            }
+            Err(e) => warn!("token reload failed: {e}"),
+        }
+    }
+
+    fn resume(&mut self) {
+        self.halted = None;
+        self.next_attempt = Instant::now();
+        self.backoff.reset();
+        self.status.set_state(UpstreamState::Degraded, None);
+    }
+
+    fn reload(&mut self) {
+        info!("SIGHUP: reloading the token and retrying");
+        self.check_token_file(true);
+        self.resume();
+    }
+}
+
+#[cfg(test)]
+mod tests;

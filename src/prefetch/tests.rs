@@ -1,0 +1,154 @@
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::status::StaticInfo;
+use crate::upstream::mock::MockClient;
+
+fn setup(capacity: usize) -> (Arc<MockClient>, Arc<Pool>, Arc<Status>, PrefetchConfig) {
+    let status = Arc::new(Status::new(StaticInfo {
+        endpoint: "mock".into(),
+        token_source: "test".into(),
+        capacity,
+        mix_local: false,
+        rate_limit: "off".into(),
+    }));
+    let mut cfg = PrefetchConfig::for_capacity(capacity);
+    cfg.rate_limit = None;
+    cfg.backoff_base = Duration::from_millis(10);
+    cfg.backoff_cap = Duration::from_millis(50);
+    (
+        Arc::new(MockClient::new()),
+        Arc::new(Pool::new(capacity)),
+        status,
+        cfg,
+    )
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+#[tokio::test]
+async fn fills_to_capacity_in_whole_kib_requests() {
+    let (client, pool, status, cfg) = setup(2 * 1024 * 1024 + 3 * 1024);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    // 2 MiB + 3 KiB: four 512 KiB requests and one of 3 KiB.
+    assert_eq!(client.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        status.fetched_bytes.load(Ordering::SeqCst),
+        pool.capacity() as u64
+    );
+    assert_eq!(status.state(), UpstreamState::Ok);
+}
+
+#[tokio::test]
+async fn backs_off_on_503_then_recovers() {
+    let (client, pool, status, cfg) = setup(64 * 1024);
+    client.fail_next([
+        FetchError::Status {
+            code: 503,
+            retry_after: None,
+        },
+        FetchError::Transport("reset".into()),
+    ]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    assert_eq!(status.requests_failed.load(Ordering::SeqCst), 2);
+    let snap = status.snapshot(&pool);
+    assert_eq!(snap.failures.get("http_503"), Some(&1));
+    assert_eq!(snap.failures.get("transport"), Some(&1));
+    assert_eq!(snap.state, "ok");
+    assert_eq!(snap.consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn unauthorized_halts_until_reload() {
+    let (client, pool, status, cfg) = setup(64 * 1024);
+    client.fail_next([FetchError::Status {
+        code: 401,
+        retry_after: None,
+    }]);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.state() == UpstreamState::Unauthorized).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        client.requests.load(Ordering::SeqCst),
+        1,
+        "no retry while halted"
+    );
+    assert!(pool.poll(None).error, "readers fail fast");
+    tx.send(Control::Reload).expect("send");
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    assert_eq!(status.state(), UpstreamState::Ok);
+    assert!(!pool.poll(None).error);
+}
+
+#[tokio::test]
+async fn quota_exhausted_waits_for_quota_retry() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    cfg.quota_retry = Duration::from_millis(300);
+    client.fail_next([FetchError::Status {
+        code: 403,
+        retry_after: None,
+    }]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.state() == UpstreamState::QuotaExhausted).await;
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(status.state(), UpstreamState::Ok);
+}
+
+#[tokio::test]
+async fn respects_max_in_flight_and_rate_limit() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    cfg.rate_limit = Some(RateLimit {
+        requests: 3,
+        window: Duration::from_millis(400),
+    });
+    cfg.low_watermark = 64 * 1024;
+    *client.delay.lock() = Some(Duration::from_millis(20));
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    // Drain 64 KiB four times; at most 3 requests may start per 650 ms (window + margin).
+    let start = Instant::now();
+    for _ in 0..3 {
+        drain(&pool, 64 * 1024);
+        wait_until(|| pool.buffered() == pool.capacity()).await;
+    }
+    assert_eq!(client.requests.load(Ordering::SeqCst), 4);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+fn drain(pool: &Pool, n: usize) {
+    struct Discard;
+    impl crate::pool::ReadSink for Discard {
+        fn deliver(self: Box<Self>, _: &[u8]) {}
+        fn fail(self: Box<Self>, _: crate::pool::ReadError) {}
+    }
+    pool.read(
+        crate::pool::ReadRequest {
+            len: n,
+            nonblocking: true,
+            pid: 0,
+            deadline: None,
+        },
+        Box::new(Discard),
+    );
+}

@@ -1,0 +1,449 @@
+//! Counters and upstream state, and their renderings for `/status`, `/status.json`, `/metrics`.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::pool::Pool;
+
+/// The upstream's condition, as an operator would name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UpstreamState {
+    /// No request has completed yet.
+    Starting,
+    /// The last request succeeded.
+    Ok,
+    /// The last request failed; the next is not delayed.
+    Degraded,
+    /// Failing; waiting before the next attempt.
+    BackingOff,
+    /// 401: the token was rejected; waiting for a new token (file change or SIGHUP).
+    Unauthorized,
+    /// 403: the monthly quota is used up; retrying rarely.
+    QuotaExhausted,
+    /// 400: the service rejected our request; stopped until SIGHUP.
+    BadRequest,
+    /// The daemon is stopping.
+    Stopping,
+}
+
+impl UpstreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamState::Starting => "starting",
+            UpstreamState::Ok => "ok",
+            UpstreamState::Degraded => "degraded",
+            UpstreamState::BackingOff => "backing off",
+            UpstreamState::Unauthorized => "unauthorized",
+            UpstreamState::QuotaExhausted => "quota exhausted",
+            UpstreamState::BadRequest => "bad request",
+            UpstreamState::Stopping => "stopping",
+        }
+    }
+
+    /// States in which readers on an empty buffer get `EIO` instead of waiting.
+    pub fn is_unrecoverable(self) -> bool {
+        matches!(
+            self,
+            UpstreamState::Unauthorized | UpstreamState::QuotaExhausted | UpstreamState::BadRequest
+        )
+    }
+}
+
+/// Facts fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct StaticInfo {
+    pub endpoint: String,
+    pub token_source: String,
+    pub capacity: usize,
+    pub mix_local: bool,
+    pub rate_limit: String,
+}
+
+#[derive(Debug)]
+struct Mutable {
+    state: UpstreamState,
+    consecutive_failures: u64,
+    next_attempt: Option<Instant>,
+    last_error: Option<(SystemTime, String)>,
+    last_success: Option<SystemTime>,
+    failures_by_class: BTreeMap<String, u64>,
+}
+
+#[derive(Debug)]
+pub struct Status {
+    info: StaticInfo,
+    started: SystemTime,
+    pub fetched_bytes: AtomicU64,
+    pub requests_ok: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub discarded_bytes: AtomicU64,
+    mutable: Mutex<Mutable>,
+}
+
+/// One consistent picture, rendered three ways.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub state: &'static str,
+    pub buffered_bytes: u64,
+    pub capacity_bytes: u64,
+    pub buffer_fill_percent: u64,
+    pub served_bytes: u64,
+    pub fetched_bytes: u64,
+    pub discarded_bytes: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub consecutive_failures: u64,
+    pub next_attempt_in_seconds: Option<f64>,
+    pub waiting_readers: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    pub last_success_at: Option<u64>,
+    pub memory_locked: bool,
+    pub mix_local: bool,
+    pub endpoint: String,
+    pub token_source: String,
+    pub rate_limit: String,
+    pub uptime_seconds: u64,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl Status {
+    pub fn new(info: StaticInfo) -> Status {
+        Status {
+            info,
+            started: SystemTime::now(),
+            fetched_bytes: AtomicU64::new(0),
+            requests_ok: AtomicU64::new(0),
+            requests_failed: AtomicU64::new(0),
+            discarded_bytes: AtomicU64::new(0),
+            mutable: Mutex::new(Mutable {
+                state: UpstreamState::Starting,
+                consecutive_failures: 0,
+                next_attempt: None,
+                last_error: None,
+                last_success: None,
+                failures_by_class: BTreeMap::new(),
+            }),
+        }
+    }
+
+    pub fn state(&self) -> UpstreamState {
+        self.mutable.lock().state
+    }
+
+    pub fn set_state(&self, state: UpstreamState, next_attempt: Option<Instant>) {
+        let mut m = self.mutable.lock();
+        m.state = state;
+        m.next_attempt = next_attempt;
+    }
+
+    pub fn record_success(&self, bytes: usize) {
+        self.fetched_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
+        self.requests_ok.fetch_add(1, Ordering::SeqCst);
+        let mut m = self.mutable.lock();
+        m.consecutive_failures = 0;
+        m.last_success = Some(SystemTime::now());
+        if !m.state.is_unrecoverable() && m.state != UpstreamState::Stopping {
+            m.state = UpstreamState::Ok;
+            m.next_attempt = None;
+        }
+    }
+
+    /// Counts a failed request of class `class` with its message (never containing the token).
+    pub fn record_failure(&self, class: &str, message: String, discarded: usize) {
+        self.requests_failed.fetch_add(1, Ordering::SeqCst);
+        self.discarded_bytes
+            .fetch_add(discarded as u64, Ordering::SeqCst);
+        let mut m = self.mutable.lock();
+        m.consecutive_failures += 1;
+        *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
+        m.last_error = Some((SystemTime::now(), message));
+    }
+
+    pub fn consecutive_failures(&self) -> u64 {
+        self.mutable.lock().consecutive_failures
+    }
+
+    pub fn snapshot(&self, pool: &Pool) -> Snapshot {
+        let (buffered, served, waiting) = pool.counts();
+        // Read after the pool: fetched only grows, so served + buffered <= fetched holds.
+        let fetched = self.fetched_bytes.load(Ordering::SeqCst);
+        let m = self.mutable.lock();
+        let now = Instant::now();
+        let capacity = self.info.capacity as u64;
+        Snapshot {
+            state: m.state.as_str(),
+            buffered_bytes: buffered as u64,
+            capacity_bytes: capacity,
+            buffer_fill_percent: (buffered as u64 * 100).checked_div(capacity).unwrap_or(0),
+            served_bytes: served,
+            fetched_bytes: fetched,
+            discarded_bytes: self.discarded_bytes.load(Ordering::SeqCst),
+            requests_ok: self.requests_ok.load(Ordering::SeqCst),
+            requests_failed: self.requests_failed.load(Ordering::SeqCst),
+            consecutive_failures: m.consecutive_failures,
+            next_attempt_in_seconds: m
+                .next_attempt
+                .map(|t| t.saturating_duration_since(now).as_millis() as f64 / 1000.0),
+            waiting_readers: waiting as u64,
+            failures: m.failures_by_class.clone(),
+            last_error: m.last_error.as_ref().map(|(_, e)| e.clone()),
+            last_error_at: m.last_error.as_ref().map(|(t, _)| unix(*t)),
+            last_success_at: m.last_success.map(unix),
+            memory_locked: pool.memory_locked(),
+            mix_local: self.info.mix_local,
+            endpoint: self.info.endpoint.clone(),
+            token_source: self.info.token_source.clone(),
+            rate_limit: self.info.rate_limit.clone(),
+            uptime_seconds: SystemTime::now()
+                .duration_since(self.started)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+        }
+    }
+}
+
+fn rfc3339(secs: u64) -> String {
+    // Civil-from-days (H. Hinnant), UTC; avoids a date crate for one timestamp format.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl Snapshot {
+    /// `key: value` lines.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = writeln!(s, "{k}: {v}");
+        };
+        line("state", &self.state);
+        line("buffered_bytes", &self.buffered_bytes);
+        line("capacity_bytes", &self.capacity_bytes);
+        line("buffer_fill_percent", &self.buffer_fill_percent);
+        line("served_bytes", &self.served_bytes);
+        line("fetched_bytes", &self.fetched_bytes);
+        line("discarded_bytes", &self.discarded_bytes);
+        line("requests_ok", &self.requests_ok);
+        line("requests_failed", &self.requests_failed);
+        line("consecutive_failures", &self.consecutive_failures);
+        line(
+            "next_attempt_in_seconds",
+            &self
+                .next_attempt_in_seconds
+                .map_or("none".to_owned(), |v| format!("{v:.1}")),
+        );
+        line("waiting_readers", &self.waiting_readers);
+        let failures = if self.failures.is_empty() {
+            "none".to_owned()
+        } else {
+            self.failures
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        line("failures", &failures);
+        let last = match (&self.last_error, self.last_error_at) {
+            (Some(e), Some(t)) => format!("{} {e}", rfc3339(t)),
+            _ => "none".to_owned(),
+        };
+        line("last_error", &last);
+        line(
+            "last_success",
+            &self.last_success_at.map_or("none".to_owned(), rfc3339),
+        );
+        line(
+            "memory_locked",
+            &if self.memory_locked { "yes" } else { "no" },
+        );
+        line(
+            "mix_local",
+            &if self.mix_local {
+                "on (output = Qrypt XOR getrandom)"
+            } else {
+                "off"
+            },
+        );
+        line("endpoint", &self.endpoint);
+        line("token_source", &self.token_source);
+        line("rate_limit", &self.rate_limit);
+        line("uptime_seconds", &self.uptime_seconds);
+        s
+    }
+
+    /// One JSON object; integers as numbers.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_owned());
+        s.push('\n');
+        s
+    }
+
+    /// Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(s, "# HELP qrypt_fs_{name} {help}");
+            let _ = writeln!(s, "# TYPE qrypt_fs_{name} {kind}");
+            let _ = writeln!(s, "qrypt_fs_{name} {value}");
+        };
+        metric(
+            "buffered_bytes",
+            "gauge",
+            "Bytes in the prefetch buffer.",
+            self.buffered_bytes.to_string(),
+        );
+        metric(
+            "capacity_bytes",
+            "gauge",
+            "Capacity of the prefetch buffer.",
+            self.capacity_bytes.to_string(),
+        );
+        metric(
+            "served_bytes_total",
+            "counter",
+            "Bytes handed to readers.",
+            self.served_bytes.to_string(),
+        );
+        metric(
+            "fetched_bytes_total",
+            "counter",
+            "Validated bytes received from the upstream.",
+            self.fetched_bytes.to_string(),
+        );
+        metric(
+            "discarded_bytes_total",
+            "counter",
+            "Bytes of responses rejected by validation or health tests.",
+            self.discarded_bytes.to_string(),
+        );
+        metric(
+            "requests_ok_total",
+            "counter",
+            "Upstream requests that delivered entropy.",
+            self.requests_ok.to_string(),
+        );
+        metric(
+            "requests_failed_total",
+            "counter",
+            "Upstream requests that failed.",
+            self.requests_failed.to_string(),
+        );
+        metric(
+            "consecutive_failures",
+            "gauge",
+            "Upstream failures since the last success.",
+            self.consecutive_failures.to_string(),
+        );
+        metric(
+            "waiting_readers",
+            "gauge",
+            "Reads waiting for entropy.",
+            self.waiting_readers.to_string(),
+        );
+        metric(
+            "memory_locked",
+            "gauge",
+            "1 if the buffer is locked in RAM.",
+            u8::from(self.memory_locked).to_string(),
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            self.uptime_seconds.to_string(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP qrypt_fs_failures_total Upstream failures by class."
+        );
+        let _ = writeln!(s, "# TYPE qrypt_fs_failures_total counter");
+        for (class, n) in &self.failures {
+            let _ = writeln!(s, "qrypt_fs_failures_total{{class=\"{class}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP qrypt_fs_state Upstream state (1 for the current one)."
+        );
+        let _ = writeln!(s, "# TYPE qrypt_fs_state gauge");
+        for st in [
+            UpstreamState::Starting,
+            UpstreamState::Ok,
+            UpstreamState::Degraded,
+            UpstreamState::BackingOff,
+            UpstreamState::Unauthorized,
+            UpstreamState::QuotaExhausted,
+            UpstreamState::BadRequest,
+            UpstreamState::Stopping,
+        ] {
+            let _ = writeln!(
+                s,
+                "qrypt_fs_state{{state=\"{}\"}} {}",
+                st.as_str(),
+                u8::from(st.as_str() == self.state)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_867_200), "2026-11-28T12:00:00Z");
+    }
+
+    #[test]
+    fn renders_all_three() {
+        let st = Status::new(StaticInfo {
+            endpoint: "http://127.0.0.1:1".into(),
+            token_source: "environment (QRYPT_TOKEN)".into(),
+            capacity: 4096,
+            mix_local: false,
+            rate_limit: "30/10s".into(),
+        });
+        let pool = Pool::new(4096);
+        pool.push(&[1u8; 1024]);
+        st.record_success(1024);
+        st.record_failure("http_503", "HTTP 503".into(), 0);
+        let snap = st.snapshot(&pool);
+        let text = snap.to_text();
+        assert!(text.contains("state: ok\n"), "{text}");
+        assert!(text.contains("buffered_bytes: 1024\n"));
+        assert!(text.contains("failures: http_503=1\n"));
+        let json: serde_json::Value = serde_json::from_str(&snap.to_json()).expect("json");
+        assert_eq!(json["fetched_bytes"], 1024);
+        let prom = snap.to_prometheus();
+        assert!(prom.contains("qrypt_fs_buffered_bytes 1024\n"));
+        assert!(prom.contains("qrypt_fs_failures_total{class=\"http_503\"} 1\n"));
+    }
+}

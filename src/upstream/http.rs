@@ -1,0 +1,298 @@
+//! The real client: HTTPS (rustls) to Qrypt's API, or plain HTTP to a loopback emulator.
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
+};
+use url::Url;
+use zeroize::Zeroizing;
+
+use super::validate::{self, ValidationError};
+use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
+use crate::token::Token;
+
+pub const DEFAULT_ENDPOINT: &str = "https://api-eus.qrypt.com";
+const API_PATH: &str = "api/v1/quantum-entropy";
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub endpoint: Url,
+    pub extra_ca_pem: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+    /// Whole-request limit, body included: a slow-dripping server cannot hold a request forever.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("endpoint {0:?} is not a valid URL: {1}")]
+    BadUrl(String, url::ParseError),
+    #[error(
+        "endpoint {0} uses plain http:// to a host that is not loopback; the token would cross \
+         the network in clear text (use https://)"
+    )]
+    Cleartext(String),
+    #[error("endpoint {0} must use https:// (or http:// to a loopback address)")]
+    Scheme(String),
+    #[error("CA certificate {path}: {reason}")]
+    Ca { path: String, reason: String },
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+/// Parses an endpoint and enforces: https, or http only to loopback.
+pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| ConfigError::BadUrl(text.to_owned(), e))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(ConfigError::Cleartext(text.to_owned())),
+        _ => Err(ConfigError::Scheme(text.to_owned())),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => IpAddr::V4(a).is_loopback(),
+        Some(url::Host::Ipv6(a)) => IpAddr::V6(a).is_loopback(),
+        None => false,
+    }
+}
+
+/// Reads a PEM file of one or more CA certificates.
+pub fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| ConfigError::Ca {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let count = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::Ca {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .len();
+    if count == 0 {
+        return Err(ConfigError::Ca {
+            path: path.display().to_string(),
+            reason: "no PEM certificate in file".into(),
+        });
+    }
+    Ok(pem)
+}
+
+fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca_pem {
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            let cert = cert.map_err(|e| ConfigError::Client(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| ConfigError::Client(format!("CA certificate rejected: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Client(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+pub struct HttpClient {
+    client: reqwest::Client,
+    url: Url,
+    auth: RwLock<HeaderValue>,
+}
+
+fn bearer(token: &Token) -> HeaderValue {
+    let text = Zeroizing::new(format!("Bearer {}", token.expose()));
+    // Token::new admits only visible ASCII, which is always a valid header value.
+    let mut v = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
+}
+
+impl HttpClient {
+    pub fn new(cfg: &HttpConfig, token: &Token) -> Result<HttpClient, ConfigError> {
+        let mut url = cfg.endpoint.clone();
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        let url = url
+            .join(API_PATH)
+            .map_err(|e| ConfigError::BadUrl(cfg.endpoint.to_string(), e))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(cfg.extra_ca_pem.as_deref())?)
+            .http1_only()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(cfg.endpoint.scheme() == "https")
+            .user_agent(concat!("qrypt-fs/", env!("CARGO_PKG_VERSION")))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ConfigError::Client(e.to_string()))?;
+        Ok(HttpClient {
+            client,
+            url,
+            auth: RwLock::new(bearer(token)),
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    async fn fetch_inner(&self, kib: u32) -> Result<Entropy, FetchError> {
+        if !(1..=MAX_KIB_PER_REQUEST).contains(&kib) {
+            return Err(FetchError::Status {
+                code: 400,
+                retry_after: None,
+            });
+        }
+        let auth = self.auth.read().clone();
+        let mut url = self.url.clone();
+        url.query_pairs_mut().append_pair("size", &kib.to_string());
+        let mut resp = self
+            .client
+            .get(url)
+            .header(ACCEPT, "application/json")
+            .header(CACHE_CONTROL, "no-store")
+            .header(AUTHORIZATION, auth)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(FetchError::Status {
+                code: status,
+                retry_after,
+            });
+        }
+        validate::check_content_type(
+            resp.headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        )?;
+        let limit = validate::body_limit(kib);
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(ValidationError::TooLarge(limit).into());
+        }
+        // Read with a cap: a misbehaving server must not make us allocate without bound.
+        let mut body = Zeroizing::new(Vec::with_capacity(limit.min(1 << 20)));
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > limit {
+                return Err(ValidationError::TooLarge(limit).into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut out = Zeroizing::new(Vec::with_capacity(kib as usize * BLOCK_LEN));
+        validate::decode_body(&body, kib, &mut out)?;
+        Ok(Entropy(out))
+    }
+}
+
+fn transport(e: reqwest::Error) -> FetchError {
+    // reqwest's Display names the URL (no secret in it) and the cause chain carries the detail.
+    let mut msg = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "connect failed".to_owned()
+    } else if e.is_body() || e.is_decode() {
+        "body read failed".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    FetchError::Transport(msg)
+}
+
+impl EntropyClient for HttpClient {
+    async fn fetch(&self, kib: u32) -> Result<Entropy, FetchError> {
+        self.fetch_inner(kib).await
+    }
+
+    fn replace_token(&self, token: Token) {
+        *self.auth.write() = bearer(&token);
+    }
+}
+
+/// For messages: an I/O error about a path.
+pub fn io_context(path: &Path, e: io::Error) -> String {
+    format!("{}: {e}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_rules() {
+        assert!(parse_endpoint("https://api-eus.qrypt.com").is_ok());
+        assert!(parse_endpoint("http://127.0.0.1:8080").is_ok());
+        assert!(parse_endpoint("http://[::1]:8080").is_ok());
+        assert!(parse_endpoint("http://localhost:1").is_ok());
+        assert!(matches!(
+            parse_endpoint("http://api-eus.qrypt.com"),
+            Err(ConfigError::Cleartext(_))
+        ));
+        assert!(matches!(
+            parse_endpoint("http://10.0.0.1"),
+            Err(ConfigError::Cleartext(_))
+        ));
+        assert!(matches!(
+            parse_endpoint("ftp://x"),
+            Err(ConfigError::Scheme(_))
+        ));
+        assert!(parse_endpoint("not a url").is_err());
+    }
+
+    #[test]
+    fn api_url_joins_path() {
+        let token = Token::new("t".into()).expect("token");
+        for base in [
+            "https://h.example",
+            "https://h.example/",
+            "https://h.example/prefix",
+        ] {
+            let c = HttpClient::new(
+                &HttpConfig {
+                    endpoint: parse_endpoint(base).expect("url"),
+                    extra_ca_pem: None,
+                    connect_timeout: Duration::from_secs(1),
+                    request_timeout: Duration::from_secs(1),
+                },
+                &token,
+            )
+            .expect("client");
+            assert!(
+                c.url().as_str().ends_with("/api/v1/quantum-entropy"),
+                "{}",
+                c.url()
+            );
+        }
+    }
+}

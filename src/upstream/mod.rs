@@ -1,0 +1,69 @@
+//! The upstream: something that hands out validated entropy in whole KiB.
+//!
+//! [`EntropyClient`] is the seam between the prefetcher and the network: [`http::HttpClient`]
+//! talks to Qrypt (or the emulator); [`mock`] has in-memory clients for unit tests.
+use std::future::Future;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::token::Token;
+
+pub mod http;
+pub mod mock;
+pub mod validate;
+
+/// The API's per-request limit, in KiB.
+pub const MAX_KIB_PER_REQUEST: u32 = 512;
+/// Bytes in one block of the API's `random` array.
+pub const BLOCK_LEN: usize = 1024;
+
+/// Entropy that passed response validation: `kib * 1024` bytes, wiped on drop.
+pub struct Entropy(pub Zeroizing<Vec<u8>>);
+
+impl Entropy {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The kinds of failure, each with its own policy in the prefetcher.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// A non-200 answer. `retry_after` comes from a 429's `Retry-After`.
+    #[error("HTTP {code}{}", retry_after.map(|d| format!(" (Retry-After {}s)", d.as_secs())).unwrap_or_default())]
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    /// Connect failure, reset, TLS error or timeout.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A 200 whose body breaks the contract.
+    #[error("invalid response: {0}")]
+    Validation(#[from] validate::ValidationError),
+    /// Bytes that passed validation but failed a health test.
+    #[error("health test: {0}")]
+    Health(String),
+}
+
+impl FetchError {
+    /// Short class name for counters and logs.
+    pub fn class(&self) -> String {
+        match self {
+            FetchError::Status { code, .. } => format!("http_{code}"),
+            FetchError::Transport(_) => "transport".into(),
+            FetchError::Validation(_) => "validation".into(),
+            FetchError::Health(_) => "health".into(),
+        }
+    }
+}
+
+/// A source of validated entropy.
+pub trait EntropyClient: Send + Sync + 'static {
+    /// Fetches exactly `kib` KiB (1..=512), validated, or fails without returning any of it.
+    fn fetch(&self, kib: u32) -> impl Future<Output = Result<Entropy, FetchError>> + Send;
+
+    /// Swaps in a new token (after the token file changed).
+    fn replace_token(&self, _token: Token) {}
+}

@@ -1,0 +1,163 @@
+//! Response validation: nothing of a response is used unless all of it matches the contract.
+use std::borrow::Cow;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+use super::BLOCK_LEN;
+
+/// Base64 length of one 1024-byte block (with padding).
+const BLOCK_B64_LEN: usize = BLOCK_LEN.div_ceil(3) * 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("Content-Type is {0:?}, expected application/json")]
+    ContentType(String),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("size is {size} but the random array has {len} blocks")]
+    SizeVsLength { size: u64, len: usize },
+    #[error("asked for {asked} KiB, got {got}")]
+    WrongAmount { asked: u32, got: u64 },
+    #[error("block {index} is not 1024 bytes of strict base64")]
+    BadBlock { index: usize },
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    // Cow: a JSON encoder may escape '/' as "\/", which a plain &str cannot borrow.
+    #[serde(borrow)]
+    random: Vec<Cow<'a, str>>,
+    size: u64,
+}
+
+/// Largest body accepted for a request of `kib` KiB: the base64 plus generous room for
+/// whitespace and framing. Anything bigger is not a correct answer.
+pub fn body_limit(kib: u32) -> usize {
+    kib as usize * (BLOCK_B64_LEN + 64) + 4096
+}
+
+/// Checks a `Content-Type` header value.
+pub fn check_content_type(value: Option<&str>) -> Result<(), ValidationError> {
+    let v = value.unwrap_or("");
+    let essence = v.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ValidationError::ContentType(v.chars().take(64).collect()))
+    }
+}
+
+/// Parses and validates a 200 body for a request of `kib` KiB, decoding into `out`
+/// (cleared first). On error `out` is wiped and left empty.
+pub fn decode_body(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), ValidationError> {
+    let result = decode_inner(body, kib, out);
+    if result.is_err() {
+        zeroize::Zeroize::zeroize(out);
+    }
+    result
+}
+
+fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), ValidationError> {
+    out.clear();
+    if body.len() > body_limit(kib) {
+        return Err(ValidationError::TooLarge(body_limit(kib)));
+    }
+    let parsed: Body<'_> =
+        serde_json::from_slice(body).map_err(|e| ValidationError::Json(e.to_string()))?;
+    if parsed.size != parsed.random.len() as u64 {
+        return Err(ValidationError::SizeVsLength {
+            size: parsed.size,
+            len: parsed.random.len(),
+        });
+    }
+    if parsed.size != u64::from(kib) {
+        return Err(ValidationError::WrongAmount {
+            asked: kib,
+            got: parsed.size,
+        });
+    }
+    out.resize(kib as usize * BLOCK_LEN, 0);
+    for (index, (text, slot)) in parsed
+        .random
+        .iter()
+        .zip(out.chunks_exact_mut(BLOCK_LEN))
+        .enumerate()
+    {
+        // The length check makes decode_slice's output exactly one block or an error.
+        if text.len() != BLOCK_B64_LEN {
+            return Err(ValidationError::BadBlock { index });
+        }
+        match STANDARD.decode_slice(text.as_bytes(), slot) {
+            Ok(BLOCK_LEN) => {}
+            _ => return Err(ValidationError::BadBlock { index }),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(blocks: &[Vec<u8>], size: u64) -> Vec<u8> {
+        let random: Vec<String> = blocks.iter().map(|b| STANDARD.encode(b)).collect();
+        serde_json::to_vec(&serde_json::json!({ "random": random, "size": size })).expect("json")
+    }
+
+    #[test]
+    fn accepts_correct_body() {
+        let blocks = vec![vec![7u8; 1024], (0..1024).map(|i| i as u8).collect()];
+        let mut out = Vec::new();
+        decode_body(&body(&blocks, 2), 2, &mut out).expect("valid");
+        assert_eq!(out, blocks.concat());
+    }
+
+    #[test]
+    fn accepts_escaped_slashes() {
+        let block = vec![0xffu8; 1024]; // encodes to "////..."
+        let text = String::from_utf8(body(&[block.clone()], 1)).expect("utf8");
+        let escaped = text.replace('/', "\\/");
+        let mut out = Vec::new();
+        decode_body(escaped.as_bytes(), 1, &mut out).expect("valid");
+        assert_eq!(out, block);
+    }
+
+    #[test]
+    fn rejects_each_contract_breach() {
+        let good = vec![vec![1u8; 1024]];
+        let mut out = Vec::new();
+        let cases: Vec<(Vec<u8>, u32)> = vec![
+            (b"{\"random\": [".to_vec(), 1),
+            (br#"{"random": [1, 2], "size": 2}"#.to_vec(), 2),
+            (br#"{"random": ["AAAA"], "size": "1"}"#.to_vec(), 1),
+            (body(&good, 2), 1),
+            (body(&good, 1), 2),
+            (body(&[vec![1u8; 1023]], 1), 1),
+            (body(&[vec![1u8; 1025]], 1), 1),
+            (
+                String::from_utf8(body(&good, 1))
+                    .expect("utf8")
+                    .replacen("AQEB", "AQE*", 1)
+                    .into_bytes(),
+                1,
+            ),
+            (vec![b' '; body_limit(1) + 1], 1),
+        ];
+        for (i, (b, kib)) in cases.iter().enumerate() {
+            out = vec![9u8; 10];
+            assert!(decode_body(b, *kib, &mut out).is_err(), "case {i} accepted");
+            assert!(out.is_empty(), "case {i} left data behind");
+        }
+    }
+
+    #[test]
+    fn content_type() {
+        assert!(check_content_type(Some("application/json; charset=utf-8")).is_ok());
+        assert!(check_content_type(Some("text/html")).is_err());
+        assert!(check_content_type(None).is_err());
+    }
+}

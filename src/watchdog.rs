@@ -1,0 +1,64 @@
+//! Ends waits that must end: a reader with a pending signal gets `EINTR`, one past
+//! `--read-timeout` gets `EIO`.
+//!
+//! Why this exists: fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, after which the kernel
+//! stops forwarding interrupts and leaves the reader in state D until we answer. So we look at
+//! the reader's pending signals ourselves.
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::pool::{Pool, ReadError};
+
+/// How often waiting readers are checked; well under the half second a Ctrl-C may take.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// True when thread `pid` has a signal pending that it does not block, or no longer exists.
+pub fn signal_pending(pid: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = field("SigPnd:") | field("ShdPnd:");
+    pending & !field("SigBlk:") != 0
+}
+
+/// Starts the watchdog thread; it ends when the pool shuts down.
+pub fn spawn(pool: Arc<Pool>) -> std::io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("qrypt-watchdog".into())
+        .spawn(move || {
+            while !pool.is_shut_down() {
+                let waiting = pool.waiting_reads();
+                if waiting.is_empty() {
+                    pool.wait_for_waiters(Duration::from_secs(1));
+                    continue;
+                }
+                let now = Instant::now();
+                for w in waiting {
+                    if w.deadline.is_some_and(|d| now >= d) {
+                        pool.cancel(w.id, ReadError::TimedOut);
+                    } else if signal_pending(w.pid) {
+                        pool.cancel(w.id, ReadError::Interrupted);
+                    }
+                }
+                thread::sleep(CHECK_EVERY);
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_thread_has_nothing_pending_and_dead_pid_counts() {
+        assert!(!signal_pending(std::process::id()));
+        assert!(signal_pending(u32::MAX - 1));
+    }
+}
