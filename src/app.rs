@@ -130,6 +130,8 @@ pub fn main(opts: Options) -> Result<(), String> {
         prefetch.rate_limit = opts.rate_limit;
         prefetch.max_in_flight = opts.max_in_flight;
         prefetch.quota_retry = opts.quota_retry;
+        prefetch.backoff_cap = opts.max_backoff;
+        prefetch.backoff_base = prefetch.backoff_base.min(opts.max_backoff);
         prefetch.mix_local = opts.mix_local;
         prefetch.token_file = token_file.clone();
         let cfg = MountConfig {

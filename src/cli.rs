@@ -27,7 +27,7 @@ THE TOKEN
 
 MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
   endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S read_timeout=SECS
-  max_in_flight=N quota_retry=SECS log_file=PATH mix_local allow_other allow_root
+  max_in_flight=N quota_retry=SECS max_backoff=SECS log_file=PATH mix_local allow_other allow_root
   default_permissions ro; rw, dev, suid, exec, atime (and no*), _netdev, nofail, auto,
   noauto, user, users and x-* are accepted and ignored.
 
@@ -92,6 +92,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
     pub quota_retry: Duration,
 
+    /// Longest wait between retries while the upstream fails (backoff is exponential with
+    /// full jitter, starting at 0.25 s).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub max_backoff: Duration,
+
     /// XOR every byte with the OS CSPRNG (getrandom): unpredictable if either source is good.
     /// Off by default: by default every byte is Qrypt's.
     #[arg(long)]
@@ -149,6 +154,7 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub quota_retry: Duration,
+    pub max_backoff: Duration,
     pub mix_local: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -181,6 +187,7 @@ impl Options {
             connect_timeout: cli.connect_timeout,
             request_timeout: cli.request_timeout,
             quota_retry: cli.quota_retry,
+            max_backoff: cli.max_backoff,
             mix_local: cli.mix_local,
             allow_other: cli.allow_other,
             allow_root: false,
@@ -210,6 +217,7 @@ impl Options {
                 "rate_limit" => o.rate_limit = parse_rate_limit(&need(value)?)?,
                 "read_timeout" => o.read_timeout = Some(parse_seconds(&need(value)?)?),
                 "quota_retry" => o.quota_retry = parse_seconds(&need(value)?)?,
+                "max_backoff" => o.max_backoff = parse_seconds(&need(value)?)?,
                 "max_in_flight" => {
                     o.max_in_flight = need(value)?
                         .parse::<usize>()

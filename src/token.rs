@@ -76,6 +76,21 @@ pub enum TokenError {
     },
 }
 
+/// Overwrites the variable's value where the kernel shows it (`/proc/PID/environ` reads the
+/// original block, which `remove_var` alone leaves intact), then removes the variable.
+fn scrub_environment() {
+    // SAFETY: called once at start-up, before any thread exists; getenv's pointer is valid for
+    // strlen bytes, and we only overwrite the value, keeping its terminating NUL.
+    unsafe {
+        let p = libc::getenv(c"QRYPT_TOKEN".as_ptr());
+        if !p.is_null() {
+            let len = libc::strlen(p);
+            std::ptr::write_bytes(p, b'x', len);
+        }
+        std::env::remove_var(TOKEN_ENV);
+    }
+}
+
 /// Reads the first line of `path`, trimmed.
 pub fn read_token_file(path: &Path) -> Result<Token, TokenError> {
     let text = Zeroizing::new(std::fs::read(path).map_err(|source| TokenError::Read {
@@ -98,8 +113,7 @@ pub fn read_token_file(path: &Path) -> Result<Token, TokenError> {
 /// removed either way, so child processes and `/proc/PID/environ` readers after us don't see it.
 pub fn load(file: Option<&Path>) -> Result<(Token, TokenSource), TokenError> {
     let from_env = std::env::var(TOKEN_ENV).ok().map(Zeroizing::new);
-    // SAFETY: called once at start-up, before any thread exists.
-    unsafe { std::env::remove_var(TOKEN_ENV) };
+    scrub_environment();
     match file {
         Some(path) => Ok((read_token_file(path)?, TokenSource::File(path.to_owned()))),
         None => match from_env {

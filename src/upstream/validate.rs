@@ -161,3 +161,56 @@ mod tests {
         assert!(check_content_type(None).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn valid_body(blocks: &[Vec<u8>]) -> Vec<u8> {
+        let random: Vec<String> = blocks.iter().map(|b| STANDARD.encode(b)).collect();
+        serde_json::to_vec(&serde_json::json!({ "random": random, "size": blocks.len() }))
+            .expect("json")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic and never yield data of the wrong length.
+        #[test]
+        fn arbitrary_bodies(body in proptest::collection::vec(any::<u8>(), 0..4096), kib in 1u32..4) {
+            let mut out = Vec::new();
+            match decode_body(&body, kib, &mut out) {
+                Ok(()) => prop_assert_eq!(out.len(), kib as usize * BLOCK_LEN),
+                Err(_) => prop_assert!(out.is_empty()),
+            }
+        }
+
+        /// Any single-byte change to a valid body is rejected, or decodes to exactly what the
+        /// changed body says (e.g. whitespace, or a flip inside a base64 character that maps to
+        /// another valid character): never to a different length, never a panic.
+        #[test]
+        fn mutated_valid_bodies(
+            seed in proptest::collection::vec(any::<u8>(), 2048),
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let blocks = vec![seed[..1024].to_vec(), seed[1024..].to_vec()];
+            let mut body = valid_body(&blocks);
+            let i = pos.index(body.len());
+            body[i] = byte;
+            let mut out = Vec::new();
+            if decode_body(&body, 2, &mut out).is_ok() {
+                prop_assert_eq!(out.len(), 2048);
+                let parsed: serde_json::Value = serde_json::from_slice(&body).expect("was accepted");
+                let expect: Vec<u8> = parsed["random"].as_array().expect("array").iter()
+                    .flat_map(|s| STANDARD.decode(s.as_str().expect("str")).expect("b64"))
+                    .collect();
+                prop_assert_eq!(out, expect);
+            } else {
+                prop_assert!(out.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the programs the integration tests drive through a real mount: mount/umount
+# (util-linux), fuse3 (mount.fuse3, fusermount3), rng-tools5 (rngtest, rngd), openssl, a JDK,
+# python3. Needs root (apt-get); skips what is already there.
+set -euo pipefail
+need=()
+command -v mount.fuse3 >/dev/null || need+=(fuse3)
+command -v rngtest >/dev/null || need+=(rng-tools5)
+command -v openssl >/dev/null || need+=(openssl)
+command -v java >/dev/null || need+=(default-jdk-headless)
+command -v python3 >/dev/null || need+=(python3)
+command -v umount >/dev/null || need+=(mount)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+[ -c /dev/fuse ] || { modprobe fuse 2>/dev/null || true; }
+[ -c /dev/fuse ] || { echo "no /dev/fuse: FUSE tests cannot run" >&2; exit 1; }
