@@ -197,7 +197,8 @@ impl HttpClient {
             return Err(ValidationError::TooLarge(limit).into());
         }
         // Read with a cap: a misbehaving server must not make us allocate without bound.
-        let mut body = Zeroizing::new(Vec::with_capacity(limit.min(1 << 20)));
+        // Sized once up front: growing would free copies of the body without wiping them.
+        let mut body = Zeroizing::new(Vec::with_capacity(limit));
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > limit {
                 return Err(ValidationError::TooLarge(limit).into());

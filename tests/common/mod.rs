@@ -1,0 +1,427 @@
+//! Shared pieces of the integration tests: an emulator, a mounted `qrypt-fs` that unmounts on
+//! drop, raw reads through the kernel, `/status` parsing, and a provenance check of served bytes
+//! against what the emulator recorded.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use qrypt_fs::emulator::{Emulator, EmulatorConfig, Fault, RateLimit};
+
+pub const TOKEN: &str = "emulator-token";
+pub const BIN: &str = env!("CARGO_BIN_EXE_qrypt-fs");
+
+pub fn emulator() -> Emulator {
+    Emulator::start(EmulatorConfig {
+        record: true,
+        ..EmulatorConfig::default()
+    })
+    .expect("start emulator")
+}
+
+/// A running `qrypt-fs -f` on a temporary directory. Drop stops it and makes sure nothing stays
+/// mounted, even when the test failed half-way.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+pub struct MountBuilder {
+    args: Vec<String>,
+    env_token: Option<String>,
+    rate_limit: String,
+}
+
+impl MountBuilder {
+    pub fn new(emu: &Emulator) -> MountBuilder {
+        MountBuilder {
+            args: vec!["--endpoint".into(), emu.url()],
+            env_token: Some(TOKEN.into()),
+            rate_limit: "off".into(),
+        }
+    }
+
+    /// Client pacing; tests default to `off` so they run at loopback speed.
+    pub fn rate_limit(mut self, r: &str) -> Self {
+        self.rate_limit = r.into();
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn token(mut self, t: Option<&str>) -> Self {
+        self.env_token = t.map(str::to_owned);
+        self
+    }
+
+    /// Starts it in the foreground and waits until the mount answers.
+    pub fn mount(self) -> Mount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let log = logdir.path().join("qrypt-fs.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-f")
+            .args(["--rate-limit", &self.rate_limit])
+            .args(&self.args)
+            .arg(dir.path())
+            .env_remove("QRYPT_TOKEN")
+            .env("RUST_LOG", "qrypt_fs=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"));
+        if let Some(t) = &self.env_token {
+            cmd.env("QRYPT_TOKEN", t);
+        }
+        let child = cmd.spawn().expect("spawn qrypt-fs");
+        let mut m = Mount {
+            dir,
+            child: Some(child),
+            log,
+            _logdir: logdir,
+        };
+        m.wait_mounted();
+        m
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.to_string_lossy();
+    mounts.lines().any(|l| {
+        l.split(' ')
+            .nth(1)
+            .map(|m| m.replace("\\040", " "))
+            .as_deref()
+            == Some(&p)
+    })
+}
+
+impl Mount {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn random(&self) -> PathBuf {
+        self.path().join("random")
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if is_mounted(self.path()) && self.path().join("status").exists() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "qrypt-fs exited ({st}) before mounting: {}",
+                        self.log_text()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mount did not come up: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn status(&self) -> HashMap<String, String> {
+        parse_status(&std::fs::read_to_string(self.path().join("status")).expect("read status"))
+    }
+
+    pub fn status_u64(&self, key: &str) -> u64 {
+        let s = self.status();
+        s.get(key)
+            .unwrap_or_else(|| panic!("no {key} in status: {s:?}"))
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} not a number: {s:?}"))
+    }
+
+    /// Waits until `/status` satisfies `f`, or panics with the last status seen.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&HashMap<String, String>) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; status: {s:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the buffer is full, i.e. less than one request's unit (1 KiB) is free.
+    pub fn wait_full(&self) {
+        self.wait_status("a full buffer", Duration::from_secs(20), |s| {
+            let num = |k: &str| s.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            num("capacity_bytes") - num("buffered_bytes") < 1024
+        });
+    }
+
+    /// Waits until at least `n` bytes are buffered.
+    pub fn wait_buffered(&self, n: u64) {
+        self.wait_status(
+            &format!("{n} buffered bytes"),
+            Duration::from_secs(20),
+            |s| {
+                s.get("buffered_bytes")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    >= n
+            },
+        );
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_timeout(&mut child, Duration::from_secs(5))
+            .expect("qrypt-fs did not exit after SIGTERM")
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if wait_timeout(&mut child, Duration::from_secs(3)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if is_mounted(self.path()) {
+            let _ = nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub fn parse_status(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// One `read(2)` of up to `len` bytes.
+pub fn read_once(f: &File, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: buf is valid for len bytes.
+    let n = unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), len) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+pub fn open_random(m: &Mount) -> File {
+    File::open(m.random()).expect("open random")
+}
+
+pub fn open_nonblocking(path: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open O_NONBLOCK")
+}
+
+/// Reads exactly `n` bytes with as many reads as it takes.
+pub fn read_exact(path: &Path, n: usize) -> Vec<u8> {
+    let mut f = File::open(path).expect("open");
+    let mut buf = vec![0u8; n];
+    f.read_exact(&mut buf).expect("read_exact");
+    buf
+}
+
+/// Knows every block the emulator sent in correct responses, and checks that served bytes are
+/// runs of those blocks, and that no byte was served twice.
+pub struct Provenance {
+    /// First 16 bytes of each good block -> (record index, block index).
+    heads: HashMap<[u8; 16], Vec<u8>>,
+    /// Any 16-byte window of a good block -> the block's head, for reads that start mid-block.
+    windows: HashMap<[u8; 16], ([u8; 16], usize)>,
+    bad: HashSet<[u8; 16]>,
+}
+
+impl Provenance {
+    pub fn from(emu: &Emulator) -> Provenance {
+        let mut p = Provenance {
+            heads: HashMap::new(),
+            windows: HashMap::new(),
+            bad: HashSet::new(),
+        };
+        for r in emu.records() {
+            for block in r.blocks.chunks(1024) {
+                if block.len() < 16 {
+                    continue;
+                }
+                let head: [u8; 16] = block[..16].try_into().expect("16");
+                if r.status == 200 && r.fault.is_none() && block.len() == 1024 {
+                    for off in 0..=(1024 - 16) {
+                        let w: [u8; 16] = block[off..off + 16].try_into().expect("16");
+                        p.windows.insert(w, (head, off));
+                    }
+                    p.heads.insert(head, block.to_vec());
+                } else {
+                    for off in 0..=(block.len() - 16) {
+                        p.bad.insert(block[off..off + 16].try_into().expect("16"));
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// A read too short for `check_run`: inside one good block, or across two.
+    fn check_short(&self, data: &[u8]) {
+        let blocks: Vec<&Vec<u8>> = self.heads.values().collect();
+        let inside = blocks
+            .iter()
+            .any(|b| b.windows(data.len()).any(|w| w == data));
+        let across = (1..data.len()).any(|k| {
+            blocks.iter().any(|b| b.ends_with(&data[..k]))
+                && blocks.iter().any(|b| b.starts_with(&data[k..]))
+        });
+        assert!(inside || across, "a short read matches no good block");
+    }
+
+    /// True if `data` contains any 16-byte run the emulator sent, good or bad.
+    pub fn knows_any(&self, data: &[u8]) -> bool {
+        data.windows(16).any(|w| {
+            let k: [u8; 16] = w.try_into().expect("16");
+            self.windows.contains_key(&k) || self.bad.contains(&k)
+        })
+    }
+
+    /// Panics unless `data` (one read's bytes, >= 32 long) is a run of good blocks: it starts
+    /// somewhere inside a good block and continues through whole good blocks.
+    pub fn check_run(&self, data: &[u8]) {
+        if data.len() < 32 {
+            return self.check_short(data);
+        }
+        // The first window wholly inside one block: a read may start in the last 15 bytes of a
+        // block, so its first 16 bytes may span two blocks.
+        let found = (0..16).find_map(|k| {
+            let w: [u8; 16] = data[k..k + 16].try_into().expect("16");
+            assert!(
+                !self.bad.contains(&w),
+                "served bytes from a rejected response"
+            );
+            self.windows.get(&w).map(|&(head, off)| (k, head, off))
+        });
+        let Some((k, head, off)) = found else {
+            panic!(
+                "served bytes that the emulator never sent in a good response: a read of {} \
+                 bytes starting {:02x?}",
+                data.len(),
+                &data[..16]
+            );
+        };
+        let (mut block, mut rest) = if off >= k {
+            (&self.heads[&head][off - k..], data)
+        } else {
+            // The first k bytes end some good block, and `head` starts right after them.
+            assert_eq!(off, 0, "run does not line up with block boundaries");
+            assert!(
+                self.heads.values().any(|b| b.ends_with(&data[..k])),
+                "first bytes of a read end no good block"
+            );
+            (&self.heads[&head][..], &data[k..])
+        };
+        loop {
+            let n = rest.len().min(block.len());
+            assert_eq!(
+                &rest[..n],
+                &block[..n],
+                "served bytes differ from the block sent"
+            );
+            rest = &rest[n..];
+            if rest.is_empty() {
+                return;
+            }
+            if rest.len() >= 16 {
+                let h: [u8; 16] = rest[..16].try_into().expect("16");
+                block = self
+                    .heads
+                    .get(&h)
+                    .expect("run continues into bytes that do not start a good block");
+            } else {
+                assert!(
+                    self.heads.keys().any(|k| k.starts_with(rest)),
+                    "tail of a read matches no good block"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Panics if any 16-byte run appears twice, at any offset, across all `reads` (random data
+/// never repeats a 16-byte run, so a repeat means bytes were handed out twice).
+pub fn assert_disjoint(reads: &[Vec<u8>]) {
+    let mut seen = HashSet::new();
+    for r in reads {
+        for w in r.windows(16) {
+            let k: [u8; 16] = w.try_into().expect("16");
+            assert!(seen.insert(k), "a 16-byte run was handed out twice");
+        }
+    }
+}
+
+pub fn run_cmd(cmd: &str, args: &[&str]) -> std::process::Output {
+    Command::new(cmd).args(args).output().expect("run command")
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
