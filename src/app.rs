@@ -40,20 +40,28 @@ const FUSE_THREADS: usize = 4;
 
 /// Checks a mount point before anything else, so a stale mount gets a useful message.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
+    let stale = || {
+        format!(
             "{} is a stale FUSE mount (the daemon that served it is gone). \
              Recover with `umount -l {}` (or `fusermount3 -uz {}`), then mount again",
             path.display(),
             path.display(),
             path.display()
-        )),
+        )
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(stale()),
         Err(e) => Err(format!("mount point {}: {e}", path.display())),
         Ok(m) if !m.is_dir() => Err(format!("mount point {} is not a directory", path.display())),
         Ok(_) => {
             let abs = std::fs::canonicalize(path)
                 .map_err(|e| format!("mount point {}: {e}", path.display()))?;
             if is_fuse_mount(&abs) {
+                // stat may be answered from the kernel's attribute cache; statfs always asks
+                // the daemon, so it tells a dead one.
+                if nix::sys::statfs::statfs(&abs).err() == Some(nix::errno::Errno::ENOTCONN) {
+                    return Err(stale());
+                }
                 return Err(format!(
                     "{} is already a FUSE mount point; unmount it first (umount {})",
                     abs.display(),
@@ -214,7 +222,9 @@ pub fn run_mount<C: EntropyClient>(
     fuse_cfg.mount_options = vec![
         MountOption::RO,
         MountOption::FSName(cfg.fsname.clone()),
-        MountOption::Subtype("qrypt-fs".into()),
+        // fuser passes Subtype only to fusermount; as a kernel option it also works for the
+        // direct mount, so /proc/mounts says fuse.qrypt-fs.
+        MountOption::CUSTOM("subtype=qrypt-fs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoExec,

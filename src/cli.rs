@@ -40,7 +40,7 @@ EXAMPLE
   head -c 32 /mnt/qrypt/random | xxd; cat /mnt/qrypt/status; umount /mnt/qrypt";
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "qrypt-fs", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "qrypt-fs", version, about = ABOUT, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Cli {
     /// The directory to mount on. `qrypt-fs SOURCE MOUNTPOINT` (as mount.fuse3 calls it) also works.
     #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]

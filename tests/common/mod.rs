@@ -1,7 +1,7 @@
 //! Shared pieces of the integration tests: an emulator, a mounted `qrypt-fs` that unmounts on
 //! drop, raw reads through the kernel, `/status` parsing, and a provenance check of served bytes
 //! against what the emulator recorded.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

@@ -1,0 +1,356 @@
+//! `/random` behaves like a device: waiting, interrupts, non-blocking readers, poll, timeouts,
+//! and clean shutdown, each driven through a real mount.
+mod common;
+
+use std::os::unix::io::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A mount whose upstream fails with 503 until `emu.clear_fault()`; retries are quick.
+fn failing(emu: &Emulator, extra: &[&str]) -> Mount {
+    emu.set_fault(Fault::Status(503), None);
+    MountBuilder::new(emu)
+        .args(["--max-backoff", "0.3", "--buffer-size", "64K"])
+        .args(extra.iter().copied())
+        .mount()
+}
+
+fn poll_in(f: &std::fs::File, timeout_ms: i32) -> (i32, i16) {
+    let mut pfd = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    (n, pfd.revents)
+}
+
+#[test]
+fn nonblocking_read_gets_eagain_never_a_wait() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    let f = open_nonblocking(&m.random());
+    for size in [1usize, 32, 4096] {
+        let t = Instant::now();
+        let err = read_once(&f, size).expect_err("empty buffer");
+        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+        assert!(t.elapsed() < Duration::from_millis(200));
+    }
+    emu.clear_fault();
+    m.wait_full();
+    assert_eq!(read_once(&f, 32).expect("data now").len(), 32);
+}
+
+#[test]
+fn poll_sleeps_then_wakes_when_upstream_recovers() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    let f = open_random(&m);
+    assert_eq!(poll_in(&f, 300), (0, 0), "not readable while empty");
+    let (tx, rx) = mpsc::channel();
+    let f2 = f.try_clone().expect("dup");
+    thread::spawn(move || {
+        let t = Instant::now();
+        let r = poll_in(&f2, 10_000);
+        let _ = tx.send((r, t.elapsed()));
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(rx.try_recv().is_err(), "poll returned before data");
+    emu.clear_fault();
+    let ((n, revents), waited) = rx.recv_timeout(Duration::from_secs(10)).expect("poll woke");
+    assert_eq!(n, 1);
+    assert!(revents & libc::POLLIN != 0);
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Readable means a read does not wait.
+    let f3 = open_nonblocking(&m.random());
+    assert_eq!(read_once(&f3, 256).expect("read").len(), 256);
+}
+
+#[test]
+fn blocked_head_is_killed_by_sigint_within_half_a_second() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    let mut head = Command::new("head")
+        .args(["-c", "32"])
+        .arg(m.random())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("head");
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        head.try_wait().expect("wait").is_none(),
+        "head should be waiting"
+    );
+    assert_eq!(m.status_u64("waiting_readers"), 1);
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(head.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("kill");
+    let st = wait_timeout(&mut head, Duration::from_secs(2)).expect("head ended");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGINT));
+    m.wait_status("no waiting reader", Duration::from_secs(2), |s| {
+        s["waiting_readers"] == "0"
+    });
+}
+
+extern "C" fn noop(_: libc::c_int) {}
+
+#[test]
+fn handled_signal_ends_the_wait_with_eintr() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    // A handler (SA_RESTART even): the read must still end with EINTR, as on a device.
+    // SAFETY: installing a no-op handler for SIGUSR1.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = noop as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    let f = open_random(&m);
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tx.send(unsafe { libc::gettid() });
+        let t = Instant::now();
+        (read_once(&f, 64), t)
+    });
+    let tid = rx.recv().expect("tid");
+    thread::sleep(Duration::from_millis(400));
+    let sent = Instant::now();
+    // SAFETY: signalling our own thread.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) };
+    let (result, _) = reader.join().expect("reader");
+    assert_eq!(
+        result.expect_err("interrupted").raw_os_error(),
+        Some(libc::EINTR)
+    );
+    assert!(
+        sent.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn status_and_ls_answer_while_a_reader_waits() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    let path = m.random();
+    let reader = thread::spawn(move || read_exact(&path, 100));
+    m.wait_status("a waiting reader", Duration::from_secs(3), |s| {
+        s["waiting_readers"] == "1"
+    });
+    for _ in 0..20 {
+        let t = Instant::now();
+        let s = m.status();
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "/status slow: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(s["waiting_readers"], "1");
+        assert!(
+            s["state"] == "backing off" || s["state"] == "degraded",
+            "{s:?}"
+        );
+        assert!(s["failures"].contains("http_503"));
+        assert!(std::fs::read_dir(m.path()).expect("ls").count() == 4);
+        assert!(std::fs::metadata(m.random()).is_ok());
+    }
+    emu.clear_fault();
+    // The waiting read completes after recovery, with its full count.
+    let got = reader.join().expect("reader");
+    assert_eq!(got.len(), 100);
+    Provenance::from(&emu).check_run(&got);
+}
+
+#[test]
+fn waiting_small_read_completes_with_full_count_after_recovery() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    let f = open_random(&m);
+    let reader = thread::spawn(move || read_once(&f, 200));
+    thread::sleep(Duration::from_millis(700));
+    emu.clear_fault();
+    let got = reader.join().expect("join").expect("read");
+    assert_eq!(got.len(), 200, "a read of <= 256 bytes is never short");
+}
+
+#[test]
+fn rejected_token_gives_eio_at_once() {
+    let emu = Emulator::start(EmulatorConfig {
+        tokens: vec!["some-other-token".into()],
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator");
+    let m = MountBuilder::new(&emu).mount();
+    m.wait_status("unauthorized", Duration::from_secs(5), |s| {
+        s["state"] == "unauthorized"
+    });
+    let f = open_random(&m);
+    let t = Instant::now();
+    assert_eq!(
+        read_once(&f, 32).expect_err("EIO").raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert!(t.elapsed() < Duration::from_millis(300));
+    let (n, revents) = poll_in(&f, 1000);
+    assert_eq!(n, 1, "poll reports the error state at once");
+    assert!(revents & libc::POLLERR != 0);
+}
+
+#[test]
+fn read_timeout_turns_a_long_wait_into_eio() {
+    let emu = emulator();
+    let m = failing(&emu, &["--read-timeout", "0.6"]);
+    let f = open_random(&m);
+    let t = Instant::now();
+    let err = read_once(&f, 32).expect_err("timeout");
+    let waited = t.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn sigterm_answers_waiting_readers_unmounts_and_exits_zero() {
+    let emu = emulator();
+    let mut m = failing(&emu, &[]);
+    let f = open_random(&m);
+    let reader = thread::spawn(move || {
+        let r = read_once(&f, 32);
+        (r, f)
+    });
+    m.wait_status("a waiting reader", Duration::from_secs(3), |s| {
+        s["waiting_readers"] == "1"
+    });
+    let t = Instant::now();
+    let st = m.stop();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(st.code(), Some(0));
+    let (r, f) = reader.join().expect("reader");
+    assert_eq!(r.expect_err("EIO").raw_os_error(), Some(libc::EIO));
+    // Unmounted (lazily: our file was still open), and the open file is dead.
+    assert!(!is_mounted(m.path()));
+    assert!(read_once(&f, 32).is_err());
+}
+
+#[test]
+fn sigint_with_a_full_buffer_exits_zero_and_unmounts() {
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu).mount();
+    m.wait_full();
+    let mut child = m.child.take().expect("child");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("kill");
+    let st = wait_timeout(&mut child, Duration::from_secs(2)).expect("exited");
+    assert_eq!(st.code(), Some(0));
+    assert!(!is_mounted(m.path()));
+}
+
+#[test]
+fn umount_from_outside_ends_the_daemon_cleanly() {
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu).mount();
+    let st = Command::new("umount")
+        .arg(m.path())
+        .status()
+        .expect("umount");
+    assert!(st.success());
+    let mut child = m.child.take().expect("child");
+    let st = wait_timeout(&mut child, Duration::from_secs(2)).expect("daemon exited");
+    assert_eq!(st.code(), Some(0), "{}", m.log_text());
+}
+
+#[test]
+fn stale_mount_point_gets_a_useful_message() {
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu).mount();
+    let mut child = m.child.take().expect("child");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let out = Command::new(BIN)
+        .args(["-f", "--endpoint", &emu.url()])
+        .arg(m.path())
+        .env("QRYPT_TOKEN", TOKEN)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stale") && err.contains("umount -l"), "{err}");
+    // The documented recovery works.
+    assert!(
+        Command::new("umount")
+            .arg("-l")
+            .arg(m.path())
+            .status()
+            .expect("umount")
+            .success()
+    );
+    assert!(!is_mounted(m.path()));
+}
+
+#[test]
+fn sixteen_concurrent_readers_of_mixed_sizes_never_share_a_byte() {
+    let emu = emulator();
+    // A small buffer, so readers really queue and wait for refills.
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "32K"])
+        .mount();
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let path = m.random();
+            thread::spawn(move || {
+                let f = std::fs::File::open(&path).expect("open");
+                let sizes = [16usize, 32, 64, 256, 1000, 4096, 65_536, 1 << 20];
+                (0..12)
+                    .map(|k| {
+                        let size = sizes[(t * 3 + k) % sizes.len()];
+                        let r = read_once(&f, size).expect("read");
+                        if size <= 256 {
+                            assert_eq!(r.len(), size, "small read short");
+                        } else {
+                            assert!(r.len() >= 256, "large read returned {}", r.len());
+                        }
+                        r
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let reads: Vec<Vec<u8>> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("reader"))
+        .collect();
+    assert_eq!(reads.len(), 16 * 12);
+    assert_disjoint(&reads);
+    let prov = Provenance::from(&emu);
+    reads.iter().for_each(|r| prov.check_run(r));
+}
+
+#[test]
+fn buffer_is_locked_in_memory() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    // Root may always lock; without the privilege the daemon says "no" here and in its log.
+    assert_eq!(m.status()["memory_locked"], "yes");
+}

@@ -1,0 +1,440 @@
+//! Deploying and watching qrypt-fs the usual ways, and real programs reading from it.
+//! The consumer programs come from Debian packages that `scripts/install-test-deps.sh` installs.
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn require(program: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is missing: run scripts/install-test-deps.sh"
+    );
+}
+
+fn mount_type_and_source(path: &std::path::Path) -> Option<(String, String)> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let p = path.to_string_lossy();
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(1) == Some(&p.as_ref())).then(|| (f[2].to_owned(), f[0].to_owned()))
+    })
+}
+
+/// Unmounts and waits for the daemon to go, whatever the test did.
+struct Unmount<'a>(&'a std::path::Path);
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+        if is_mounted(self.0) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+}
+
+#[test]
+fn invoked_the_way_mount_fuse3_invokes_it() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let opts = format!(
+        "rw,nodev,nosuid,token_file={},endpoint={},rate_limit=off,buffer_size=64K,_netdev,allow_other",
+        token.display(),
+        emu.url()
+    );
+    // mount.fuse3 runs: TYPE SOURCE MOUNTPOINT -o OPTIONS, and waits for it to return.
+    let out = Command::new(BIN)
+        .arg("qrypt")
+        .arg(&mnt)
+        .args(["-o", &opts])
+        .env_remove("QRYPT_TOKEN")
+        .output()
+        .expect("run");
+    let _guard = Unmount(&mnt);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mount_type_and_source(&mnt),
+        Some(("fuse.qrypt-fs".to_owned(), "qrypt".to_owned()))
+    );
+    assert_eq!(read_exact(&mnt.join("random"), 32).len(), 32);
+    let status = std::fs::read_to_string(mnt.join("status")).expect("status");
+    assert!(status.contains("capacity_bytes: 65536"), "{status}");
+    assert!(status.contains(&format!("token_source: file {}", token.display())));
+}
+
+#[test]
+fn real_mount_t_through_mount_fuse3() {
+    require("mount.fuse3");
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    // mount(8) runs its helpers with a fixed PATH, so name the program the way mount.fuse3
+    // allows without installing it: `-t fuse PROGRAM#SOURCE`. With qrypt-fs installed in PATH,
+    // `-t fuse.qrypt-fs qrypt` (and fstab) runs the same mount.fuse3 path.
+    let out = Command::new("mount")
+        .args(["-t", "fuse", &format!("{BIN}#qrypt")])
+        .arg(&mnt)
+        .args([
+            "-o",
+            &format!(
+                "token_file={},endpoint={},rate_limit=off",
+                token.display(),
+                emu.url()
+            ),
+        ])
+        .env_remove("QRYPT_TOKEN")
+        .output()
+        .expect("mount");
+    let _guard = Unmount(&mnt);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mount_type_and_source(&mnt).map(|(t, _)| t).as_deref(),
+        Some("fuse.qrypt-fs")
+    );
+    assert_eq!(read_exact(&mnt.join("random"), 64).len(), 64);
+}
+
+fn read_as_nobody(path: &std::path::Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "head",
+            "-c",
+            "32",
+        ])
+        .arg(path)
+        .output()
+        .expect("setpriv")
+}
+
+#[test]
+fn allow_other_lets_other_users_read_and_its_absence_does_not() {
+    require("setpriv");
+    let emu = emulator();
+    let private = MountBuilder::new(&emu).mount();
+    let out = read_as_nobody(&private.random());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shared = MountBuilder::new(&emu).arg("--allow-other").mount();
+    let out = read_as_nobody(&shared.random());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 32);
+}
+
+#[test]
+fn foreground_reports_readiness_to_systemd() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["-f", "--endpoint", &emu.url(), "--rate-limit", "off"])
+        .arg(mnt.path())
+        .env("QRYPT_TOKEN", TOKEN)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 15 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // Readiness means the mount is live.
+    let live = is_mounted(mnt.path());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let st = wait_timeout(&mut child, Duration::from_secs(5)).expect("exit");
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(live);
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
+fn background_logs_to_the_log_file() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("qrypt.log");
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "--endpoint",
+            &emu.url(),
+            "--rate-limit",
+            "off",
+            "--log-file",
+        ])
+        .arg(&log)
+        .arg(mnt.path())
+        .env("QRYPT_TOKEN", TOKEN)
+        .output()
+        .expect("run");
+    let _guard = Unmount(mnt.path());
+    assert_eq!(out.status.code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("mounted on") {
+            assert!(!text.contains(TOKEN));
+            break;
+        }
+        assert!(Instant::now() < deadline, "log: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn status_json_and_metrics_carry_the_same_numbers() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    m.wait_full();
+    let _ = read_exact(&m.random(), 1000);
+    m.wait_full();
+    let text = m.status();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.path().join("status.json")).expect("json"))
+            .expect("valid json");
+    for key in [
+        "buffered_bytes",
+        "capacity_bytes",
+        "served_bytes",
+        "fetched_bytes",
+        "requests_ok",
+        "requests_failed",
+    ] {
+        assert!(json[key].is_u64(), "{key} is not an integer: {json}");
+        assert_eq!(
+            json[key].as_u64().map(|v| v.to_string()).as_ref(),
+            text.get(key),
+            "{key}"
+        );
+    }
+    assert_eq!(json["state"], "ok");
+    let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
+    let mut helps = std::collections::HashSet::new();
+    let mut types = std::collections::HashSet::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helps.insert(rest.split(' ').next().expect("name").to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut f = rest.split(' ');
+            types.insert(f.next().expect("name").to_owned());
+            assert!(matches!(f.next(), Some("gauge" | "counter")), "{line}");
+        } else {
+            let (name, value) = line.rsplit_once(' ').expect("sample line");
+            let base = name.split('{').next().expect("name");
+            assert!(base.starts_with("qrypt_fs_"), "{line}");
+            assert!(
+                helps.contains(base) && types.contains(base),
+                "no HELP/TYPE for {base}"
+            );
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
+        }
+    }
+    assert!(metrics.contains(&format!(
+        "qrypt_fs_served_bytes_total {}\n",
+        text["served_bytes"]
+    )));
+    assert!(metrics.contains("qrypt_fs_state{state=\"ok\"} 1\n"));
+}
+
+#[test]
+fn rngtest_fips_140_2_over_1000_blocks() {
+    require("rngtest");
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let input = std::fs::File::open(m.random()).expect("open");
+    let out = Command::new("rngtest")
+        .args(["-c", "1000"])
+        .stdin(input)
+        .output()
+        .expect("rngtest");
+    let report = String::from_utf8_lossy(&out.stderr);
+    let failures: u64 = report
+        .lines()
+        .find_map(|l| l.split("FIPS 140-2 failures: ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no failure count in: {report}"));
+    let successes: u64 = report
+        .lines()
+        .find_map(|l| l.split("FIPS 140-2 successes: ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no success count in: {report}"));
+    assert_eq!(successes + failures, 1000, "{report}");
+    // About 0.8 failures per 1000 blocks are expected of a perfect source.
+    assert!(failures <= 5, "{report}");
+}
+
+#[test]
+fn rngd_feeds_the_kernel_pool_from_the_file() {
+    require("rngd");
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let before = m.status_u64("served_bytes");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // -d 1 -n 1: no RDRAND, no TPM, so the file is rngd's only source. It feeds /dev/random
+    // (root only; as root in this sandbox it may).
+    let mut rngd = Command::new("rngd")
+        .args(["-f", "-d", "1", "-n", "1", "-r"])
+        .arg(m.random())
+        .arg("-p")
+        .arg(dir.path().join("rngd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rngd");
+    std::thread::sleep(Duration::from_secs(3));
+    let still_running = rngd.try_wait().expect("wait").is_none();
+    let _ = rngd.kill();
+    let out = rngd.wait_with_output().expect("rngd output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(still_running, "rngd exited: {stderr}");
+    // rngd runs FIPS 140-2 tests on 2500-byte blocks before feeding; it reads at the pace the
+    // kernel takes entropy, so one block in a few seconds is what to expect.
+    let read = m.status_u64("served_bytes") - before;
+    assert!(read >= 2500, "rngd read only {read} bytes: {stderr}");
+}
+
+#[test]
+fn openssl_rand_with_rand_file_terminates() {
+    require("openssl");
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    m.wait_full();
+    let t = Instant::now();
+    let mut child = Command::new("openssl")
+        .args(["rand", "-rand"])
+        .arg(m.random())
+        .args(["-hex", "32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "openssl rand -rand did not finish"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // It read the file "to its size" and stopped.
+    let served = m.status_u64("served_bytes");
+    assert!(
+        served >= qrypt_fs::fs::RANDOM_FILE_SIZE && served <= 16 * 4096,
+        "served {served}"
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    assert_eq!(out.trim().len(), 64, "{out}");
+}
+
+#[test]
+fn java_securerandom_seeded_through_egd() {
+    require("java");
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    m.wait_full();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("Seed.java");
+    std::fs::write(
+        &src,
+        "public class Seed { public static void main(String[] a) throws Exception {\n\
+         java.security.SecureRandom r = java.security.SecureRandom.getInstance(\"SHA1PRNG\");\n\
+         byte[] s = r.generateSeed(32); System.out.println(s.length); } }\n",
+    )
+    .expect("write");
+    let before = m.status_u64("served_bytes");
+    let out = Command::new("java")
+        .arg(format!("-Djava.security.egd=file:{}", m.random().display()))
+        .arg(&src)
+        .output()
+        .expect("java");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "32");
+    assert!(
+        m.status_u64("served_bytes") >= before + 32,
+        "Java did not read the file"
+    );
+}
+
+#[test]
+fn python_dd_and_cat_head() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let p = m.random();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; f = open(sys.argv[1], 'rb', buffering=0); print(len(f.read(32)))",
+        ])
+        .arg(&p)
+        .output()
+        .expect("python");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "32");
+    let out = Command::new("dd")
+        .arg(format!("if={}", p.display()))
+        .args([
+            "of=/dev/stdout",
+            "bs=1M",
+            "count=8",
+            "iflag=fullblock",
+            "status=none",
+        ])
+        .output()
+        .expect("dd");
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 8 << 20);
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("cat '{}' | head -c 1000 | wc -c", p.display()),
+        ])
+        .output()
+        .expect("sh");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+}

@@ -1,0 +1,430 @@
+//! Trusting the upstream only as far as it earns: one test per fault of the emulator. Each
+//! checks that the stream goes on (or fails fast for 401/403), that no byte of a bad response is
+//! served, the counters and state in `/status`, and recovery once the fault clears.
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Mounts with a 64 KiB buffer (so the first fill is one request) and quick retries.
+fn mount_with(emu: &Emulator, extra: &[&str]) -> Mount {
+    MountBuilder::new(emu)
+        .args([
+            "--buffer-size",
+            "64K",
+            "--max-backoff",
+            "0.3",
+            "--request-timeout",
+            "2",
+        ])
+        .args(extra.iter().copied())
+        .mount()
+}
+
+/// Reads `n` bytes in reads of 4 KiB, checking the provenance of every read.
+fn read_and_check(emu: &Emulator, m: &Mount, n: usize) -> Vec<Vec<u8>> {
+    let f = open_random(m);
+    let mut reads = Vec::new();
+    let mut total = 0;
+    while total < n {
+        let r = read_once(&f, 4096).expect("read");
+        total += r.len();
+        reads.push(r);
+    }
+    let prov = Provenance::from(emu);
+    reads.iter().for_each(|r| prov.check_run(r));
+    assert_disjoint(&reads);
+    reads
+}
+
+/// The first response has `fault`; the stream must go on with good bytes only.
+fn transient(fault: Fault, class: &str, extra: &[&str]) -> Mount {
+    let emu = emulator();
+    emu.set_fault(fault, Some(1));
+    let m = mount_with(&emu, extra);
+    m.wait_full();
+    read_and_check(&emu, &m, 200 * 1024);
+    let s = m.status();
+    assert_eq!(s["requests_failed"], "1", "{s:#?}");
+    assert_eq!(s["failures"], format!("{class}=1"), "{s:#?}");
+    assert_ne!(s["last_error"], "none");
+    assert_eq!(s["state"], "ok", "recovered: {s:#?}");
+    assert_eq!(s["consecutive_failures"], "0");
+    let log = m.log_text();
+    assert!(
+        log.contains(&format!("upstream failure ({class})")),
+        "logged once: {log}"
+    );
+    m
+}
+
+#[test]
+fn http_500() {
+    transient(Fault::Status(500), "http_500", &[]);
+}
+
+#[test]
+fn http_503() {
+    transient(Fault::Status(503), "http_503", &[]);
+}
+
+#[test]
+fn http_429_with_retry_after_is_honoured() {
+    let emu = emulator();
+    emu.set_fault(
+        Fault::TooManyRequests {
+            retry_after: Some(2),
+        },
+        Some(1),
+    );
+    let t = Instant::now();
+    let m = mount_with(&emu, &[]);
+    m.wait_status("backing off", Duration::from_secs(3), |s| {
+        s["failures"] == "http_429=1"
+    });
+    let s = m.status();
+    assert_eq!(s["state"], "backing off");
+    let next: f64 = s["next_attempt_in_seconds"].parse().expect("seconds");
+    assert!(next > 1.0 && next <= 2.0, "{s:#?}");
+    m.wait_full();
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "retried before Retry-After"
+    );
+    read_and_check(&emu, &m, 64 * 1024);
+}
+
+#[test]
+fn http_429_without_retry_after_backs_off() {
+    transient(
+        Fault::TooManyRequests { retry_after: None },
+        "http_429",
+        &[],
+    );
+}
+
+#[test]
+fn malformed_json() {
+    transient(Fault::MalformedJson, "validation", &[]);
+}
+
+#[test]
+fn wrong_json_types() {
+    transient(Fault::WrongTypes, "validation", &[]);
+}
+
+#[test]
+fn size_mismatch() {
+    transient(Fault::SizeMismatch, "validation", &[]);
+}
+
+#[test]
+fn short_block() {
+    transient(Fault::ShortBlock, "validation", &[]);
+}
+
+#[test]
+fn non_base64() {
+    transient(Fault::NonBase64, "validation", &[]);
+}
+
+#[test]
+fn wrong_content_type() {
+    transient(Fault::WrongContentType, "validation", &[]);
+}
+
+#[test]
+fn oversized_body_is_cut_off() {
+    transient(Fault::OversizedBody, "validation", &[]);
+}
+
+#[test]
+fn all_zero_blocks_fail_the_health_tests() {
+    let m = transient(Fault::AllZeroBlocks, "health", &[]);
+    assert_eq!(m.status_u64("discarded_bytes"), 64 * 1024);
+}
+
+#[test]
+fn a_block_repeated_from_an_earlier_response_is_rejected() {
+    let emu = emulator();
+    let m = mount_with(&emu, &[]);
+    m.wait_full();
+    emu.set_fault(Fault::RepeatBlock, Some(1));
+    read_and_check(&emu, &m, 200 * 1024);
+    let s = m.status();
+    assert_eq!(s["failures"], "health=1", "{s:#?}");
+    assert_eq!(s["state"], "ok", "{s:#?}");
+    assert!(
+        s["last_error"].contains("repeats a recently received block"),
+        "{s:#?}"
+    );
+}
+
+#[test]
+fn dropped_connection() {
+    transient(Fault::DropConnection, "transport", &[]);
+}
+
+#[test]
+fn reset_mid_body() {
+    transient(Fault::ResetMidBody, "transport", &[]);
+}
+
+#[test]
+fn truncated_body() {
+    transient(Fault::TruncatedBody, "transport", &[]);
+}
+
+#[test]
+fn slow_drip_past_the_request_timeout() {
+    let m = transient(
+        Fault::SlowDrip {
+            bytes_per_sec: 2000,
+        },
+        "transport",
+        &["--request-timeout", "1"],
+    );
+    assert!(m.status()["last_error"].contains("timed out"));
+}
+
+#[test]
+fn delay_past_the_request_timeout() {
+    transient(
+        Fault::Delay(Duration::from_secs(3)),
+        "transport",
+        &["--request-timeout", "1"],
+    );
+}
+
+#[test]
+fn connect_timeout() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connect hangs.
+    // SAFETY: plain socket calls on descriptors we own.
+    let (fd, port) = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        assert_eq!(
+            libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of_val(&addr) as u32
+            ),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut len = std::mem::size_of_val(&addr) as u32;
+        libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len);
+        (fd, u16::from_be(addr.sin_port))
+    };
+    let fillers: Vec<_> = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(200),
+            )
+            .ok()
+        })
+        .collect();
+    let emu = emulator();
+    let url = format!("http://127.0.0.1:{port}");
+    let m = MountBuilder::new(&emu)
+        .args([
+            "--endpoint",
+            &url,
+            "--connect-timeout",
+            "0.5",
+            "--max-backoff",
+            "0.2",
+        ])
+        .args(["--buffer-size", "64K"])
+        .mount();
+    m.wait_status("a connect timeout", Duration::from_secs(10), |s| {
+        s["failures"].starts_with("transport=")
+    });
+    let s = m.status();
+    assert!(
+        s["last_error"].contains("timed out") || s["last_error"].contains("connect"),
+        "{s:#?}"
+    );
+    assert_eq!(s["fetched_bytes"], "0");
+    assert_eq!(s["state"], "backing off");
+    drop(fillers);
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn http_400_stops_requesting() {
+    let emu = emulator();
+    emu.set_fault(Fault::Status(400), Some(1));
+    let m = mount_with(&emu, &[]);
+    m.wait_status("bad request", Duration::from_secs(5), |s| {
+        s["state"] == "bad request"
+    });
+    let requests = emu.stats().total_requests;
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        emu.stats().total_requests,
+        requests,
+        "no retries after a 400"
+    );
+    let f = open_random(&m);
+    assert_eq!(
+        read_once(&f, 32).expect_err("EIO").raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert!(m.log_text().contains("SIGHUP"));
+    // SIGHUP retries; the fault was a one-off, so the stream resumes.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("hup");
+    m.wait_full();
+    read_and_check(&emu, &m, 64 * 1024);
+}
+
+#[test]
+fn http_401_fails_fast_then_token_file_rotation_resumes() {
+    let emu = emulator();
+    emu.set_tokens(vec!["new-token".into()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "old-token\n").expect("write");
+    let m = MountBuilder::new(&emu)
+        .token(None)
+        .args([
+            "--token-file",
+            token_file.to_str().expect("utf8"),
+            "--buffer-size",
+            "64K",
+        ])
+        .mount();
+    m.wait_status("unauthorized", Duration::from_secs(5), |s| {
+        s["state"] == "unauthorized"
+    });
+    let f = open_random(&m);
+    let t = Instant::now();
+    assert_eq!(
+        read_once(&f, 32).expect_err("EIO").raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert!(t.elapsed() < Duration::from_millis(300));
+    let requests = emu.stats().total_requests;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        emu.stats().total_requests,
+        requests,
+        "no retries with a rejected token"
+    );
+    assert!(m.log_text().contains(token_file.to_str().expect("utf8")));
+    // Rotate: write the new token; it is picked up without a restart or signal.
+    let tmp = dir.path().join("token.new");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(b"new-token\n"))
+        .expect("write");
+    std::fs::rename(&tmp, &token_file).expect("rename");
+    m.wait_full();
+    assert_eq!(m.status()["state"], "ok");
+    read_and_check(&emu, &m, 64 * 1024);
+    assert!(!m.log_text().contains("new-token"));
+}
+
+#[test]
+fn http_401_with_environment_token_says_restart() {
+    let emu = Emulator::start(EmulatorConfig {
+        tokens: vec!["other".into()],
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator");
+    let m = mount_with(&emu, &[]);
+    m.wait_status("unauthorized", Duration::from_secs(5), |s| {
+        s["state"] == "unauthorized"
+    });
+    let log = m.log_text();
+    assert!(log.contains("restarting"), "{log}");
+}
+
+#[test]
+fn http_403_quota_fails_fast_serves_buffered_and_retries_rarely() {
+    let emu = emulator();
+    let m = mount_with(&emu, &["--quota-retry", "2"]);
+    m.wait_full();
+    emu.set_quota(Some(0));
+    let f = open_random(&m);
+    // Buffered bytes are still served until they run out...
+    let mut got = 0;
+    let err = loop {
+        match read_once(&f, 4096) {
+            Ok(r) => got += r.len(),
+            Err(e) => break e,
+        }
+        assert!(
+            got <= 200 * 1024,
+            "served more than could have been fetched"
+        );
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(got >= 64 * 1024);
+    let s = m.status();
+    assert_eq!(s["state"], "quota exhausted", "{s:#?}");
+    assert!(s["failures"].contains("http_403="));
+    let requests = emu.stats().total_requests;
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(emu.stats().total_requests, requests, "retried too soon");
+    emu.set_quota(None);
+    m.wait_full();
+    assert_eq!(m.status()["state"], "ok");
+}
+
+#[test]
+fn forty_mib_under_the_rate_limit_gets_no_429() {
+    let emu = Emulator::start(EmulatorConfig {
+        rate_limit: Some(RateLimit {
+            requests: 30,
+            window: Duration::from_secs(10),
+        }),
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator");
+    let m = MountBuilder::new(&emu).rate_limit("30/10").mount();
+    let f = open_random(&m);
+    let mut total = 0usize;
+    let t = Instant::now();
+    while total < 40 << 20 {
+        total += read_once(&f, 1 << 20).expect("read").len();
+    }
+    let stats = emu.stats();
+    assert_eq!(
+        stats.by_status.get(&429).copied().unwrap_or(0),
+        0,
+        "{stats:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+}
+
+#[test]
+fn mix_local_hedges_every_byte_and_says_so() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args(["--mix-local", "--buffer-size", "64K"])
+        .mount();
+    m.wait_full();
+    assert!(
+        m.status()["mix_local"].starts_with("on"),
+        "{:?}",
+        m.status()
+    );
+    let got = read_exact(&m.random(), 32 * 1024);
+    // XORed with getrandom: no run of the output is a run the emulator sent.
+    assert!(!Provenance::from(&emu).knows_any(&got));
+    assert_disjoint(&[got]);
+    let plain = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    assert_eq!(plain.status()["mix_local"], "off");
+}
