@@ -116,7 +116,7 @@ fn handled_signal_ends_the_wait_with_eintr() {
     // SAFETY: installing a no-op handler for SIGUSR1.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = noop as usize;
+        sa.sa_sigaction = noop as extern "C" fn(libc::c_int) as usize;
         sa.sa_flags = libc::SA_RESTART;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
     }

@@ -80,8 +80,8 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<ScriptedBody> 
         Ok(b) => b.to_bytes(),
         Err(_) => return json_error(400, "unreadable body"),
     };
-    let json = || -> Result<serde_json::Value, Response<ScriptedBody>> {
-        serde_json::from_slice(&body).map_err(|e| json_error(400, &e.to_string()))
+    let json = || -> Result<serde_json::Value, Box<Response<ScriptedBody>>> {
+        serde_json::from_slice(&body).map_err(|e| Box::new(json_error(400, &e.to_string())))
     };
     match (method, path.as_str()) {
         (Method::GET, "/_emulator/stats") => {
@@ -98,7 +98,7 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<ScriptedBody> 
                 ok_json(serde_json::json!({"ok": true}))
             }
             Ok((Err(e), _)) => json_error(400, &e),
-            Err(r) => r,
+            Err(r) => *r,
         },
         (Method::POST, "/_emulator/tokens") => match json() {
             Ok(v) => match v["tokens"].as_array() {
@@ -111,7 +111,7 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<ScriptedBody> 
                 }
                 None => json_error(400, "expected {\"tokens\": [...]}"),
             },
-            Err(r) => r,
+            Err(r) => *r,
         },
         (Method::POST, "/_emulator/quota") => match json() {
             Ok(v) => {
@@ -120,7 +120,7 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<ScriptedBody> 
                 s.used.clear();
                 ok_json(serde_json::json!({"ok": true}))
             }
-            Err(r) => r,
+            Err(r) => *r,
         },
         _ => json_error(404, "unknown admin endpoint"),
     }

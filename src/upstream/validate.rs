@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn accepts_escaped_slashes() {
         let block = vec![0xffu8; 1024]; // encodes to "////..."
-        let text = String::from_utf8(body(&[block.clone()], 1)).expect("utf8");
+        let text = String::from_utf8(body(std::slice::from_ref(&block), 1)).expect("utf8");
         let escaped = text.replace('/', "\\/");
         let mut out = Vec::new();
         decode_body(escaped.as_bytes(), 1, &mut out).expect("valid");
@@ -129,7 +129,6 @@ mod tests {
     #[test]
     fn rejects_each_contract_breach() {
         let good = vec![vec![1u8; 1024]];
-        let mut out = Vec::new();
         let cases: Vec<(Vec<u8>, u32)> = vec![
             (b"{\"random\": [".to_vec(), 1),
             (br#"{"random": [1, 2], "size": 2}"#.to_vec(), 2),
@@ -148,7 +147,7 @@ mod tests {
             (vec![b' '; body_limit(1) + 1], 1),
         ];
         for (i, (b, kib)) in cases.iter().enumerate() {
-            out = vec![9u8; 10];
+            let mut out = vec![9u8; 10];
             assert!(decode_body(b, *kib, &mut out).is_err(), "case {i} accepted");
             assert!(out.is_empty(), "case {i} left data behind");
         }
