@@ -72,11 +72,11 @@ pub struct EntropyFs {
 struct FuseReply(ReplyData);
 
 impl ReadSink for FuseReply {
-    fn deliver(self: Box<Self>, data: &[u8]) {
+    fn deliver(self, data: &[u8]) {
         self.0.data(data);
     }
 
-    fn fail(self: Box<Self>, err: ReadError) {
+    fn fail(self, err: ReadError) {
         self.0.error(match err {
             ReadError::WouldBlock => Errno::EAGAIN,
             ReadError::Interrupted => Errno::EINTR,
@@ -226,7 +226,7 @@ impl Filesystem for EntropyFs {
                     pid: req.pid(),
                     deadline: self.read_timeout.map(|d| Instant::now() + d),
                 },
-                Box::new(FuseReply(reply)),
+                FuseReply(reply),
             ),
             Some(Node::Status(_)) => {
                 let snap = self.snapshots.lock().get(&fh.0).cloned();

@@ -1,5 +1,4 @@
 //! Client-side pacing under the service's rate limit (30 requests per 10 s per token by default).
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// At most `requests` requests in any `window`.
@@ -44,42 +43,62 @@ impl std::str::FromStr for RateLimit {
     }
 }
 
-/// A sliding-window gate: allows a request when fewer than `requests` were started in the last
-/// `window + margin`. The margin absorbs the difference between when we send and when the
-/// server counts, so we never trip its limiter; bursts up to the full allowance go at once.
+/// A sliding-window gate that never lets the server see more than `requests` in a `window`.
+///
+/// The server counts a request somewhere between our send and its answer, so a slot is held
+/// from the moment a request starts until `window` after it completed: an upper bound on the
+/// server's own timestamp, however long the request queued or transferred. A small margin
+/// absorbs clock granularity. Bursts up to the full allowance go at once.
 pub struct Pacer {
     limit: Option<RateLimit>,
     margin: Duration,
-    started: VecDeque<Instant>,
+    next_id: u64,
+    /// (slot id, completion time; `None` while in flight).
+    slots: Vec<(u64, Option<Instant>)>,
+}
+
+/// Why a request may not start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A slot frees at this time.
+    Until(Instant),
+    /// Every slot is held by a request in flight; one frees `window` after it completes.
+    ForCompletion,
 }
 
 impl Pacer {
     pub fn new(limit: Option<RateLimit>) -> Pacer {
         Pacer {
             limit,
-            margin: Duration::from_millis(250),
-            started: VecDeque::new(),
+            margin: Duration::from_millis(100),
+            next_id: 0,
+            slots: Vec::new(),
         }
     }
 
-    /// Records a request start at `now` if allowed; otherwise says when the next one is.
-    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Instant> {
+    /// Takes a slot for a request starting at `now`, or says how long to wait.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<u64, Wait> {
         let Some(limit) = self.limit else {
-            return Ok(());
+            return Ok(0);
         };
         let span = limit.window + self.margin;
-        while self
-            .started
-            .front()
-            .is_some_and(|&t| now.duration_since(t) >= span)
-        {
-            self.started.pop_front();
+        self.slots
+            .retain(|(_, done)| done.is_none_or(|t| now.saturating_duration_since(t) < span));
+        if self.slots.len() < limit.requests as usize {
+            self.next_id += 1;
+            self.slots.push((self.next_id, None));
+            return Ok(self.next_id);
         }
-        if self.started.len() < limit.requests as usize {
-            self.started.push_back(now);
-            Ok(())
-        } else {
-            Err(self.started.front().map_or(now, |&t| t + span))
+        match self.slots.iter().filter_map(|(_, done)| *done).min() {
+            Some(t) => Err(Wait::Until(t + span)),
+            None => Err(Wait::ForCompletion),
+        }
+    }
+
+    /// The request holding `slot` completed (successfully or not) at `now`.
+    pub fn complete(&mut self, slot: u64, now: Instant) {
+        if let Some(s) = self.slots.iter_mut().find(|(id, _)| *id == slot) {
+            s.1 = Some(now);
         }
     }
 }
@@ -97,23 +116,25 @@ mod tests {
     }
 
     #[test]
-    fn burst_then_slide() {
+    fn burst_then_slide_from_completion() {
         let mut p = Pacer::new(Some(RateLimit {
             requests: 3,
             window: Duration::from_secs(10),
         }));
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(p.try_acquire(t0).is_ok());
-        }
-        let next = p
-            .try_acquire(t0 + Duration::from_secs(5))
-            .expect_err("4th in window");
-        assert_eq!(next, t0 + Duration::from_millis(10_250));
-        assert!(p.try_acquire(next).is_ok());
-        assert!(p.try_acquire(next).is_ok());
-        assert!(p.try_acquire(next).is_ok());
-        assert!(p.try_acquire(next).is_err());
+        let ids: Vec<u64> = (0..3).map(|_| p.try_acquire(t0).expect("burst")).collect();
+        assert_eq!(p.try_acquire(t0), Err(Wait::ForCompletion));
+        // Completions at 1 s and 2 s: the first slot frees 10.1 s after the first completion.
+        p.complete(ids[0], t0 + Duration::from_secs(1));
+        p.complete(ids[1], t0 + Duration::from_secs(2));
+        let at = t0 + Duration::from_millis(11_100);
+        assert_eq!(
+            p.try_acquire(t0 + Duration::from_secs(5)),
+            Err(Wait::Until(at))
+        );
+        assert!(p.try_acquire(at).is_ok());
+        assert!(p.try_acquire(at).is_err(), "second slot frees at 12.1 s");
+        assert!(p.try_acquire(t0 + Duration::from_millis(12_100)).is_ok());
     }
 
     #[test]
@@ -121,7 +142,7 @@ mod tests {
         let mut p = Pacer::new(None);
         let t = Instant::now();
         for _ in 0..1000 {
-            assert!(p.try_acquire(t).is_ok());
+            assert_eq!(p.try_acquire(t), Ok(0));
         }
     }
 }

@@ -1,7 +1,8 @@
-//! A response body that can be paced, padded, cut short or broken, for the faults.
+//! A response body that can be paced, padded, or cut short, for the faults.
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,76 +10,112 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::ledger::GaugeGuard;
+
 static SPACES: [u8; 65536] = [b' '; 65536];
 
-#[derive(Default)]
-pub struct ScriptedBody {
-    chunks: VecDeque<Bytes>,
-    /// Whitespace still to stream after the chunks (an oversized body).
-    pad: usize,
-    /// Sleep before each chunk (a slow drip).
+/// How long a cut body waits before breaking: a body that returns pending lets hyper flush what
+/// it has written, so the client really gets the headers and the first half.
+const PAUSE_BEFORE_CUT: Duration = Duration::from_millis(30);
+
+enum Piece {
+    Data(Bytes),
+    /// This many spaces, produced lazily.
+    Spaces(usize),
+}
+
+#[derive(Clone, Copy)]
+enum Ending {
+    Complete,
+    /// End before the announced `Content-Length`: hyper closes the connection.
+    Early,
+    /// Fail: hyper drops the connection; with the socket's linger set to zero that is a TCP
+    /// reset rather than a clean close.
+    Reset(Option<RawFd>),
+}
+
+pub(super) struct ScriptedBody {
+    pieces: VecDeque<Piece>,
+    /// Sleep before each piece (a slow drip).
     pace: Option<Duration>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Fail after the chunks, which makes hyper abort the connection.
-    fail_at_end: bool,
+    ending: Ending,
+    paused: bool,
     exact_len: Option<u64>,
+    /// Keeps the request counted as in flight until hyper is done with the body.
+    guard: Option<GaugeGuard>,
 }
 
 impl ScriptedBody {
+    fn new(pieces: VecDeque<Piece>, ending: Ending, exact_len: Option<u64>) -> ScriptedBody {
+        ScriptedBody {
+            pieces,
+            pace: None,
+            sleep: None,
+            ending,
+            paused: false,
+            exact_len,
+            guard: None,
+        }
+    }
+
     pub fn full(data: impl Into<Bytes>) -> ScriptedBody {
         let data = data.into();
-        ScriptedBody {
-            exact_len: Some(data.len() as u64),
-            chunks: VecDeque::from([data]),
-            ..ScriptedBody::default()
-        }
+        let len = data.len() as u64;
+        ScriptedBody::new(
+            VecDeque::from([Piece::Data(data)]),
+            Ending::Complete,
+            Some(len),
+        )
     }
 
-    /// The first half of `data`, then an error (the connection is aborted).
-    pub fn reset_after_half(data: Bytes) -> ScriptedBody {
-        ScriptedBody {
-            chunks: VecDeque::from([data.slice(..data.len() / 2)]),
-            fail_at_end: true,
-            ..ScriptedBody::default()
-        }
+    /// The first half of `data`, then a reset of the connection (`fd`: its socket).
+    pub fn reset_after_half(data: Bytes, fd: Option<RawFd>) -> ScriptedBody {
+        let half = data.slice(..data.len() / 2);
+        ScriptedBody::new(VecDeque::from([Piece::Data(half)]), Ending::Reset(fd), None)
     }
 
-    /// The first half of `data` and a normal end; the caller sets a longer Content-Length.
+    /// The first half of `data` and an end; the caller announces the whole length.
     pub fn truncated(data: Bytes) -> ScriptedBody {
-        ScriptedBody {
-            chunks: VecDeque::from([data.slice(..data.len() / 2)]),
-            ..ScriptedBody::default()
-        }
+        let half = data.slice(..data.len() / 2);
+        ScriptedBody::new(VecDeque::from([Piece::Data(half)]), Ending::Early, None)
     }
 
-    /// `data` in 64-byte pieces at about `bytes_per_sec`.
+    /// `data` in small pieces at about `bytes_per_sec`: some 20 pieces a second.
     pub fn drip(data: Bytes, bytes_per_sec: u32) -> ScriptedBody {
-        const PIECE: usize = 64;
-        let chunks = (0..data.len())
-            .step_by(PIECE)
-            .map(|i| data.slice(i..(i + PIECE).min(data.len())))
+        let rate = bytes_per_sec.max(1) as usize;
+        let piece = (rate / 20).clamp(1, 16 * 1024);
+        let len = data.len() as u64;
+        let pieces = (0..data.len())
+            .step_by(piece)
+            .map(|i| Piece::Data(data.slice(i..(i + piece).min(data.len()))))
             .collect();
-        ScriptedBody {
-            exact_len: Some(data.len() as u64),
-            chunks,
-            pace: Some(Duration::from_secs_f64(
-                PIECE as f64 / f64::from(bytes_per_sec.max(1)),
-            )),
-            ..ScriptedBody::default()
-        }
+        let mut body = ScriptedBody::new(pieces, Ending::Complete, Some(len));
+        body.pace = Some(Duration::from_secs_f64(piece as f64 / rate as f64));
+        body
     }
 
-    /// `data` followed by `pad` bytes of whitespace, without a Content-Length.
-    pub fn padded(data: Bytes, pad: usize) -> ScriptedBody {
-        ScriptedBody {
-            chunks: VecDeque::from([data]),
-            pad,
-            ..ScriptedBody::default()
-        }
+    /// `head`, `pad` spaces, `tail`, with no `Content-Length` (chunked).
+    pub fn padded(head: Bytes, pad: usize, tail: Bytes) -> ScriptedBody {
+        let pieces = VecDeque::from([Piece::Data(head), Piece::Spaces(pad), Piece::Data(tail)]);
+        ScriptedBody::new(pieces, Ending::Complete, None)
     }
 
-    fn has_more(&self) -> bool {
-        !self.chunks.is_empty() || self.pad > 0
+    pub fn with_guard(mut self, guard: GaugeGuard) -> ScriptedBody {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Polls the current sleep, starting one of `d` if none is running.
+    fn wait(&mut self, d: Duration, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.sleep = None;
+        Poll::Ready(())
     }
 }
 
@@ -91,31 +128,78 @@ impl Body for ScriptedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        if let (Some(p), true) = (this.pace, this.has_more()) {
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(p)));
-            if sleep.as_mut().poll(cx).is_pending() {
+        if !this.pieces.is_empty() {
+            if let Some(p) = this.pace {
+                if this.wait(p, cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        if let Some(piece) = this.pieces.front_mut() {
+            let data = match piece {
+                Piece::Data(_) => match this.pieces.pop_front() {
+                    Some(Piece::Data(d)) => d,
+                    _ => Bytes::new(),
+                },
+                Piece::Spaces(left) => {
+                    let n = (*left).min(SPACES.len());
+                    *left -= n;
+                    if *left == 0 {
+                        this.pieces.pop_front();
+                    }
+                    Bytes::from_static(&SPACES[..n])
+                }
+            };
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if matches!(this.ending, Ending::Complete) {
+            return Poll::Ready(None);
+        }
+        if !this.paused {
+            if this.wait(PAUSE_BEFORE_CUT, cx).is_pending() {
                 return Poll::Pending;
             }
-            this.sleep = None;
+            this.paused = true;
         }
-        if let Some(c) = this.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(c))));
+        match std::mem::replace(&mut this.ending, Ending::Complete) {
+            Ending::Reset(fd) => {
+                if let Some(fd) = fd {
+                    set_zero_linger(fd);
+                }
+                Poll::Ready(Some(Err(io::Error::other("emulated connection reset"))))
+            }
+            _ => Poll::Ready(None),
         }
-        if this.pad > 0 {
-            let n = this.pad.min(SPACES.len());
-            this.pad -= n;
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&SPACES[..n])))));
-        }
-        if std::mem::take(&mut this.fail_at_end) {
-            return Poll::Ready(Some(Err(io::Error::other("emulated reset"))));
-        }
-        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty() && matches!(self.ending, Ending::Complete)
     }
 
     fn size_hint(&self) -> SizeHint {
         self.exact_len
             .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// Makes the next close of `fd` send a TCP RST instead of a FIN.
+fn set_zero_linger(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the socket of the connection that is polling this body, so it is open;
+    // setsockopt only reads `linger`, whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("emulator: SO_LINGER failed: {}", io::Error::last_os_error());
     }
 }

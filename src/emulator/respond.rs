@@ -1,239 +1,316 @@
-//! The entropy endpoint: authentication, parameters, rate limit, quota, faults, the body.
+//! The entropy endpoint: token, `size`, rate limit, quota, the armed fault, then the body.
 use std::io;
-use std::time::{Duration, Instant};
+use std::os::fd::RawFd;
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Response, StatusCode};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{HeaderMap, Response, StatusCode};
 use rand::RngCore;
 
+use super::State;
 use super::body::ScriptedBody;
-use super::{Fault, ResponseRecord, Shared, State};
+use super::fault::Fault;
+use super::ledger::BLOCK;
+use super::limits::Refusal;
 
-/// Good blocks remembered for `RepeatBlock`.
-const RECENT_BLOCKS: usize = 16;
+/// Whitespace put inside an oversized body's JSON.
 const OVERSIZE_PAD: usize = 64 << 20;
+pub(super) const MAX_KIB: u32 = 512;
 
-pub type Reply = Result<Response<ScriptedBody>, io::Error>;
+/// A response, or an error that makes hyper drop the connection without one.
+pub(super) type Reply = Result<Response<ScriptedBody>, io::Error>;
 
-pub fn json_error(status: u16, message: &str) -> Response<ScriptedBody> {
+pub(super) fn json_error(status: u16, message: &str) -> Response<ScriptedBody> {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut r = Response::new(ScriptedBody::full(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn size_param(query: Option<&str>) -> Option<&str> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("size="))
+/// The bearer token, if the header has one (the scheme is case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn encode_body(blocks: &[Vec<u8>], size: &str) -> String {
-    let strings: Vec<String> = blocks
-        .iter()
-        .map(|b| format!("\"{}\"", STANDARD.encode(b)))
-        .collect();
-    format!("{{\"random\": [{}], \"size\": {size}}}", strings.join(", "))
-}
-
-impl Shared {
-    fn take_fault(&mut self) -> Option<Fault> {
-        let (fault, times) = self.fault.take()?;
-        match times {
-            None => self.fault = Some((fault.clone(), None)),
-            Some(n) if n > 1 => self.fault = Some((fault.clone(), Some(n - 1))),
-            _ => {}
-        }
-        Some(fault)
+/// KiB asked for: `size` absent means 1; anything but digits for 1..=512 is an error.
+fn kib_param(query: Option<&str>) -> Result<u32, ()> {
+    let Some(pair) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find(|kv| kv.split('=').next() == Some("size"))
+    else {
+        return Ok(1);
+    };
+    let v = pair.strip_prefix("size=").ok_or(())?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
     }
-
-    fn finish(
-        &mut self,
-        record: bool,
-        seq: u64,
-        status: u16,
-        kib: u32,
-        fault: Option<&Fault>,
-        blocks: Vec<u8>,
-    ) {
-        *self.stats.by_status.entry(status).or_default() += 1;
-        if status == 200 && fault.is_none() {
-            self.stats.good_bytes += blocks.len() as u64;
-        }
-        if record {
-            self.records.push(ResponseRecord {
-                seq,
-                status,
-                kib,
-                fault: fault.map(|f| f.name().to_owned()),
-                blocks,
-                at: Instant::now(),
-            });
-        }
+    match v.parse::<u32>() {
+        Ok(n) if (1..=MAX_KIB).contains(&n) => Ok(n),
+        _ => Err(()),
     }
 }
 
-/// What the locked part decided: a finished answer, or a body to send (with its fault).
-enum Prepared {
-    Done(Reply),
-    Body(Bytes, Option<Fault>),
+/// What the locked part decided.
+enum Admission {
+    /// Status, KiB asked for (0 if not read yet), the answer.
+    Refused(u16, u32, Response<ScriptedBody>),
+    Served(u32, Option<Fault>),
 }
 
-pub async fn entropy(state: &State, req: &hyper::Request<hyper::body::Incoming>) -> Reply {
-    // The lock is taken and released in a plain function, never across an await.
-    let (data, fault) = match prepare(state, req) {
-        Prepared::Done(reply) => return reply,
-        Prepared::Body(data, fault) => (data, fault),
-    };
-    let len = data.len();
-    let body = match &fault {
-        Some(Fault::Delay(d)) => {
-            tokio::time::sleep(*d).await;
-            ScriptedBody::full(data)
+/// Answers one `GET /api/v1/quantum-entropy`; `seq` is its number, `fd` its connection's
+/// socket (for a real reset).
+pub(super) async fn entropy(
+    state: &State,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    seq: u64,
+    fd: Option<RawFd>,
+) -> Reply {
+    let (kib, fault) = match admit(state, headers, query) {
+        Admission::Refused(status, kib, r) => {
+            state
+                .ledger
+                .lock()
+                .answer(seq, status, kib, None, Vec::new());
+            return Ok(r);
         }
-        Some(Fault::ResetMidBody) => ScriptedBody::reset_after_half(data),
-        Some(Fault::TruncatedBody) => ScriptedBody::truncated(data),
-        Some(Fault::SlowDrip { bytes_per_sec }) => ScriptedBody::drip(data, *bytes_per_sec),
-        Some(Fault::OversizedBody) => ScriptedBody::padded(data, OVERSIZE_PAD),
-        _ => ScriptedBody::full(data),
+        Admission::Served(kib, fault) => (kib, fault),
     };
-    let mut r = Response::new(body);
-    let content_type = if fault == Some(Fault::WrongContentType) {
-        "text/html"
-    } else {
-        "application/json"
-    };
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    if matches!(fault, Some(Fault::ResetMidBody | Fault::TruncatedBody)) {
-        r.headers_mut().insert(CONTENT_LENGTH, len.into());
-    }
-    Ok(r)
-}
-
-fn prepare(state: &State, req: &hyper::Request<hyper::body::Incoming>) -> Prepared {
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let size = size_param(req.uri().query()).map(str::to_owned);
-    let now = Instant::now();
-
-    let mut s = state.shared.lock();
-    s.stats.total_requests += 1;
-    s.seq += 1;
-    let seq = s.seq;
-    let Some(token) = token.filter(|t| s.tokens.contains(t)) else {
-        s.finish(state.record, seq, 401, 0, None, Vec::new());
-        return Prepared::Done(Ok(json_error(401, "invalid or missing token")));
-    };
-    let kib = match size.as_deref().map(str::parse::<u32>) {
-        None => 1,
-        Some(Ok(n)) if (1..=512).contains(&n) => n,
-        Some(_) => {
-            s.finish(state.record, seq, 400, 0, None, Vec::new());
-            return Prepared::Done(Ok(json_error(400, "size must be an integer from 1 to 512")));
-        }
-    };
-    if let Some(rl) = s.rate_limit {
-        let q = s.accepted.entry(token.clone()).or_default();
-        while q
-            .front()
-            .is_some_and(|&t| now.duration_since(t) >= rl.window)
-        {
-            q.pop_front();
-        }
-        if q.len() >= rl.requests as usize {
-            let wait = q.front().map_or(Duration::ZERO, |&t| {
-                (t + rl.window).saturating_duration_since(now)
-            });
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            s.finish(state.record, seq, 429, kib, None, Vec::new());
-            let mut r = json_error(429, "too many requests");
-            r.headers_mut().insert(RETRY_AFTER, secs.into());
-            return Prepared::Done(Ok(r));
-        }
-        q.push_back(now);
-    }
-    let want = u64::from(kib) * 1024;
-    if let Some(quota) = s.quota {
-        if s.used.get(&token).copied().unwrap_or(0) + want > quota {
-            s.finish(state.record, seq, 403, kib, None, Vec::new());
-            return Prepared::Done(Ok(json_error(403, "monthly quota exhausted")));
-        }
-    }
-    let fault = s.take_fault();
     match &fault {
-        Some(Fault::Status(code)) => {
-            s.finish(state.record, seq, *code, kib, fault.as_ref(), Vec::new());
-            return Prepared::Done(Ok(json_error(*code, "emulated failure")));
+        Some(f @ Fault::Status(code)) => {
+            let reason = StatusCode::from_u16(*code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or("error");
+            let r = json_error(*code, &format!("{reason} (emulated)"));
+            let sent = r.status().as_u16();
+            state
+                .ledger
+                .lock()
+                .answer(seq, sent, kib, Some(f), Vec::new());
+            return Ok(r);
         }
-        Some(Fault::TooManyRequests { retry_after }) => {
-            s.finish(state.record, seq, 429, kib, fault.as_ref(), Vec::new());
-            let mut r = json_error(429, "too many requests");
+        Some(f @ Fault::TooManyRequests { retry_after }) => {
+            let mut r = json_error(429, "too many requests (emulated)");
             if let Some(secs) = retry_after {
                 r.headers_mut().insert(RETRY_AFTER, (*secs).into());
             }
-            return Prepared::Done(Ok(r));
+            state
+                .ledger
+                .lock()
+                .answer(seq, 429, kib, Some(f), Vec::new());
+            return Ok(r);
         }
-        Some(Fault::DropConnection) => {
-            s.finish(state.record, seq, 0, kib, fault.as_ref(), Vec::new());
-            return Prepared::Done(Err(io::Error::other("emulated dropped connection")));
+        Some(f @ Fault::DropConnection) => {
+            state.ledger.lock().answer(seq, 0, kib, Some(f), Vec::new());
+            return Err(io::Error::other("emulated dropped connection"));
         }
+        Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
         _ => {}
     }
 
-    let mut blocks: Vec<Vec<u8>> = (0..kib)
-        .map(|_| {
-            let mut b = vec![0u8; 1024];
-            rand::rngs::OsRng.fill_bytes(&mut b);
-            b
-        })
-        .collect();
-    let mut size_text = kib.to_string();
-    let mut applied = fault.clone();
-    match &fault {
-        Some(Fault::AllZeroBlocks) => blocks.iter_mut().for_each(|b| b.fill(0)),
-        Some(Fault::ShortBlock) => blocks[0].truncate(1000),
-        Some(Fault::SizeMismatch) => size_text = (kib + 1).to_string(),
-        Some(Fault::RepeatBlock) => match s.recent.back() {
-            Some(old) => blocks[0] = old.clone(),
-            None if blocks.len() >= 2 => blocks[0] = blocks[1].clone(),
-            None => applied = None,
-        },
-        _ => {}
+    let repeat_source = match fault {
+        Some(Fault::RepeatBlock) => state.ledger.lock().recent_block(),
+        _ => None,
+    };
+    let (text, decoded) = build(kib, fault.as_ref(), repeat_source);
+    let len = text.len();
+    let body = match &fault {
+        Some(Fault::ResetMidBody) => ScriptedBody::reset_after_half(Bytes::from(text), fd),
+        Some(Fault::TruncatedBody) => ScriptedBody::truncated(Bytes::from(text)),
+        Some(Fault::SlowDrip { bytes_per_sec }) => {
+            ScriptedBody::drip(Bytes::from(text), *bytes_per_sec)
+        }
+        Some(Fault::OversizedBody) => {
+            // Whitespace between two members: still valid JSON, just enormous.
+            let cut = text.rfind(", \"size\"").unwrap_or(text.len());
+            let text = Bytes::from(text);
+            ScriptedBody::padded(text.slice(..cut + 1), OVERSIZE_PAD, text.slice(cut + 1..))
+        }
+        _ => ScriptedBody::full(text),
+    };
+    let mut r = Response::new(body);
+    let content_type = match fault {
+        Some(Fault::WrongContentType) => "text/html; charset=utf-8",
+        _ => "application/json",
+    };
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if matches!(fault, Some(Fault::ResetMidBody | Fault::TruncatedBody)) {
+        // The whole length, of which only half will come.
+        r.headers_mut().insert(CONTENT_LENGTH, len.into());
     }
-    let mut text = encode_body(&blocks, &size_text);
-    match &fault {
-        Some(Fault::MalformedJson) => text.truncate(text.len() / 2),
-        Some(Fault::WrongTypes) => text = "{\"random\": [1, 2, 3], \"size\": \"3\"}".to_owned(),
-        Some(Fault::NonBase64) => {
+    state
+        .ledger
+        .lock()
+        .answer(seq, 200, kib, fault.as_ref(), decoded);
+    Ok(r)
+}
+
+/// Token, size, rate limit, quota and the fault, decided under one lock so concurrent requests
+/// cannot overdraw the quota or both take a fault meant for one.
+fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
+    let now = Instant::now();
+    // Lock order: gate, then ledger.
+    let mut gate = state.gate.lock();
+    let token = match gate.limits.authorize(bearer(headers)) {
+        Ok(t) => t,
+        Err(_) => {
+            tracing::debug!("emulator: 401, missing or unknown token");
+            return Admission::Refused(401, 0, json_error(401, "missing or invalid token"));
+        }
+    };
+    let Ok(kib) = kib_param(query) else {
+        return Admission::Refused(
+            400,
+            0,
+            json_error(400, "size must be an integer from 1 to 512"),
+        );
+    };
+    let bytes = u64::from(kib) * BLOCK as u64;
+    match gate.limits.admit(token, bytes, now) {
+        Ok(()) => {}
+        Err(Refusal::RateLimited { retry_after_secs }) => {
+            let mut r = json_error(429, "too many requests");
+            r.headers_mut().insert(RETRY_AFTER, retry_after_secs.into());
+            return Admission::Refused(429, kib, r);
+        }
+        Err(Refusal::QuotaExhausted) => {
+            return Admission::Refused(403, kib, json_error(403, "quota exhausted"));
+        }
+        Err(Refusal::Unauthorized) => {
+            return Admission::Refused(401, 0, json_error(401, "missing or invalid token"));
+        }
+    }
+    // A repeat needs an earlier block: with none anywhere, the fault waits for a later request.
+    let cannot_repeat = gate.fault.peek() == Some(&Fault::RepeatBlock)
+        && kib < 2
+        && !state.ledger.lock().has_recent();
+    let fault = if cannot_repeat {
+        None
+    } else {
+        gate.fault.take()
+    };
+    if matches!(
+        fault,
+        Some(Fault::Status(_) | Fault::TooManyRequests { .. } | Fault::DropConnection)
+    ) {
+        // No entropy goes out, so none is charged.
+        gate.limits.refund(token, bytes);
+    }
+    Admission::Served(kib, fault)
+}
+
+/// The body text for `kib` fresh blocks with `fault` applied (one of the faults that sends a
+/// 200), and the decoded bytes of the blocks it holds.
+fn build(kib: u32, fault: Option<&Fault>, repeat_source: Option<Vec<u8>>) -> (String, Vec<u8>) {
+    let n = kib as usize;
+    let mut flat = vec![0u8; n * BLOCK];
+    if fault != Some(&Fault::AllZeroBlocks) {
+        // A userspace ChaCha seeded from the OS: fast enough that the emulator is not what a
+        // benchmark measures. (Not quantum entropy either way.)
+        rand::thread_rng().fill_bytes(&mut flat);
+    }
+    let last = (n - 1) * BLOCK;
+    if fault == Some(&Fault::RepeatBlock) {
+        match repeat_source {
+            Some(old) if old.len() == BLOCK => flat[last..].copy_from_slice(&old),
+            _ if n >= 2 => flat.copy_within(..BLOCK, last),
+            _ => {}
+        }
+    }
+    if fault == Some(&Fault::ShortBlock) {
+        flat.truncate(last + 1000);
+    }
+    if fault == Some(&Fault::WrongTypes) {
+        let numbers: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let text = format!(
+            "{{\"random\": [{}], \"size\": \"{n}\"}}",
+            numbers.join(", ")
+        );
+        return (text, Vec::new());
+    }
+    let size_field = if fault == Some(&Fault::SizeMismatch) {
+        n + 1
+    } else {
+        n
+    };
+    let mut text = String::with_capacity(n * (BLOCK * 4 / 3 + 8) + 32);
+    text.push_str("{\"random\": [");
+    for (i, block) in flat.chunks(BLOCK).enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push('"');
+        let start = text.len();
+        STANDARD.encode_string(block, &mut text);
+        if fault == Some(&Fault::NonBase64) && i == n - 1 {
             // Same length, one character outside the alphabet.
-            if let Some(p) = text.find("[\"") {
-                text.replace_range(p + 12..p + 13, "*");
-            }
+            text.replace_range(start + 10..start + 11, "*");
         }
-        _ => {}
+        text.push('"');
     }
-    let flat: Vec<u8> = blocks.concat();
-    if applied.is_none() {
-        s.recent
-            .extend(blocks.iter().rev().take(RECENT_BLOCKS).rev().cloned());
-        while s.recent.len() > RECENT_BLOCKS {
-            s.recent.pop_front();
+    text.push_str(&format!("], \"size\": {size_field}}}"));
+    if fault == Some(&Fault::MalformedJson) {
+        text.truncate(text.len() / 2);
+    }
+    (text, flat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_param() {
+        assert_eq!(kib_param(None), Ok(1));
+        assert_eq!(kib_param(Some("")), Ok(1));
+        assert_eq!(kib_param(Some("x=1")), Ok(1));
+        assert_eq!(kib_param(Some("size=512")), Ok(512));
+        assert_eq!(kib_param(Some("a=b&size=007")), Ok(7));
+        for bad in [
+            "size=0", "size=513", "size=", "size", "size=+5", "size=-1", "size=1.0",
+        ] {
+            assert_eq!(kib_param(Some(bad)), Err(()), "{bad}");
         }
-        *s.used.entry(token).or_default() += want;
     }
-    let recorded = if state.record { flat } else { Vec::new() };
-    s.finish(state.record, seq, 200, kib, applied.as_ref(), recorded);
-    Prepared::Body(Bytes::from(text), fault)
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(AUTHORIZATION, HeaderValue::from_str(v).expect("header"));
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn bodies() {
+        let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t);
+        let (t, d) = build(3, None, None);
+        let v = parse(&t).expect("json");
+        assert_eq!(v["size"], 3);
+        assert_eq!(d.len(), 3 * BLOCK);
+        let (t, _) = build(3, Some(&Fault::SizeMismatch), None);
+        assert_eq!(parse(&t).expect("json")["size"], 4);
+        assert!(parse(&build(3, Some(&Fault::MalformedJson), None).0).is_err());
+        let (_, d) = build(2, Some(&Fault::ShortBlock), None);
+        assert_eq!(d.len(), BLOCK + 1000);
+        let (_, d) = build(2, Some(&Fault::RepeatBlock), None);
+        assert_eq!(d[..BLOCK], d[BLOCK..]);
+        let (_, d) = build(2, Some(&Fault::RepeatBlock), Some(vec![7; BLOCK]));
+        assert_eq!(d[BLOCK..], [7; BLOCK]);
+    }
 }

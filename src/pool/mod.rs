@@ -4,7 +4,7 @@
 //! and is wiped as it leaves. The pool knows nothing of FUSE: the adapter hands it sinks.
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -33,11 +33,26 @@ pub enum ReadError {
     ShuttingDown,
 }
 
-/// Where a read's answer goes. Called at most once, possibly from another thread, possibly
+/// Where a read's answer goes. Called exactly once, possibly from another thread, possibly
 /// with the pool locked: implementations must only hand the bytes on.
-pub trait ReadSink: Send {
-    fn deliver(self: Box<Self>, data: &[u8]);
-    fn fail(self: Box<Self>, err: ReadError);
+pub trait ReadSink: Send + 'static {
+    fn deliver(self, data: &[u8]);
+    fn fail(self, err: ReadError);
+}
+
+/// A sink parked in the queue. Reads answered at once never box their sink.
+trait QueuedSink: Send {
+    fn deliver_boxed(self: Box<Self>, data: &[u8]);
+    fn fail_boxed(self: Box<Self>, err: ReadError);
+}
+
+impl<T: ReadSink> QueuedSink for T {
+    fn deliver_boxed(self: Box<Self>, data: &[u8]) {
+        ReadSink::deliver(*self, data);
+    }
+    fn fail_boxed(self: Box<Self>, err: ReadError) {
+        ReadSink::fail(*self, err);
+    }
 }
 
 /// A read as the pool sees it.
@@ -76,7 +91,7 @@ enum Availability {
 struct Waiter {
     id: u64,
     req: ReadRequest,
-    sink: Box<dyn ReadSink>,
+    sink: Box<dyn QueuedSink>,
 }
 
 type Waker = Box<dyn FnOnce() + Send>;
@@ -92,8 +107,10 @@ struct Inner {
 
 pub struct Pool {
     inner: Mutex<Inner>,
-    /// Wakes the prefetcher when bytes leave (there is room to fill).
+    /// Wakes the prefetcher once the buffer falls below `space_below` (0: nobody asked), so
+    /// a stream of small reads does not wake it on every read.
     space: Arc<tokio::sync::Notify>,
+    space_below: AtomicUsize,
     /// Wakes the watchdog when a reader starts waiting.
     waiting: Condvar,
     served: AtomicU64,
@@ -116,6 +133,7 @@ impl Pool {
                 next_id: 0,
             }),
             space: Arc::new(tokio::sync::Notify::new()),
+            space_below: AtomicUsize::new(0),
             waiting: Condvar::new(),
             served: AtomicU64::new(0),
         }
@@ -151,8 +169,15 @@ impl Pool {
         self.space.clone()
     }
 
+    /// Asks for one wake-up (through [`Pool::space_notify`]) when fewer than `threshold` bytes
+    /// are buffered. Returns true if that is already so (no wake-up will come for it).
+    pub fn notify_space_below(&self, threshold: usize) -> bool {
+        self.space_below.store(threshold, Ordering::SeqCst);
+        self.buffered() < threshold
+    }
+
     /// Answers a read now, or queues it behind earlier waiting reads.
-    pub fn read(&self, req: ReadRequest, sink: Box<dyn ReadSink>) {
+    pub fn read<S: ReadSink>(&self, req: ReadRequest, sink: S) {
         if req.len == 0 {
             sink.deliver(&[]);
             return;
@@ -166,7 +191,7 @@ impl Pool {
             _ => {}
         }
         if g.waiters.is_empty() && g.ring.len() >= need(req.len) {
-            self.serve(&mut g, req.len, sink);
+            self.serve(&mut g, req.len, |bytes| sink.deliver(bytes));
             return;
         }
         if req.nonblocking {
@@ -174,17 +199,25 @@ impl Pool {
         }
         let id = g.next_id;
         g.next_id += 1;
-        g.waiters.push_back(Waiter { id, req, sink });
+        g.waiters.push_back(Waiter {
+            id,
+            req,
+            sink: Box::new(sink),
+        });
         drop(g);
         self.waiting.notify_all();
     }
 
-    fn serve(&self, g: &mut Inner, len: usize, sink: Box<dyn ReadSink>) {
+    /// Hands the oldest `min(len, buffered)` bytes to `deliver`, then wipes them.
+    fn serve(&self, g: &mut Inner, len: usize, deliver: impl FnOnce(&[u8])) {
         let n = len.min(g.ring.len());
         let Inner { ring, scratch, .. } = g;
-        ring.consume(n, scratch, |bytes| sink.deliver(bytes));
+        ring.consume(n, scratch, deliver);
         self.served.fetch_add(n as u64, Ordering::SeqCst);
-        self.space.notify_one();
+        let below = self.space_below.load(Ordering::Relaxed);
+        if below > 0 && ring.len() < below && self.space_below.swap(0, Ordering::SeqCst) > 0 {
+            self.space.notify_one();
+        }
     }
 
     /// Serves waiting reads, oldest first, while the oldest can be served.
@@ -195,7 +228,8 @@ impl Pool {
             .is_some_and(|w| g.ring.len() >= need(w.req.len))
         {
             if let Some(w) = g.waiters.pop_front() {
-                self.serve(g, w.req.len, w.sink);
+                let sink = w.sink;
+                self.serve(g, w.req.len, |bytes| sink.deliver_boxed(bytes));
             }
         }
     }
@@ -231,7 +265,7 @@ impl Pool {
             (Availability::Open, true) => {
                 g.availability = Availability::Unavailable;
                 for w in std::mem::take(&mut g.waiters) {
-                    w.sink.fail(ReadError::Unavailable);
+                    w.sink.fail_boxed(ReadError::Unavailable);
                 }
                 let wake = Self::take_pollers_if_ready(&mut g);
                 drop(g);
@@ -247,7 +281,7 @@ impl Pool {
         let mut g = self.inner.lock();
         g.availability = Availability::Shutdown;
         for w in std::mem::take(&mut g.waiters) {
-            w.sink.fail(ReadError::ShuttingDown);
+            w.sink.fail_boxed(ReadError::ShuttingDown);
         }
         g.ring.wipe();
         let wake = std::mem::take(&mut g.pollers);
@@ -310,7 +344,7 @@ impl Pool {
         let mut g = self.inner.lock();
         if let Some(pos) = g.waiters.iter().position(|w| w.id == id) {
             if let Some(w) = g.waiters.remove(pos) {
-                w.sink.fail(err);
+                w.sink.fail_boxed(err);
             }
             // The next in line may be servable now that a bigger read left the head.
             self.serve_waiters(&mut g);

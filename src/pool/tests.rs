@@ -9,10 +9,10 @@ type Log = Arc<Mutex<Vec<(usize, Result<Vec<u8>, ReadError>)>>>;
 struct Sink(usize, Log);
 
 impl ReadSink for Sink {
-    fn deliver(self: Box<Self>, data: &[u8]) {
+    fn deliver(self, data: &[u8]) {
         self.1.lock().push((self.0, Ok(data.to_vec())));
     }
-    fn fail(self: Box<Self>, err: ReadError) {
+    fn fail(self, err: ReadError) {
         self.1.lock().push((self.0, Err(err)));
     }
 }
@@ -34,8 +34,8 @@ fn seq(start: u8, n: usize) -> Vec<u8> {
 fn small_reads_wait_for_full_count_in_fifo_order() {
     let pool = Pool::new(4096);
     let log: Log = Default::default();
-    pool.read(req(32), Box::new(Sink(1, log.clone())));
-    pool.read(req(16), Box::new(Sink(2, log.clone())));
+    pool.read(req(32), Sink(1, log.clone()));
+    pool.read(req(16), Sink(2, log.clone()));
     pool.push(&seq(0, 20));
     assert!(log.lock().is_empty(), "32-byte read must not be short");
     pool.push(&seq(20, 40));
@@ -49,7 +49,7 @@ fn small_reads_wait_for_full_count_in_fifo_order() {
 fn large_read_takes_what_is_there_once_256_are() {
     let pool = Pool::new(8192);
     let log: Log = Default::default();
-    pool.read(req(4096), Box::new(Sink(1, log.clone())));
+    pool.read(req(4096), Sink(1, log.clone()));
     pool.push(&seq(0, 255));
     assert!(log.lock().is_empty());
     pool.push(&seq(255, 45));
@@ -60,14 +60,14 @@ fn large_read_takes_what_is_there_once_256_are() {
 fn new_reads_queue_behind_waiters() {
     let pool = Pool::new(4096);
     let log: Log = Default::default();
-    pool.read(req(100), Box::new(Sink(1, log.clone())));
+    pool.read(req(100), Sink(1, log.clone()));
     pool.push(&seq(0, 50));
     // 10 bytes could be served, but the earlier read comes first.
-    pool.read(req(10), Box::new(Sink(2, log.clone())));
+    pool.read(req(10), Sink(2, log.clone()));
     assert!(log.lock().is_empty());
     let mut nb = req(10);
     nb.nonblocking = true;
-    pool.read(nb, Box::new(Sink(3, log.clone())));
+    pool.read(nb, Sink(3, log.clone()));
     assert_eq!(log.lock().clone(), vec![(3, Err(ReadError::WouldBlock))]);
     pool.push(&seq(50, 60));
     let got = log.lock().clone();
@@ -80,10 +80,10 @@ fn unavailable_fails_waiters_but_serves_buffered() {
     let pool = Pool::new(4096);
     let log: Log = Default::default();
     pool.push(&seq(0, 40));
-    pool.read(req(64), Box::new(Sink(1, log.clone())));
+    pool.read(req(64), Sink(1, log.clone()));
     pool.set_unavailable(true);
-    pool.read(req(16), Box::new(Sink(2, log.clone())));
-    pool.read(req(64), Box::new(Sink(3, log.clone())));
+    pool.read(req(16), Sink(2, log.clone()));
+    pool.read(req(64), Sink(3, log.clone()));
     let got = log.lock().clone();
     assert_eq!(
         got,
@@ -100,8 +100,8 @@ fn unavailable_fails_waiters_but_serves_buffered() {
 fn cancel_unblocks_the_next_in_line() {
     let pool = Pool::new(4096);
     let log: Log = Default::default();
-    pool.read(req(200), Box::new(Sink(1, log.clone())));
-    pool.read(req(8), Box::new(Sink(2, log.clone())));
+    pool.read(req(200), Sink(1, log.clone()));
+    pool.read(req(8), Sink(2, log.clone()));
     pool.push(&seq(0, 10));
     let w = pool.waiting_reads();
     assert_eq!(w.len(), 2);
@@ -117,9 +117,9 @@ fn shutdown_fails_waiters_and_wipes() {
     let pool = Pool::new(4096);
     let log: Log = Default::default();
     pool.push(&seq(0, 10));
-    pool.read(req(64), Box::new(Sink(1, log.clone())));
+    pool.read(req(64), Sink(1, log.clone()));
     pool.shutdown();
-    pool.read(req(1), Box::new(Sink(2, log.clone())));
+    pool.read(req(1), Sink(2, log.clone()));
     assert_eq!(pool.buffered(), 0);
     assert_eq!(
         log.lock().clone(),

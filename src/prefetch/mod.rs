@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::health::HealthTests;
-use crate::pacer::{Pacer, RateLimit};
+use crate::pacer::{Pacer, RateLimit, Wait};
 use crate::pool::Pool;
 use crate::status::{Status, UpstreamState};
 use crate::token::read_token_file;
@@ -105,7 +105,8 @@ pub struct Prefetcher<C: EntropyClient> {
     token_digest: Option<[u8; 32]>,
     filling: bool,
     reserved: usize,
-    in_flight: HashMap<tokio::task::Id, u32>,
+    /// Each request in flight: its size and its pacer slot.
+    in_flight: HashMap<tokio::task::Id, (u32, u64)>,
     log: LogThrottle,
 }
 
@@ -157,14 +158,11 @@ impl<C: EntropyClient> Prefetcher<C> {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
                         Ok((id, (kib, result))) => {
-                            self.in_flight.remove(&id);
-                            self.reserved -= kib as usize * BLOCK_LEN;
+                            self.finished(id);
                             self.complete(kib, result);
                         }
                         Err(e) => {
-                            if let Some(kib) = self.in_flight.remove(&e.id()) {
-                                self.reserved -= kib as usize * BLOCK_LEN;
-                            }
+                            self.finished(e.id());
                             error!("fetch task failed: {e}");
                         }
                     }
@@ -213,16 +211,33 @@ impl<C: EntropyClient> Prefetcher<C> {
             if tasks.len() >= self.cfg.max_in_flight {
                 break;
             }
-            if let Err(at) = self.pacer.try_acquire(now) {
-                return Some(at);
-            }
+            let slot = match self.pacer.try_acquire(now) {
+                Ok(slot) => slot,
+                Err(Wait::Until(at)) => return Some(at),
+                Err(Wait::ForCompletion) => break,
+            };
             let kib = (free / BLOCK_LEN).min(MAX_KIB_PER_REQUEST as usize) as u32;
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
             let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
-            self.in_flight.insert(handle.id(), kib);
+            self.in_flight.insert(handle.id(), (kib, slot));
+        }
+        if !self.filling
+            && self.reserved == 0
+            && self.pool.notify_space_below(self.cfg.low_watermark)
+        {
+            // Fell below the watermark between our look and the request: look again now.
+            return Some(now);
         }
         None
+    }
+
+    /// Releases what a finished request held: its reservation and, from now, its pacer slot.
+    fn finished(&mut self, id: tokio::task::Id) {
+        if let Some((kib, slot)) = self.in_flight.remove(&id) {
+            self.reserved -= kib as usize * BLOCK_LEN;
+            self.pacer.complete(slot, Instant::now());
+        }
     }
 
     fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>) {

@@ -139,8 +139,8 @@ async fn respects_max_in_flight_and_rate_limit() {
 fn drain(pool: &Pool, n: usize) {
     struct Discard;
     impl crate::pool::ReadSink for Discard {
-        fn deliver(self: Box<Self>, _: &[u8]) {}
-        fn fail(self: Box<Self>, _: crate::pool::ReadError) {}
+        fn deliver(self, _: &[u8]) {}
+        fn fail(self, _: crate::pool::ReadError) {}
     }
     pool.read(
         crate::pool::ReadRequest {
@@ -149,6 +149,6 @@ fn drain(pool: &Pool, n: usize) {
             pid: 0,
             deadline: None,
         },
-        Box::new(Discard),
+        Discard,
     );
 }

@@ -1,0 +1,179 @@
+//! What the emulator answered: counters, optional records of every response's blocks, the
+//! recent good blocks that `RepeatBlock` copies, and gauges of concurrency.
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::Fault;
+
+/// Good blocks remembered for `RepeatBlock`.
+const RECENT_BLOCKS: usize = 16;
+pub(super) const BLOCK: usize = 1024;
+
+/// One answer to a request on the API (admin requests are not recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRecord {
+    /// Order of arrival, from 1.
+    pub seq: u64,
+    /// Status sent; 0 when the connection was dropped without a response.
+    pub status: u16,
+    /// KiB asked for (0 when refused before the size was read, or not a valid size).
+    pub kib: u32,
+    /// The fault applied ([`Fault::name`]); `None` for a correct response.
+    pub fault: Option<String>,
+    /// The decoded bytes of every block put in the body, in order. For a faulty body, what
+    /// could be decoded of it: a short block is short, a corrupted block is recorded as it was
+    /// before corruption, a body cut short records all blocks of the whole body.
+    pub blocks: Vec<u8>,
+    pub at: Instant,
+}
+
+/// Counters since start. Requests under `/_emulator/` are not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Requests received on the API (any path but the admin one).
+    pub total_requests: u64,
+    /// Answers per status code; 0 counts connections dropped without a response.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Entropy bytes in correct 200 responses.
+    pub good_bytes: u64,
+    /// API requests being answered now (until their body is sent or abandoned).
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    /// Connections open now (admin ones included).
+    pub connections: u64,
+    pub max_connections: u64,
+}
+
+impl Stats {
+    /// How many answers had `status`.
+    pub fn count(&self, status: u16) -> u64 {
+        self.by_status.get(&status).copied().unwrap_or(0)
+    }
+}
+
+pub(super) struct Ledger {
+    record: bool,
+    seq: u64,
+    total_requests: u64,
+    by_status: BTreeMap<u16, u64>,
+    good_bytes: u64,
+    records: Vec<ResponseRecord>,
+    recent: VecDeque<Vec<u8>>,
+}
+
+impl Ledger {
+    pub fn new(record: bool) -> Ledger {
+        Ledger {
+            record,
+            seq: 0,
+            total_requests: 0,
+            by_status: BTreeMap::new(),
+            good_bytes: 0,
+            records: Vec::new(),
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Counts a request and gives its sequence number.
+    pub fn arrive(&mut self) -> u64 {
+        self.total_requests += 1;
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Counts an answer; `blocks` is the decoded body (moved, not copied, into the record).
+    pub fn answer(
+        &mut self,
+        seq: u64,
+        status: u16,
+        kib: u32,
+        fault: Option<&Fault>,
+        blocks: Vec<u8>,
+    ) {
+        tracing::debug!(
+            "emulator: #{seq} -> {status} ({kib} KiB, fault: {})",
+            fault.map_or("none", Fault::name)
+        );
+        *self.by_status.entry(status).or_default() += 1;
+        if status == 200 && fault.is_none() {
+            self.good_bytes += blocks.len() as u64;
+            let skip = (blocks.len() / BLOCK).saturating_sub(RECENT_BLOCKS);
+            self.recent
+                .extend(blocks.chunks_exact(BLOCK).skip(skip).map(<[u8]>::to_vec));
+            while self.recent.len() > RECENT_BLOCKS {
+                self.recent.pop_front();
+            }
+        }
+        if self.record {
+            self.records.push(ResponseRecord {
+                seq,
+                status,
+                kib,
+                fault: fault.map(|f| f.name().to_owned()),
+                blocks,
+                at: Instant::now(),
+            });
+        }
+    }
+
+    /// The newest block of an earlier correct response.
+    pub fn recent_block(&self) -> Option<Vec<u8>> {
+        self.recent.back().cloned()
+    }
+
+    pub fn has_recent(&self) -> bool {
+        !self.recent.is_empty()
+    }
+
+    pub fn records(&self) -> Vec<ResponseRecord> {
+        self.records.clone()
+    }
+
+    pub fn reset_records(&mut self) {
+        self.records.clear();
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            total_requests: self.total_requests,
+            by_status: self.by_status.clone(),
+            good_bytes: self.good_bytes,
+            ..Stats::default()
+        }
+    }
+}
+
+/// A count of things open now and the most ever open at once.
+#[derive(Debug, Default)]
+pub(super) struct Gauge {
+    now: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Gauge {
+    /// Counts one more until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> GaugeGuard {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        GaugeGuard(self.clone())
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct GaugeGuard(Arc<Gauge>);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
