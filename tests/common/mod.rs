@@ -244,6 +244,24 @@ impl Drop for Mount {
     }
 }
 
+/// Waits for `state`, then checks that a read on the empty buffer fails with EIO at once
+/// (the states in which the upstream cannot recover by itself). Returns the open file.
+pub fn assert_fails_fast(m: &Mount, state: &str) -> File {
+    m.wait_status(state, Duration::from_secs(5), |s| s["state"] == state);
+    let f = open_random(m);
+    let t = Instant::now();
+    assert_eq!(
+        read_once(&f, 32).expect_err("EIO").raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    f
+}
+
 pub fn parse_status(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once(": "))
