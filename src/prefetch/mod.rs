@@ -108,7 +108,13 @@ pub struct Prefetcher<C: EntropyClient> {
     /// Each request in flight: its size and its pacer slot.
     in_flight: HashMap<tokio::task::Id, (u32, u64)>,
     log: LogThrottle,
+    /// Until the first success, one small request at a time: the first bytes are readable
+    /// one short round trip after start, instead of after several 512 KiB bodies compete.
+    started: bool,
 }
+
+/// Size of the requests made before the first success.
+const FIRST_REQUEST_KIB: u32 = 16;
 
 type FetchResult = (u32, Result<Entropy, FetchError>);
 
@@ -136,6 +142,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             reserved: 0,
             in_flight: HashMap::new(),
             log: LogThrottle::default(),
+            started: false,
         }
     }
 
@@ -208,7 +215,12 @@ impl<C: EntropyClient> Prefetcher<C> {
                 self.filling = false;
                 break;
             }
-            if tasks.len() >= self.cfg.max_in_flight {
+            let max_in_flight = if self.started {
+                self.cfg.max_in_flight
+            } else {
+                1
+            };
+            if tasks.len() >= max_in_flight {
                 break;
             }
             let slot = match self.pacer.try_acquire(now) {
@@ -216,7 +228,12 @@ impl<C: EntropyClient> Prefetcher<C> {
                 Err(Wait::Until(at)) => return Some(at),
                 Err(Wait::ForCompletion) => break,
             };
-            let kib = (free / BLOCK_LEN).min(MAX_KIB_PER_REQUEST as usize) as u32;
+            let largest = if self.started {
+                MAX_KIB_PER_REQUEST
+            } else {
+                FIRST_REQUEST_KIB
+            };
+            let kib = (free / BLOCK_LEN).min(largest as usize) as u32;
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
             let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
@@ -267,6 +284,7 @@ impl<C: EntropyClient> Prefetcher<C> {
         // Counted before the push, so a snapshot never sees served + buffered > fetched.
         self.status.record_success(bytes.len());
         self.pool.push(&bytes);
+        self.started = true;
         self.backoff.reset();
         if let Some((class, n)) = self.log.recovered() {
             info!("upstream recovered after {n} failure(s) of class {class}");

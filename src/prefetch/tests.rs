@@ -40,7 +40,8 @@ async fn fills_to_capacity_in_whole_kib_requests() {
     let (_tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
     wait_until(|| pool.buffered() == pool.capacity()).await;
-    // 2 MiB + 3 KiB: four 512 KiB requests and one of 3 KiB.
+    // 2 MiB + 3 KiB: a first 16 KiB request alone, then three of 512 KiB, and what is left
+    // (512 - 16 + 3 KiB) in one more.
     assert_eq!(client.requests.load(Ordering::SeqCst), 5);
     assert_eq!(
         status.fetched_bytes.load(Ordering::SeqCst),
@@ -122,13 +123,16 @@ async fn respects_max_in_flight_and_rate_limit() {
     let (_tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
     wait_until(|| pool.buffered() == pool.capacity()).await;
-    // Drain 64 KiB four times; at most 3 requests may start per 650 ms (window + margin).
+    // The first fill took two requests (16 KiB first, then 48 KiB). Drain three times: one
+    // request each, but a slot frees only 500 ms (window + margin) after its request
+    // completed, so the third refill waits for the first slot.
+    assert_eq!(client.requests.load(Ordering::SeqCst), 2);
     let start = Instant::now();
     for _ in 0..3 {
         drain(&pool, 64 * 1024);
         wait_until(|| pool.buffered() == pool.capacity()).await;
     }
-    assert_eq!(client.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(client.requests.load(Ordering::SeqCst), 5);
     assert!(
         start.elapsed() >= Duration::from_millis(300),
         "{:?}",

@@ -1,8 +1,6 @@
 //! Response validation: nothing of a response is used unless all of it matches the contract.
 use std::borrow::Cow;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use super::BLOCK_LEN;
@@ -87,12 +85,15 @@ fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), Validati
         .zip(out.chunks_exact_mut(BLOCK_LEN))
         .enumerate()
     {
-        // The length check makes decode_slice's output exactly one block or an error.
-        if text.len() != BLOCK_B64_LEN {
+        // 1368 characters ending in exactly "==" is the only shape that holds 1024 bytes, and it
+        // guarantees the decoder's output fits the slot. The SIMD decoder is strict: alphabet,
+        // padding and zero trailing bits.
+        let t = text.as_bytes();
+        if t.len() != BLOCK_B64_LEN || !t.ends_with(b"==") || t[BLOCK_B64_LEN - 3] == b'=' {
             return Err(ValidationError::BadBlock { index });
         }
-        match STANDARD.decode_slice(text.as_bytes(), slot) {
-            Ok(BLOCK_LEN) => {}
+        match base64_simd::STANDARD.decode(t, base64_simd::Out::from_slice(slot)) {
+            Ok(decoded) if decoded.len() == BLOCK_LEN => {}
             _ => return Err(ValidationError::BadBlock { index }),
         }
     }
@@ -101,6 +102,9 @@ fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), Validati
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     fn body(blocks: &[Vec<u8>], size: u64) -> Vec<u8> {
@@ -154,6 +158,21 @@ mod tests {
     }
 
     #[test]
+    fn rejects_non_canonical_trailing_bits() {
+        let block = vec![0u8; 1024];
+        let good = STANDARD.encode(&block);
+        assert!(good.ends_with("AA=="));
+        // "AB==" decodes to the same byte with non-zero trailing bits: not strict base64.
+        let bad = format!("{}AB==", &good[..good.len() - 4]);
+        let body = format!("{{\"random\": [\"{bad}\"], \"size\": 1}}");
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_body(body.as_bytes(), 1, &mut out),
+            Err(ValidationError::BadBlock { index: 0 })
+        );
+    }
+
+    #[test]
     fn content_type() {
         assert!(check_content_type(Some("application/json; charset=utf-8")).is_ok());
         assert!(check_content_type(Some("text/html")).is_err());
@@ -163,6 +182,8 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use proptest::prelude::*;
 
     use super::*;
