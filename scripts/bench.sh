@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# Benchmarks qrypt-fs against the two ceilings that bound it, as ratios measured in one run
+# (see BENCHMARKS.md for what each figure means and what bounds it):
+#
+#   service  40 MiB through a fresh mount against the emulator enforcing 30 requests / 10 s,
+#            vs the ideal schedule (20 s); zero 429 answers. Buffers 4M (default) and 16M.
+#   local    buffered reads from a full 1 GiB buffer vs /dev/urandom (1 MiB reads) and vs a
+#            null FUSE filesystem (32-byte reads); the read-size sweep and its plot.
+#   e2e      dd-like 1 MiB reads of 256 MiB through the default buffer, emulator unthrottled,
+#            over HTTP and HTTPS, vs /dev/urandom.
+#   cost     RSS (1 GiB buffer full, default buffer), idle CPU with a full buffer, time from
+#            `qrypt-fs MOUNTPOINT` to the first 32 bytes vs one API round trip + a null mount.
+#
+# Usage: scripts/bench.sh [service|local|e2e|cost]...      (no argument: all four, ~3 minutes)
+# Environment: ROUNDS (interleaved rounds per comparison, default 5), BENCH_OUT (where the
+# results, trials and logs go, default target/bench), PLOT (PNG path, default
+# BENCHMARKS-read-size.png; the `local` section writes it).
+#
+# Needs root (or /dev/fuse access and fusermount3), a Rust toolchain, python3 for the plot
+# (matplotlib is installed with pip if missing; the plot is skipped if that fails).
+# Exit status: 0 when every goal passed, 1 when one failed, 2 on an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+sections=("$@")
+[ ${#sections[@]} -eq 0 ] && sections=(service local e2e cost)
+for s in "${sections[@]}"; do
+  case $s in
+    service | local | e2e | cost) ;;
+    *) echo "usage: $0 [service|local|e2e|cost]..." >&2; exit 2 ;;
+  esac
+done
+
+ROUNDS=${ROUNDS:-5}
+out=${BENCH_OUT:-$root/target/bench}
+plot_png=${PLOT:-$root/BENCHMARKS-read-size.png}
+token=emulator-token
+
+echo "building (release)..." >&2
+cargo build --release --quiet --bins --example bench --example null_fs
+bin=$root/target/release
+B=$bin/examples/bench
+
+mkdir -p "$out"
+results=$out/results.tsv
+: >"$results"
+work=$(mktemp -d /tmp/qrypt-bench.XXXXXX)
+
+# Every process we start, in start order; cleanup stops them newest first.
+started=()
+
+cleanup() {
+  local rc=$? i pid
+  trap - EXIT INT TERM
+  for ((i = ${#started[@]} - 1; i >= 0; i--)); do
+    pid=${started[i]}
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # The startup figure's null filesystem, if bench died while it ran.
+  if [ -f "$work/startup-null_fs.pid" ]; then
+    kill -TERM "$(cat "$work/startup-null_fs.pid")" 2>/dev/null || true
+  fi
+  for pid in "${started[@]}"; do
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  # Anything still mounted under our work directory (e.g. the startup figure's daemon): a
+  # qrypt-fs daemon exits by itself once its mount is gone.
+  awk -v w="$work" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r |
+    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 2' INT TERM
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { echo "bench.sh: $*" >&2; exit 2; }
+
+# start_emulator NAME [ARGS...]: sets url_NAME and emu_NAME (pid).
+start_emulator() {
+  local name=$1 url=""
+  shift
+  "$bin/qrypt-emulator" --listen 127.0.0.1:0 "$@" >"$work/$name.url" 2>"$out/$name.emulator.log" &
+  started+=($!)
+  printf -v "emu_$name" %s "$!"
+  for _ in $(seq 200); do
+    url=$(sed -n 's/^listening on //p' "$work/$name.url")
+    [ -n "$url" ] && break
+    kill -0 "$!" 2>/dev/null || die "emulator $name exited (see $out/$name.emulator.log)"
+    sleep 0.05
+  done
+  [ -n "$url" ] || die "emulator $name did not start"
+  printf -v "url_$name" %s "$url"
+}
+
+# mount_qrypt NAME URL [ARGS...]: qrypt-fs in the foreground on $work/NAME; sets fs_NAME (pid).
+mount_qrypt() {
+  local name=$1 url=$2 mnt=$work/$1
+  shift 2
+  mkdir -p "$mnt"
+  QRYPT_TOKEN=$token "$bin/qrypt-fs" -f --endpoint "$url" "$@" "$mnt" 2>"$out/$name.qrypt-fs.log" &
+  started+=($!)
+  printf -v "fs_$name" %s "$!"
+  wait_mounted "$mnt" "$!" "$out/$name.qrypt-fs.log"
+}
+
+# mount_null NAME: the null FUSE filesystem on $work/NAME; sets fs_NAME (pid).
+mount_null() {
+  local name=$1 mnt=$work/$1
+  mkdir -p "$mnt"
+  "$bin/examples/null_fs" "$mnt" 2>"$out/$name.null_fs.log" &
+  started+=($!)
+  printf -v "fs_$name" %s "$!"
+  wait_mounted "$mnt" "$!" "$out/$name.null_fs.log"
+}
+
+wait_mounted() {
+  for _ in $(seq 500); do
+    [ -e "$1/random" ] && return 0
+    kill -0 "$2" 2>/dev/null || die "mount on $1 failed (see $3)"
+    sleep 0.02
+  done
+  die "mount on $1 did not appear (see $3)"
+}
+
+# forget PID...: a process that has been waited for (its id may be reused: never signal it).
+forget() {
+  local pid keep=() p
+  for p in "${started[@]}"; do
+    for pid in "$@"; do [ "$p" = "$pid" ] && continue 2; done
+    keep+=("$p")
+  done
+  started=("${keep[@]}")
+}
+
+# stop PID...: SIGTERM (a mount unmounts itself), then wait.
+stop() {
+  local pid
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+  forget "$@"
+}
+
+row() { "$B" row --results "$results" "$@"; }
+median() { "$B" median --trials "$1" --target "$2" --size "$3" --metric "${4:-bytes}"; }
+
+# ---------------------------------------------------------------------------------------------
+section_service() {
+  say "service ceiling: 40 MiB through a fresh mount, emulator enforcing 30/10 (~21 s)"
+  local buf t0 name
+  # Both buffers at once, each against its own emulator (its own rate-limit windows): the
+  # figure is bound by the schedule, not the CPU.
+  for buf in 4M 16M; do
+    name=svc$buf
+    start_emulator "$name" --rate-limit 30/10
+  done
+  for buf in 4M 16M; do
+    name=svc$buf
+    url=url_$name
+    t0=$(date +%s%N)
+    mount_qrypt "$name" "${!url}" --buffer-size "$buf"
+    "$B" read-exact --file "$work/$name/random" --bytes 40M --size 1M --since-ns "$t0" \
+      >"$work/$name.secs" &
+    started+=($!)
+    printf -v "reader_$name" %s "$!"
+  done
+  for buf in 4M 16M; do
+    name=svc$buf
+    reader=reader_$name
+    wait "${!reader}" || die "reading 40 MiB from the $buf mount failed"
+    forget "${!reader}"
+  done
+  for buf in 4M 16M; do
+    name=svc$buf
+    url=url_$name
+    local secs stats total n429 reqs
+    secs=$(cat "$work/$name.secs")
+    stats=$("$B" emulator-stats --url "${!url}")
+    total=$(awk '$1 == "total_requests" { print $2 }' <<<"$stats")
+    n429=$(awk '$1 == "status_429" { n = $2 } END { print n + 0 }' <<<"$stats")
+    reqs=$("$B" status --status "$work/$name/status" --key requests_ok)
+    echo "  buffer $buf: $secs s; emulator saw $total requests ($n429 answered 429); qrypt-fs: $reqs ok" >&2
+    row --section service --figure "40 MiB, fresh mount, emulator 30/10, buffer $buf" \
+      --value "$secs" --unit s --baseline 20 --baseline-note "(ideal)" --goal "ratio<=1.1"
+    row --section service --figure "  429 answers (buffer $buf, $total requests)" \
+      --value "$n429" --unit count --goal "value==0"
+  done
+  local f=fs_svc4M g=fs_svc16M e=emu_svc4M h=emu_svc16M
+  stop "${!f}" "${!g}" "${!e}" "${!h}"
+}
+
+# The local ceiling's mounts: a 1 GiB buffer (rate limit off) and the null filesystem.
+ensure_local_mounts() {
+  [ -n "${fs_big:-}" ] && return 0
+  start_emulator local
+  mount_qrypt big "$url_local" --rate-limit off --buffer-size 1G
+  mount_null null
+  local secs
+  secs=$("$B" wait-full --status "$work/big/status")
+  echo "  1 GiB buffer filled in $secs s" >&2
+  row --section local --figure "fill the 1 GiB buffer (emulator, HTTP, unthrottled)" \
+    --value "$(echo "1073741824 / $secs" | bc -l)" --unit B/s --goal info
+}
+
+section_local() {
+  say "local ceiling: buffered reads (1 GiB buffer, full) vs /dev/urandom and a null FUSE fs"
+  ensure_local_mounts
+  local trials=$out/read-size.tsv
+  : >"$trials"
+  "$B" trials --target "random=$work/big/random" --target "null=$work/null/random" \
+    --target urandom=/dev/urandom --buffered random --sizes 32,256,4K,64K,1M \
+    --rounds "$ROUNDS" --seconds 0.4 --max-bytes 128M --out "$trials"
+  row --section local --figure "1 MiB reads: /random (full 1G buffer) vs /dev/urandom" \
+    --value "$(median "$trials" random 1M)" --unit B/s \
+    --baseline "$(median "$trials" urandom 1M)" --goal "ratio>=5"
+  row --section local --figure "32 B reads: /random (full 1G buffer) vs null FUSE fs" \
+    --value "$(median "$trials" random 32 reads)" --unit reads/s \
+    --baseline "$(median "$trials" null 32 reads)" --goal "ratio>=0.7"
+  plot "$trials"
+}
+
+plot() {
+  if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    echo "  installing matplotlib for the plot..." >&2
+    python3 -m pip install --quiet matplotlib >&2 || true
+  fi
+  if python3 "$root/scripts/plot.py" "$1" "$plot_png" >"$out/read-size.md"; then
+    echo "  plot: $plot_png (medians: $out/read-size.md)" >&2
+  else
+    echo "  plot skipped (python3 with matplotlib needed)" >&2
+  fi
+}
+
+section_e2e() {
+  say "end to end, emulator unthrottled: 256 MiB in 1 MiB reads (default buffer) vs /dev/urandom"
+  start_emulator http
+  start_emulator https --tls --cert-out "$work/ca.pem"
+  mount_qrypt http "$url_http" --rate-limit off
+  mount_qrypt https "$url_https" --rate-limit off --ca-cert "$work/ca.pem"
+  "$B" wait-full --status "$work/http/status" >/dev/null
+  "$B" wait-full --status "$work/https/status" >/dev/null
+  local trials=$out/e2e.tsv rounds=$((ROUNDS < 3 ? ROUNDS : 3))
+  : >"$trials"
+  "$B" trials --target "http=$work/http/random" --target "https=$work/https/random" \
+    --target urandom=/dev/urandom --sizes 1M --bytes 256M --rounds "$rounds" --out "$trials"
+  local base
+  base=$(median "$trials" urandom 1M)
+  row --section e2e --figure "256 MiB, 1 MiB reads, HTTP, default buffer vs /dev/urandom" \
+    --value "$(median "$trials" http 1M)" --unit B/s --baseline "$base" --goal "ratio>=0.75"
+  row --section e2e --figure "256 MiB, 1 MiB reads, HTTPS, default buffer vs /dev/urandom" \
+    --value "$(median "$trials" https 1M)" --unit B/s --baseline "$base" --goal "ratio>=0.75"
+}
+
+section_cost() {
+  say "cost: RSS, idle CPU, startup"
+  ensure_local_mounts
+  if [ -z "${fs_http:-}" ]; then
+    [ -n "${url_http:-}" ] || start_emulator http
+    mount_qrypt http "$url_http" --rate-limit off
+  fi
+  "$B" wait-full --status "$work/big/status" >/dev/null
+  "$B" wait-full --status "$work/http/status" >/dev/null
+  row --section cost --figure "RSS, 1 GiB buffer full" --value "$("$B" rss --pid "$fs_big")" \
+    --unit B --baseline $(((1024 + 32) << 20)) --baseline-note "(capacity + 32 MiB)" \
+    --goal "ratio<=1"
+  row --section cost --figure "RSS, default 4 MiB buffer full (after e2e if run)" \
+    --value "$("$B" rss --pid "$fs_http")" --unit B --baseline $(((4 + 32) << 20)) \
+    --baseline-note "(capacity + 32 MiB)" --goal "ratio<=1"
+  local cpu
+  cpu=$("$B" cpu --pid "$fs_big" --pid "$fs_http" --seconds 5)
+  row --section cost --figure "idle CPU over 5 s, 1 GiB buffer full" \
+    --value "$(sed -n 1p <<<"$cpu")" --unit % --goal "value<=0.5"
+  row --section cost --figure "idle CPU over 5 s, 4 MiB buffer full" \
+    --value "$(sed -n 2p <<<"$cpu")" --unit % --goal "value<=0.5"
+  local st
+  st=$("$B" startup --qrypt-fs "$bin/qrypt-fs" --null-fs "$bin/examples/null_fs" \
+    --endpoint "$url_local" --token "$token" --dir "$work" --rounds "$ROUNDS")
+  val() { awk -v k="$1" '$1 == k { print $2 }' <<<"$st"; }
+  row --section cost --figure "qrypt-fs MNT (daemon) until 32 bytes read" \
+    --value "$(val startup)" --unit ms --baseline "$(val baseline)" \
+    --baseline-note "(round trip $(printf %.1f "$(val rtt)") + null mount $(printf %.1f "$(val null_mount)"))" \
+    --goal "ratio<=1.5"
+  row --section cost --figure "  of which until the daemon returned (mounted)" \
+    --value "$(val mounted)" --unit ms --goal info
+}
+
+for s in "${sections[@]}"; do "section_$s"; done
+
+say "results (ROUNDS=$ROUNDS; medians; details in $out)"
+"$B" table --results "$results" --markdown >"$out/results.md"
+"$B" table --results "$results"
+if grep -q $'\tFAIL$' "$results"; then exit 1; fi
