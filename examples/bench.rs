@@ -91,6 +91,16 @@ enum Cmd {
         #[arg(long, default_value_t = 180.0)]
         timeout: f64,
     },
+    /// Brings a qrypt-fs buffer to full: if it is not, reads from the `random` beside STATUS
+    /// until the buffer is below the refill watermark (a refill starts only there), then waits
+    /// until full. Prints the seconds it took.
+    Fill {
+        #[arg(long)]
+        status: PathBuf,
+        /// The refill watermark, as a fraction of the capacity.
+        #[arg(long, default_value_t = 0.5)]
+        low_watermark: f64,
+    },
     /// Prints the value of KEY in a qrypt-fs status file.
     Status {
         #[arg(long)]
@@ -110,6 +120,12 @@ enum Cmd {
         pids: Vec<u32>,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+    },
+    /// Prints the CPU time (user + system, all threads) each PID has used so far, in seconds,
+    /// one line per PID.
+    Cputime {
+        #[arg(long = "pid", required = true)]
+        pids: Vec<u32>,
     },
     /// Prints `total_requests N` and `status_CODE N` lines from an emulator's /_emulator/stats
     /// (plain http:// only).
@@ -288,6 +304,17 @@ fn run(cmd: Cmd) -> Res<()> {
             wait_full(&status, Duration::from_secs_f64(timeout))?;
             println!("{:.3}", start.elapsed().as_secs_f64());
         }
+        Cmd::Fill {
+            status,
+            low_watermark,
+        } => {
+            let start = Instant::now();
+            let random = status.with_file_name("random");
+            let mut f = ctx(File::open(&random), random.display())?;
+            let (_, capacity) = buffer_level(&status)?;
+            ensure_buffered(&status, &mut f, capacity, low_watermark, false)?;
+            println!("{:.3}", start.elapsed().as_secs_f64());
+        }
         Cmd::Status { status, key } => {
             let s = read_status(&status)?;
             println!(
@@ -303,10 +330,14 @@ fn run(cmd: Cmd) -> Res<()> {
             sleep(Duration::from_secs_f64(seconds));
             let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Res<_>>()?;
             let wall = start.elapsed().as_secs_f64();
-            // SAFETY: sysconf has no preconditions.
-            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            let hz = clock_ticks_per_sec();
             for (b, a) in before.iter().zip(&after) {
                 println!("{:.3}", (a - b) as f64 / hz / wall * 100.0);
+            }
+        }
+        Cmd::Cputime { pids } => {
+            for p in pids {
+                println!("{:.3}", cpu_ticks(p)? as f64 / clock_ticks_per_sec());
             }
         }
         Cmd::EmulatorStats { url } => {
@@ -418,27 +449,16 @@ fn buffer_level(status: &Path) -> Res<(u64, u64)> {
     ))
 }
 
-/// Waits until the buffer is at rest: full (refills come in whole KiB, so less than 1 KiB
-/// free), or, after reads left it at or above the refill watermark (half), unchanged for
-/// half a second, i.e. no refill under way.
 fn wait_full(status: &Path, timeout: Duration) -> Res<()> {
     let start = Instant::now();
-    let mut last = None;
-    let mut since = Instant::now();
     loop {
         let (b, c) = buffer_level(status)?;
-        if c - b < 1024 {
-            return Ok(());
-        }
-        if last != Some(b) {
-            last = Some(b);
-            since = Instant::now();
-        } else if b >= c / 2 && since.elapsed() >= Duration::from_millis(500) {
+        if b == c {
             return Ok(());
         }
         if start.elapsed() > timeout {
             return Err(format!(
-                "{}: buffer not at rest after {timeout:?} ({b} of {c} bytes)",
+                "{}: buffer not full after {timeout:?} ({b} of {c} bytes)",
                 status.display()
             ));
         }
@@ -507,13 +527,16 @@ fn trials(spec: TrialsSpec) -> Res<()> {
                 let i = (k + round) % targets.len();
                 let (name, path) = &targets[i];
                 let mut limit = limit;
-                if spec.buffered.contains(name) {
-                    let status = path.with_file_name("status");
+                let status = spec
+                    .buffered
+                    .contains(name)
+                    .then(|| path.with_file_name("status"));
+                if let Some(status) = &status {
                     let expect = last
                         .get(&(i, size))
                         .map_or(limit, |b| (b * 3 / 2 + (1 << 20)).min(limit));
                     let budget = ensure_buffered(
-                        &status,
+                        status,
                         &mut files[i],
                         expect,
                         spec.low_watermark,
@@ -521,7 +544,15 @@ fn trials(spec: TrialsSpec) -> Res<()> {
                     )?;
                     limit = limit.min(budget);
                 }
+                let fetched = |s: &Option<PathBuf>| -> Res<u64> {
+                    s.as_deref()
+                        .map_or(Ok(0), |s| status_u64(&read_status(s)?, "fetched_bytes"))
+                };
+                let fetched_before = fetched(&status)?;
                 let t = read_loop(&mut files[i], &mut buf[..size as usize], limit, deadline)?;
+                if fetched(&status)? != fetched_before {
+                    eprintln!("  warning: {name} fetched from upstream during this trial");
+                }
                 last.insert((i, size), t.bytes);
                 ctx(
                     writeln!(
@@ -560,14 +591,18 @@ fn ensure_buffered(
     let (buffered, capacity) = buffer_level(status)?;
     let low = (capacity as f64 * low_watermark) as u64;
     let budget = |b: u64| b.saturating_sub(low + MARGIN);
-    if budget(buffered) >= need {
-        return Ok(budget(buffered));
-    }
     if strict && budget(capacity) < need {
         return Err(format!(
             "{need} bytes cannot be read from a {capacity}-byte buffer without a refill"
         ));
     }
+    if buffered == capacity || budget(buffered) >= need {
+        return Ok(budget(buffered));
+    }
+    eprintln!(
+        "  (refilling {}: draining below the watermark, then waiting until full)",
+        status.display()
+    );
     if buffered >= low {
         let mut buf = vec![0u8; 1 << 20];
         read_loop(f, &mut buf, buffered - low + MARGIN, None)?;
@@ -623,6 +658,11 @@ fn rss(pid: u32) -> Res<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .ok_or(format!("{path}: no VmRSS"))
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// utime + stime of all the process's threads, in clock ticks.

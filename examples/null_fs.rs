@@ -3,7 +3,7 @@
 //! `cargo run --release --example null_fs -- MOUNTPOINT` mounts a read-only directory holding one
 //! regular file, `random`, opened exactly as qrypt-fs opens its `/random` (`FOPEN_DIRECT_IO |
 //! FOPEN_NONSEEKABLE | FOPEN_STREAM`) and served by the same fuser setup (4 threads, one cloned
-//! `/dev/fuse` fd each). Every read is answered at once from a static buffer, so reading it
+//! `/dev/fuse` fd each) with the same mount options (src/app.rs). Every read is answered at once from a static buffer, so reading it
 //! measures what the kernel, `/dev/fuse` and fuser cost, and nothing else: the ceiling that any
 //! FUSE file can reach on this machine.
 //!
@@ -172,6 +172,7 @@ fn run(mountpoint: PathBuf) -> Result<(), String> {
         MountOption::NoSuid,
         MountOption::NoExec,
         MountOption::NoAtime,
+        MountOption::DefaultPermissions,
     ];
     cfg.n_threads = Some(4);
     cfg.clone_fd = true;
