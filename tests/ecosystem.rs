@@ -41,14 +41,22 @@ impl Drop for Unmount<'_> {
     }
 }
 
-#[test]
-fn invoked_the_way_mount_fuse3_invokes_it() {
-    let emu = emulator();
+/// A temporary directory holding a token file and an empty mount point, as an admin sets up
+/// for an fstab line.
+fn token_file_and_mountpoint() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
+    (dir, token, mnt)
+}
+
+#[test]
+fn invoked_the_way_mount_fuse3_invokes_it() {
+    let emu = emulator();
+    // `_dir` (not `_`) keeps the directory until the end of the test.
+    let (_dir, token, mnt) = token_file_and_mountpoint();
     let opts = format!(
         "rw,nodev,nosuid,token_file={},endpoint={},rate_limit=off,buffer_size=64K,_netdev,allow_other",
         token.display(),
@@ -83,11 +91,8 @@ fn invoked_the_way_mount_fuse3_invokes_it() {
 fn real_mount_t_through_mount_fuse3() {
     require("mount.fuse3");
     let emu = emulator();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = dir.path().join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
+    // `_dir` (not `_`) keeps the directory until the end of the test.
+    let (_dir, token, mnt) = token_file_and_mountpoint();
     // mount(8) runs its helpers with a fixed PATH, so name the program the way mount.fuse3
     // allows without installing it: `-t fuse PROGRAM#SOURCE`. With qrypt-fs installed in PATH,
     // `-t fuse.qrypt-fs qrypt` (and fstab) runs the same mount.fuse3 path.
