@@ -156,7 +156,7 @@ pub fn main(opts: Options) -> Result<(), String> {
             buffer_size: opts.buffer_size,
             read_timeout: opts.read_timeout,
             info: StaticInfo {
-                endpoint: endpoint.to_string(),
+                endpoint: shown_endpoint(&endpoint),
                 token_source: token_source.to_string(),
                 capacity: opts.buffer_size,
                 mix_local: opts.mix_local,
@@ -172,6 +172,14 @@ pub fn main(opts: Options) -> Result<(), String> {
         ready.failed(e);
     }
     result
+}
+
+/// The endpoint as `/status` shows it: without any user or password in the URL.
+fn shown_endpoint(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
 }
 
 enum Event {
@@ -299,5 +307,16 @@ fn unmount(path: &Path) {
             }
         }
         Err(e) => warn!("unmount of {} failed: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_never_shows_url_credentials() {
+        let url = url::Url::parse("https://user:secret@api.example/x").expect("url");
+        assert_eq!(shown_endpoint(&url), "https://api.example/x");
     }
 }
