@@ -87,40 +87,108 @@ fn invoked_the_way_mount_fuse3_invokes_it() {
     assert!(status.contains(&format!("token_source: file {}", token.display())));
 }
 
-#[test]
-fn real_mount_t_through_mount_fuse3() {
+/// Runs `script` with `sh` in a private mount namespace in which qrypt-fs is installed where
+/// mount(8) looks for programs (it runs its helpers with a fixed PATH) and `fstab` is the
+/// system's fstab. Nothing outside the namespace changes; the script's mounts die with it.
+fn in_private_mount_namespace(
+    dir: &std::path::Path,
+    fstab: &str,
+    script: &str,
+) -> std::process::Output {
+    require("unshare");
     require("mount.fuse3");
-    let emu = emulator();
-    // `_dir` (not `_`) keeps the directory until the end of the test.
-    let (_dir, token, mnt) = token_file_and_mountpoint();
-    // mount(8) runs its helpers with a fixed PATH, so name the program the way mount.fuse3
-    // allows without installing it: `-t fuse PROGRAM#SOURCE`. With qrypt-fs installed in PATH,
-    // `-t fuse.qrypt-fs qrypt` (and fstab) runs the same mount.fuse3 path.
-    let out = Command::new("mount")
-        .args(["-t", "fuse", &format!("{BIN}#qrypt")])
-        .arg(&mnt)
-        .args([
-            "-o",
-            &format!(
-                "token_file={},endpoint={},rate_limit=off",
-                token.display(),
-                emu.url()
-            ),
-        ])
+    let sbin = dir.join("sbin");
+    std::fs::create_dir(&sbin).expect("mkdir");
+    std::os::unix::fs::symlink(BIN, sbin.join("qrypt-fs")).expect("symlink");
+    let fstab_path = dir.join("fstab");
+    std::fs::write(&fstab_path, fstab).expect("fstab");
+    let setup = format!(
+        "set -e; mount --bind '{}' /usr/local/sbin; mount --bind '{}' /etc/fstab; ",
+        sbin.display(),
+        fstab_path.display()
+    );
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(setup + script)
         .env_remove("QRYPT_TOKEN")
         .output()
-        .expect("mount");
-    let _guard = Unmount(&mnt);
+        .expect("unshare")
+}
+
+/// Inside the namespace: read 64 bytes and the mount's line and status into files the test
+/// can check, then unmount (also when something failed, so no daemon outlives the test).
+fn read_and_unmount_script(dir: &std::path::Path, mnt: &std::path::Path) -> String {
+    let (d, m) = (dir.display(), mnt.display());
+    format!(
+        "trap 'umount -l {m} 2>/dev/null' EXIT; \
+         head -c 64 {m}/random > {d}/random.bin; \
+         grep ' {m} ' /proc/self/mounts > {d}/mounts; \
+         cat {m}/status > {d}/status; \
+         umount {m}; \
+         trap - EXIT"
+    )
+}
+
+fn assert_mounted_from_fstab_shape(
+    dir: &std::path::Path,
+    out: &std::process::Output,
+    emu: &Emulator,
+    token: &std::path::Path,
+) {
     assert!(
         out.status.success(),
-        "{}",
+        "{:?}: {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    let random = std::fs::read(dir.join("random.bin")).expect("random.bin");
+    assert_eq!(random.len(), 64);
+    assert!(Provenance::from(emu).knows_any(&random));
+    let mounts = std::fs::read_to_string(dir.join("mounts")).expect("mounts");
+    let fields: Vec<&str> = mounts.split(' ').collect();
     assert_eq!(
-        mount_type_and_source(&mnt).map(|(t, _)| t).as_deref(),
-        Some("fuse.qrypt-fs")
+        (fields[0], fields[2]),
+        ("qrypt", "fuse.qrypt-fs"),
+        "{mounts}"
     );
-    assert_eq!(read_exact(&mnt.join("random"), 64).len(), 64);
+    assert!(fields[3].split(',').any(|o| o == "allow_other"), "{mounts}");
+    let status = std::fs::read_to_string(dir.join("status")).expect("status");
+    assert!(
+        status.contains(&format!("token_source: file {}", token.display())),
+        "{status}"
+    );
+}
+
+#[test]
+fn real_mount_t_fuse_qrypt_fs() {
+    let emu = emulator();
+    let (dir, token, mnt) = token_file_and_mountpoint();
+    let mount = format!(
+        "mount -t fuse.qrypt-fs qrypt '{}' -o token_file='{}',endpoint={},rate_limit=off,allow_other; ",
+        mnt.display(),
+        token.display(),
+        emu.url()
+    );
+    let script = mount + &read_and_unmount_script(dir.path(), &mnt);
+    let out = in_private_mount_namespace(dir.path(), "", &script);
+    assert_mounted_from_fstab_shape(dir.path(), &out, &emu, &token);
+}
+
+#[test]
+fn the_fstab_line_from_the_readme() {
+    let emu = emulator();
+    let (dir, token, mnt) = token_file_and_mountpoint();
+    let fstab = format!(
+        "qrypt {} fuse.qrypt-fs token_file={},endpoint={},rate_limit=off,allow_other,_netdev 0 0\n",
+        mnt.display(),
+        token.display(),
+        emu.url()
+    );
+    // `mount MOUNTPOINT` alone: mount(8) takes type, source and options from fstab.
+    let script =
+        format!("mount '{}'; ", mnt.display()) + &read_and_unmount_script(dir.path(), &mnt);
+    let out = in_private_mount_namespace(dir.path(), &fstab, &script);
+    assert_mounted_from_fstab_shape(dir.path(), &out, &emu, &token);
 }
 
 fn read_as_nobody(path: &std::path::Path) -> std::process::Output {
