@@ -338,10 +338,55 @@ fn sixteen_concurrent_readers_of_mixed_sizes_never_share_a_byte() {
     reads.iter().for_each(|r| prov.check_run(r));
 }
 
+fn locked_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .expect("VmLck");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmLck kB")
+}
+
 #[test]
 fn buffer_is_locked_in_memory() {
     let emu = emulator();
-    let m = MountBuilder::new(&emu).mount();
-    // Root may always lock; without the privilege the daemon says "no" here and in its log.
+    let m = MountBuilder::new(&emu).arg("--buffer-size=4M").mount();
     assert_eq!(m.status()["memory_locked"], "yes");
+    assert!(
+        locked_kib(m.pid()) >= 4096,
+        "VmLck {} kB",
+        locked_kib(m.pid())
+    );
+    assert!(!m.log_text().contains("could not lock"));
+}
+
+#[test]
+fn a_buffer_that_cannot_be_locked_is_reported_once_and_still_served() {
+    require_program("setpriv");
+    let emu = emulator();
+    // Without CAP_IPC_LOCK and with a 64 KiB RLIMIT_MEMLOCK, a 4 MiB buffer cannot be locked.
+    let m = MountBuilder::new(&emu)
+        .arg("--buffer-size=4M")
+        .wrapped_in(&[
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "prlimit",
+            "--memlock=65536",
+        ])
+        .mount();
+    assert_eq!(m.status()["memory_locked"], "no");
+    assert_eq!(locked_kib(m.pid()), 0);
+    let prov = Provenance::from(&emu);
+    prov.check_run(&read_exact(&m.random(), 4096));
+    assert_eq!(m.status()["memory_locked"], "no");
+    assert_eq!(
+        m.log_text().matches("could not lock").count(),
+        1,
+        "{}",
+        m.log_text()
+    );
 }

@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn require(program: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{program} is missing: run scripts/install-test-deps.sh"
-    );
-}
-
 fn mount_type_and_source(path: &std::path::Path) -> Option<(String, String)> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     let p = path.to_string_lossy();
@@ -95,8 +82,8 @@ fn in_private_mount_namespace(
     fstab: &str,
     script: &str,
 ) -> std::process::Output {
-    require("unshare");
-    require("mount.fuse3");
+    require_program("unshare");
+    require_program("mount.fuse3");
     let sbin = dir.join("sbin");
     std::fs::create_dir(&sbin).expect("mkdir");
     std::os::unix::fs::symlink(BIN, sbin.join("qrypt-fs")).expect("symlink");
@@ -208,7 +195,7 @@ fn read_as_nobody(path: &std::path::Path) -> std::process::Output {
 
 #[test]
 fn allow_other_lets_other_users_read_and_its_absence_does_not() {
-    require("setpriv");
+    require_program("setpriv");
     let emu = emulator();
     let private = MountBuilder::new(&emu).mount();
     let out = read_as_nobody(&private.random());
@@ -354,7 +341,7 @@ fn status_json_and_metrics_carry_the_same_numbers() {
 
 #[test]
 fn rngtest_fips_140_2_over_1000_blocks() {
-    require("rngtest");
+    require_program("rngtest");
     let emu = emulator();
     let m = MountBuilder::new(&emu).mount();
     let input = std::fs::File::open(m.random()).expect("open");
@@ -381,7 +368,7 @@ fn rngtest_fips_140_2_over_1000_blocks() {
 
 #[test]
 fn rngd_feeds_the_kernel_pool_from_the_file() {
-    require("rngd");
+    require_program("rngd");
     let emu = emulator();
     let m = MountBuilder::new(&emu).mount();
     let before = m.status_u64("served_bytes");
@@ -411,7 +398,7 @@ fn rngd_feeds_the_kernel_pool_from_the_file() {
 
 #[test]
 fn openssl_rand_with_rand_file_terminates() {
-    require("openssl");
+    require_program("openssl");
     let emu = emulator();
     let m = MountBuilder::new(&emu).mount();
     m.wait_full();
@@ -444,7 +431,7 @@ fn openssl_rand_with_rand_file_terminates() {
 
 #[test]
 fn java_securerandom_seeded_through_egd() {
-    require("java");
+    require_program("java");
     let emu = emulator();
     let m = MountBuilder::new(&emu).mount();
     m.wait_full();

@@ -39,6 +39,8 @@ pub struct MountBuilder {
     args: Vec<String>,
     env_token: Option<String>,
     rate_limit: String,
+    /// A program (and its arguments) that execs qrypt-fs, e.g. to change its privileges.
+    wrapper: Vec<String>,
 }
 
 impl MountBuilder {
@@ -47,7 +49,14 @@ impl MountBuilder {
             args: vec!["--endpoint".into(), emu.url()],
             env_token: Some(TOKEN.into()),
             rate_limit: "off".into(),
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs qrypt-fs through `wrapper`, which must exec it (so the pid stays the daemon's).
+    pub fn wrapped_in(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        self
     }
 
     /// Client pacing; tests default to `off` so they run at loopback speed.
@@ -76,7 +85,14 @@ impl MountBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("qrypt-fs.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("-f")
             .args(["--rate-limit", &self.rate_limit])
             .args(&self.args)
@@ -442,4 +458,18 @@ pub fn run_cmd(cmd: &str, args: &[&str]) -> std::process::Output {
 
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
+}
+
+/// Fails (never skips) when a program the tests need is missing.
+pub fn require_program(program: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is missing: run scripts/install-test-deps.sh"
+    );
 }
