@@ -204,7 +204,17 @@ fn connect_timeout() {
     // A listener whose accept queue is full: the kernel drops further SYNs, so connect hangs.
     // SAFETY: plain socket calls on descriptors we own.
     let (fd, port) = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        // So that the service started on this port later can bind it next to the remains of
+        // the connections this one never accepted. CLOEXEC: qrypt-fs must not inherit it.
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of_val(&one) as u32,
+        );
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         addr.sin_family = libc::AF_INET as u16;
         addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -253,9 +263,22 @@ fn connect_timeout() {
     );
     assert_eq!(s["fetched_bytes"], "0");
     assert_eq!(s["state"], "backing off");
-    drop(fillers);
+    assert!(!m.log_text().contains(TOKEN));
+
+    // The fault clears: the black hole goes and a working service answers on the same port.
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(fd) };
+    drop(fillers);
+    let recovered = Emulator::start(EmulatorConfig {
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        record: true,
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator on the black hole's port");
+    m.wait_status("recovery", Duration::from_secs(10), |s| s["state"] == "ok");
+    let data = read_exact(&m.random(), 4096);
+    Provenance::from(&recovered).check_run(&data);
+    assert_eq!(m.status()["consecutive_failures"], "0");
 }
 
 #[test]

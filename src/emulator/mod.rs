@@ -122,17 +122,22 @@ impl Emulator {
             .thread_name("qrypt-emulator")
             .enable_all()
             .build()?;
-        let listener = std::net::TcpListener::bind(cfg.bind)?;
-        listener.set_nonblocking(true)?;
+        let listener = {
+            let _guard = runtime.enter();
+            let socket = match cfg.bind {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            // Like any server: a restart may rebind a port whose old connections linger.
+            socket.set_reuseaddr(true)?;
+            socket.bind(cfg.bind)?;
+            socket.listen(1024)?
+        };
         let addr = listener.local_addr()?;
         let url = match (acceptor.is_some(), addr) {
             // The certificate names localhost; 127.0.0.1 and ::1 work too.
             (true, _) => format!("https://localhost:{}", addr.port()),
             (false, addr) => format!("http://{addr}"),
-        };
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)?
         };
         runtime.spawn(server::serve(listener, acceptor, state.clone()));
         tracing::info!("emulator listening on {url}");
