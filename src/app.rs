@@ -9,7 +9,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cli::Options;
 use crate::daemon::{self, Ready};
@@ -185,6 +185,9 @@ fn shown_endpoint(url: &url::Url) -> String {
 enum Event {
     Signal(i32),
     Unmounted,
+    /// The prefetch worker stopped on its own (a bug): nothing would refill the buffer, so
+    /// stop with an error (and let a supervisor restart us) rather than hang readers.
+    WorkerDied(String),
 }
 
 /// Mounts, reports readiness, serves until SIGINT/SIGTERM or an outside unmount, then
@@ -211,7 +214,23 @@ pub fn run_mount<C: EntropyClient>(
     }
     let status = Arc::new(Status::new(cfg.info));
     let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    rt.spawn(Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch).run(control_rx));
+    let (events, event_rx) = mpsc::channel();
+    let worker = rt
+        .spawn(Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch).run(control_rx));
+    {
+        let (events, pool) = (events.clone(), pool.clone());
+        rt.spawn(async move {
+            let outcome = worker.await;
+            if !pool.is_shut_down() {
+                let why = match outcome {
+                    Err(e) if e.is_panic() => "the prefetch worker panicked".to_owned(),
+                    Err(e) => format!("the prefetch worker failed: {e}"),
+                    Ok(()) => "the prefetch worker stopped".to_owned(),
+                };
+                let _ = events.send(Event::WorkerDied(why));
+            }
+        });
+    }
     crate::watchdog::spawn(pool.clone()).map_err(|e| format!("watchdog thread: {e}"))?;
 
     let render = {
@@ -252,7 +271,6 @@ pub fn run_mount<C: EntropyClient>(
     ready.succeeded();
     info!("mounted on {}", cfg.mountpoint.display());
 
-    let (events, event_rx) = mpsc::channel();
     {
         let events = events.clone();
         thread::Builder::new()
@@ -282,16 +300,25 @@ pub fn run_mount<C: EntropyClient>(
     let event = event_rx.recv().unwrap_or(Event::Unmounted);
     status.set_state(UpstreamState::Stopping, None);
     pool.shutdown();
-    match event {
+    let outcome = match event {
         Event::Signal(sig) => {
             info!("signal {sig}: unmounting {}", cfg.mountpoint.display());
             unmount(&cfg.mountpoint);
+            Ok(())
         }
-        Event::Unmounted => info!("{} was unmounted", cfg.mountpoint.display()),
-    }
+        Event::Unmounted => {
+            info!("{} was unmounted", cfg.mountpoint.display());
+            Ok(())
+        }
+        Event::WorkerDied(why) => {
+            error!("{why}: unmounting {} and exiting", cfg.mountpoint.display());
+            unmount(&cfg.mountpoint);
+            Err(why)
+        }
+    };
     rt.shutdown_timeout(Duration::from_millis(500));
     info!("stopped");
-    Ok(())
+    outcome
 }
 
 /// Unmounts; lazily if a reader still holds a file open (the kernel finishes the job when the

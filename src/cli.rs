@@ -26,9 +26,10 @@ THE TOKEN
   line: argv is visible to every user through ps. It is never logged or shown in status.
 
 MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
-  endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S read_timeout=SECS
-  max_in_flight=N quota_retry=SECS max_backoff=SECS log_file=PATH mix_local allow_other allow_root
-  default_permissions ro; rw, dev, suid, exec, atime (and no*), _netdev, nofail, auto,
+  Every option above has one: endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE
+  rate_limit=R/S max_in_flight=N read_timeout=SECS connect_timeout=SECS request_timeout=SECS
+  quota_retry=SECS max_backoff=SECS mix_local allow_other log_file=PATH verbose (repeatable),
+  plus allow_root and default_permissions (always on) and ro; rw, dev, suid, exec, atime (and no*), _netdev, nofail, auto,
   noauto, user, users and x-* are accepted and ignored.
 
 SIGNALS
@@ -216,6 +217,8 @@ impl Options {
                 "buffer_size" => buffer_size = parse_size(&need(value)?)?,
                 "rate_limit" => o.rate_limit = parse_rate_limit(&need(value)?)?,
                 "read_timeout" => o.read_timeout = Some(parse_seconds(&need(value)?)?),
+                "connect_timeout" => o.connect_timeout = parse_seconds(&need(value)?)?,
+                "request_timeout" => o.request_timeout = parse_seconds(&need(value)?)?,
                 "quota_retry" => o.quota_retry = parse_seconds(&need(value)?)?,
                 "max_backoff" => o.max_backoff = parse_seconds(&need(value)?)?,
                 "max_in_flight" => {
@@ -226,6 +229,7 @@ impl Options {
                         .ok_or("max_in_flight must be 1-16")?;
                 }
                 "log_file" => o.log_file = Some(need(value)?.into()),
+                "verbose" => o.verbose = o.verbose.saturating_add(1),
                 "mix_local" => o.mix_local = true,
                 "allow_other" => o.allow_other = true,
                 "allow_root" => o.allow_root = true,
@@ -296,13 +300,46 @@ mod tests {
             "/mnt/q",
             "-o",
             "rw,token_file=/etc/qrypt/token,allow_other,_netdev,buffer_size=1M,x-systemd.after=net",
+            "-o",
+            "connect_timeout=2.5,request_timeout=7,verbose,verbose,read_timeout=3",
         ])
         .expect("ok");
+        assert_eq!(o.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(o.request_timeout, Duration::from_secs(7));
+        assert_eq!(o.read_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(o.verbose, 2);
         assert_eq!(o.source.as_deref(), Some("qrypt"));
         assert_eq!(o.mountpoint, PathBuf::from("/mnt/q"));
         assert_eq!(o.token_file, Some(PathBuf::from("/etc/qrypt/token")));
         assert!(o.allow_other);
         assert_eq!(o.buffer_size, 1 << 20);
+    }
+
+    #[test]
+    fn every_flag_is_also_a_mount_option() {
+        use clap::CommandFactory;
+        let sample = |flag: &str| match flag {
+            "endpoint" => "https://example.test",
+            "buffer_size" => "1M",
+            "rate_limit" => "off",
+            "max_in_flight" => "2",
+            "token_file" | "ca_cert" | "log_file" => "/x",
+            _ => "5",
+        };
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["foreground", "help", "version"].contains(&long) {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            let takes_value = arg.get_action().takes_values();
+            let opt = if takes_value {
+                format!("{key}={}", sample(&key))
+            } else {
+                key.clone()
+            };
+            parse(&["qrypt-fs", "/m", "-o", &opt]).unwrap_or_else(|e| panic!("-o {opt}: {e}"));
+        }
     }
 
     #[test]

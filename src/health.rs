@@ -62,6 +62,9 @@ pub struct HealthTests {
     seen: FingerprintSet,
     order: VecDeque<u128>,
     memory_blocks: usize,
+    /// The last accepted byte and how many times in a row the accepted stream ends with it:
+    /// the Repetition Count Test runs over the stream, so a run across responses counts.
+    tail: Option<(u8, usize)>,
 }
 
 impl Default for HealthTests {
@@ -79,12 +82,14 @@ impl HealthTests {
             seen: FingerprintSet::default(),
             order: VecDeque::new(),
             memory_blocks: DUP_MEMORY_BYTES / BLOCK_LEN,
+            tail: None,
         }
     }
 
     /// Tests one response's bytes (a whole number of blocks). On success its blocks are
     /// remembered for the duplicate test; on failure nothing is remembered.
     pub fn check(&mut self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        self.run_across_the_boundary(bytes)?;
         self.repetition_count(bytes)?;
         self.adaptive_proportion(bytes)?;
         let digests: Vec<u128> = bytes
@@ -106,7 +111,36 @@ impl HealthTests {
                 }
             }
         }
+        self.remember_tail(bytes);
         Ok(())
+    }
+
+    fn run_across_the_boundary(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        let Some((byte, run)) = self.tail else {
+            return Ok(());
+        };
+        let lead = bytes
+            .iter()
+            .take(self.rct_cutoff)
+            .take_while(|&&b| b == byte)
+            .count();
+        if run + lead >= self.rct_cutoff {
+            return Err(HealthFailure::Repetition(run + lead));
+        }
+        Ok(())
+    }
+
+    fn remember_tail(&mut self, bytes: &[u8]) {
+        let Some(&last) = bytes.last() else {
+            return;
+        };
+        let run = bytes.iter().rev().take_while(|&&b| b == last).count();
+        self.tail = match self.tail {
+            Some((byte, before)) if byte == last && run == bytes.len() => {
+                Some((last, before + run))
+            }
+            _ => Some((last, run)),
+        };
     }
 
     fn repetition_count(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
@@ -277,6 +311,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_run_across_two_responses_is_one_run() {
+        let mut h = HealthTests::new();
+        let mut first = random(1024);
+        first[1021..].fill(0x5A);
+        first[1020] = 0x00;
+        h.check(&first).expect("a run of 3 passes");
+        let mut second = random(1024);
+        second[..3].fill(0x5A);
+        second[3] = 0x01;
+        assert_eq!(h.check(&second), Err(HealthFailure::Repetition(6)));
+        // A rejected response leaves the tail alone: two more 0x5A still make a run of 5.
+        second[2] = 0x02;
+        second[..2].fill(0x5A);
+        h.check(&second).expect("3 + 2 = 5 passes");
     }
 
     #[test]

@@ -26,7 +26,17 @@ fn filter(verbose: u8) -> EnvFilter {
 pub fn init(target: LogTarget<'_>, verbose: u8) -> io::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter(verbose));
     let result = match target {
-        LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
+        LogTarget::Stderr => {
+            // Colour only for a person at a terminal; journald (which sets JOURNAL_STREAM)
+            // stamps each line itself.
+            let ansi = io::IsTerminal::is_terminal(&io::stderr());
+            let builder = builder.with_ansi(ansi).with_writer(io::stderr);
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                builder.without_time().try_init()
+            } else {
+                builder.try_init()
+            }
+        }
         LogTarget::File(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)

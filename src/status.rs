@@ -12,11 +12,12 @@ use crate::pool::Pool;
 /// The upstream's condition, as an operator would name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum UpstreamState {
-    /// No request has completed yet.
+    /// No request has succeeded yet since start, or since a new token / SIGHUP.
     Starting,
-    /// The last request succeeded.
+    /// The last request succeeded, and none failed in the last [`DEGRADED_WINDOW`].
     Ok,
-    /// The last request failed; the next is not delayed.
+    /// The last request succeeded, but one failed in the last [`DEGRADED_WINDOW`]: the
+    /// upstream is flaky. Derived when a snapshot is taken, never stored.
     Degraded,
     /// Failing; waiting before the next attempt.
     BackingOff,
@@ -53,6 +54,9 @@ impl UpstreamState {
     }
 }
 
+/// How long a failure keeps a working upstream `degraded` rather than `ok`.
+pub const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
+
 /// Facts fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct StaticInfo {
@@ -69,6 +73,7 @@ struct Mutable {
     consecutive_failures: u64,
     next_attempt: Option<Instant>,
     last_error: Option<(SystemTime, String)>,
+    last_failure: Option<Instant>,
     last_success: Option<SystemTime>,
     failures_by_class: BTreeMap<String, u64>,
 }
@@ -131,6 +136,7 @@ impl Status {
                 consecutive_failures: 0,
                 next_attempt: None,
                 last_error: None,
+                last_failure: None,
                 last_success: None,
                 failures_by_class: BTreeMap::new(),
             }),
@@ -147,12 +153,17 @@ impl Status {
         m.next_attempt = next_attempt;
     }
 
-    pub fn record_success(&self, bytes: usize) {
+    /// Counts a delivering request. `current`: sent after the last state change, so it also
+    /// ends a failure streak (a late answer to an old request does not).
+    pub fn record_success(&self, bytes: usize, current: bool) {
         self.fetched_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
         self.requests_ok.fetch_add(1, Ordering::SeqCst);
         let mut m = self.mutable.lock();
-        m.consecutive_failures = 0;
         m.last_success = Some(SystemTime::now());
+        if !current {
+            return;
+        }
+        m.consecutive_failures = 0;
         if !m.state.is_unrecoverable() && m.state != UpstreamState::Stopping {
             m.state = UpstreamState::Ok;
             m.next_attempt = None;
@@ -168,6 +179,7 @@ impl Status {
         m.consecutive_failures += 1;
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
         m.last_error = Some((SystemTime::now(), message));
+        m.last_failure = Some(Instant::now());
     }
 
     pub fn consecutive_failures(&self) -> u64 {
@@ -175,14 +187,24 @@ impl Status {
     }
 
     pub fn snapshot(&self, pool: &Pool) -> Snapshot {
+        self.snapshot_at(pool, Instant::now())
+    }
+
+    fn snapshot_at(&self, pool: &Pool, now: Instant) -> Snapshot {
         let (buffered, served, waiting) = pool.counts();
         // Read after the pool: fetched only grows, so served + buffered <= fetched holds.
         let fetched = self.fetched_bytes.load(Ordering::SeqCst);
         let m = self.mutable.lock();
-        let now = Instant::now();
         let capacity = self.info.capacity as u64;
+        let recently_failed = m
+            .last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) < DEGRADED_WINDOW);
+        let state = match m.state {
+            UpstreamState::Ok if recently_failed => UpstreamState::Degraded,
+            s => s,
+        };
         Snapshot {
-            state: m.state.as_str(),
+            state: state.as_str(),
             buffered_bytes: buffered as u64,
             capacity_bytes: capacity,
             buffer_fill_percent: (buffered as u64 * 100).checked_div(capacity).unwrap_or(0),
@@ -211,6 +233,13 @@ impl Status {
                 .as_secs(),
         }
     }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -324,6 +353,12 @@ impl Snapshot {
             self.capacity_bytes.to_string(),
         );
         metric(
+            "buffer_fill_percent",
+            "gauge",
+            "How full the prefetch buffer is, in percent.",
+            self.buffer_fill_percent.to_string(),
+        );
+        metric(
             "served_bytes_total",
             "counter",
             "Bytes handed to readers.",
@@ -359,6 +394,30 @@ impl Snapshot {
             "Upstream failures since the last success.",
             self.consecutive_failures.to_string(),
         );
+        if let Some(next) = self.next_attempt_in_seconds {
+            metric(
+                "next_attempt_in_seconds",
+                "gauge",
+                "Seconds until the next upstream attempt while backing off (absent otherwise).",
+                format!("{next:.3}"),
+            );
+        }
+        if let Some(t) = self.last_success_at {
+            metric(
+                "last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last request that delivered entropy.",
+                t.to_string(),
+            );
+        }
+        if let Some(t) = self.last_error_at {
+            metric(
+                "last_error_timestamp_seconds",
+                "gauge",
+                "Unix time of the last upstream failure.",
+                t.to_string(),
+            );
+        }
         metric(
             "waiting_readers",
             "gauge",
@@ -372,10 +431,28 @@ impl Snapshot {
             u8::from(self.memory_locked).to_string(),
         );
         metric(
+            "mix_local",
+            "gauge",
+            "1 if every byte is XORed with the local CSPRNG (--mix-local).",
+            u8::from(self.mix_local).to_string(),
+        );
+        metric(
             "uptime_seconds",
             "gauge",
             "Seconds since start.",
             self.uptime_seconds.to_string(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP qrypt_fs_info Configuration, as labels (where the token comes from, never the token)."
+        );
+        let _ = writeln!(s, "# TYPE qrypt_fs_info gauge");
+        let _ = writeln!(
+            s,
+            "qrypt_fs_info{{endpoint=\"{}\",rate_limit=\"{}\",token_source=\"{}\"}} 1",
+            label(&self.endpoint),
+            label(&self.rate_limit),
+            label(&self.token_source)
         );
         let _ = writeln!(
             s,
@@ -433,11 +510,11 @@ mod tests {
         });
         let pool = Pool::new(4096);
         pool.push(&[1u8; 1024]);
-        st.record_success(1024);
         st.record_failure("http_503", "HTTP 503".into(), 0);
+        st.record_success(1024, true);
         let snap = st.snapshot(&pool);
         let text = snap.to_text();
-        assert!(text.contains("state: ok\n"), "{text}");
+        assert!(text.contains("state: degraded\n"), "{text}");
         assert!(text.contains("buffered_bytes: 1024\n"));
         assert!(text.contains("failures: http_503=1\n"));
         let json: serde_json::Value = serde_json::from_str(&snap.to_json()).expect("json");
@@ -445,5 +522,29 @@ mod tests {
         let prom = snap.to_prometheus();
         assert!(prom.contains("qrypt_fs_buffered_bytes 1024\n"));
         assert!(prom.contains("qrypt_fs_failures_total{class=\"http_503\"} 1\n"));
+        assert!(prom.contains(
+            "qrypt_fs_info{endpoint=\"http://127.0.0.1:1\",rate_limit=\"30/10s\",\
+             token_source=\"environment (QRYPT_TOKEN)\"} 1\n"
+        ));
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let later = Instant::now() + DEGRADED_WINDOW;
+        assert_eq!(st.snapshot_at(&pool, later).state, "ok");
+    }
+
+    #[test]
+    fn a_late_success_does_not_end_a_stop_or_a_failure_streak() {
+        let st = Status::new(StaticInfo {
+            endpoint: "http://127.0.0.1:1".into(),
+            token_source: "test".into(),
+            capacity: 4096,
+            mix_local: false,
+            rate_limit: "off".into(),
+        });
+        st.record_failure("http_403", "HTTP 403".into(), 0);
+        st.set_state(UpstreamState::QuotaExhausted, None);
+        st.record_success(1024, false);
+        assert_eq!(st.state(), UpstreamState::QuotaExhausted);
+        assert_eq!(st.consecutive_failures(), 1);
+        assert_eq!(st.requests_ok.load(Ordering::SeqCst), 1);
     }
 }

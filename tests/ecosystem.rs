@@ -293,13 +293,20 @@ fn status_json_and_metrics_carry_the_same_numbers() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(m.path().join("status.json")).expect("json"))
             .expect("valid json");
-    for key in [
-        "buffered_bytes",
-        "capacity_bytes",
-        "served_bytes",
-        "fetched_bytes",
-        "requests_ok",
-        "requests_failed",
+    let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
+    // Every number of /status, under the same name in JSON and with Prometheus' conventions
+    // (`_total` for counters) in /metrics. The buffer is full and idle, so nothing moves.
+    for (key, metric) in [
+        ("buffered_bytes", "buffered_bytes"),
+        ("capacity_bytes", "capacity_bytes"),
+        ("buffer_fill_percent", "buffer_fill_percent"),
+        ("served_bytes", "served_bytes_total"),
+        ("fetched_bytes", "fetched_bytes_total"),
+        ("discarded_bytes", "discarded_bytes_total"),
+        ("requests_ok", "requests_ok_total"),
+        ("requests_failed", "requests_failed_total"),
+        ("consecutive_failures", "consecutive_failures"),
+        ("waiting_readers", "waiting_readers"),
     ] {
         assert!(json[key].is_u64(), "{key} is not an integer: {json}");
         assert_eq!(
@@ -307,9 +314,34 @@ fn status_json_and_metrics_carry_the_same_numbers() {
             text.get(key),
             "{key}"
         );
+        assert!(
+            metrics.contains(&format!("\nqrypt_fs_{metric} {}\n", text[key])),
+            "{metric} != {key} {}: {metrics}",
+            text[key]
+        );
+    }
+    for key in text.keys() {
+        let in_json = match key.as_str() {
+            "last_success" => "last_success_at",
+            k => k,
+        };
+        assert!(
+            json.get(in_json).is_some(),
+            "{key} missing from status.json"
+        );
     }
     assert_eq!(json["state"], "ok");
-    let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
+    assert_eq!(json["memory_locked"], true);
+    assert!(metrics.contains("\nqrypt_fs_memory_locked 1\n"));
+    assert!(metrics.contains("\nqrypt_fs_mix_local 0\n"));
+    assert!(metrics.contains(&format!(
+        "\nqrypt_fs_last_success_timestamp_seconds {}\n",
+        json["last_success_at"]
+    )));
+    assert!(metrics.contains(&format!(
+        "\nqrypt_fs_info{{endpoint=\"{}\",rate_limit=\"off\",token_source=\"environment (QRYPT_TOKEN)\"}} 1\n",
+        text["endpoint"]
+    )));
     let mut helps = std::collections::HashSet::new();
     let mut types = std::collections::HashSet::new();
     for line in metrics.lines() {

@@ -50,7 +50,10 @@ fn transient(fault: Fault, class: &str, extra: &[&str]) -> Mount {
     assert_eq!(s["requests_failed"], "1", "{s:#?}");
     assert_eq!(s["failures"], format!("{class}=1"), "{s:#?}");
     assert_ne!(s["last_error"], "none");
-    assert_eq!(s["state"], "ok", "recovered: {s:#?}");
+    assert_eq!(
+        s["state"], "degraded",
+        "recovered, with a failure in the last minute: {s:#?}"
+    );
     assert_eq!(s["consecutive_failures"], "0");
     let log = m.log_text();
     assert!(
@@ -156,7 +159,7 @@ fn a_block_repeated_from_an_earlier_response_is_rejected() {
     read_and_check(&emu, &m, 200 * 1024);
     let s = m.status();
     assert_eq!(s["failures"], "health=1", "{s:#?}");
-    assert_eq!(s["state"], "ok", "{s:#?}");
+    assert_eq!(s["state"], "degraded", "{s:#?}");
     assert!(
         s["last_error"].contains("repeats a recently received block"),
         "{s:#?}"
@@ -275,7 +278,9 @@ fn connect_timeout() {
         ..EmulatorConfig::default()
     })
     .expect("emulator on the black hole's port");
-    m.wait_status("recovery", Duration::from_secs(10), |s| s["state"] == "ok");
+    m.wait_status("recovery", Duration::from_secs(10), |s| {
+        s["state"] == "degraded"
+    });
     let data = read_exact(&m.random(), 4096);
     Provenance::from(&recovered).check_run(&data);
     assert_eq!(m.status()["consecutive_failures"], "0");
@@ -344,7 +349,7 @@ fn http_401_fails_fast_then_token_file_rotation_resumes() {
         .expect("write");
     std::fs::rename(&tmp, &token_file).expect("rename");
     m.wait_full();
-    assert_eq!(m.status()["state"], "ok");
+    assert_eq!(m.status()["state"], "degraded");
     read_and_check(&emu, &m, 64 * 1024);
     assert!(!m.log_text().contains("new-token"));
 }
@@ -393,7 +398,7 @@ fn http_403_quota_fails_fast_serves_buffered_and_retries_rarely() {
     assert_eq!(emu.stats().total_requests, requests, "retried too soon");
     emu.set_quota(None);
     m.wait_full();
-    assert_eq!(m.status()["state"], "ok");
+    assert_eq!(m.status()["state"], "degraded");
 }
 
 #[test]

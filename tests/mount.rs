@@ -435,6 +435,10 @@ fn token_never_appears_in_status_logs_argv_or_environ() {
         "logging works: {log}"
     );
     assert!(!log.contains(SECRET), "token in the log");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
 }
 
 #[test]

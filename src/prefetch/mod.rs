@@ -59,35 +59,40 @@ pub enum Control {
     Reload,
 }
 
-/// Logs a failure class once when it starts, then at the 10th, 100th, ... repeat, so a long
-/// outage does not flood the log.
+/// Logs each failure class the first time it occurs in an outage, then at its 10th, 100th, ...
+/// occurrence, so a long outage (even one alternating between classes) does not flood the log.
 #[derive(Default)]
 struct LogThrottle {
-    class: Option<String>,
-    repeats: u64,
+    repeats: std::collections::BTreeMap<String, u64>,
 }
 
 impl LogThrottle {
     fn should_log(&mut self, class: &str) -> Option<u64> {
-        if self.class.as_deref() != Some(class) {
-            self.class = Some(class.to_owned());
-            self.repeats = 1;
-            return Some(1);
-        }
-        self.repeats += 1;
-        let r = self.repeats;
-        (r >= 10
-            && r.to_string()
+        let r = self.repeats.entry(class.to_owned()).or_default();
+        *r += 1;
+        let r = *r;
+        (r == 1
+            || r.to_string()
                 .trim_start_matches('1')
                 .bytes()
                 .all(|b| b == b'0'))
         .then_some(r)
     }
 
-    fn recovered(&mut self) -> Option<(String, u64)> {
-        let c = self.class.take()?;
-        Some((c, std::mem::take(&mut self.repeats)))
+    /// The outage's failures by class, and forgets them.
+    fn recovered(&mut self) -> Option<String> {
+        let summary = std::mem::take(&mut self.repeats)
+            .into_iter()
+            .map(|(class, n)| format!("{class}={n}"))
+            .collect::<Vec<_>>();
+        (!summary.is_empty()).then(|| summary.join(" "))
     }
+}
+
+/// `now + d`, saturating instead of panicking far in the future.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 pub struct Prefetcher<C: EntropyClient> {
@@ -105,8 +110,12 @@ pub struct Prefetcher<C: EntropyClient> {
     token_digest: Option<[u8; 32]>,
     filling: bool,
     reserved: usize,
-    /// Each request in flight: its size and its pacer slot.
-    in_flight: HashMap<tokio::task::Id, (u32, u64)>,
+    /// Each request in flight: its size, its pacer slot and the epoch it was sent in.
+    in_flight: HashMap<tokio::task::Id, (u32, u64, u64)>,
+    /// Advances whenever the upstream enters or leaves a stopped state (400, 401, 403), so
+    /// the answer to a request sent before that cannot undo it: a 200 that was in flight when
+    /// a 403 arrived still delivers its bytes, but does not declare the quota available again.
+    epoch: u64,
     log: LogThrottle,
     /// Until the first success, one small request at a time: the first bytes are readable
     /// one short round trip after start, instead of after several 512 KiB bodies compete.
@@ -152,6 +161,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             filling: false,
             reserved: 0,
             in_flight: HashMap::new(),
+            epoch: 0,
             log: LogThrottle::default(),
             started: false,
         }
@@ -176,8 +186,8 @@ impl<C: EntropyClient> Prefetcher<C> {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
                         Ok((id, (kib, result))) => {
-                            self.finished(id);
-                            self.complete(kib, result);
+                            let current = self.finished(id) == Some(self.epoch);
+                            self.complete(kib, result, current);
                         }
                         Err(e) => {
                             self.finished(e.id());
@@ -249,7 +259,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
             let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
-            self.in_flight.insert(handle.id(), (kib, slot));
+            self.in_flight.insert(handle.id(), (kib, slot, self.epoch));
         }
         if !self.filling
             && self.reserved == 0
@@ -262,20 +272,27 @@ impl<C: EntropyClient> Prefetcher<C> {
     }
 
     /// Releases what a finished request held: its reservation and, from now, its pacer slot.
-    fn finished(&mut self, id: tokio::task::Id) {
-        if let Some((kib, slot)) = self.in_flight.remove(&id) {
-            self.reserved -= kib as usize * BLOCK_LEN;
-            self.pacer.complete(slot, Instant::now());
-        }
+    /// Returns the epoch it was sent in.
+    fn finished(&mut self, id: tokio::task::Id) -> Option<u64> {
+        let (kib, slot, epoch) = self.in_flight.remove(&id)?;
+        self.reserved -= kib as usize * BLOCK_LEN;
+        self.pacer.complete(slot, Instant::now());
+        Some(epoch)
     }
 
-    fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>) {
+    /// Handles a finished request. `current`: sent in this epoch, so its answer may change
+    /// the state; older answers are counted (and good bytes kept) but change nothing else.
+    fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>, current: bool) {
         let entropy = match result {
             Ok(e) => e,
-            Err(e) => return self.failed(e, 0),
+            Err(e) => return self.failed(e, 0, current),
         };
         if let Err(h) = self.health.check(entropy.bytes()) {
-            return self.failed(FetchError::Health(h.to_string()), entropy.bytes().len());
+            return self.failed(
+                FetchError::Health(h.to_string()),
+                entropy.bytes().len(),
+                current,
+            );
         }
         let mut bytes = entropy.0;
         if self.cfg.mix_local {
@@ -285,6 +302,7 @@ impl<C: EntropyClient> Prefetcher<C> {
                 return self.failed(
                     FetchError::Transport(format!("getrandom: {e}")),
                     bytes.len(),
+                    current,
                 );
             }
             bytes
@@ -294,23 +312,34 @@ impl<C: EntropyClient> Prefetcher<C> {
         }
         debug_assert_eq!(bytes.len(), kib as usize * BLOCK_LEN);
         // Counted before the push, so a snapshot never sees served + buffered > fetched.
-        self.status.record_success(bytes.len());
+        self.status.record_success(bytes.len(), current);
         self.pool.push(&bytes);
         self.started = true;
+        if !current {
+            return;
+        }
         self.backoff.reset();
-        if let Some((class, n)) = self.log.recovered() {
-            info!("upstream recovered after {n} failure(s) of class {class}");
+        self.next_attempt = Instant::now();
+        if let Some(summary) = self.log.recovered() {
+            info!("upstream recovered after failures ({summary})");
         }
         if self.halted.take().is_some() || self.status.state().is_unrecoverable() {
+            self.epoch += 1;
             self.status.set_state(UpstreamState::Ok, None);
         }
         self.pool.set_unavailable(false);
     }
 
-    fn failed(&mut self, err: FetchError, discarded: usize) {
-        let now = Instant::now();
+    fn failed(&mut self, err: FetchError, discarded: usize, current: bool) {
         let class = err.class();
         let message = err.to_string();
+        self.status
+            .record_failure(&class, message.clone(), discarded);
+        if !current {
+            // Sent before the upstream stopped us (or before we resumed): already handled.
+            return;
+        }
+        let now = Instant::now();
         let (state, action) = match &err {
             FetchError::Status { code: 400, .. } => {
                 self.halted = Some(UpstreamState::BadRequest);
@@ -339,7 +368,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             }
             FetchError::Status { code: 403, .. } => {
                 self.backoff.note_failure();
-                self.next_attempt = now + self.cfg.quota_retry;
+                self.next_attempt = after(now, self.cfg.quota_retry);
                 (
                     UpstreamState::QuotaExhausted,
                     format!(
@@ -350,27 +379,39 @@ impl<C: EntropyClient> Prefetcher<C> {
             }
             FetchError::Status {
                 code: 429,
-                retry_after: Some(wait),
+                retry_after: Some(asked),
             } => {
                 self.backoff.note_failure();
-                self.next_attempt = now + *wait;
+                // Honoured within bounds: "0" must not turn into a tight loop, and a huge
+                // value (a broken or hostile server) must not park the mount for years.
+                let wait = (*asked)
+                    .max(self.cfg.backoff_base)
+                    .min(self.retry_after_cap());
+                self.next_attempt = self.next_attempt.max(after(now, wait));
                 (
                     UpstreamState::BackingOff,
-                    format!("rate limited; retrying after {}s as asked", wait.as_secs()),
+                    format!(
+                        "rate limited; retrying after {:.1}s (asked: {}s)",
+                        wait.as_secs_f64(),
+                        asked.as_secs()
+                    ),
                 )
             }
             _ => {
                 let delay = self.backoff.next_delay();
-                self.next_attempt = now + delay;
+                // Several requests fail together in an outage: the latest retry time wins.
+                self.next_attempt = self.next_attempt.max(after(now, delay));
+                let delay = self.next_attempt.saturating_duration_since(now);
                 (
                     UpstreamState::BackingOff,
                     format!("retrying in {:.1}s", delay.as_secs_f64()),
                 )
             }
         };
-        self.status
-            .record_failure(&class, message.clone(), discarded);
         let next = (self.halted.is_none()).then_some(self.next_attempt);
+        if state.is_unrecoverable() {
+            self.epoch += 1;
+        }
         self.status.set_state(state, next);
         if state.is_unrecoverable() {
             self.pool.set_unavailable(true);
@@ -406,11 +447,20 @@ impl<C: EntropyClient> Prefetcher<C> {
         }
     }
 
+    /// Retries at once after an outside change (a new token, SIGHUP). Readers wait for the
+    /// answer again instead of failing; a new refusal fails them again.
     fn resume(&mut self) {
         self.halted = None;
+        self.epoch += 1;
         self.next_attempt = Instant::now();
         self.backoff.reset();
-        self.status.set_state(UpstreamState::Degraded, None);
+        self.status.set_state(UpstreamState::Starting, None);
+        self.pool.set_unavailable(false);
+    }
+
+    /// The longest `Retry-After` honoured as given.
+    fn retry_after_cap(&self) -> Duration {
+        self.cfg.quota_retry.max(self.cfg.backoff_cap)
     }
 
     fn reload(&mut self) {

@@ -2,7 +2,7 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::status::StaticInfo;
-use crate::upstream::mock::MockClient;
+use crate::upstream::mock::{MockClient, Step};
 
 fn setup(capacity: usize) -> (Arc<MockClient>, Arc<Pool>, Arc<Status>, PrefetchConfig) {
     let status = Arc::new(Status::new(StaticInfo {
@@ -67,7 +67,9 @@ async fn backs_off_on_503_then_recovers() {
     let snap = status.snapshot(&pool);
     assert_eq!(snap.failures.get("http_503"), Some(&1));
     assert_eq!(snap.failures.get("transport"), Some(&1));
-    assert_eq!(snap.state, "ok");
+    // Working again, but it failed within the last minute.
+    assert_eq!(snap.state, "degraded");
+    assert_eq!(status.state(), UpstreamState::Ok);
     assert_eq!(snap.consecutive_failures, 0);
 }
 
@@ -155,4 +157,76 @@ fn drain(pool: &Pool, n: usize) {
         },
         Discard,
     );
+}
+
+#[tokio::test]
+async fn a_success_in_flight_when_the_quota_runs_out_does_not_undo_the_403() {
+    let (client, pool, status, mut cfg) = setup(4 * 1024 * 1024);
+    cfg.quota_retry = Duration::from_secs(30);
+    let slow = Duration::from_millis(300);
+    let quota = || {
+        Step::fail(FetchError::Status {
+            code: 403,
+            retry_after: None,
+        })
+    };
+    // The first (small) request alone, then four at once: two slow successes, two 403s.
+    client.script([
+        Step::ok_after(Duration::ZERO),
+        Step::ok_after(slow),
+        quota(),
+        quota(),
+        Step::ok_after(slow),
+    ]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.requests_ok.load(Ordering::SeqCst) == 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The late 200s delivered their bytes but the quota is still used up: no new request for
+    // 30 s, and a reader that empties the buffer gets EIO instead of waiting.
+    assert_eq!(status.state(), UpstreamState::QuotaExhausted);
+    assert_eq!(client.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(pool.buffered(), (16 + 512 + 512) * 1024);
+    let snap = status.snapshot(&pool);
+    assert!(
+        snap.next_attempt_in_seconds.is_some_and(|s| s > 25.0),
+        "{snap:?}"
+    );
+    assert_eq!(snap.consecutive_failures, 2);
+    drain(&pool, pool.buffered());
+    assert!(pool.poll(None).error, "readers fail fast");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_within_bounds() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    cfg.quota_retry = Duration::from_millis(400);
+    cfg.backoff_cap = Duration::from_millis(50);
+    let asked = |secs| {
+        Step::fail(FetchError::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(secs)),
+        })
+    };
+    // A server asking for "forever" must neither crash the worker nor park it for good, and
+    // "0" must not turn into a tight loop.
+    client.script([asked(u64::MAX), asked(0)]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.requests_failed.load(Ordering::SeqCst) == 1).await;
+    let snap = status.snapshot(&pool);
+    assert_eq!(snap.state, "backing off");
+    assert!(
+        snap.next_attempt_in_seconds.is_some_and(|s| s <= 0.4),
+        "{snap:?}"
+    );
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    // Capped at --quota-retry (400 ms), then at least the backoff base (10 ms).
+    assert!(
+        start.elapsed() >= Duration::from_millis(410),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.requests.load(Ordering::SeqCst), 4);
 }

@@ -9,13 +9,32 @@ use zeroize::Zeroizing;
 use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError};
 
 /// Serves a deterministic counter stream (so tests can check order and uniqueness), with a
-/// scripted queue of failures served first.
+/// scripted queue of answers served first.
 #[derive(Default)]
 pub struct MockClient {
     next: AtomicU64,
     pub requests: AtomicU64,
-    script: Mutex<VecDeque<FetchError>>,
+    script: Mutex<VecDeque<Step>>,
     pub delay: Mutex<Option<Duration>>,
+}
+
+/// One scripted answer: after `delay`, fail with `error`, or deliver the stream's next bytes.
+pub struct Step {
+    pub delay: Duration,
+    pub error: Option<FetchError>,
+}
+
+impl Step {
+    pub fn ok_after(delay: Duration) -> Step {
+        Step { delay, error: None }
+    }
+
+    pub fn fail(error: FetchError) -> Step {
+        Step {
+            delay: Duration::ZERO,
+            error: Some(error),
+        }
+    }
 }
 
 impl MockClient {
@@ -25,7 +44,14 @@ impl MockClient {
 
     /// The next calls fail with these errors, in order.
     pub fn fail_next(&self, errors: impl IntoIterator<Item = FetchError>) {
-        self.script.lock().extend(errors);
+        self.script
+            .lock()
+            .extend(errors.into_iter().map(Step::fail));
+    }
+
+    /// The next calls answer as these steps say, in the order the calls are made.
+    pub fn script(&self, steps: impl IntoIterator<Item = Step>) {
+        self.script.lock().extend(steps);
     }
 
     /// The bytes the mock's stream holds at positions `start..start+len`.
@@ -51,8 +77,12 @@ impl EntropyClient for MockClient {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        if let Some(e) = self.script.lock().pop_front() {
-            return Err(e);
+        let step = self.script.lock().pop_front();
+        if let Some(step) = step {
+            tokio::time::sleep(step.delay).await;
+            if let Some(e) = step.error {
+                return Err(e);
+            }
         }
         let len = kib as usize * BLOCK_LEN;
         let start = self.next.fetch_add(len as u64, Ordering::SeqCst);
