@@ -135,7 +135,7 @@ enum Cmd {
     },
     /// Time from starting qrypt-fs in daemon mode to the first 32 bytes read from /random
     /// (as `head -c 32`), against one API round trip (a fresh connection asking for the same
-    /// 512 KiB as qrypt-fs's first request) plus the time to mount the null filesystem, rounds
+    /// size as qrypt-fs's first request, FIRST_REQUEST_KIB) plus the time to mount the null filesystem, rounds
     /// interleaved. Prints medians in ms: startup, mounted, baseline, rtt, null_mount.
     Startup {
         #[arg(long)]
@@ -808,9 +808,14 @@ fn startup(
 
         // Baseline: one round trip for what qrypt-fs asks first, then mounting a null FS.
         let t0 = Instant::now();
-        let (code, body) = http_get(endpoint, "api/v1/quantum-entropy?size=512", Some(token))?;
+        let first = qrypt_fs::prefetch::FIRST_REQUEST_KIB;
+        let (code, body) = http_get(
+            endpoint,
+            &format!("api/v1/quantum-entropy?size={first}"),
+            Some(token),
+        )?;
         let rtt = t0.elapsed();
-        if code != 200 || body.len() < 512 * 1024 {
+        if code != 200 || body.len() < first as usize * 1024 {
             return Err(format!("round trip: HTTP {code}, {} bytes", body.len()));
         }
         let t0 = Instant::now();

@@ -248,6 +248,34 @@ fn foreground_reports_readiness_to_systemd() {
 }
 
 #[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    require_program("systemd-analyze");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/qrypt-fs.service"
+    ))
+    .expect("unit");
+    assert!(unit.contains("ExecStartPre=-/bin/umount -l /mnt/qrypt"));
+    assert!(unit.contains("Type=notify"));
+    // verify checks that ExecStart's program exists: point it at the one just built.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("qrypt-fs.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/qrypt-fs", BIN)).expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    // Unknown keys and bad values are only warnings: any output at all is a failure.
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn background_logs_to_the_log_file() {
     let emu = emulator();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -134,7 +134,7 @@ fn release_freed_memory() {
 }
 
 /// Size of the requests made before the first success.
-const FIRST_REQUEST_KIB: u32 = 16;
+pub const FIRST_REQUEST_KIB: u32 = 16;
 
 type FetchResult = (u32, Result<Entropy, FetchError>);
 
