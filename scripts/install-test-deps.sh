@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the programs the integration tests drive through a real mount: mount/umount
 # (util-linux), fuse3 (mount.fuse3, fusermount3), rng-tools5 (rngtest, rngd), openssl, a JDK,
-# python3, systemd (systemd-analyze checks the unit file). Needs root (apt-get); skips what is already there.
+# python3, systemd (systemd-analyze checks the unit file), strace (shows what rngd feeds the
+# kernel). Needs root (apt-get); skips what is already there.
 set -euo pipefail
 need=()
 command -v mount.fuse3 >/dev/null || need+=(fuse3)
@@ -11,6 +12,7 @@ command -v java >/dev/null || need+=(default-jdk-headless)
 command -v python3 >/dev/null || need+=(python3)
 command -v umount >/dev/null || need+=(mount)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

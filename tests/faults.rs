@@ -402,6 +402,33 @@ fn http_403_quota_fails_fast_serves_buffered_and_retries_rarely() {
 }
 
 #[test]
+fn sighup_retries_at_once_after_a_403() {
+    let emu = emulator();
+    let m = mount_with(&emu, &["--quota-retry", "3600"]);
+    m.wait_full();
+    emu.set_quota(Some(0));
+    let _ = read_exact(&m.random(), 48 * 1024);
+    m.wait_status("quota exhausted", Duration::from_secs(5), |s| {
+        s["state"] == "quota exhausted"
+    });
+    let next: f64 = m.status()["next_attempt_in_seconds"]
+        .parse()
+        .expect("seconds");
+    assert!(next > 3500.0, "{next}");
+    // The account gets more quota; the operator tells qrypt-fs instead of waiting an hour.
+    emu.set_quota(None);
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("kill");
+    m.wait_full();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    read_and_check(&emu, &m, 64 * 1024);
+}
+
+#[test]
 fn forty_mib_under_the_rate_limit_gets_no_429() {
     let emu = Emulator::start(EmulatorConfig {
         rate_limit: Some(RateLimit {

@@ -75,6 +75,48 @@ fn every_byte_was_sent_by_the_emulator_and_none_twice() {
 }
 
 #[test]
+fn requests_follow_the_documented_contract() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "2M"])
+        .mount();
+    m.wait_full();
+    let records = emu.records();
+    // 16 KiB alone first, then the rest of 2 MiB in requests of at most 512 KiB.
+    assert_eq!(records.first().map(|r| r.kib), Some(16));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.status == 200 && (1..=512).contains(&r.kib))
+    );
+    assert_eq!(records.iter().map(|r| r.kib).sum::<u32>(), 2048);
+    for r in &records {
+        let header = |name: &str| {
+            r.request_headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            header("accept"),
+            Some("application/json"),
+            "{:?}",
+            r.request_headers
+        );
+        assert_eq!(
+            header("cache-control"),
+            Some("no-store"),
+            "{:?}",
+            r.request_headers
+        );
+        assert!(
+            header("authorization").is_none(),
+            "the emulator keeps no token"
+        );
+    }
+}
+
+#[test]
 fn concurrent_readers_and_reopens_get_disjoint_bytes() {
     let emu = emulator();
     let m = MountBuilder::new(&emu)

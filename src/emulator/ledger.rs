@@ -27,6 +27,9 @@ pub struct ResponseRecord {
     /// before corruption, a body cut short records all blocks of the whole body.
     pub blocks: Vec<u8>,
     pub at: Instant,
+    /// The request's headers, names in lower case, in order; `authorization` left out (the
+    /// emulator checks it, and keeps no copy of a credential).
+    pub request_headers: Vec<(String, String)>,
 }
 
 /// Counters since start. Requests under `/_emulator/` are not counted.
@@ -61,6 +64,8 @@ pub(super) struct Ledger {
     good_bytes: u64,
     records: Vec<ResponseRecord>,
     recent: VecDeque<Vec<u8>>,
+    /// Headers of requests not answered yet (only when recording).
+    pending_headers: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 impl Ledger {
@@ -73,13 +78,27 @@ impl Ledger {
             good_bytes: 0,
             records: Vec::new(),
             recent: VecDeque::new(),
+            pending_headers: BTreeMap::new(),
         }
     }
 
     /// Counts a request and gives its sequence number.
-    pub fn arrive(&mut self) -> u64 {
+    pub fn arrive(&mut self, headers: &hyper::HeaderMap) -> u64 {
         self.total_requests += 1;
         self.seq += 1;
+        if self.record {
+            let kept = headers
+                .iter()
+                .filter(|(name, _)| *name != hyper::header::AUTHORIZATION)
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            self.pending_headers.insert(self.seq, kept);
+        }
         self.seq
     }
 
@@ -114,6 +133,7 @@ impl Ledger {
                 fault: fault.map(|f| f.name().to_owned()),
                 blocks,
                 at: Instant::now(),
+                request_headers: self.pending_headers.remove(&seq).unwrap_or_default(),
             });
         }
     }

@@ -73,7 +73,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, fd: RawFd) -> Reply {
         return Ok(admin::handle(state, req).await);
     }
     let guard = state.in_flight.enter();
-    let seq = state.ledger.lock().arrive();
+    let seq = state.ledger.lock().arrive(req.headers());
     let reply = if req.uri().path() != ENTROPY_PATH {
         state.ledger.lock().answer(seq, 404, 0, None, Vec::new());
         Ok(json_error(404, "not found"))
