@@ -95,5 +95,8 @@ pub fn harden_process() {
             rlim_max: 0,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        // Like any daemon (daemon(7)): hold nothing the caller opened besides stdio. A
+        // listening socket or a pipe someone waits on for EOF must not live on in us.
+        libc::close_range(3, libc::c_uint::MAX, 0);
     }
 }

@@ -484,6 +484,29 @@ fn token_never_appears_in_status_logs_argv_or_environ() {
 }
 
 #[test]
+fn the_daemon_keeps_no_descriptor_it_inherited() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("inherited");
+    // The shell opens fd 9 on `marker` and execs qrypt-fs with it (no CLOEXEC).
+    let open_fd_9 = format!("exec \"$@\" 9>>'{}'", marker.display());
+    let m = MountBuilder::new(&emu)
+        .wrapped_in(&["sh", "-c", &open_fd_9, "sh"])
+        .mount();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", m.pid())).expect("fd dir");
+    for fd in fds.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        assert_ne!(
+            target,
+            marker,
+            "fd {:?} was inherited and kept",
+            fd.file_name()
+        );
+    }
+    assert_eq!(read_exact(&m.random(), 32).len(), 32);
+}
+
+#[test]
 fn tls_with_ca_cert_and_without() {
     let emu = Emulator::start(EmulatorConfig {
         tls: true,
