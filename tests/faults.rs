@@ -100,6 +100,29 @@ fn http_429_with_retry_after_is_honoured() {
 }
 
 #[test]
+fn http_429_with_an_absurd_retry_after_is_capped() {
+    let emu = emulator();
+    // "Come back in 584 billion years": honoured up to --quota-retry, never a crash or a hang.
+    emu.set_fault(
+        Fault::TooManyRequests {
+            retry_after: Some(u64::MAX),
+        },
+        Some(1),
+    );
+    let m = mount_with(&emu, &["--quota-retry", "1.5"]);
+    m.wait_status("backing off", Duration::from_secs(3), |s| {
+        s["failures"] == "http_429=1"
+    });
+    let next: f64 = m.status()["next_attempt_in_seconds"]
+        .parse()
+        .expect("seconds");
+    assert!(next <= 1.5, "{next}");
+    m.wait_full();
+    assert_eq!(m.status()["state"], "degraded");
+    read_and_check(&emu, &m, 64 * 1024);
+}
+
+#[test]
 fn http_429_without_retry_after_backs_off() {
     transient(
         Fault::TooManyRequests { retry_after: None },

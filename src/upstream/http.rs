@@ -180,8 +180,7 @@ impl HttpClient {
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|s| parse_retry_after(s, std::time::SystemTime::now()));
             return Err(FetchError::Status {
                 code: status,
                 retry_after,
@@ -246,9 +245,40 @@ pub fn io_context(path: &Path, e: io::Error) -> String {
     format!("{}: {e}", path.display())
 }
 
+/// `Retry-After` in either form RFC 9110 allows: delay-seconds, or an HTTP-date (a date in
+/// the past means "now"). Unparseable: `None`, and the caller backs off on its own.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        let now = httpdate::parse_http_date("Sun, 29 Nov 2026 05:00:00 GMT").expect("date");
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 29 Nov 2026 05:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 29 Nov 2026 04:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
 
     #[test]
     fn endpoint_rules() {
