@@ -94,7 +94,7 @@ pub struct Cli {
     pub quota_retry: Duration,
 
     /// Longest wait between retries while the upstream fails (backoff is exponential with
-    /// full jitter, starting at 0.25 s).
+    /// full jitter, starting at 0.25 s); also the longest 429 Retry-After honoured.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub max_backoff: Duration,
 

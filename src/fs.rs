@@ -255,6 +255,7 @@ impl Filesystem for EntropyFs {
         reply: ReplyEmpty,
     ) {
         self.snapshots.lock().remove(&fh.0);
+        self.pool.forget_poller(fh.0);
         reply.ok();
     }
 
@@ -262,7 +263,7 @@ impl Filesystem for EntropyFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         ph: PollNotifier,
         _events: PollEvents,
         flags: PollFlags,
@@ -277,7 +278,7 @@ impl Filesystem for EntropyFs {
                         })
                     },
                 );
-                let r = self.pool.poll(waker);
+                let r = self.pool.poll(fh.0, waker);
                 let mut ev = PollEvents::empty();
                 if r.readable || r.error {
                     // On error a read fails at once, so it is "ready" too.

@@ -54,6 +54,18 @@ impl UpstreamState {
     }
 }
 
+/// Longest error message kept for `last_error`.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// Cuts an error message to [`MAX_ERROR_CHARS`], whatever an error chain holds, so `/status`
+/// and the log stay readable.
+pub fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{}...", &message[..cut]),
+        None => message,
+    }
+}
+
 /// How long a failure keeps a working upstream `degraded` rather than `ok`.
 pub const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
 
@@ -178,7 +190,7 @@ impl Status {
         let mut m = self.mutable.lock();
         m.consecutive_failures += 1;
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
-        m.last_error = Some((SystemTime::now(), message));
+        m.last_error = Some((SystemTime::now(), bounded(message)));
         m.last_failure = Some(Instant::now());
     }
 

@@ -14,9 +14,23 @@ use crate::pool::{Pool, ReadError};
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// True when thread `pid` has a signal pending that it does not block, or no longer exists.
+/// When its status cannot be read for another reason (`/proc` mounted `hidepid=`, a reader
+/// of another user), false: the reader keeps waiting (a read timeout still applies) instead
+/// of getting a spurious `EINTR` on every read, which retrying programs would spin on.
 pub fn signal_pending(pid: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "cannot read /proc/{pid}/status ({e}): waiting readers can only be \
+                     interrupted by --read-timeout (is /proc mounted with hidepid=?)"
+                );
+            });
+            return false;
+        }
     };
     let field = |name: &str| -> u64 {
         text.lines()

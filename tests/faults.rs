@@ -83,7 +83,7 @@ fn http_429_with_retry_after_is_honoured() {
         Some(1),
     );
     let t = Instant::now();
-    let m = mount_with(&emu, &[]);
+    let m = mount_with(&emu, &["--max-backoff", "5"]);
     m.wait_status("backing off", Duration::from_secs(3), |s| {
         s["failures"] == "http_429=1"
     });
@@ -102,14 +102,14 @@ fn http_429_with_retry_after_is_honoured() {
 #[test]
 fn http_429_with_an_absurd_retry_after_is_capped() {
     let emu = emulator();
-    // "Come back in 584 billion years": honoured up to --quota-retry, never a crash or a hang.
+    // "Come back in 584 billion years": honoured up to --max-backoff, never a crash or a hang.
     emu.set_fault(
         Fault::TooManyRequests {
             retry_after: Some(u64::MAX),
         },
         Some(1),
     );
-    let m = mount_with(&emu, &["--quota-retry", "1.5"]);
+    let m = mount_with(&emu, &["--max-backoff", "1.5"]);
     m.wait_status("backing off", Duration::from_secs(3), |s| {
         s["failures"] == "http_429=1"
     });

@@ -2,7 +2,7 @@
 //!
 //! Every byte leaves through exactly one [`ReadSink`], in FIFO order of the reads that asked,
 //! and is wiped as it leaves. The pool knows nothing of FUSE: the adapter hands it sinks.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -100,7 +100,9 @@ struct Inner {
     ring: Ring,
     scratch: Zeroizing<Vec<u8>>,
     waiters: VecDeque<Waiter>,
-    pollers: Vec<Waker>,
+    /// One waker per open file that polled while nothing was ready: a program that polls in
+    /// a loop replaces its waker instead of piling up new ones.
+    pollers: HashMap<u64, Waker>,
     availability: Availability,
     next_id: u64,
 }
@@ -128,7 +130,7 @@ impl Pool {
                 ring: Ring::new(capacity),
                 scratch: Zeroizing::new(Vec::new()),
                 waiters: VecDeque::new(),
-                pollers: Vec::new(),
+                pollers: HashMap::new(),
                 availability: Availability::Open,
                 next_id: 0,
             }),
@@ -237,7 +239,7 @@ impl Pool {
     fn take_pollers_if_ready(g: &mut Inner) -> Vec<Waker> {
         let r = Self::readiness_locked(g);
         if r.readable || r.error {
-            std::mem::take(&mut g.pollers)
+            g.pollers.drain().map(|(_, w)| w).collect()
         } else {
             Vec::new()
         }
@@ -284,7 +286,7 @@ impl Pool {
             w.sink.fail_boxed(ReadError::ShuttingDown);
         }
         g.ring.wipe();
-        let wake = std::mem::take(&mut g.pollers);
+        let wake: Vec<Waker> = g.pollers.drain().map(|(_, w)| w).collect();
         drop(g);
         wake.into_iter().for_each(|w| w());
         self.waiting.notify_all();
@@ -305,17 +307,27 @@ impl Pool {
         Readiness { readable, error }
     }
 
-    /// What `poll` reports now; when neither readable nor failing, `waker` is kept and called
-    /// once that changes.
-    pub fn poll(&self, waker: Option<Waker>) -> Readiness {
+    /// What `poll` reports now; when neither readable nor failing, `waker` is kept (the
+    /// newest one per `file`) and called once that changes.
+    pub fn poll(&self, file: u64, waker: Option<Waker>) -> Readiness {
         let mut g = self.inner.lock();
         let r = Self::readiness_locked(&g);
         if !r.readable && !r.error {
             if let Some(w) = waker {
-                g.pollers.push(w);
+                g.pollers.insert(file, w);
             }
         }
         r
+    }
+
+    /// Forgets `file`'s waker: it was closed.
+    pub fn forget_poller(&self, file: u64) {
+        self.inner.lock().pollers.remove(&file);
+    }
+
+    #[cfg(test)]
+    fn pollers(&self) -> usize {
+        self.inner.lock().pollers.len()
     }
 
     /// The reads waiting now.

@@ -93,7 +93,7 @@ fn unavailable_fails_waiters_but_serves_buffered() {
             (3, Err(ReadError::Unavailable))
         ]
     );
-    assert!(pool.poll(None).error);
+    assert!(pool.poll(0, None).error);
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn poll_wakes_when_readable() {
     let pool = Pool::new(4096);
     let woke = Arc::new(Mutex::new(0));
     let w2 = woke.clone();
-    let r = pool.poll(Some(Box::new(move || *w2.lock() += 1)));
+    let r = pool.poll(1, Some(Box::new(move || *w2.lock() += 1)));
     assert!(!r.readable && !r.error);
     pool.push(&seq(0, 100));
     assert_eq!(
@@ -146,5 +146,23 @@ fn poll_wakes_when_readable() {
     );
     pool.push(&seq(100, 156));
     assert_eq!(*woke.lock(), 1);
-    assert!(pool.poll(None).readable);
+    assert!(pool.poll(0, None).readable);
+}
+
+#[test]
+fn a_file_polling_in_a_loop_keeps_one_waker() {
+    let pool = Pool::new(4096);
+    let woke = Arc::new(Mutex::new(0));
+    for _ in 0..1000 {
+        let w = woke.clone();
+        pool.poll(7, Some(Box::new(move || *w.lock() += 1)));
+    }
+    let w = woke.clone();
+    pool.poll(8, Some(Box::new(move || *w.lock() += 1)));
+    assert_eq!(pool.pollers(), 2);
+    pool.forget_poller(8);
+    assert_eq!(pool.pollers(), 1);
+    pool.push(&seq(0, 256));
+    assert_eq!(*woke.lock(), 1, "the newest waker of file 7, once");
+    assert_eq!(pool.pollers(), 0);
 }

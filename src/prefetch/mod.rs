@@ -332,7 +332,7 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     fn failed(&mut self, err: FetchError, discarded: usize, current: bool) {
         let class = err.class();
-        let message = err.to_string();
+        let message = crate::status::bounded(err.to_string());
         self.status
             .record_failure(&class, message.clone(), discarded);
         if !current {
@@ -458,9 +458,10 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.pool.set_unavailable(false);
     }
 
-    /// The longest `Retry-After` honoured as given.
+    /// The longest `Retry-After` honoured as given: the backoff cap, so one 429 cannot hold
+    /// back readers longer than an outage would.
     fn retry_after_cap(&self) -> Duration {
-        self.cfg.quota_retry.max(self.cfg.backoff_cap)
+        self.cfg.backoff_cap
     }
 
     fn reload(&mut self) {

@@ -89,11 +89,11 @@ async fn unauthorized_halts_until_reload() {
         1,
         "no retry while halted"
     );
-    assert!(pool.poll(None).error, "readers fail fast");
+    assert!(pool.poll(0, None).error, "readers fail fast");
     tx.send(Control::Reload).expect("send");
     wait_until(|| pool.buffered() == pool.capacity()).await;
     assert_eq!(status.state(), UpstreamState::Ok);
-    assert!(!pool.poll(None).error);
+    assert!(!pool.poll(0, None).error);
 }
 
 #[tokio::test]
@@ -194,14 +194,13 @@ async fn a_success_in_flight_when_the_quota_runs_out_does_not_undo_the_403() {
     );
     assert_eq!(snap.consecutive_failures, 2);
     drain(&pool, pool.buffered());
-    assert!(pool.poll(None).error, "readers fail fast");
+    assert!(pool.poll(0, None).error, "readers fail fast");
 }
 
 #[tokio::test]
 async fn retry_after_is_honoured_within_bounds() {
     let (client, pool, status, mut cfg) = setup(64 * 1024);
-    cfg.quota_retry = Duration::from_millis(400);
-    cfg.backoff_cap = Duration::from_millis(50);
+    cfg.backoff_cap = Duration::from_millis(400);
     let asked = |secs| {
         Step::fail(FetchError::Status {
             code: 429,
@@ -222,7 +221,7 @@ async fn retry_after_is_honoured_within_bounds() {
         "{snap:?}"
     );
     wait_until(|| pool.buffered() == pool.capacity()).await;
-    // Capped at --quota-retry (400 ms), then at least the backoff base (10 ms).
+    // Capped at --max-backoff (400 ms), then at least the backoff base (10 ms).
     assert!(
         start.elapsed() >= Duration::from_millis(410),
         "{:?}",

@@ -64,8 +64,7 @@ fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), Validati
     if body.len() > body_limit(kib) {
         return Err(ValidationError::TooLarge(body_limit(kib)));
     }
-    let parsed: Body<'_> =
-        serde_json::from_slice(body).map_err(|e| ValidationError::Json(e.to_string()))?;
+    let parsed: Body<'_> = serde_json::from_slice(body).map_err(json_error)?;
     if parsed.size != parsed.random.len() as u64 {
         return Err(ValidationError::SizeVsLength {
             size: parsed.size,
@@ -100,6 +99,20 @@ fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), Validati
     Ok(())
 }
 
+/// What went wrong and where, never the offending text: serde_json quotes the value it
+/// choked on, and in a response of the wrong shape that value is entropy (which would then
+/// reach `/status` and the log).
+fn json_error(e: serde_json::Error) -> ValidationError {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "syntax error",
+        Category::Data => "wrong types or missing fields",
+        Category::Eof => "ends too early",
+        Category::Io => "read error",
+    };
+    ValidationError::Json(format!("{what} at line {} column {}", e.line(), e.column()))
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine;
@@ -110,6 +123,23 @@ mod tests {
     fn body(blocks: &[Vec<u8>], size: u64) -> Vec<u8> {
         let random: Vec<String> = blocks.iter().map(|b| STANDARD.encode(b)).collect();
         serde_json::to_vec(&serde_json::json!({ "random": random, "size": size })).expect("json")
+    }
+
+    #[test]
+    fn errors_never_quote_the_body() {
+        let secret = "c2VjcmV0Ynl0ZXM=".repeat(50);
+        let bodies = [
+            format!(r#"{{"random":"{secret}","size":1}}"#),
+            format!(r#"{{"random":[{secret}],"size":1}}"#),
+            format!(r#"{{"random":["{secret}"],"size":"{secret}"}}"#),
+            format!(r#"{{"random":["{secret}"#),
+        ];
+        for b in bodies {
+            let err = decode_body(b.as_bytes(), 1, &mut Vec::new()).expect_err("invalid");
+            let text = err.to_string();
+            assert!(!text.contains("c2Vj"), "{text}");
+            assert!(text.len() < 80, "{text}");
+        }
     }
 
     #[test]
