@@ -132,6 +132,12 @@ fn lock_memory(buf: &[u8]) -> bool {
                 );
             }
         }
+        // Each page is locked as it is first written, before any entropy is in it, so nothing
+        // ever reaches swap; and start-up does not wait for the whole buffer to be faulted in
+        // (a 1 GiB buffer would take a second). Older kernels: lock it all now.
+        if libc::mlock2(ptr.as_ptr(), buf.len(), libc::MLOCK_ONFAULT) == 0 {
+            return true;
+        }
         nix::sys::mman::mlock(ptr, buf.len()).is_ok()
     }
 }
