@@ -276,6 +276,14 @@ pub fn run_mount<C: EntropyClient>(
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
     ready.succeeded();
     info!("mounted on {}", cfg.mountpoint.display());
+    {
+        // After the mount, off the start-up path: the first bytes need only a few pages.
+        let pool = pool.clone();
+        thread::Builder::new()
+            .name("qrypt-prefault".into())
+            .spawn(move || pool.prefault())
+            .map_err(|e| format!("prefault thread: {e}"))?;
+    }
 
     {
         let events = events.clone();

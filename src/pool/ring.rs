@@ -54,6 +54,11 @@ impl Ring {
         self.locked
     }
 
+    /// The buffer's address and length, for [`populate`]; the buffer never moves.
+    pub fn raw_range(&self) -> (*const u8, usize) {
+        (self.buf.as_ptr(), self.buf.len())
+    }
+
     /// Appends as much of `data` as fits; returns how much that was.
     pub fn push(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.free());
@@ -140,6 +145,17 @@ fn lock_memory(buf: &[u8]) -> bool {
         }
         nix::sys::mman::mlock(ptr, buf.len()).is_ok()
     }
+}
+
+/// Faults in the whole range (`[ptr, ptr + len)`, a live ring buffer) without changing a byte,
+/// so later pushes do not pay a page fault each; with `MLOCK_ONFAULT` that also locks it.
+///
+/// # Safety
+/// The range must stay mapped for the duration of the call.
+pub unsafe fn populate(ptr: *const u8, len: usize) {
+    // SAFETY: per the caller; MADV_POPULATE_WRITE only prepares page tables (Linux 5.14+;
+    // older kernels return EINVAL and the pages fault in as they are filled).
+    let _ = unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
 }
 
 #[cfg(test)]
