@@ -201,12 +201,6 @@ pub fn run_mount<C: EntropyClient>(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("qrypt-net")
-        // Refilling yields to serving: a reader's FUSE request beats decoding the next
-        // response for a core (2 cores and a burst of 512 KiB bodies at start).
-        .on_thread_start(|| {
-            // SAFETY: changes this thread's nice value only (Linux: per-thread).
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5) };
-        })
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;

@@ -133,8 +133,22 @@ impl EntropyFs {
     }
 }
 
+/// Serving a reader beats refilling the buffer for a core: each FUSE thread raises its own
+/// priority (nice -5) the first time it serves a request. Needs CAP_SYS_NICE (root has it);
+/// without it nothing changes. The network runtime stays at the normal priority.
+fn favour_this_thread() {
+    thread_local!(static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    RAISED.with(|raised| {
+        if !raised.replace(true) {
+            // SAFETY: changes the calling thread's nice value only (per-thread on Linux).
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -5) };
+        }
+    });
+}
+
 impl Filesystem for EntropyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        favour_this_thread();
         if parent != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
         }
@@ -183,6 +197,7 @@ impl Filesystem for EntropyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        favour_this_thread();
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
@@ -218,6 +233,7 @@ impl Filesystem for EntropyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        favour_this_thread();
         match node(ino) {
             Some(Node::Random) => self.pool.read(
                 ReadRequest {
