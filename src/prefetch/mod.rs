@@ -186,7 +186,10 @@ impl<C: EntropyClient> Prefetcher<C> {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
                         Ok((id, (kib, result))) => {
-                            let current = self.finished(id) == Some(self.epoch);
+                            // Late answers are set aside only while stopped: otherwise a
+                            // fill in flight at a SIGHUP would leave the state at "starting".
+                            let current =
+                                self.finished(id) == Some(self.epoch) || !self.stopped();
                             self.complete(kib, result, current);
                         }
                         Err(e) => {
@@ -456,6 +459,11 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.backoff.reset();
         self.status.set_state(UpstreamState::Starting, None);
         self.pool.set_unavailable(false);
+    }
+
+    /// In a state only an outside change or a long wait ends (400, 401, 403).
+    fn stopped(&self) -> bool {
+        self.halted.is_some() || self.status.state().is_unrecoverable()
     }
 
     /// The longest `Retry-After` honoured as given: the backoff cap, so one 429 cannot hold

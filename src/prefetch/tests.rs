@@ -229,3 +229,23 @@ async fn retry_after_is_honoured_within_bounds() {
     );
     assert_eq!(client.requests.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test]
+async fn a_fill_in_flight_at_a_sighup_still_brings_the_state_to_ok() {
+    let (client, pool, status, cfg) = setup(1024 * 1024);
+    let slow = Duration::from_millis(300);
+    // The first (small) request, then the rest of the fill, slow enough to be in flight when
+    // SIGHUP comes; nothing else is asked once the buffer is full.
+    client.script([
+        Step::ok_after(Duration::ZERO),
+        Step::ok_after(slow),
+        Step::ok_after(slow),
+    ]);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.requests_ok.load(Ordering::SeqCst) == 1).await;
+    tx.send(Control::Reload).expect("send");
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    assert_eq!(client.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(status.state(), UpstreamState::Ok);
+}
