@@ -97,6 +97,7 @@ pub fn harden_process() {
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
         // Like any daemon (daemon(7)): hold nothing the caller opened besides stdio. A
         // listening socket or a pipe someone waits on for EOF must not live on in us.
-        libc::close_range(3, libc::c_uint::MAX, 0);
+        // The raw syscall: glibc < 2.34 and musl have no wrapper. ENOSYS (Linux < 5.9): skip.
+        libc::syscall(libc::SYS_close_range, 3u32, libc::c_uint::MAX, 0u32);
     }
 }

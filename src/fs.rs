@@ -134,14 +134,23 @@ impl EntropyFs {
 }
 
 /// Serving a reader beats refilling the buffer for a core: each FUSE thread raises its own
-/// priority (nice -5) the first time it serves a request. Needs CAP_SYS_NICE (root has it);
-/// without it nothing changes. The network runtime stays at the normal priority.
+/// priority by 5 nice levels (relative, so an administrator's `Nice=` still counts) the first
+/// time it serves a request. Needs CAP_SYS_NICE or a high enough RLIMIT_NICE (the systemd
+/// unit sets `LimitNICE=`); without them nothing changes. The refill runtime is untouched.
 fn favour_this_thread() {
     thread_local!(static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     RAISED.with(|raised| {
         if !raised.replace(true) {
-            // SAFETY: changes the calling thread's nice value only (per-thread on Linux).
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -5) };
+            // SAFETY: reads and changes the calling thread's nice value only (per-thread on
+            // Linux); errno is cleared first because -1 is a valid getpriority result.
+            unsafe {
+                let tid = libc::gettid() as libc::id_t;
+                *libc::__errno_location() = 0;
+                let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+                if nice != -1 || *libc::__errno_location() == 0 {
+                    libc::setpriority(libc::PRIO_PROCESS, tid, (nice - 5).max(-20));
+                }
+            }
         }
     });
 }

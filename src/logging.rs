@@ -31,7 +31,7 @@ pub fn init(target: LogTarget<'_>, verbose: u8) -> io::Result<()> {
             // stamps each line itself.
             let ansi = io::IsTerminal::is_terminal(&io::stderr());
             let builder = builder.with_ansi(ansi).with_writer(io::stderr);
-            if std::env::var_os("JOURNAL_STREAM").is_some() {
+            if stderr_is_the_journal() {
                 builder.without_time().try_init()
             } else {
                 builder.try_init()
@@ -62,6 +62,27 @@ pub fn init(target: LogTarget<'_>, verbose: u8) -> io::Result<()> {
     // Already initialised (tests) is fine.
     let _ = result;
     Ok(())
+}
+
+/// True when stderr is the journal stream systemd set up (JOURNAL_STREAM names its device and
+/// inode); a JOURNAL_STREAM inherited while stderr was redirected elsewhere does not count.
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let stderr = std::os::fd::AsFd::as_fd(&io::stderr())
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata());
+    stderr.is_ok_and(|m| names_this_file(dev, ino, &m))
+}
+
+fn names_this_file(dev: &str, ino: &str, m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino())
 }
 
 struct Syslog;
@@ -118,5 +139,20 @@ impl<'a> MakeWriter<'a> for Syslog {
             priority,
             buf: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn journal_stream_must_name_the_very_file() {
+        let f = tempfile::tempfile().expect("tempfile");
+        let m = f.metadata().expect("metadata");
+        let (dev, ino) = (m.dev().to_string(), m.ino().to_string());
+        assert!(super::names_this_file(&dev, &ino, &m));
+        assert!(!super::names_this_file(&dev, "1", &m));
+        assert!(!super::names_this_file("x", &ino, &m));
     }
 }

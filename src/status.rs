@@ -183,15 +183,19 @@ impl Status {
     }
 
     /// Counts a failed request of class `class` with its message (never containing the token).
-    pub fn record_failure(&self, class: &str, message: String, discarded: usize) {
+    /// `current`: as in [`Status::record_success`]; a late failure (e.g. the old token's 401
+    /// after a rotation) is counted and shown, but starts no failure streak.
+    pub fn record_failure(&self, class: &str, message: String, discarded: usize, current: bool) {
         self.requests_failed.fetch_add(1, Ordering::SeqCst);
         self.discarded_bytes
             .fetch_add(discarded as u64, Ordering::SeqCst);
         let mut m = self.mutable.lock();
-        m.consecutive_failures += 1;
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
         m.last_error = Some((SystemTime::now(), bounded(message)));
-        m.last_failure = Some(Instant::now());
+        if current {
+            m.consecutive_failures += 1;
+            m.last_failure = Some(Instant::now());
+        }
     }
 
     pub fn consecutive_failures(&self) -> u64 {
@@ -522,7 +526,7 @@ mod tests {
         });
         let pool = Pool::new(4096);
         pool.push(&[1u8; 1024]);
-        st.record_failure("http_503", "HTTP 503".into(), 0);
+        st.record_failure("http_503", "HTTP 503".into(), 0, true);
         st.record_success(1024, true);
         let snap = st.snapshot(&pool);
         let text = snap.to_text();
@@ -552,7 +556,7 @@ mod tests {
             mix_local: false,
             rate_limit: "off".into(),
         });
-        st.record_failure("http_403", "HTTP 403".into(), 0);
+        st.record_failure("http_403", "HTTP 403".into(), 0, true);
         st.set_state(UpstreamState::QuotaExhausted, None);
         st.record_success(1024, false);
         assert_eq!(st.state(), UpstreamState::QuotaExhausted);

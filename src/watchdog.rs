@@ -20,7 +20,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(50);
 pub fn signal_pending(pid: u32) -> bool {
     let text = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        // Gone, or only hidden (hidepid=2 answers ENOENT too): kill(0) tells them apart.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !alive(pid) => return true,
         Err(e) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -40,6 +41,17 @@ pub fn signal_pending(pid: u32) -> bool {
     };
     let pending = field("SigPnd:") | field("ShdPnd:");
     pending & !field("SigBlk:") != 0
+}
+
+/// True unless no process or thread `pid` exists (`EPERM`: it exists, it is just not ours).
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// Starts the watchdog thread; it ends when the pool shuts down.
@@ -74,5 +86,9 @@ mod tests {
     fn own_thread_has_nothing_pending_and_dead_pid_counts() {
         assert!(!signal_pending(std::process::id()));
         assert!(signal_pending(u32::MAX - 1));
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX - 1));
+        // pid 1 exists whoever we are (EPERM for a non-root caller still means alive).
+        assert!(alive(1));
     }
 }

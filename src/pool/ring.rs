@@ -153,9 +153,23 @@ fn lock_memory(buf: &[u8]) -> bool {
 /// # Safety
 /// The range must stay mapped for the duration of the call.
 pub unsafe fn populate(ptr: *const u8, len: usize) {
-    // SAFETY: per the caller; MADV_POPULATE_WRITE only prepares page tables (Linux 5.14+;
-    // older kernels return EINVAL and the pages fault in as they are filled).
-    let _ = unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+    // madvise wants a page-aligned start; the allocator's pointer is not. The page holding the
+    // start is mapped (the buffer begins in it), and populating changes no byte.
+    let page = 4096usize;
+    let start = ptr as usize / page * page;
+    let end = (ptr as usize + len).div_ceil(page) * page;
+    // SAFETY: per the caller, plus the above; MADV_POPULATE_WRITE only prepares page tables.
+    let r = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if r != 0 {
+        // Linux < 5.14: the pages fault in as they are filled instead.
+        tracing::debug!("prefault: {}", std::io::Error::last_os_error());
+    }
 }
 
 #[cfg(test)]

@@ -166,3 +166,30 @@ fn a_file_polling_in_a_loop_keeps_one_waker() {
     assert_eq!(*woke.lock(), 1, "the newest waker of file 7, once");
     assert_eq!(pool.pollers(), 0);
 }
+
+/// Pages of `[ptr, ptr + len)` that are resident, by mincore(2).
+fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
+    let page = 4096usize;
+    let start = ptr as usize / page * page;
+    let end = (ptr as usize + len).div_ceil(page) * page;
+    let mut vec = vec![0u8; (end - start) / page];
+    // SAFETY: a mapped range (the pool's buffer, rounded out to its pages) and a vector with
+    // one byte per page.
+    let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    (vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len())
+}
+
+#[test]
+fn prefault_makes_the_whole_buffer_resident_without_changing_it() {
+    let pool = Pool::new(8 << 20);
+    pool.push(&seq(0, 1000));
+    let (ptr, len) = pool.inner.lock().ring.raw_range();
+    let (before, pages) = resident_pages(ptr, len);
+    assert!(before < pages, "{before} of {pages} resident before");
+    pool.prefault();
+    assert_eq!(resident_pages(ptr, len), (pages, pages));
+    let log: Log = Default::default();
+    pool.read(req(1000), Sink(1, log.clone()));
+    assert_eq!(log.lock().clone(), vec![(1, Ok(seq(0, 1000)))]);
+}

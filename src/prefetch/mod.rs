@@ -337,7 +337,7 @@ impl<C: EntropyClient> Prefetcher<C> {
         let class = err.class();
         let message = crate::status::bounded(err.to_string());
         self.status
-            .record_failure(&class, message.clone(), discarded);
+            .record_failure(&class, message.clone(), discarded, current);
         if !current {
             // Sent before the upstream stopped us (or before we resumed): already handled.
             return;
@@ -416,9 +416,9 @@ impl<C: EntropyClient> Prefetcher<C> {
             self.epoch += 1;
         }
         self.status.set_state(state, next);
-        if state.is_unrecoverable() {
-            self.pool.set_unavailable(true);
-        }
+        // Readers fail fast only in a stop; while backing off (even after a stop whose retry
+        // now fails another way) they wait, as the README's state table says.
+        self.pool.set_unavailable(state.is_unrecoverable());
         if let Some(n) = self.log.should_log(&class) {
             if n == 1 {
                 warn!("upstream failure ({class}): {message}; {action}");
