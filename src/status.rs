@@ -182,16 +182,17 @@ impl Status {
         }
     }
 
-    /// Counts a failed request of class `class` with its message (never containing the token).
-    /// `current`: as in [`Status::record_success`]; a late failure (e.g. the old token's 401
-    /// after a rotation) is counted and shown, but starts no failure streak.
+    /// Counts a failed request of class `class` with its message (never containing the token,
+    /// already [`bounded`] by the caller, which logs the same text). `current`: as in
+    /// [`Status::record_success`]; a late failure (e.g. the old token's 401 after a rotation)
+    /// is counted and shown, but starts no failure streak.
     pub fn record_failure(&self, class: &str, message: String, discarded: usize, current: bool) {
         self.requests_failed.fetch_add(1, Ordering::SeqCst);
         self.discarded_bytes
             .fetch_add(discarded as u64, Ordering::SeqCst);
         let mut m = self.mutable.lock();
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
-        m.last_error = Some((SystemTime::now(), bounded(message)));
+        m.last_error = Some((SystemTime::now(), message));
         if current {
             m.consecutive_failures += 1;
             m.last_failure = Some(Instant::now());
@@ -508,6 +509,16 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    fn status() -> Status {
+        Status::new(StaticInfo {
+            endpoint: "http://127.0.0.1:1".into(),
+            token_source: "environment (QRYPT_TOKEN)".into(),
+            capacity: 4096,
+            mix_local: false,
+            rate_limit: "30/10s".into(),
+        })
+    }
+
     #[test]
     fn rfc3339_known_values() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
@@ -517,13 +528,7 @@ mod tests {
 
     #[test]
     fn renders_all_three() {
-        let st = Status::new(StaticInfo {
-            endpoint: "http://127.0.0.1:1".into(),
-            token_source: "environment (QRYPT_TOKEN)".into(),
-            capacity: 4096,
-            mix_local: false,
-            rate_limit: "30/10s".into(),
-        });
+        let st = status();
         let pool = Pool::new(4096);
         pool.push(&[1u8; 1024]);
         st.record_failure("http_503", "HTTP 503".into(), 0, true);
@@ -549,13 +554,7 @@ mod tests {
 
     #[test]
     fn a_late_success_does_not_end_a_stop_or_a_failure_streak() {
-        let st = Status::new(StaticInfo {
-            endpoint: "http://127.0.0.1:1".into(),
-            token_source: "test".into(),
-            capacity: 4096,
-            mix_local: false,
-            rate_limit: "off".into(),
-        });
+        let st = status();
         st.record_failure("http_403", "HTTP 403".into(), 0, true);
         st.set_state(UpstreamState::QuotaExhausted, None);
         st.record_success(1024, false);

@@ -247,10 +247,14 @@ impl Pool {
     fn take_pollers_if_ready(g: &mut Inner) -> Vec<Waker> {
         let r = Self::readiness_locked(g);
         if r.readable || r.error {
-            g.pollers.drain().map(|(_, w)| w).collect()
+            Self::take_pollers(g)
         } else {
             Vec::new()
         }
+    }
+
+    fn take_pollers(g: &mut Inner) -> Vec<Waker> {
+        g.pollers.drain().map(|(_, w)| w).collect()
     }
 
     /// Adds validated bytes; returns how many fit. Serves waiting reads and wakes pollers.
@@ -294,7 +298,7 @@ impl Pool {
             w.sink.fail_boxed(ReadError::ShuttingDown);
         }
         g.ring.wipe();
-        let wake: Vec<Waker> = g.pollers.drain().map(|(_, w)| w).collect();
+        let wake = Self::take_pollers(&mut g);
         drop(g);
         wake.into_iter().for_each(|w| w());
         self.waiting.notify_all();

@@ -147,6 +147,13 @@ fn lock_memory(buf: &[u8]) -> bool {
     }
 }
 
+/// The page-aligned range `[start, end)` of the pages that hold `[ptr, ptr + len)`.
+pub fn pages_covering(ptr: *const u8, len: usize) -> (usize, usize) {
+    let page = 4096usize;
+    let start = ptr as usize / page * page;
+    (start, (ptr as usize + len).div_ceil(page) * page)
+}
+
 /// Faults in the whole range (`[ptr, ptr + len)`, a live ring buffer) without changing a byte,
 /// so later pushes do not pay a page fault each; with `MLOCK_ONFAULT` that also locks it.
 ///
@@ -155,9 +162,7 @@ fn lock_memory(buf: &[u8]) -> bool {
 pub unsafe fn populate(ptr: *const u8, len: usize) {
     // madvise wants a page-aligned start; the allocator's pointer is not. The page holding the
     // start is mapped (the buffer begins in it), and populating changes no byte.
-    let page = 4096usize;
-    let start = ptr as usize / page * page;
-    let end = (ptr as usize + len).div_ceil(page) * page;
+    let (start, end) = pages_covering(ptr, len);
     // SAFETY: per the caller, plus the above; MADV_POPULATE_WRITE only prepares page tables.
     let r = unsafe {
         libc::madvise(

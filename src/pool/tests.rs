@@ -169,10 +169,8 @@ fn a_file_polling_in_a_loop_keeps_one_waker() {
 
 /// Pages of `[ptr, ptr + len)` that are resident, by mincore(2).
 fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
-    let page = 4096usize;
-    let start = ptr as usize / page * page;
-    let end = (ptr as usize + len).div_ceil(page) * page;
-    let mut vec = vec![0u8; (end - start) / page];
+    let (start, end) = ring::pages_covering(ptr, len);
+    let mut vec = vec![0u8; (end - start) / 4096];
     // SAFETY: a mapped range (the pool's buffer, rounded out to its pages) and a vector with
     // one byte per page.
     let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };

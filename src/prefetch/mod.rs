@@ -326,7 +326,8 @@ impl<C: EntropyClient> Prefetcher<C> {
         if let Some(summary) = self.log.recovered() {
             info!("upstream recovered after failures ({summary})");
         }
-        if self.halted.take().is_some() || self.status.state().is_unrecoverable() {
+        if self.stopped() {
+            self.halted = None;
             self.epoch += 1;
             self.status.set_state(UpstreamState::Ok, None);
         }
