@@ -1,13 +1,106 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, property tests, and the integration tests that mount real FUSE
 # filesystems against the emulator (needs root, or /dev/fuse access plus fusermount3).
-# Ends with one summary line over all test binaries.
+#
+#   scripts/test.sh [CARGO ARGS] [-- TEST ARGS]
+#
+# 1. Checks that the programs the tests drive are installed (scripts/install-test-deps.sh
+#    --check): as root it installs what is missing; otherwise it stops, before any test runs,
+#    with the command that installs them.
+# 2. Builds every test binary with `cargo build --keep-going`, so one that does not compile
+#    stops none of the others.
+# 3. Runs each test binary that was built, one `cargo test --no-fail-fast` per binary, so a
+#    binary that fails or dies (a crash, a signal, a panic outside a test) stops none of the
+#    others.
+# 4. Ends with the binaries that failed to build or run, by name, and one summary line over
+#    all of them, `tests: N passed, M failed`; a binary that failed to build, or exited
+#    non-zero without reporting a failed test, counts as one failed test. Exit status 0 only
+#    if everything passed.
+#
+# CARGO ARGS go to both cargo commands (e.g. --release, --features X), except those that
+# choose packages and targets (--workspace, -p, --lib, --tests, --test NAME, ...), which choose
+# what is built; without a target selection the default is --lib --bins --tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-status=0
-cargo test --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+
+cargo_args=() select_args=() package_args=() test_args=()
+while [ $# -gt 0 ]; do
+  case $1 in
+  --) shift; test_args=("$@"); break ;;
+  --lib | --bins | --tests | --all-targets | --bin=* | --test=*) select_args+=("$1") ;;
+  --bin | --test) select_args+=("$1" "${2:?$1 needs a name}"); shift ;;
+  # Which packages: the build step's business; each run names its binary's package.
+  --workspace | --all | --package=* | -p?*) package_args+=("$1") ;;
+  --package | -p) package_args+=("$1" "${2:?$1 needs a name}"); shift ;;
+  *) cargo_args+=("$1") ;;
+  esac
+  shift
+done
+[ ${#select_args[@]} -gt 0 ] || select_args=(--lib --bins --tests)
+
+if ! missing=$(scripts/install-test-deps.sh --check); then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "test.sh: installing what the tests need: ${missing:-/dev/fuse}"
+    scripts/install-test-deps.sh
+  else
+    echo "test.sh: missing what the tests drive: ${missing:-/dev/fuse}" >&2
+    echo "test.sh: install it with: sudo scripts/install-test-deps.sh" >&2
+    exit 1
+  fi
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failed_bins=()
+
+# Build. stdout is cargo's JSON (one message a line); diagnostics go to the terminal and a log.
+build_status=0
+cargo build --keep-going --message-format=json-render-diagnostics "${cargo_args[@]}" "${package_args[@]}" \
+  "${select_args[@]}" \
+  >"$work/build.json" 2> >(tee "$work/build.err" >&2) || build_status=$?
+wait # for tee
+# `error: could not compile `qrypt-fs` (test "mount") due to 2 previous errors`
+while IFS= read -r line; do
+  failed_bins+=("$line: failed to build")
+done < <(sed -nE 's/^error: could not compile `([^`]*)` \(([^)]*)\).*/\1 \2/p' "$work/build.err")
+if [ "$build_status" -ne 0 ] && [ ${#failed_bins[@]} -eq 0 ]; then
+  failed_bins+=("cargo build: exit status $build_status (see above)")
+fi
+
+# The test binaries built: test-profile artifacts, as "PACKAGE_ID KIND NAME".
+sed -nE '/"reason":"compiler-artifact"/{/"profile":\{[^}]*"test":true\}/{
+  s/.*"package_id":"([^"]*)".*"target":\{"kind":\["([^"]*)"\][^}]*"name":"([^"]*)".*/\1 \2 \3/p}}' \
+  "$work/build.json" >"$work/binaries"
+
+passed=0 failed=0
+while read -r pkg kind name; do
+  case $kind in
+  lib) select=(--lib) label="$name (lib)" ;;
+  bin) select=(--bin "$name") label="$name (bin)" ;;
+  test) select=(--test "$name") label="tests/$name" ;;
+  *) continue ;;
+  esac
+  status=0
+  cargo test --no-fail-fast -p "$pkg" "${cargo_args[@]}" "${select[@]}" \
+    -- "${test_args[@]}" </dev/null 2>&1 | tee "$work/run.log" || status=${PIPESTATUS[0]}
+  read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+      if ($i ~ /^passed;?$/) p += $(i - 1); if ($i ~ /^failed;?$/) f += $(i - 1) } }
+    END { print p + 0, f + 0 }' "$work/run.log")
+  passed=$((passed + p)) failed=$((failed + f))
+  if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
+    failed_bins+=("$label: exited with status $status without reporting a failed test")
+  elif [ "$f" -gt 0 ]; then
+    failed_bins+=("$label: $f failed")
+  fi
+done <"$work/binaries"
+for b in "${failed_bins[@]}"; do
+  case $b in *" failed") ;; *) failed=$((failed + 1)) ;; esac
+done
+
+if [ ${#failed_bins[@]} -gt 0 ]; then
+  echo
+  echo "test binaries that failed:"
+  printf '  %s\n' "${failed_bins[@]}"
+fi
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$build_status" -eq 0 ]
