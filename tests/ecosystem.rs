@@ -441,53 +441,81 @@ fn entropy_fed_to_the_kernel(trace: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn rngd_feeds_the_kernel_pool_from_the_file() {
+/// Runs `rngd -f ARGS -r FILE` under strace for 3 s; returns the bytes it read from the file,
+/// the buffers the kernel accepted (ioctl RNDADDENTROPY), and the trace.
+fn rngd_for_3s(m: &Mount, args: &[&str]) -> (u64, Vec<Vec<u8>>, String) {
     require_program("rngd");
     require_program("strace");
-    let emu = emulator();
-    // A small buffer keeps the provenance index (every 16-byte window sent) small.
-    let m = MountBuilder::new(&emu)
-        .args(["--buffer-size", "64K"])
-        .mount();
     let before = m.status_u64("served_bytes");
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("rngd.trace");
-    // -d 1 -n 1: no RDRAND, no TPM, so the file is rngd's only source. -W 4096: keep feeding.
-    // strace shows what rngd hands the kernel (ioctl RNDADDENTROPY on /dev/random, root only).
+    // strace shows what rngd hands the kernel (ioctl RNDADDENTROPY on /dev/random, root only)
+    // and what it waits for.
     let out = Command::new("timeout")
-        .args([
-            "3",
-            "strace",
-            "-f",
-            "-xx",
-            "-s",
-            "64",
-            "-e",
-            "trace=ioctl",
-            "-o",
-        ])
+        .args(["3", "strace", "-f", "-xx", "-s", "64", "-e", "trace=ioctl,poll", "-o"])
         .arg(&trace)
-        .args(["rngd", "-f", "-d", "1", "-n", "1", "-W", "4096", "-r"])
+        .args(["rngd", "-f", "-p"])
+        .arg(dir.path().join("rngd.pid"))
+        .args(args)
+        .arg("-r")
         .arg(m.random())
         .output()
         .expect("rngd under strace");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // 124: still running when timeout stopped it, as a daemon should be.
     assert_eq!(out.status.code(), Some(124), "rngd exited: {stderr}");
-    // rngd runs FIPS 140-2 tests on 2500-byte blocks before feeding any of them.
     let read = m.status_u64("served_bytes") - before;
-    assert!(read >= 2500, "rngd read only {read} bytes: {stderr}");
     let trace = std::fs::read_to_string(&trace).expect("trace");
-    let fed = entropy_fed_to_the_kernel(&trace);
-    assert!(
-        !fed.is_empty(),
-        "no RNDADDENTROPY accepted by the kernel:\n{trace}"
-    );
+    (read, entropy_fed_to_the_kernel(&trace), trace)
+}
+
+/// What the README says of rngd (rng-tools5) on this kernel: with `-d 1 -n 1` the file is its
+/// only source; it reads one 2500-byte block (after 8 bytes to start its FIPS tests), feeds
+/// the kernel one 64-byte step, then waits in poll(POLLOUT) on /dev/random, which since Linux
+/// 5.18 never reports writable once the kernel's CRNG is ready. `-W 4096` (the fill
+/// watermark) does not change that: it only writes write_wakeup_threshold, which the kernel
+/// no longer uses. So rngd feeds once, not continuously.
+#[test]
+fn rngd_feeds_the_kernel_one_step_then_waits_for_the_kernel_to_ask() {
+    let emu = emulator();
+    // A small buffer keeps the provenance index (every 16-byte window sent) small.
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    for args in [&["-d", "1", "-n", "1"][..], &["-d", "1", "-n", "1", "-W", "4096"]] {
+        let (read, fed, trace) = rngd_for_3s(&m, args);
+        assert_eq!(read, 8 + 2500, "rngd {args:?} read {read} bytes:\n{trace}");
+        assert_eq!(fed.len(), 1, "rngd {args:?} fed {} times:\n{trace}", fed.len());
+        assert_eq!(fed[0].len(), 64);
+        let prov = Provenance::from(&emu);
+        assert!(prov.knows_any(&fed[0]), "fed bytes the emulator never sent");
+        let last = trace.lines().filter(|l| !l.contains("SIG")).last().unwrap_or("");
+        assert!(
+            last.contains("poll([{fd=") && last.contains("events=POLLOUT}]"),
+            "rngd {args:?} is not waiting for the kernel to ask: {last}\n{trace}"
+        );
+    }
+}
+
+/// Without `-d 1` rngd prefers the CPU's RDRAND: it reads only 8 bytes from the file and feeds
+/// the kernel bytes that did not come from it (why the README's command has `-d 1 -n 1`).
+#[test]
+fn rngd_without_no_drng_feeds_rdrand_not_the_file() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.split_whitespace().any(|w| w == "rdrand") {
+        eprintln!("no RDRAND on this CPU: rngd has no other source to prefer");
+        return;
+    }
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    let (read, fed, trace) = rngd_for_3s(&m, &[]);
+    assert_eq!(read, 8, "{trace}");
+    assert!(!fed.is_empty(), "{trace}");
     let prov = Provenance::from(&emu);
     for buf in &fed {
-        assert_eq!(buf.len(), 64);
-        assert!(prov.knows_any(buf), "fed bytes the emulator never sent");
+        assert!(!prov.knows_any(buf), "fed bytes from the file: {trace}");
     }
 }
 
@@ -592,4 +620,44 @@ fn python_dd_and_cat_head() {
         .output()
         .expect("sh");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+}
+
+/// `cp` probes a regular file for holes with lseek(SEEK_DATA); /random is a stream and refuses
+/// any seek (ESPIPE), so cp stops at once, having read nothing (the README says so).
+#[test]
+fn cp_stops_at_once_with_illegal_seek() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Instant::now();
+    let out = Command::new("cp")
+        .arg(m.random())
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("cp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot lseek '{}': Illegal seek", m.random().display())),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(m.status_u64("served_bytes"), 0);
+}
+
+/// The README's way to mix Qrypt's bytes into the kernel's pool whenever one likes (rngd only
+/// feeds when the kernel asks): write them to /dev/random.
+#[test]
+fn dd_into_dev_random_mixes_bytes_into_the_kernel_pool() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let out = Command::new("dd")
+        .arg(format!("if={}", m.random().display()))
+        .args(["of=/dev/random", "bs=64", "count=1", "iflag=fullblock"])
+        .output()
+        .expect("dd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("64 bytes copied"), "{stderr}");
+    assert_eq!(m.status_u64("served_bytes"), 64);
 }
