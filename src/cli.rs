@@ -63,7 +63,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
 
-    /// Prefetch buffer capacity (K, M, G suffixes). Default 4M: filled by 8 requests, well
+    /// Prefetch buffer capacity, 4K to 16G (binary units: K = 1024 bytes; 4.5M is fine, 4MB
+    /// is refused as ambiguous). Default 4M: filled by 8 requests, well
     /// inside the API's burst of 30; a 1 MiB read never waits on a full buffer; small enough
     /// that a mount costs little of the monthly quota and fits the usual 8 MiB mlock limit.
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
@@ -248,12 +249,9 @@ impl Options {
                 _ => return Err(format!("unknown mount option {key:?} (see --help)")),
             }
         }
-        if !(MIN_BUFFER..=MAX_BUFFER).contains(&buffer_size) {
-            return Err(format!(
-                "--buffer-size {buffer_size} is out of range: use 4K to 16G"
-            ));
-        }
-        o.buffer_size = buffer_size as usize;
+        o.buffer_size =
+            crate::size::check_range("--buffer-size", buffer_size, MIN_BUFFER, MAX_BUFFER)?
+                as usize;
         Ok(o)
     }
 }
