@@ -138,7 +138,11 @@ mod tests {
 
     #[test]
     fn decimal_unit_names_are_refused_not_guessed() {
-        for (text, hint) in [("4MB", "4M or 4MiB"), ("64kb", "64K or 64KiB"), ("1GB", "1G")] {
+        for (text, hint) in [
+            ("4MB", "4M or 4MiB"),
+            ("64kb", "64K or 64KiB"),
+            ("1GB", "1G"),
+        ] {
             let e = parse_size(text).expect_err(text);
             assert!(e.contains("ambiguous") && e.contains(hint), "{text}: {e}");
         }

@@ -452,7 +452,17 @@ fn rngd_for_3s(m: &Mount, args: &[&str]) -> (u64, Vec<Vec<u8>>, String) {
     // strace shows what rngd hands the kernel (ioctl RNDADDENTROPY on /dev/random, root only)
     // and what it waits for.
     let out = Command::new("timeout")
-        .args(["3", "strace", "-f", "-xx", "-s", "64", "-e", "trace=ioctl,poll", "-o"])
+        .args([
+            "3",
+            "strace",
+            "-f",
+            "-xx",
+            "-s",
+            "64",
+            "-e",
+            "trace=ioctl,poll",
+            "-o",
+        ])
         .arg(&trace)
         .args(["rngd", "-f", "-p"])
         .arg(dir.path().join("rngd.pid"))
@@ -482,14 +492,26 @@ fn rngd_feeds_the_kernel_one_step_then_waits_for_the_kernel_to_ask() {
     let m = MountBuilder::new(&emu)
         .args(["--buffer-size", "64K"])
         .mount();
-    for args in [&["-d", "1", "-n", "1"][..], &["-d", "1", "-n", "1", "-W", "4096"]] {
+    for args in [
+        &["-d", "1", "-n", "1"][..],
+        &["-d", "1", "-n", "1", "-W", "4096"],
+    ] {
         let (read, fed, trace) = rngd_for_3s(&m, args);
         assert_eq!(read, 8 + 2500, "rngd {args:?} read {read} bytes:\n{trace}");
-        assert_eq!(fed.len(), 1, "rngd {args:?} fed {} times:\n{trace}", fed.len());
+        assert_eq!(
+            fed.len(),
+            1,
+            "rngd {args:?} fed {} times:\n{trace}",
+            fed.len()
+        );
         assert_eq!(fed[0].len(), 64);
         let prov = Provenance::from(&emu);
         assert!(prov.knows_any(&fed[0]), "fed bytes the emulator never sent");
-        let last = trace.lines().filter(|l| !l.contains("SIG")).last().unwrap_or("");
+        let last = trace
+            .lines()
+            .filter(|l| !l.contains("SIG"))
+            .last()
+            .unwrap_or("");
         assert!(
             last.contains("poll([{fd=") && last.contains("events=POLLOUT}]"),
             "rngd {args:?} is not waiting for the kernel to ask: {last}\n{trace}"
@@ -638,7 +660,10 @@ fn cp_stops_at_once_with_illegal_seek() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("cannot lseek '{}': Illegal seek", m.random().display())),
+        stderr.contains(&format!(
+            "cannot lseek '{}': Illegal seek",
+            m.random().display()
+        )),
         "{stderr}"
     );
     assert!(t.elapsed() < Duration::from_secs(5));

@@ -525,8 +525,8 @@ fn tls_with_ca_cert_and_without() {
     Provenance::from(&emu).check_run(&got);
     // Without the CA the certificate is refused: nothing is served, the failure is reported.
     let m2 = MountBuilder::new(&emu).mount();
-    m2.wait_status("a transport failure", Duration::from_secs(10), |s| {
-        s["failures"].contains("transport")
+    m2.wait_status("a certificate failure", Duration::from_secs(10), |s| {
+        s["failures"].contains("tls_certificate")
     });
     assert_eq!(m2.status_u64("fetched_bytes"), 0);
     let f = open_nonblocking(&m2.random());
