@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cli;
 pub mod daemon;
 pub mod emulator;
+pub mod first_contact;
 pub mod fs;
 pub mod health;
 pub mod logging;
