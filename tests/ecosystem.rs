@@ -509,8 +509,7 @@ fn rngd_feeds_the_kernel_one_step_then_waits_for_the_kernel_to_ask() {
         assert!(prov.knows_any(&fed[0]), "fed bytes the emulator never sent");
         let last = trace
             .lines()
-            .filter(|l| !l.contains("SIG"))
-            .last()
+            .rfind(|l| !l.contains("SIG"))
             .unwrap_or("");
         assert!(
             last.contains("poll([{fd=") && last.contains("events=POLLOUT}]"),
