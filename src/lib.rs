@@ -15,6 +15,7 @@ pub mod logging;
 pub mod pacer;
 pub mod pool;
 pub mod prefetch;
+pub mod preflight;
 pub mod size;
 pub mod status;
 pub mod token;
