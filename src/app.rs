@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::Options;
 use crate::daemon::{self, Ready};
+use crate::first_contact::{self, FirstAnswerCell, Verdict, Watched};
 use crate::fs::{EntropyFs, StatusFormat};
 use crate::logging::{self, LogTarget};
 use crate::pool::Pool;
@@ -32,6 +33,18 @@ pub struct MountConfig {
     pub read_timeout: Option<Duration>,
     pub prefetch: PrefetchConfig,
     pub info: StaticInfo,
+    /// Wait for the upstream's first answer before reporting ready (None: don't).
+    pub startup: Option<StartupCheck>,
+}
+
+/// What the start waits for, and what its messages name.
+pub struct StartupCheck {
+    pub first_answer: Arc<FirstAnswerCell>,
+    pub timeout: Duration,
+    pub endpoint: String,
+    pub api_url: String,
+    /// The token file's path, or the environment variable's name.
+    pub token_source: String,
 }
 
 /// Buffers from this size are faulted in as a whole right after mounting (a 1 GiB fill would
@@ -104,6 +117,24 @@ pub fn main(opts: Options) -> Result<(), String> {
         None => None,
     };
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
+    crate::preflight::fuse_access(
+        nix::unistd::geteuid().is_root(),
+        Path::new(crate::preflight::DEV_FUSE),
+        std::env::var_os("PATH").as_deref(),
+    )?;
+    // Printed now, on the terminal that started us; also logged once logging is set up.
+    let warnings: Vec<String> = [
+        opts.token_file
+            .as_deref()
+            .and_then(crate::preflight::token_file_warning),
+        crate::preflight::mountpoint_warning(&mountpoint),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for w in &warnings {
+        eprintln!("qrypt-fs: warning: {w}");
+    }
     let token_file = match &opts.token_file {
         Some(p) => Some(std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
@@ -128,6 +159,11 @@ pub fn main(opts: Options) -> Result<(), String> {
             (None, false) => LogTarget::Syslog,
         };
         logging::init(target, opts.verbose).map_err(|e| format!("log file: {e}"))?;
+        if !opts.foreground {
+            for w in &warnings {
+                warn!("{w}");
+            }
+        }
         let client = HttpClient::new(
             &HttpConfig {
                 endpoint: endpoint.clone(),
@@ -139,6 +175,8 @@ pub fn main(opts: Options) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         drop(token);
+        let api_url = client.url().to_string();
+        let (client, first_answer) = Watched::new(client);
         let mut prefetch = PrefetchConfig::for_capacity(opts.buffer_size);
         prefetch.rate_limit = opts.rate_limit;
         prefetch.max_in_flight = opts.max_in_flight;
@@ -170,6 +208,16 @@ pub fn main(opts: Options) -> Result<(), String> {
                 }),
             },
             prefetch,
+            startup: opts.startup_timeout.map(|timeout| StartupCheck {
+                first_answer,
+                timeout,
+                endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
+                api_url,
+                token_source: match &opts.token_file {
+                    Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+                    None => crate::token::TOKEN_ENV.to_owned(),
+                },
+            }),
         };
         run_mount(cfg, Arc::new(client), &mut ready, signals)
     })();
@@ -270,10 +318,34 @@ pub fn run_mount<C: EntropyClient>(
     fuse_cfg.clone_fd = true;
     let session = fuser::Session::new(fs, &cfg.mountpoint, &fuse_cfg)
         .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
-    let session = session
+    let mut session = session
         .spawn()
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
-    ready.succeeded();
+    // We unmount, never fuser: its handle would unmount again when dropped, and warn
+    // ("Unmount failed: Invalid argument") after our unmount or an outside `umount`. So the
+    // handle is kept until exit and never dropped (its /dev/fuse descriptor closes with the
+    // process), and only the session thread is watched.
+    let session_thread = std::mem::replace(&mut session.guard, thread::spawn(|| Ok(())));
+    let warnings = match &cfg.startup {
+        Some(check) => match first_contact_verdict(check) {
+            Verdict::Ready => Vec::new(),
+            Verdict::Warn(w) => {
+                warn!("{w}");
+                vec![w]
+            }
+            Verdict::Fatal(why) => {
+                error!("{why}");
+                status.set_state(UpstreamState::Stopping, None);
+                pool.shutdown();
+                unmount(&cfg.mountpoint);
+                std::mem::forget(session);
+                rt.shutdown_timeout(Duration::from_millis(500));
+                return Err(why);
+            }
+        },
+        None => Vec::new(),
+    };
+    ready.succeeded(&warnings);
     info!("mounted on {}", cfg.mountpoint.display());
     if cfg.buffer_size >= PREFAULT_FROM {
         // After the mount, off the start-up path: the first bytes need only a few pages.
@@ -289,8 +361,10 @@ pub fn run_mount<C: EntropyClient>(
         thread::Builder::new()
             .name("qrypt-session".into())
             .spawn(move || {
-                if let Err(e) = session.join() {
-                    warn!("FUSE session ended with an error: {e}");
+                match session_thread.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("FUSE session ended with an error: {e}"),
+                    Err(_) => warn!("the FUSE session thread panicked"),
                 }
                 let _ = events.send(Event::Unmounted);
             })
@@ -330,8 +404,23 @@ pub fn run_mount<C: EntropyClient>(
         }
     };
     rt.shutdown_timeout(Duration::from_millis(500));
+    std::mem::forget(session);
     info!("stopped");
     outcome
+}
+
+/// Waits for the upstream's first answer (the first fill) and judges it.
+fn first_contact_verdict(check: &StartupCheck) -> Verdict {
+    let answer = check.first_answer.wait(check.timeout);
+    first_contact::verdict(
+        answer.as_ref(),
+        &first_contact::Context {
+            endpoint: &check.endpoint,
+            api_url: &check.api_url,
+            token_source: &check.token_source,
+            waited: check.timeout,
+        },
+    )
 }
 
 /// Unmounts; lazily if a reader still holds a file open (the kernel finishes the job when the

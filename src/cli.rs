@@ -28,7 +28,7 @@ THE TOKEN
 MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
   Every option above has one: endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE
   rate_limit=R/S max_in_flight=N read_timeout=SECS connect_timeout=SECS request_timeout=SECS
-  quota_retry=SECS max_backoff=SECS mix_local allow_other log_file=PATH verbose (repeatable),
+  startup_timeout=SECS quota_retry=SECS max_backoff=SECS mix_local allow_other log_file=PATH verbose (repeatable),
   plus allow_root and default_permissions (always on) and ro; rw, dev, suid, exec, atime (and no*), _netdev, nofail, auto,
   noauto, user, users and x-* are accepted and ignored.
 
@@ -90,6 +90,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     pub request_timeout: Duration,
 
+    /// Before reporting the mount ready, wait up to SECONDS for the upstream's first answer:
+    /// a refused token, a wrong endpoint or an untrusted certificate then fails the start
+    /// (exit 1, nothing left mounted); no answer mounts anyway, with a warning. 0 skips.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds_or_zero)]
+    pub startup_timeout: Duration,
+
     /// After a 403 (monthly quota used up), ask again after this long.
     #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
     pub quota_retry: Duration,
@@ -140,6 +146,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s).map_err(|_| format!("{s:?}: seconds must be >= 0"))
+}
+
 /// Everything the daemon needs, after the flags and `-o` options are merged and checked.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -155,6 +168,8 @@ pub struct Options {
     pub read_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// None: report ready without waiting for the upstream (`--startup-timeout 0`).
+    pub startup_timeout: Option<Duration>,
     pub quota_retry: Duration,
     pub max_backoff: Duration,
     pub mix_local: bool,
@@ -188,6 +203,7 @@ impl Options {
             read_timeout: cli.read_timeout,
             connect_timeout: cli.connect_timeout,
             request_timeout: cli.request_timeout,
+            startup_timeout: Some(cli.startup_timeout).filter(|t| !t.is_zero()),
             quota_retry: cli.quota_retry,
             max_backoff: cli.max_backoff,
             mix_local: cli.mix_local,
@@ -220,6 +236,10 @@ impl Options {
                 "read_timeout" => o.read_timeout = Some(parse_seconds(&need(value)?)?),
                 "connect_timeout" => o.connect_timeout = parse_seconds(&need(value)?)?,
                 "request_timeout" => o.request_timeout = parse_seconds(&need(value)?)?,
+                "startup_timeout" => {
+                    o.startup_timeout =
+                        Some(parse_seconds_or_zero(&need(value)?)?).filter(|t| !t.is_zero());
+                }
                 "quota_retry" => o.quota_retry = parse_seconds(&need(value)?)?,
                 "max_backoff" => o.max_backoff = parse_seconds(&need(value)?)?,
                 "max_in_flight" => {

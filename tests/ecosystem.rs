@@ -507,10 +507,7 @@ fn rngd_feeds_the_kernel_one_step_then_waits_for_the_kernel_to_ask() {
         assert_eq!(fed[0].len(), 64);
         let prov = Provenance::from(&emu);
         assert!(prov.knows_any(&fed[0]), "fed bytes the emulator never sent");
-        let last = trace
-            .lines()
-            .rfind(|l| !l.contains("SIG"))
-            .unwrap_or("");
+        let last = trace.lines().rfind(|l| !l.contains("SIG")).unwrap_or("");
         assert!(
             last.contains("poll([{fd=") && last.contains("events=POLLOUT}]"),
             "rngd {args:?} is not waiting for the kernel to ask: {last}\n{trace}"
