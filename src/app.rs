@@ -214,7 +214,10 @@ pub fn main(opts: Options) -> Result<(), String> {
                 endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
                 api_url,
                 token_source: match &opts.token_file {
-                    Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+                    Some(p) => std::path::absolute(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string(),
                     None => crate::token::TOKEN_ENV.to_owned(),
                 },
             }),
