@@ -56,7 +56,9 @@ pub struct Cli {
     pub token_file: Option<PathBuf>,
 
     /// Base URL of the API. https:// only, except http:// to a loopback address (the emulator).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    /// QRYPT_ENDPOINT, when set, replaces the default (for tests and staging; a flag or
+    /// endpoint= still wins).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, env = "QRYPT_ENDPOINT")]
     pub endpoint: String,
 
     /// Also trust the CA certificate(s) in this PEM file (TLS-intercepting proxies, the emulator).

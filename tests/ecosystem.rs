@@ -74,57 +74,52 @@ fn invoked_the_way_mount_fuse3_invokes_it() {
     assert!(status.contains(&format!("token_source: file {}", token.display())));
 }
 
-/// Runs `script` with `sh` in a private mount namespace in which qrypt-fs is installed where
-/// mount(8) looks for programs (it runs its helpers with a fixed PATH) and `fstab` is the
-/// system's fstab. Nothing outside the namespace changes; the script's mounts die with it.
-fn in_private_mount_namespace(
-    dir: &std::path::Path,
-    fstab: &str,
-    script: &str,
-) -> std::process::Output {
+/// The README's line that follows the line `after` in one of its code blocks, exactly.
+fn readme_line_after(after: &str) -> String {
+    const README: &str = include_str!("../README.md");
+    let mut lines = README.lines().skip_while(|l| *l != after);
+    assert!(lines.next().is_some(), "README has no line {after:?}");
+    lines.next().expect("a line after it").to_owned()
+}
+
+/// Runs the README's `line` as written, as root in a private mount namespace set up as the
+/// README assumes: qrypt-fs in /usr/local/sbin, the token in /etc/qrypt/token, the fstab line
+/// in /etc/fstab, /mnt/qrypt empty (/etc and /mnt are overlaid there, nothing outside
+/// changes). QRYPT_ENDPOINT points the default endpoint at the emulator: the line is not
+/// edited. Then reads from the mount and unmounts.
+fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &str) {
     require_program("unshare");
     require_program("mount.fuse3");
     let sbin = dir.join("sbin");
     std::fs::create_dir(&sbin).expect("mkdir");
     std::os::unix::fs::symlink(BIN, sbin.join("qrypt-fs")).expect("symlink");
-    let fstab_path = dir.join("fstab");
-    std::fs::write(&fstab_path, fstab).expect("fstab");
-    let setup = format!(
-        "set -e; mount --bind '{}' /usr/local/sbin; mount --bind '{}' /etc/fstab; ",
-        sbin.display(),
-        fstab_path.display()
+    let ovl = dir.join("ovl");
+    std::fs::create_dir(&ovl).expect("mkdir");
+    std::fs::write(dir.join("fstab"), format!("{fstab}\n")).expect("fstab");
+    let d = dir.display();
+    let script = format!(
+        "set -e; mount --bind {d}/sbin /usr/local/sbin; \
+         mount -t tmpfs tmpfs {d}/ovl; mkdir {d}/ovl/up {d}/ovl/work; \
+         mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/ovl/up,workdir={d}/ovl/work /etc; \
+         mkdir -p /etc/qrypt; printf '%s\\n' '{TOKEN}' > /etc/qrypt/token; \
+         chmod 600 /etc/qrypt/token; cp {d}/fstab /etc/fstab; \
+         mount -t tmpfs tmpfs /mnt; mkdir /mnt/qrypt; \
+         trap 'umount -l /mnt/qrypt 2>/dev/null' EXIT; \
+         {line}\n\
+         head -c 64 /mnt/qrypt/random > {d}/random.bin; \
+         grep ' /mnt/qrypt ' /proc/self/mounts > {d}/mounts; \
+         cat /mnt/qrypt/status > {d}/status; \
+         umount /mnt/qrypt; trap - EXIT"
     );
-    Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(setup + script)
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env_remove("QRYPT_TOKEN")
+        .env("QRYPT_ENDPOINT", emu.url())
         .output()
-        .expect("unshare")
-}
-
-/// Inside the namespace: read 64 bytes and the mount's line and status into files the test
-/// can check, then unmount (also when something failed, so no daemon outlives the test).
-fn read_and_unmount_script(dir: &std::path::Path, mnt: &std::path::Path) -> String {
-    let (d, m) = (dir.display(), mnt.display());
-    format!(
-        "trap 'umount -l {m} 2>/dev/null' EXIT; \
-         head -c 64 {m}/random > {d}/random.bin; \
-         grep ' {m} ' /proc/self/mounts > {d}/mounts; \
-         cat {m}/status > {d}/status; \
-         umount {m}; \
-         trap - EXIT"
-    )
-}
-
-fn assert_mounted_from_fstab_shape(
-    dir: &std::path::Path,
-    out: &std::process::Output,
-    emu: &Emulator,
-    token: &std::path::Path,
-) {
+        .expect("unshare");
     assert!(
         out.status.success(),
-        "{:?}: {}",
+        "{line}: {:?}: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -138,44 +133,42 @@ fn assert_mounted_from_fstab_shape(
         ("qrypt", "fuse.qrypt-fs"),
         "{mounts}"
     );
-    assert!(fields[3].split(',').any(|o| o == "allow_other"), "{mounts}");
+    let allow_other = fields[3].split(',').any(|o| o == "allow_other");
+    assert_eq!(
+        allow_other,
+        line.contains("allow_other") || fstab.contains("allow_other")
+    );
     let status = std::fs::read_to_string(dir.join("status")).expect("status");
     assert!(
-        status.contains(&format!("token_source: file {}", token.display())),
+        status.contains("token_source: file /etc/qrypt/token"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("endpoint: {}/", emu.url())),
         "{status}"
     );
 }
 
 #[test]
-fn real_mount_t_fuse_qrypt_fs() {
+fn the_mount_t_line_from_the_readme() {
     let emu = emulator();
-    let (dir, token, mnt) = token_file_and_mountpoint();
-    let mount = format!(
-        "mount -t fuse.qrypt-fs qrypt '{}' -o token_file='{}',endpoint={},rate_limit=off,allow_other; ",
-        mnt.display(),
-        token.display(),
-        emu.url()
-    );
-    let script = mount + &read_and_unmount_script(dir.path(), &mnt);
-    let out = in_private_mount_namespace(dir.path(), "", &script);
-    assert_mounted_from_fstab_shape(dir.path(), &out, &emu, &token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    const README: &str = include_str!("../README.md");
+    let line = README
+        .lines()
+        .find(|l| l.starts_with("mount -t fuse.qrypt-fs"))
+        .expect("README has a mount -t line");
+    run_readme_line(dir.path(), &emu, "", line);
 }
 
 #[test]
 fn the_fstab_line_from_the_readme() {
     let emu = emulator();
-    let (dir, token, mnt) = token_file_and_mountpoint();
-    let fstab = format!(
-        "qrypt {} fuse.qrypt-fs token_file={},endpoint={},rate_limit=off,allow_other,_netdev 0 0\n",
-        mnt.display(),
-        token.display(),
-        emu.url()
-    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fstab = readme_line_after("# /etc/fstab");
+    assert!(fstab.contains(" /mnt/qrypt "), "{fstab}");
     // `mount MOUNTPOINT` alone: mount(8) takes type, source and options from fstab.
-    let script =
-        format!("mount '{}'; ", mnt.display()) + &read_and_unmount_script(dir.path(), &mnt);
-    let out = in_private_mount_namespace(dir.path(), &fstab, &script);
-    assert_mounted_from_fstab_shape(dir.path(), &out, &emu, &token);
+    run_readme_line(dir.path(), &emu, &fstab, "mount /mnt/qrypt");
 }
 
 fn read_as_nobody(path: &std::path::Path) -> std::process::Output {

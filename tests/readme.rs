@@ -54,7 +54,9 @@ fn shown(m: &Mount) -> [BTreeSet<String>; 3] {
 fn the_readme_lists_every_status_field_and_only_those() {
     let listed = readme_fields();
     let emu = emulator();
-    let m = MountBuilder::new(&emu).args(["--max-backoff", "60"]).mount();
+    let m = MountBuilder::new(&emu)
+        .args(["--max-backoff", "60"])
+        .mount();
     // Two states between them show every field: serving, and backing off after a failure
     // (next attempt, last error and failures by class appear only then in /metrics).
     m.wait_full();
