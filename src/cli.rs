@@ -44,8 +44,13 @@ EXAMPLE
 #[command(name = "qrypt-fs", version, about = ABOUT, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Cli {
     /// The directory to mount on. `qrypt-fs SOURCE MOUNTPOINT` (as mount.fuse3 calls it) also works.
-    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
-    pub positional: Vec<PathBuf>,
+    #[arg(value_name = "MOUNTPOINT", required = true)]
+    pub mountpoint: PathBuf,
+
+    /// The mount point when mount.fuse3 calls `qrypt-fs SOURCE MOUNTPOINT`; the first is then
+    /// the source. Hidden: a user gives one.
+    #[arg(value_name = "MOUNTPOINT", hide = true)]
+    pub mountpoint_after_source: Option<PathBuf>,
 
     /// Stay in the foreground (for systemd, debugging and tests); logs go to stderr.
     #[arg(short, long)]
@@ -187,10 +192,9 @@ pub const MAX_BUFFER: u64 = 16 << 30;
 
 impl Options {
     pub fn from_cli(cli: Cli) -> Result<Options, String> {
-        let (source, mountpoint) = match cli.positional.as_slice() {
-            [m] => (None, m.clone()),
-            [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
-            _ => return Err("expected MOUNTPOINT (or SOURCE MOUNTPOINT)".into()),
+        let (source, mountpoint) = match cli.mountpoint_after_source {
+            None => (None, cli.mountpoint),
+            Some(m) => (Some(cli.mountpoint.to_string_lossy().into_owned()), m),
         };
         let mut o = Options {
             source,
@@ -360,6 +364,14 @@ mod tests {
             };
             parse(&["qrypt-fs", "/m", "-o", &opt]).unwrap_or_else(|e| panic!("-o {opt}: {e}"));
         }
+    }
+
+    #[test]
+    fn help_shows_one_mount_point() {
+        use clap::CommandFactory;
+        let usage = Cli::command().render_usage().to_string();
+        assert_eq!(usage, "Usage: qrypt-fs [OPTIONS] <MOUNTPOINT>");
+        assert!(parse(&["qrypt-fs", "a", "b", "c"]).is_err());
     }
 
     #[test]
