@@ -2,12 +2,12 @@
 //!
 //! Layers, each readable on its own (see ARCHITECTURE.md): [`upstream`] (client trait, HTTP
 //! client, validation), [`health`], [`pool`] (ring + waiting readers), [`prefetch`] (worker),
-//! [`fs`] (FUSE adapter), [`cli`]/[`app`] (wiring), and the [`emulator`] of the API.
+//! [`fs`] (FUSE adapter), and [`cli`]/[`app`] (wiring).
+//! The API's contract is in the `qrypt-api` crate; its emulator is the `qrypt-emulator` crate.
 pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod daemon;
-pub mod emulator;
 pub mod fs;
 pub mod health;
 pub mod logging;

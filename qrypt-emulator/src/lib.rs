@@ -54,7 +54,9 @@ mod respond;
 mod server;
 mod tls;
 
-pub use config::{EmulatorConfig, RateLimit};
+pub use config::EmulatorConfig;
+/// The same type, and the same `R/W` syntax, as the client's pacer.
+pub use qrypt_api::RateLimit;
 pub use fault::Fault;
 pub use ledger::{ResponseRecord, Stats};
 
