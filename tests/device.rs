@@ -1,5 +1,9 @@
 //! `/random` behaves like a device: waiting, interrupts, non-blocking readers, poll, timeouts,
 //! and clean shutdown, each driven through a real mount.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::os::unix::io::AsRawFd;
