@@ -289,11 +289,9 @@ fn select_and_epoll_sleep_then_wake_like_poll() {
         events: libc::EPOLLIN as u32,
         u64: 7,
     };
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, f.as_raw_fd(), &mut ev) },
-        0
-    );
+    // SAFETY: `epfd` and `f` are open descriptors we own; `ev` is a valid local event.
+    let rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, f.as_raw_fd(), &mut ev) };
+    assert_eq!(rc, 0);
     let epoll_wait = move |ms: i32| -> i32 {
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
         // SAFETY: one-element output array.
