@@ -30,7 +30,11 @@ pub fn client() -> Res<Client> {
 }
 
 fn url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 /// `GET {base}/_emulator/stats`.

@@ -44,7 +44,10 @@ fn main() -> ExitCode {
 
 pub(crate) type Res<T> = Result<T, String>;
 
-pub(crate) fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl std::fmt::Display) -> Res<T> {
+pub(crate) fn ctx<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl std::fmt::Display,
+) -> Res<T> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 

@@ -53,7 +53,6 @@ pub fn pids_with_arg(arg: &Path) -> Vec<u32> {
         .collect()
 }
 
-
 pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {

@@ -13,7 +13,12 @@ pub struct Tally {
 
 /// Reads until `limit` bytes (asking for at most the buffer's length each time) or until
 /// `deadline` has passed since the first read.
-pub fn read_loop(f: &mut File, buf: &mut [u8], limit: u64, deadline: Option<Duration>) -> Res<Tally> {
+pub fn read_loop(
+    f: &mut File,
+    buf: &mut [u8],
+    limit: u64,
+    deadline: Option<Duration>,
+) -> Res<Tally> {
     let (mut bytes, mut reads) = (0u64, 0u64);
     let start = Instant::now();
     while bytes < limit {
