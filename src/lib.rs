@@ -4,14 +4,12 @@
 //! client, validation), [`health`], [`pool`] (ring + waiting readers), [`prefetch`] (worker),
 //! [`fs`] (FUSE adapter), [`cli`]/[`app`] (wiring), and the [`emulator`] of the API.
 pub mod app;
-pub mod backoff;
 pub mod cli;
 pub mod daemon;
 pub mod emulator;
 pub mod fs;
 pub mod health;
 pub mod logging;
-pub mod pacer;
 pub mod pool;
 pub mod prefetch;
 pub mod size;

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
+use backoff::Backoff;
 use crate::health::HealthTests;
-use crate::pacer::{Pacer, RateLimit, Wait};
+use pacer::{Pacer, RateLimit, Wait};
 use crate::pool::Pool;
 use crate::status::{Status, UpstreamState};
 use crate::token::read_token_file;
@@ -135,6 +135,9 @@ fn release_freed_memory() {
 
 /// Size of the requests made before the first success.
 pub const FIRST_REQUEST_KIB: u32 = 16;
+
+mod backoff;
+pub mod pacer;
 
 type FetchResult = (u32, Result<Entropy, FetchError>);
 
