@@ -13,7 +13,7 @@ use crate::pool::Pool;
 use crate::prefetch::state::{UpstreamState, View};
 
 /// Longest error message kept for `last_error`.
-const MAX_ERROR_CHARS: usize = 300;
+pub const MAX_ERROR_CHARS: usize = 300;
 
 /// Cuts an error message to [`MAX_ERROR_CHARS`], whatever an error chain holds, so `/status`
 /// and the log stay readable.
