@@ -1,7 +1,8 @@
 //! The prefetch worker: keeps the pool topped up from the upstream. This module only schedules:
-//! when to ask and how much, under the [`pacer`], and where each answer goes. What an answer
-//! means for the upstream's state (each HTTP status's policy, backoff, epochs) is decided by
-//! the state machine in [`state`], which it then publishes to `/status` and the pool.
+//! when to ask and how much, under the [`pacer`], and where each answer goes. An answer's bytes
+//! pass the `intake` (health tests, `--mix-local`); what the answer means for the upstream's
+//! state (each HTTP status's policy, backoff, epochs) is decided by the state machine in
+//! [`state`], which the worker then publishes to `/status` and the pool.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,18 +11,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
-use zeroize::Zeroizing;
 
-use crate::health::HealthTests;
 use crate::pool::Pool;
 use crate::status::{Status, bounded};
 use crate::token::TokenFile;
 use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
+use intake::{Intake, Refused};
 use outage_log::OutageLog;
 use pacer::{Pacer, RateLimit, Wait};
 use state::{Decision, Epoch, Gate, Machine, Outcome, Policy, UpstreamState};
 
 mod backoff;
+mod intake;
 mod outage_log;
 pub mod pacer;
 pub mod state;
@@ -78,33 +79,6 @@ pub enum Control {
 /// Size of the requests made before the first success.
 pub const FIRST_REQUEST_KIB: u32 = 16;
 
-/// Why a finished request put nothing in the pool.
-#[derive(Debug, thiserror::Error)]
-enum Refused {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// `--mix-local` could not get the local bytes to mix in: without the hedge the user asked
-    /// for, serve nothing rather than less.
-    #[error("local RNG for --mix-local: {0}")]
-    LocalRng(getrandom::Error),
-}
-
-impl Refused {
-    fn class(&self) -> String {
-        match self {
-            Refused::Fetch(e) => e.class(),
-            Refused::LocalRng(_) => "local_rng".into(),
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        match self {
-            Refused::Fetch(e) => Outcome::from(e),
-            Refused::LocalRng(_) => Outcome::Failed,
-        }
-    }
-}
-
 /// A request in flight: its size, its pacer slot and the epoch it was sent in.
 struct InFlight {
     kib: u32,
@@ -126,7 +100,7 @@ pub struct Prefetcher<C: EntropyClient> {
     status: Arc<Status>,
     cfg: PrefetchConfig,
     pacer: Pacer,
-    health: HealthTests,
+    intake: Intake,
     upstream: Machine,
     token_file: Option<TokenFile>,
     next_token_check: Instant,
@@ -144,7 +118,7 @@ impl<C: EntropyClient> Prefetcher<C> {
         let now = now();
         Prefetcher {
             pacer: Pacer::new(cfg.rate_limit),
-            health: HealthTests::new(),
+            intake: Intake::new(cfg.mix_local),
             upstream: Machine::new(cfg.policy(), now),
             token_file: cfg.token_file.clone().map(TokenFile::new),
             client,
@@ -272,7 +246,7 @@ impl<C: EntropyClient> Prefetcher<C> {
     /// Handles a finished request sent in epoch `sent`: good bytes always go to the pool; the
     /// state machine decides whether the answer changes the state.
     fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>, sent: Epoch) {
-        let bytes = match self.accept(result) {
+        let bytes = match self.intake.accept(result) {
             Ok(bytes) => bytes,
             Err((refused, discarded)) => return self.failed(refused, discarded, sent),
         };
@@ -286,29 +260,6 @@ impl<C: EntropyClient> Prefetcher<C> {
         }
         self.pool.push(&bytes);
         self.started = true;
-    }
-
-    /// The bytes of a response that passed the health tests, mixed with the local RNG if asked
-    /// for; or why there are none, and how many bytes were thrown away.
-    fn accept(
-        &mut self,
-        result: Result<Entropy, FetchError>,
-    ) -> Result<Zeroizing<Vec<u8>>, (Refused, usize)> {
-        let entropy = result.map_err(|e| (e.into(), 0))?;
-        let len = entropy.bytes().len();
-        if let Err(h) = self.health.check(entropy.bytes()) {
-            return Err((FetchError::Health(h.to_string()).into(), len));
-        }
-        let mut bytes = entropy.0;
-        if self.cfg.mix_local {
-            let mut local = Zeroizing::new(vec![0u8; len]);
-            getrandom::getrandom(&mut local).map_err(|e| (Refused::LocalRng(e), len))?;
-            bytes
-                .iter_mut()
-                .zip(local.iter())
-                .for_each(|(b, l)| *b ^= l);
-        }
-        Ok(bytes)
     }
 
     fn failed(&mut self, refused: Refused, discarded: usize, sent: Epoch) {

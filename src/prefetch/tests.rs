@@ -262,3 +262,33 @@ async fn a_fill_in_flight_at_a_sighup_still_brings_the_state_to_ok() {
     assert_eq!(client.requests.load(Ordering::SeqCst), 3);
     assert_eq!(status.state(), UpstreamState::Ok);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_in_the_token_file_ends_an_unauthorized_stop() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "old-token\n").expect("write");
+    cfg.token_file = Some(path.clone());
+    cfg.token_poll = Duration::from_secs(2);
+    client.fail_next([FetchError::Status {
+        code: 401,
+        retry_after: None,
+    }]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.state() == UpstreamState::Unauthorized).await;
+    // The file is looked at every 2 s, but an unchanged token is not tried again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(client.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(status.state(), UpstreamState::Unauthorized);
+    std::fs::write(&path, "new-token\n").expect("write");
+    let start = Instant::now();
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    assert!(
+        start.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(status.state(), UpstreamState::Ok);
+}
