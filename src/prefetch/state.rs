@@ -2,14 +2,17 @@
 //! in, the next state and the time of the next attempt come out. No I/O, no clock of its own
 //! (time is an argument), no tokio: each status code's policy is tested here on its own.
 //!
-//! | outcome                       | state            | next attempt                            |
-//! |-------------------------------|------------------|-----------------------------------------|
-//! | 200                           | `ok`             | now                                     |
-//! | 400                           | `bad request`    | none until SIGHUP                       |
-//! | 401                           | `unauthorized`   | none until a new token or SIGHUP        |
-//! | 403                           | `quota exhausted`| after `quota_retry`                     |
-//! | 429 with `Retry-After`        | `backing off`    | as asked, within backoff base..=cap     |
-//! | 429 without, 5xx, transport, validation, health, local RNG | `backing off` | exponential backoff, full jitter |
+//! | outcome                                  | state             | next attempt              |
+//! |------------------------------------------|-------------------|---------------------------|
+//! | 200, validated and healthy               | `ok`              | now                       |
+//! | 400                                      | `bad request`     | none until SIGHUP         |
+//! | 401                                      | `unauthorized`    | none until new token/HUP  |
+//! | 403                                      | `quota exhausted` | after `quota_retry`       |
+//! | 429 with `Retry-After`                   | `backing off`     | as asked, base..=cap      |
+//! | any other status, transport, validation, | `backing off`     | exponential backoff with  |
+//! | health or local RNG failure              |                   | full jitter               |
+//!
+//! Readers on an empty buffer fail fast (`EIO`) only in the three stops (400, 401, 403).
 //!
 //! Requests carry the *epoch* they were sent in. The epoch advances whenever the upstream
 //! enters a stop (400, 401, 403) or leaves one, so the answer to a request sent before that
@@ -185,6 +188,8 @@ fn after(now: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
+/// The upstream state machine. The prefetcher feeds it every finished request's outcome and
+/// asks it when the next request may go; nothing else changes the upstream state.
 #[derive(Debug, Clone)]
 pub struct Machine {
     policy: Policy,
@@ -237,6 +242,7 @@ impl Machine {
     }
 
     pub fn view(&self) -> View {
+        // A retry time is worth showing only while waiting for one (backing off, quota).
         let scheduled =
             !self.halted() && !matches!(self.state, UpstreamState::Ok | UpstreamState::Starting);
         View {
