@@ -17,7 +17,7 @@ use crate::fs::{EntropyFs, StatusFormat};
 use crate::logging::{self, LogTarget};
 use crate::pool::Pool;
 use crate::prefetch::{Control, PrefetchConfig, Prefetcher};
-use crate::status::{StaticInfo, Status, UpstreamState};
+use crate::status::{StaticInfo, Status};
 use crate::token;
 use crate::upstream::EntropyClient;
 use crate::upstream::http::{HttpClient, HttpConfig, parse_endpoint, read_ca_file};
@@ -311,7 +311,7 @@ pub fn run_mount<C: EntropyClient>(
         .map_err(|e| e.to_string())?;
 
     let event = event_rx.recv().unwrap_or(Event::Unmounted);
-    status.set_state(UpstreamState::Stopping, None);
+    status.set_stopping();
     pool.shutdown();
     let outcome = match event {
         Event::Signal(sig) => {

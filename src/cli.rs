@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::pacer::RateLimit;
+use crate::prefetch::pacer::RateLimit;
 use crate::size::parse_size;
 use crate::upstream::http::DEFAULT_ENDPOINT;
 

@@ -5,13 +5,11 @@
 //! [`fs`] (FUSE adapter), and [`cli`]/[`app`] (wiring).
 //! The API's contract is in the `qrypt-api` crate; its emulator is the `qrypt-emulator` crate.
 pub mod app;
-pub mod backoff;
 pub mod cli;
 pub mod daemon;
 pub mod fs;
 pub mod health;
 pub mod logging;
-pub mod pacer;
 pub mod pool;
 pub mod prefetch;
 pub mod size;
