@@ -16,8 +16,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 use qrypt_fs::fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
 use qrypt_fs::fuse::config::{FuseOptions, fuse_config};

@@ -73,6 +73,7 @@ pub fn page_size() -> u32 {
             .ok()
             .flatten()
             .and_then(|n| u32::try_from(n).ok())
+            // sysconf cannot fail for PAGE_SIZE on Linux; the common size if it ever did.
             .unwrap_or(4096)
     })
 }

@@ -104,14 +104,10 @@ impl Session {
         crate::watchdog::spawn(pool.clone()).context("watchdog thread")?;
 
         let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
-        let fuse = fuser::Session::new(
-            FuseAdapter(fs),
-            &cfg.mountpoint,
-            &fuse_config(&cfg.fuse),
-        )
-        .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
-        .spawn()
-        .context("cannot start the FUSE session")?;
+        let fuse = fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
+            .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
+            .spawn()
+            .context("cannot start the FUSE session")?;
         ready.succeeded();
         info!("mounted on {}", cfg.mountpoint.display());
         if cfg.buffer_size >= PREFAULT_FROM {
@@ -161,7 +157,10 @@ impl Session {
                 Ok(())
             }
             Event::WorkerDied(why) => {
-                error!("{why}: unmounting {} and exiting", self.mountpoint.display());
+                error!(
+                    "{why}: unmounting {} and exiting",
+                    self.mountpoint.display()
+                );
                 unmount(&self.mountpoint);
                 Err(anyhow!(why))
             }

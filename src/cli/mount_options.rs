@@ -97,9 +97,7 @@ fn to_flag(opt: &str) -> Result<Option<String>, clap::Error> {
             "mount option {key} needs a value ({key}=...)"
         ))),
         (false, None) => Ok(Some(format!("--{long}"))),
-        (false, Some(_)) => Err(usage_error(format!(
-            "mount option {key} takes no value"
-        ))),
+        (false, Some(_)) => Err(usage_error(format!("mount option {key} takes no value"))),
     }
 }
 

@@ -23,7 +23,14 @@ impl DataReply for Answer {
     }
 }
 
-fn read(fs: &EntropyFs, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, flags: i32) -> Result<Vec<u8>, Errno> {
+fn read(
+    fs: &EntropyFs,
+    ino: INodeNo,
+    fh: FileHandle,
+    offset: u64,
+    size: u32,
+    flags: i32,
+) -> Result<Vec<u8>, Errno> {
     let (tx, rx) = mpsc::channel();
     fs.read(
         Read {
@@ -48,21 +55,38 @@ fn fs_on(pool: Arc<Pool>, render: StatusRenderer) -> EntropyFs {
 #[test]
 fn lookup_and_attributes() {
     let fs = fs_on(Arc::new(Pool::new(4096)), Box::new(|_| String::new()));
-    let random = fs.lookup(INodeNo::ROOT, OsStr::new("random")).expect("random");
+    let random = fs
+        .lookup(INodeNo::ROOT, OsStr::new("random"))
+        .expect("random");
     assert_eq!(random.kind, FileType::RegularFile);
     assert_eq!((random.perm, random.size), (0o444, RANDOM_FILE_SIZE));
     assert_eq!(random.blksize, page_size());
     assert_eq!(random.uid, nix::unistd::getuid().as_raw());
-    let status = fs.lookup(INodeNo::ROOT, OsStr::new("status")).expect("status");
+    let status = fs
+        .lookup(INodeNo::ROOT, OsStr::new("status"))
+        .expect("status");
     assert_eq!((status.perm, status.size), (0o444, 0));
     assert_eq!(fs.getattr(status.ino), Ok(status));
     let root = fs.getattr(INodeNo::ROOT).expect("root");
     assert_eq!((root.kind, root.perm), (FileType::Directory, 0o555));
-    assert_eq!(fs.lookup(INodeNo::ROOT, OsStr::new("nope")), Err(Errno::ENOENT));
-    assert_eq!(fs.lookup(random.ino, OsStr::new("random")), Err(Errno::ENOENT));
+    assert_eq!(
+        fs.lookup(INodeNo::ROOT, OsStr::new("nope")),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        fs.lookup(random.ino, OsStr::new("random")),
+        Err(Errno::ENOENT)
+    );
     assert_eq!(fs.getattr(INodeNo(99)), Err(Errno::ENOENT));
-    let names: Vec<_> = fs.readdir(INodeNo::ROOT, 0).expect("dir").map(|e| e.name).collect();
-    assert_eq!(names, [".", "..", "random", "status", "status.json", "metrics"]);
+    let names: Vec<_> = fs
+        .readdir(INodeNo::ROOT, 0)
+        .expect("dir")
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        [".", "..", "random", "status", "status.json", "metrics"]
+    );
     let rest: Vec<_> = fs.readdir(INodeNo::ROOT, 4).expect("dir").collect();
     assert_eq!((rest[0].name, rest[0].next_offset), ("status.json", 5));
     assert!(fs.readdir(random.ino, 0).is_err());
@@ -100,7 +124,10 @@ fn status_is_a_snapshot_taken_at_open_and_read_by_offset() {
             format!("render: {n}\nformat: {format:?}\n")
         }),
     );
-    let ino = fs.lookup(INodeNo::ROOT, OsStr::new("status.json")).expect("ino").ino;
+    let ino = fs
+        .lookup(INodeNo::ROOT, OsStr::new("status.json"))
+        .expect("ino")
+        .ino;
     let (fh, _) = fs.open(ino, RDONLY).expect("open");
     let head = read(&fs, ino, fh, 0, 5, 0).expect("read");
     // Another open renders again; this handle keeps its own picture.
@@ -126,10 +153,16 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
         rate_limit: "off".into(),
     }));
     let fs = fs_on(pool.clone(), Box::new(|_| String::new()));
-    let random = fs.lookup(INodeNo::ROOT, OsStr::new("random")).expect("ino").ino;
+    let random = fs
+        .lookup(INodeNo::ROOT, OsStr::new("random"))
+        .expect("ino")
+        .ino;
     let (fh, _) = fs.open(random, RDONLY).expect("open");
     // Nothing buffered yet: a non-blocking read gets EAGAIN, and poll says not ready.
-    assert_eq!(read(&fs, random, fh, 0, 32, libc::O_NONBLOCK), Err(Errno::EAGAIN));
+    assert_eq!(
+        read(&fs, random, fh, 0, 32, libc::O_NONBLOCK),
+        Err(Errno::EAGAIN)
+    );
     assert_eq!(fs.poll(random, fh, None), Ok(PollEvents::empty()));
 
     // A blocking read waits in the pool until the prefetcher (on the mock client) fills it.
@@ -156,13 +189,21 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
     let worker = Prefetcher::new(client, pool.clone(), status, cfg).run(control_rx);
     rt.block_on(async {
         let worker = tokio::spawn(worker);
-        while pool.buffered() < capacity {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Full: the waiting read took 64 bytes, and less than a KiB (a request's unit) is free.
+        let full = async {
+            while pool.buffered() + crate::upstream::BLOCK_LEN <= capacity {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), full)
+            .await
+            .expect("the prefetcher fills the pool");
         worker.abort();
     });
 
-    let first = waiting.recv_timeout(Duration::from_secs(5)).expect("answered");
+    let first = waiting
+        .recv_timeout(Duration::from_secs(5))
+        .expect("answered");
     assert_eq!(first, Ok(MockClient::expected(0, 64)));
     // Offsets are ignored and no byte comes twice: the next read takes the next bytes.
     let second = read(&fs, random, fh, 0, 100, 0).expect("read");
@@ -171,12 +212,16 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
         fs.poll(random, fh, None),
         Ok(PollEvents::POLLIN | PollEvents::POLLRDNORM)
     );
-    assert_eq!(pool.buffered(), capacity - 164);
+    assert_eq!(pool.buffered(), capacity - 64 - 100);
 
     // After shutdown, reads fail with EIO and poll reports the error.
     pool.shutdown();
     assert_eq!(read(&fs, random, fh, 0, 8, 0), Err(Errno::EIO));
-    assert!(fs.poll(random, fh, None).expect("poll").contains(PollEvents::POLLERR));
+    assert!(
+        fs.poll(random, fh, None)
+            .expect("poll")
+            .contains(PollEvents::POLLERR)
+    );
 }
 
 #[test]
