@@ -1,10 +1,10 @@
 //! The life of one mount: what runs while it is mounted, and the order things stop in.
 //!
 //! [`Session::mount`] starts the network runtime with the prefetcher, the watchdog, the FUSE
-//! session and the threads that turn signals and an outside unmount into [`Event`]s;
+//! session and the threads that turn signals and an outside unmount into events;
 //! [`Session::run`] waits for the first event and shuts down in a fixed order: status says
-//! stopping, waiting readers are answered (EIO), the filesystem is unmounted, the buffer is
-//! wiped, the runtime stops.
+//! stopping; the pool answers waiting readers (EIO) and wipes the buffer; the filesystem is
+//! unmounted (unless that was the event); the runtime, and with it the prefetcher, stops.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread;
