@@ -159,10 +159,7 @@ impl HttpClient {
 
     async fn fetch_inner(&self, kib: u32) -> Result<Entropy, FetchError> {
         if !(1..=MAX_KIB_PER_REQUEST).contains(&kib) {
-            return Err(FetchError::Status {
-                code: 400,
-                retry_after: None,
-            });
+            return Err(FetchError::SizeOutOfRange(kib));
         }
         let auth = self.auth.read().clone();
         let mut url = self.url.clone();
