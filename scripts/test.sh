@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, property tests, and the integration tests that mount real FUSE
-# filesystems against the emulator (needs root, or /dev/fuse access plus fusermount3).
+# Runs every test of the workspace: unit tests, property tests, the emulator's tests, and the
+# integration tests that mount real FUSE filesystems against the emulator (the `fuse-tests`
+# feature; needs root, or /dev/fuse access plus fusermount3). Plain `cargo test` runs all but
+# the mounting ones, anywhere.
 #
 #   scripts/test.sh [CARGO ARGS] [-- TEST ARGS]
 #
@@ -17,13 +19,14 @@
 #    non-zero without reporting a failed test, counts as one failed test. Exit status 0 only
 #    if everything passed.
 #
-# CARGO ARGS go to both cargo commands (e.g. --release, --features X), except those that
-# choose packages and targets (--workspace, -p, --lib, --tests, --test NAME, ...), which choose
-# what is built; without a target selection the default is --lib --bins --tests.
+# CARGO ARGS go to both cargo commands, after the defaults --locked --features
+# qrypt-fs/fuse-tests (e.g. --release), except those that choose packages and targets
+# (--workspace, -p, --lib, --tests, --test NAME, ...), which choose what is built; without
+# them the default is --workspace --lib --bins --tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo_args=() select_args=() package_args=() test_args=()
+cargo_args=(--locked --features qrypt-fs/fuse-tests) select_args=() package_args=() test_args=()
 while [ $# -gt 0 ]; do
   case $1 in
   --) shift; test_args=("$@"); break ;;
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ ${#select_args[@]} -gt 0 ] || select_args=(--lib --bins --tests)
+[ ${#package_args[@]} -gt 0 ] || package_args=(--workspace)
 
 if ! missing=$(scripts/install-test-deps.sh --check); then
   if [ "$(id -u)" -eq 0 ]; then

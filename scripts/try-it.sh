@@ -19,7 +19,7 @@ mnt=${1:-/tmp/qrypt}
 if [ -n "${TRY_IT_BIN_DIR:-}" ]; then
   bin=$TRY_IT_BIN_DIR
 else
-  cargo build --release --bins
+  cargo build --release --locked --workspace --bins
   bin=target/release
 fi
 # A stale mount point fails even `mkdir -p`; qrypt-fs says what is wrong with it below.

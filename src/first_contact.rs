@@ -176,6 +176,11 @@ pub fn verdict(answer: Option<&FirstAnswer>, ctx: &Context<'_>) -> Verdict {
             "no answer from {} ({detail}); {keeps_retrying}",
             ctx.endpoint
         )),
+        // Never sent (a bug of ours, not the service's answer): nothing to judge it by.
+        FetchError::SizeOutOfRange(_) => Verdict::Warn(format!(
+            "no answer from {} ({err}); {keeps_retrying}",
+            ctx.endpoint
+        )),
     }
 }
 

@@ -3,6 +3,10 @@
 //! merely late (no network yet) mounts anyway with a warning. Each case runs the real binary in
 //! daemon mode (the command returns once the mount is ready or has failed) against the
 //! emulator with a fault, unless it says otherwise.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

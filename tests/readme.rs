@@ -1,6 +1,10 @@
 //! The README's list of status fields, checked against what a real mount shows, both ways:
 //! every field `/status`, `/status.json` and `/metrics` carry is listed, and every listed
 //! field exists.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,10 @@
 //! mount point is refused with qrypt-fs's own message and touches nothing of the first, a stale
 //! mount point is refused and left as it was, and stopping removes exactly its own mount and
 //! processes, with nothing logged at WARN or ERROR on a clean run.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -15,8 +19,28 @@ use common::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/try-it.sh");
 
+/// Where qrypt-fs was built; the emulator's binary (another crate of the workspace, which
+/// cargo does not build for this crate's tests) is built there too if it is not yet.
 fn bin_dir() -> PathBuf {
     let dir = Path::new(BIN).parent().expect("bin dir").to_path_buf();
+    if !dir.join("qrypt-emulator").exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--locked",
+                "-p",
+                "qrypt-emulator",
+                "--bin",
+                "qrypt-emulator",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(build.status().expect("cargo build").success());
+    }
     assert!(
         dir.join("qrypt-emulator").exists(),
         "no qrypt-emulator next to {BIN}"
