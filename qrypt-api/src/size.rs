@@ -13,6 +13,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    let not_a_size = || format!("{s:?} is not a size (examples: 65536, 64K, 4M, 4.5M, 1G)");
+    if num.is_empty() {
+        return Err(not_a_size());
+    }
     let unit = unit.trim();
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -34,7 +38,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    let not_a_size = || format!("{s:?} is not a size (examples: 65536, 64K, 4M, 4.5M, 1G)");
     let (whole, frac) = match num.split_once('.') {
         Some((w, f)) => (w, f),
         None => (num, ""),
@@ -135,6 +138,7 @@ mod tests {
         assert!(parse_size("4.5").is_err());
         assert!(parse_size("1.2.3M").is_err());
         assert!(parse_size(".M").is_err());
+        assert!(parse_size("lots").expect_err("no number").contains("not a size"));
     }
 
     #[test]

@@ -238,7 +238,7 @@ mod tests {
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "1K"]).contains(small));
         assert!(err(&["qrypt-fs", "/m", "-o", "buffer_size=1K"]).contains(small));
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "4MB"]).contains("ambiguous"));
-        assert!(err(&["qrypt-fs", "/m", "--startup-timeout", "-1"]).contains(">= 0"));
+        assert!(err(&["qrypt-fs", "/m", "--startup-timeout=-1"]).contains(">= 0"));
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "lots"]).contains("not a size"));
         assert!(err(&["qrypt-fs", "/m", "-o", "bogus"]).contains("unknown mount option"));
         assert!(err(&["qrypt-fs", "/m", "-o", "foreground"]).contains("unknown mount option"));
