@@ -138,7 +138,11 @@ mod tests {
         assert!(parse_size("4.5").is_err());
         assert!(parse_size("1.2.3M").is_err());
         assert!(parse_size(".M").is_err());
-        assert!(parse_size("lots").expect_err("no number").contains("not a size"));
+        assert!(
+            parse_size("lots")
+                .expect_err("no number")
+                .contains("not a size")
+        );
     }
 
     #[test]
