@@ -11,9 +11,9 @@
 #    with the command that installs them.
 # 2. Builds every test binary with `cargo build --keep-going`, so one that does not compile
 #    stops none of the others.
-# 3. Runs each test binary that was built, one `cargo test --no-fail-fast` per binary, so a
-#    binary that fails or dies (a crash, a signal, a panic outside a test) stops none of the
-#    others.
+# 3. Runs every test binary with `cargo test --no-fail-fast`, so a binary that fails or dies
+#    (a crash, a signal, a panic outside a test) stops none of the others. If some did not
+#    build, cargo would run none: then the binaries that did build are run directly.
 # 4. Ends with the binaries that failed to build or run, by name, and one summary line over
 #    all of them, `tests: N passed, M failed`; a binary that failed to build, or exited
 #    non-zero without reporting a failed test, counts as one failed test. Exit status 0 only
@@ -71,35 +71,58 @@ if [ "$build_status" -ne 0 ] && [ ${#failed_bins[@]} -eq 0 ]; then
   failed_bins+=("cargo build: exit status $build_status (see above)")
 fi
 
-# The test binaries built: test-profile artifacts, as "PACKAGE_ID KIND NAME".
-sed -nE '/"reason":"compiler-artifact"/{/"profile":\{[^}]*"test":true\}/{
-  s/.*"package_id":"([^"]*)".*"target":\{"kind":\["([^"]*)"\][^}]*"name":"([^"]*)".*/\1 \2 \3/p}}' \
-  "$work/build.json" >"$work/binaries"
+# Per binary: the test counts, and whether it died before reporting (no `test result:`).
+# Reads a test run's output, whose sections start with cargo's `Running NAME (EXE)` line (or
+# `== NAME` when run directly); prints "passed failed" and then one line per failed binary.
+count() {
+  awk '
+    function close_section() {
+      if (name != "" && !reported) bad[++nbad] = name ": exited without reporting (crashed or killed)"
+      else if (name != "" && sf > 0) bad[++nbad] = name ": " sf " failed"
+      name = ""; reported = 0; sf = 0
+    }
+    /^ *Running / { close_section(); name = $0; sub(/^ *Running /, "", name); next }
+    /^== / { close_section(); name = substr($0, 4); next }
+    /^ *Doc-tests / { close_section(); next }
+    /^test result:/ {
+      reported = 1
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^passed;?$/) p += $(i - 1)
+        if ($i ~ /^failed;?$/) { f += $(i - 1); sf += $(i - 1) }
+      }
+    }
+    END { close_section(); print p + 0, f + 0; for (i = 1; i <= nbad; i++) print bad[i] }
+  ' "$1"
+}
 
-passed=0 failed=0
-while read -r pkg kind name; do
-  case $kind in
-  lib) select=(--lib) label="$name (lib)" ;;
-  bin) select=(--bin "$name") label="$name (bin)" ;;
-  test) select=(--test "$name") label="tests/$name" ;;
-  *) continue ;;
-  esac
-  status=0
-  cargo test --no-fail-fast -p "$pkg" "${cargo_args[@]}" "${select[@]}" \
+status=0
+if [ "$build_status" -eq 0 ]; then
+  # Everything built: cargo runs every binary, also after one fails.
+  cargo test --no-fail-fast "${cargo_args[@]}" "${package_args[@]}" "${select_args[@]}" \
     -- "${test_args[@]}" </dev/null 2>&1 | tee "$work/run.log" || status=${PIPESTATUS[0]}
-  read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
-      if ($i ~ /^passed;?$/) p += $(i - 1); if ($i ~ /^failed;?$/) f += $(i - 1) } }
-    END { print p + 0, f + 0 }' "$work/run.log")
-  passed=$((passed + p)) failed=$((failed + f))
-  if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
-    failed_bins+=("$label: exited with status $status without reporting a failed test")
-  elif [ "$f" -gt 0 ]; then
-    failed_bins+=("$label: $f failed")
-  fi
-done <"$work/binaries"
+else
+  # cargo test would build (and fail) again and run nothing: run the binaries that were
+  # built ourselves, each from its package's directory as cargo does.
+  sed -nE '/"reason":"compiler-artifact"/{/"profile":\{[^}]*"test":true\}/{
+    s/.*"manifest_path":"([^"]*)\/Cargo\.toml".*"target":\{"kind":\["([^"]*)"\][^}]*"name":"([^"]*)".*"executable":"([^"]*)".*/\1 \2 \3 \4/p}}' \
+    "$work/build.json" | while read -r dir kind name exe; do
+    echo "== $kind $name ($exe)"
+    (cd "$dir" && CARGO_MANIFEST_DIR=$dir "$exe" "${test_args[@]}" </dev/null 2>&1) || true
+  done | tee "$work/run.log"
+fi
+{
+  read -r passed failed
+  while IFS= read -r line; do failed_bins+=("$line"); done
+} < <(count "$work/run.log")
+# A binary that died counts as one failed test; so does a failure cargo saw but we could not
+# place, so that a broken run never reads as a clean one.
 for b in "${failed_bins[@]}"; do
   case $b in *" failed") ;; *) failed=$((failed + 1)) ;; esac
 done
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  failed_bins+=("cargo test: exit status $status without a failed test (see above)")
+  failed=1
+fi
 
 if [ ${#failed_bins[@]} -gt 0 ]; then
   echo
