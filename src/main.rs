@@ -1,7 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use qrypt_fs::cli::{Cli, Options, reject_token_argument};
+
+/// "0.1.0 (commit abc1234)": build.rs asks git which commit this binary is built from.
+const VERSION: &str = env!("QRYPT_FS_VERSION");
 
 fn main() -> ExitCode {
     qrypt_fs::daemon::harden_process();
@@ -10,7 +13,11 @@ fn main() -> ExitCode {
         eprintln!("qrypt-fs: {e}");
         return ExitCode::from(2);
     }
-    let cli = match Cli::try_parse_from(&args) {
+    let parsed = Cli::command()
+        .version(VERSION)
+        .try_get_matches_from(&args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
