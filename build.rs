@@ -10,7 +10,7 @@
 //! content depends only on the clap definition and the commit, so two builds writing it agree.
 use std::env;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,6 +18,7 @@ use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, roman};
+use flate2::{Compression, GzBuilder};
 
 #[allow(dead_code)]
 #[path = "src/cli/args.rs"]
@@ -121,7 +122,14 @@ fn generate(version: &str) -> io::Result<Vec<(String, Vec<u8>)>> {
     // clap wants a &'static str; a build script runs once, so leaking it costs nothing.
     let version: &'static str = Box::leak(version.to_owned().into_boxed_str());
     let cmd = args::Cli::command().version(version);
-    let mut files = vec![("qrypt-fs.1".to_owned(), man_page(cmd.clone())?)];
+    let man = man_page(cmd.clone())?;
+    // cargo-deb gzips man pages only when they exist before the build; this one does not.
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::best());
+    gz.write_all(&man)?;
+    let mut files = vec![
+        ("qrypt-fs.1.gz".to_owned(), gz.finish()?),
+        ("qrypt-fs.1".to_owned(), man),
+    ];
     for (shell, name) in [
         (Shell::Bash, "qrypt-fs.bash"),
         (Shell::Zsh, "_qrypt-fs"),
