@@ -33,6 +33,8 @@ ct_setup() {
     }
     CT_BASE=$(mktemp -d /tmp/qrypt-ct.XXXXXX)
     trap ct_cleanup EXIT
+    # A timeout(1) around the script sends TERM: exit through the EXIT trap, which cleans up.
+    trap 'exit 143' TERM INT HUP
     # upper and work must share one filesystem outside the lower one: a tmpfs of their own.
     mount -t tmpfs -o size=2g,mode=0755 qrypt-ct "$CT_BASE"
     mkdir "$CT_BASE/upper" "$CT_BASE/work" "$CT_BASE/root"
