@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+// The crate has size.rs as `crate::size` too; this file must not name `crate::`.
+#[allow(clippy::duplicate_mod)]
 #[path = "../size.rs"]
 mod size;
 
