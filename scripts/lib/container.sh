@@ -18,6 +18,7 @@ CT_BASE=""
 CT_ROOT=""
 CT_TIMER_PID=""
 CT_LEADER=""
+CT_KEEP_LOGS="${CT_LOG_DIR:+yes}"
 CT_LOG_DIR="${CT_LOG_DIR:-$(mktemp -d /tmp/qrypt-ct-logs.XXXXXX)}"
 CT_MAX_SECONDS="${CT_MAX_SECONDS:-600}"
 PASSED=0
@@ -126,6 +127,12 @@ ct_cleanup() {
         umount "$CT_BASE/root" 2>/dev/null || umount -l "$CT_BASE/root"
         umount "$CT_BASE" 2>/dev/null || umount -l "$CT_BASE"
         rmdir "$CT_BASE"
+    fi
+    # Logs (console, journal, status) stay for a failed run, or when CT_LOG_DIR was given.
+    if [ "$rc" = 0 ] && [ -z "$CT_KEEP_LOGS" ]; then
+        rm -rf "$CT_LOG_DIR"
+    else
+        echo "container logs: $CT_LOG_DIR" >&2
     fi
     exit "$rc"
 }
