@@ -2,10 +2,14 @@
 # Installs the programs the integration tests drive through a real mount: mount/umount
 # (util-linux), fuse3 (mount.fuse3, fusermount3), rng-tools5 (rngtest, rngd), openssl, a JDK,
 # python3, systemd (systemd-analyze checks the unit file), strace (shows what rngd feeds the
-# kernel). Needs root (apt-get); skips what is already there.
+# kernel), and for the packaging tests (scripts/test-deb.sh, scripts/test-systemd.sh):
+# systemd-container (systemd-nspawn boots a real systemd), lintian, and cargo-deb (from
+# crates.io, pinned; about 5 minutes to build on 2 cores). Needs root (apt-get); skips what is
+# already there.
 #
 # --check: install nothing; list the missing Debian packages on stdout and exit 1 if any is
-# missing (scripts/test.sh asks this before any test runs).
+# missing (scripts/test.sh asks this before any test runs; cargo-deb is the packaging tests'
+# own business and not checked).
 set -euo pipefail
 # program the tests run -> the Debian package that has it
 programs=(
@@ -17,6 +21,8 @@ programs=(
   mount:mount umount:mount unshare:util-linux
   systemd-analyze:systemd
   strace:strace
+  systemd-nspawn:systemd-container
+  lintian:lintian
 )
 need=()
 for entry in "${programs[@]}"; do
@@ -34,6 +40,9 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+if ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3\.8\.0'; then
+  cargo install cargo-deb --locked --version 3.8.0
 fi
 [ -c /dev/fuse ] || { modprobe fuse 2>/dev/null || true; }
 [ -c /dev/fuse ] || { echo "no /dev/fuse: FUSE tests cannot run" >&2; exit 1; }
