@@ -14,6 +14,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use crate::pool::{Pool, ReadError, ReadRequest, ReadSink};
+use crate::read_origin::{self, ReadOrigin};
 
 /// `st_size` of `/random`. Programs that read a regular file "to its size" (`openssl rand
 /// -rand FILE`) read this much and stop; a size of 0 would make them read until EOF, i.e.
@@ -239,11 +240,18 @@ impl Filesystem for EntropyFs {
         offset: u64,
         size: u32,
         flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         favour_this_thread();
         match node(ino) {
+            // No pool byte may enter the page cache (see read_origin).
+            Some(Node::Random)
+                if ReadOrigin::of(lock_owner.map(|o| o.0)) == ReadOrigin::PageCache =>
+            {
+                read_origin::note_refused(req.pid());
+                reply.error(Errno::EIO);
+            }
             Some(Node::Random) => self.pool.read(
                 ReadRequest {
                     len: size as usize,

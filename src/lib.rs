@@ -14,6 +14,8 @@ pub mod logging;
 pub mod pacer;
 pub mod pool;
 pub mod prefetch;
+pub mod ratelimit;
+pub mod read_origin;
 pub mod size;
 pub mod status;
 pub mod token;
