@@ -157,6 +157,9 @@ fn favour_this_thread() {
 }
 
 impl Filesystem for EntropyFs {
+    // Everything else: one quiet, fixed answer each (no log line a reader could repeat).
+    crate::quiet_unsupported_ops!();
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         favour_this_thread();
         if parent != INodeNo::ROOT {

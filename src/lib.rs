@@ -19,5 +19,6 @@ pub mod read_origin;
 pub mod size;
 pub mod status;
 pub mod token;
+pub mod unsupported;
 pub mod upstream;
 pub mod watchdog;

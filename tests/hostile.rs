@@ -3,6 +3,7 @@
 //! a real mount and asserts the exact outcome.
 mod common;
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
@@ -199,4 +200,148 @@ fn o_direct_and_large_reads_are_still_served() {
         m.status_u64("served_bytes"),
         served + (a.len() + b.len()) as u64
     );
+}
+
+/// A mount that logs as shipped (the tests' `RUST_LOG=qrypt_fs=debug` would hide fuser's own
+/// warnings, which is what a flood was made of).
+fn mount_with_default_logging(emu: &Emulator) -> Mount {
+    let m = MountBuilder::new(emu)
+        .args(["--buffer-size", "64K"])
+        .wrapped_in(&["env", "-u", "RUST_LOG"])
+        .mount();
+    m.wait_full();
+    m
+}
+
+fn log_lines(m: &Mount) -> usize {
+    m.log_text().lines().count()
+}
+
+/// `ioctl(fd, cmd, &mut int)`, returning errno or 0.
+fn ioctl_errno(f: &std::fs::File, cmd: libc::c_ulong) -> i32 {
+    let mut v: libc::c_int = 0;
+    // SAFETY: every command used here reads or writes at most one int.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), cmd, &mut v as *mut libc::c_int) };
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// `_IOR('R', 0x00, int)`: /dev/random's RNDGETENTCNT, well-formed, so the kernel forwards it.
+const RNDGETENTCNT: libc::c_ulong = 0x8004_5200;
+
+#[test]
+fn ten_thousand_ioctls_are_refused_quietly() {
+    let emu = emulator();
+    let m = mount_with_default_logging(&emu);
+    let before = log_lines(&m);
+    for path in [m.random(), m.path().join("status")] {
+        let f = File::open(&path).expect("open");
+        for _ in 0..5_000 {
+            assert_eq!(ioctl_errno(&f, RNDGETENTCNT), libc::ENOTTY);
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    let log = m.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert_eq!(log_lines(&m), before, "new log lines: {log}");
+}
+
+fn errno_of_int(r: libc::c_int) -> i32 {
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+fn cstr(p: &std::path::Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL")
+}
+
+#[test]
+fn every_unsupported_operation_gets_its_errno_and_no_log_line() {
+    let emu = emulator();
+    let m = mount_with_default_logging(&emu);
+    let before = log_lines(&m);
+    let random = cstr(&m.random());
+    let status = m.path().join("status");
+    let newdir = cstr(&m.path().join("d"));
+    let name = c"user.qrypt";
+    for _ in 0..100 {
+        let f = File::open(m.random()).expect("open");
+        let fd = f.as_raw_fd();
+        let mut buf = [0u8; 64];
+        // SAFETY: (all calls below) valid NUL-terminated paths, buffers of the stated
+        // sizes and descriptors we own.
+        unsafe {
+            let xattr = |r: isize| errno_of(r);
+            assert_eq!(
+                xattr(libc::getxattr(
+                    random.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    64
+                )),
+                Some(libc::EOPNOTSUPP),
+                "getxattr"
+            );
+            assert_eq!(
+                xattr(libc::listxattr(
+                    random.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    64
+                )),
+                Some(libc::EOPNOTSUPP),
+                "listxattr"
+            );
+            assert_eq!(
+                errno_of_int(libc::setxattr(
+                    random.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_ptr().cast(),
+                    1,
+                    0
+                )),
+                libc::EROFS,
+                "setxattr"
+            );
+            assert_eq!(errno_of_int(libc::fsync(fd)), 0, "fsync");
+            assert_eq!(errno_of_int(libc::fdatasync(fd)), 0, "fdatasync");
+            assert_eq!(errno_of_int(libc::flock(fd, libc::LOCK_SH)), 0, "flock");
+            assert_eq!(errno_of_int(libc::access(random.as_ptr(), libc::R_OK)), 0);
+            assert_eq!(
+                errno_of_int(libc::access(random.as_ptr(), libc::W_OK)),
+                libc::EROFS
+            );
+            assert_eq!(
+                errno_of_int(libc::mkdir(newdir.as_ptr(), 0o700)),
+                libc::EROFS
+            );
+            assert_eq!(errno_of_int(libc::unlink(random.as_ptr())), libc::EROFS);
+            assert_eq!(
+                errno_of_int(libc::chmod(random.as_ptr(), 0o666)),
+                libc::EROFS
+            );
+            assert_eq!(
+                errno_of_int(libc::truncate(random.as_ptr(), 0)),
+                libc::EROFS
+            );
+            assert_eq!(
+                errno_of_int(libc::open(random.as_ptr(), libc::O_WRONLY)),
+                libc::EROFS
+            );
+            assert_eq!(libc::lseek(fd, 0, libc::SEEK_DATA), -1);
+            assert_eq!(errno_of_int(-1), libc::ESPIPE, "SEEK_DATA on /random");
+            let s = File::open(&status).expect("open status");
+            assert_eq!(libc::lseek(s.as_raw_fd(), 0, libc::SEEK_DATA), -1);
+            assert_eq!(errno_of_int(-1), libc::ENXIO, "SEEK_DATA on /status");
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    let log = m.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert_eq!(log_lines(&m), before, "new log lines: {log}");
 }
