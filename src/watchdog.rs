@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::pool::{Pool, ReadError};
 
-/// How often waiting readers are checked; well under the half second a Ctrl-C may take.
-const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How often waiting readers are looked at (cheaply, see waitwatch); with
+/// `signals::FULL_CHECK_CATCHING` it keeps a Ctrl-C under half a second.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// True when thread `pid` has a signal pending that it does not block, or no longer exists.
 /// When its status cannot be read for another reason (`/proc` mounted `hidepid=`, a reader
@@ -59,17 +60,21 @@ pub fn spawn(pool: Arc<Pool>) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("qrypt-watchdog".into())
         .spawn(move || {
+            let mut watch = crate::waitwatch::WaitWatch::new();
             while !pool.is_shut_down() {
                 let waiting = pool.waiting_reads();
                 if waiting.is_empty() {
+                    watch.retain(|_| false);
                     pool.wait_for_waiters(Duration::from_secs(1));
                     continue;
                 }
                 let now = Instant::now();
+                let ids: std::collections::HashSet<u64> = waiting.iter().map(|w| w.id).collect();
+                watch.retain(|id| ids.contains(&id));
                 for w in waiting {
                     if w.deadline.is_some_and(|d| now >= d) {
                         pool.cancel(w.id, ReadError::TimedOut);
-                    } else if signal_pending(w.pid) {
+                    } else if watch.interrupted(w.id, w.pid, now) {
                         pool.cancel(w.id, ReadError::Interrupted);
                     }
                 }
