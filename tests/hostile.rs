@@ -10,7 +10,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -344,4 +344,229 @@ fn every_unsupported_operation_gets_its_errno_and_no_log_line() {
     let log = m.log_text();
     assert!(!log.contains("Not Implemented"), "{log}");
     assert_eq!(log_lines(&m), before, "new log lines: {log}");
+}
+
+/// A mount whose upstream answers 503 until `emu.clear_fault()`, so reads wait.
+fn failing(emu: &Emulator) -> Mount {
+    emu.set_fault(Fault::Status(503), None);
+    MountBuilder::new(emu)
+        .args(["--max-backoff", "0.3", "--buffer-size", "64K"])
+        .mount()
+}
+
+fn wait_waiting(m: &Mount, n: u64) {
+    m.wait_status(
+        &format!("{n} waiting readers"),
+        Duration::from_secs(20),
+        |s| s["waiting_readers"] == n.to_string(),
+    );
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: signalling a child we spawned.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+/// A reader thread that unblocks `SIGS` and calls libc `read(fd, 32)` (no retry on EINTR, as
+/// in C), while every other thread blocks them: a signal sent to the process is then queued
+/// even when ignored, and can only go to the reader, as in a program with a reader thread.
+/// MODE: `default` (SIG_DFL), `ignore` (SIG_IGN) or `catch` (a handler). Prints `ready`, then
+/// read's result (byte count or -errno).
+const THREADED_READER: &str = r#"
+import ctypes, os, signal, sys, threading
+path, mode = sys.argv[1], sys.argv[2]
+sigs = [getattr(signal, n) for n in sys.argv[3].split(",")]
+for s in sigs:
+    if mode == "ignore":
+        signal.signal(s, signal.SIG_IGN)
+    elif mode == "catch":
+        signal.signal(s, lambda *a: None)
+signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(path, os.O_RDONLY)
+res = {}
+def reader():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+    buf = ctypes.create_string_buffer(32)
+    n = libc.read(fd, buf, 32)
+    res["r"] = n if n >= 0 else -ctypes.get_errno()
+t = threading.Thread(target=reader)
+t.start()
+print("ready", flush=True)
+t.join()
+print(res["r"], flush=True)
+"#;
+
+struct Reader {
+    child: std::process::Child,
+    out: Option<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Reader {
+    fn start(m: &Mount, mode: &str, sigs: &str) -> Reader {
+        let mut child = Command::new("python3")
+            .args(["-c", THREADED_READER])
+            .arg(m.random())
+            .args([mode, sigs])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        assert_eq!(line(&mut out), "ready");
+        Reader {
+            child,
+            out: Some(out),
+        }
+    }
+
+    /// The reader's result, or panics if it does not come within `t`.
+    fn result(mut self, t: Duration) -> i64 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut out = self.out.take().expect("stdout");
+        thread::spawn(move || {
+            let _ = tx.send(line(&mut out));
+        });
+        let r = rx.recv_timeout(t).expect("reader result in time");
+        let _ = wait_timeout(&mut self.child, Duration::from_secs(5));
+        r.parse().expect("a number")
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn line(r: &mut impl std::io::BufRead) -> String {
+    let mut s = String::new();
+    r.read_line(&mut s).expect("read line");
+    s.trim().to_owned()
+}
+
+/// Sends `sigs` to a waiting reader, checks it still waits after more than a full check, and
+/// that it then reads its 32 bytes once the upstream recovers.
+fn signals_do_not_interrupt(mode: &str, sigs: &[i32], names: &str) {
+    require_program("python3");
+    let emu = emulator();
+    let m = failing(&emu);
+    let r = Reader::start(&m, mode, names);
+    wait_waiting(&m, 1);
+    for &s in sigs {
+        kill(r.child.id(), s);
+    }
+    // Longer than the slowest full check (2 s without handlers) and a few ticks.
+    thread::sleep(Duration::from_millis(2600));
+    assert_eq!(m.status_u64("waiting_readers"), 1, "the wait was ended");
+    emu.clear_fault();
+    assert_eq!(r.result(Duration::from_secs(10)), 32);
+}
+
+#[test]
+fn default_ignore_and_continue_signals_do_not_interrupt() {
+    signals_do_not_interrupt(
+        "default",
+        &[libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT],
+        "SIGCHLD,SIGURG,SIGWINCH,SIGCONT",
+    );
+}
+
+#[test]
+fn an_ignored_signal_does_not_interrupt() {
+    signals_do_not_interrupt("ignore", &[libc::SIGUSR1, libc::SIGINT], "SIGUSR1,SIGINT");
+}
+
+#[test]
+fn a_caught_signal_interrupts_with_eintr() {
+    require_program("python3");
+    let emu = emulator();
+    let m = failing(&emu);
+    let r = Reader::start(&m, "catch", "SIGINT");
+    wait_waiting(&m, 1);
+    let sent = Instant::now();
+    kill(r.child.id(), libc::SIGINT);
+    assert_eq!(r.result(Duration::from_secs(5)), -i64::from(libc::EINTR));
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    wait_waiting(&m, 0);
+}
+
+fn spawn_head(m: &Mount) -> std::process::Child {
+    Command::new("head")
+        .args(["-c", "32"])
+        .arg(m.random())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("head")
+}
+
+#[test]
+fn sigstop_then_sigcont_does_not_fail_a_plain_read() {
+    let emu = emulator();
+    let m = failing(&emu);
+    let head = spawn_head(&m);
+    wait_waiting(&m, 1);
+    kill(head.id(), libc::SIGSTOP);
+    // Pending for many watchdog rounds: a stop is deferred, as in any killable wait.
+    thread::sleep(Duration::from_millis(1000));
+    kill(head.id(), libc::SIGCONT);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(m.status_u64("waiting_readers"), 1, "the wait was ended");
+    emu.clear_fault();
+    let out = head.wait_with_output().expect("head");
+    assert!(
+        out.status.success(),
+        "head failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 32);
+    Provenance::from(&emu).check_run(&out.stdout);
+}
+
+#[test]
+fn sigkill_always_ends_the_wait() {
+    let emu = emulator();
+    let m = failing(&emu);
+    let mut head = spawn_head(&m);
+    wait_waiting(&m, 1);
+    kill(head.id(), libc::SIGSTOP);
+    let sent = Instant::now();
+    kill(head.id(), libc::SIGKILL);
+    let st = wait_timeout(&mut head, Duration::from_secs(5)).expect("head died");
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    wait_waiting(&m, 0);
+}
+
+#[test]
+fn two_hundred_waiters_are_all_freed_by_their_signals() {
+    let emu = emulator();
+    let m = failing(&emu);
+    let heads: Vec<_> = (0..200).map(|_| spawn_head(&m)).collect();
+    wait_waiting(&m, 200);
+    let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    let sent = Instant::now();
+    for (i, h) in heads.iter().enumerate() {
+        kill(h.id(), sigs[i % sigs.len()]);
+    }
+    for (i, mut h) in heads.into_iter().enumerate() {
+        let st = wait_timeout(&mut h, Duration::from_secs(10)).expect("head ended");
+        assert_eq!(st.signal(), Some(sigs[i % sigs.len()]), "head {i}: {st:?}");
+    }
+    // Generous: functional, not a timing goal (bench-waiters.sh measures those).
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        sent.elapsed()
+    );
+    wait_waiting(&m, 0);
 }
