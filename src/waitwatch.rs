@@ -22,10 +22,20 @@ use crate::signals::{FULL_CHECK_CATCHING, FULL_CHECK_PLAIN, SigState};
 /// One status file is at most a few KiB (about 1.5 KiB on 6.18).
 const STATUS_MAX: usize = 8192;
 
-#[derive(Default)]
 pub struct WaitWatch {
     readers: HashMap<u64, Reader>,
     buf: Vec<u8>,
+    /// Descriptors this watch may keep open: a quarter of RLIMIT_NOFILE, so that no number
+    /// of waiting readers can starve the HTTP client or FUSE of descriptors. Readers beyond
+    /// it are read by path (dearer, still correct).
+    fd_budget: usize,
+    fds_open: usize,
+}
+
+impl Default for WaitWatch {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 struct Reader {
@@ -49,16 +59,20 @@ impl WaitWatch {
         WaitWatch {
             readers: HashMap::new(),
             buf: vec![0; STATUS_MAX],
+            fd_budget: fd_budget(),
+            fds_open: 0,
         }
     }
 
     /// True when waiting read `id` by thread `tid` must end now with `EINTR` (a signal that
     /// would interrupt a device read is pending, or the thread is gone).
     pub fn interrupted(&mut self, id: u64, tid: u32, now: Instant) -> bool {
-        let reader = self
-            .readers
-            .entry(id)
-            .or_insert_with(|| Reader::open(tid, now));
+        let reader = self.readers.entry(id).or_insert_with(|| {
+            let keep = self.fds_open + 2 <= self.fd_budget;
+            let r = Reader::open(tid, now, keep);
+            self.fds_open += r.fds();
+            r
+        });
         let due = now >= reader.next_full
             || match (&reader.schedstat, reader.switches) {
                 (Some(f), Some(before)) => read_switches(f, &mut self.buf) != Some(before),
@@ -96,7 +110,14 @@ impl WaitWatch {
 
     /// Drops what is kept for reads that no longer wait (answered, cancelled).
     pub fn retain(&mut self, mut waiting: impl FnMut(u64) -> bool) {
-        self.readers.retain(|id, _| waiting(*id));
+        let fds_open = &mut self.fds_open;
+        self.readers.retain(|id, r| {
+            let keep = waiting(*id);
+            if !keep {
+                *fds_open -= r.fds();
+            }
+            keep
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -109,9 +130,13 @@ impl WaitWatch {
 }
 
 impl Reader {
-    fn open(tid: u32, now: Instant) -> Reader {
+    fn open(tid: u32, now: Instant, keep_files: bool) -> Reader {
         // Failing to open (EMFILE, hidepid) is not fatal: status is then read by path.
-        let open = |name: &str| File::open(format!("/proc/{tid}/{name}")).ok();
+        let open = |name: &str| {
+            keep_files
+                .then(|| File::open(format!("/proc/{tid}/{name}")).ok())
+                .flatten()
+        };
         Reader {
             tid,
             status: open("status"),
@@ -119,6 +144,10 @@ impl Reader {
             switches: None,
             next_full: now,
         }
+    }
+
+    fn fds(&self) -> usize {
+        usize::from(self.status.is_some()) + usize::from(self.schedstat.is_some())
     }
 
     fn full_check(&mut self, buf: &mut [u8]) -> Seen {
@@ -150,6 +179,21 @@ impl Reader {
             }
         }
     }
+}
+
+/// A quarter of the soft RLIMIT_NOFILE, after raising it to the hard limit (as Go's runtime
+/// does; nothing here uses `select(2)`, which would care).
+fn fd_budget() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    usize::try_from(soft / 4).unwrap_or(usize::MAX)
 }
 
 /// True unless no thread `tid` exists (`EPERM`: it exists, it is just not ours).
@@ -202,12 +246,29 @@ mod tests {
         let gone = rx.recv().expect("tid");
         let mut w = WaitWatch::new();
         // Opened while it lives: pinned. Then it exits.
-        w.readers.insert(7, Reader::open(gone, Instant::now()));
+        w.readers
+            .insert(7, Reader::open(gone, Instant::now(), true));
         t.join().expect("join");
         std::thread::sleep(Duration::from_millis(20));
         assert!(w.interrupted(7, gone, Instant::now()));
         // Never seen and no such thread at all.
         assert!(w.interrupted(8, u32::MAX - 1, Instant::now()));
+    }
+
+    #[test]
+    fn keeps_no_more_descriptors_than_its_budget() {
+        let mut w = WaitWatch::new();
+        w.fd_budget = 5;
+        let now = Instant::now();
+        for id in 0..4 {
+            assert!(!w.interrupted(id, tid(), now));
+        }
+        assert_eq!(w.fds_open, 4, "two readers with two files each, then none");
+        assert_eq!(w.readers[&3].fds(), 0);
+        w.retain(|id| id >= 2);
+        assert_eq!(w.fds_open, 0);
+        assert!(!w.interrupted(9, tid(), now));
+        assert_eq!(w.fds_open, 2);
     }
 
     #[test]
