@@ -40,8 +40,10 @@ emu_pid='' fs_pid='' readers=()
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  [ ${#readers[@]} -gt 0 ] && kill -KILL "${readers[@]}" 2>/dev/null || true
-  wait "${readers[@]}" 2>/dev/null || true
+  if [ ${#readers[@]} -gt 0 ]; then
+    kill -KILL "${readers[@]}" 2>/dev/null || true
+    wait "${readers[@]}" 2>/dev/null || true
+  fi
   [ -n "$fs_pid" ] && kill -TERM "$fs_pid" 2>/dev/null && wait "$fs_pid" 2>/dev/null || true
   [ -n "$emu_pid" ] && kill -TERM "$emu_pid" 2>/dev/null && wait "$emu_pid" 2>/dev/null || true
   mountpoint -q "$work/mnt" 2>/dev/null && umount -l "$work/mnt" || true
@@ -84,7 +86,7 @@ for kind in "${kinds[@]}"; do
   done
   waiting=$(status_field waiting_readers)
   [ "$waiting" = "$WAITERS" ] || { echo "only $waiting of $WAITERS readers waiting" >&2; exit 2; }
-  sleep 2 # let the first full check of every reader pass
+  sleep 3 # let the first full check of every reader pass
   t0=$(now_ns) c0=$(cpu_ticks "$fs_pid")
   sleep "$SAMPLE_SECONDS"
   t1=$(now_ns) c1=$(cpu_ticks "$fs_pid")

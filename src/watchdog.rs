@@ -12,7 +12,7 @@ use crate::pool::{Pool, ReadError};
 
 /// How often waiting readers are looked at (cheaply, see waitwatch); with
 /// `signals::FULL_CHECK_CATCHING` it keeps a Ctrl-C under half a second.
-const CHECK_EVERY: Duration = Duration::from_millis(100);
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// True when thread `pid` has a signal pending that it does not block, or no longer exists.
 /// When its status cannot be read for another reason (`/proc` mounted `hidepid=`, a reader
