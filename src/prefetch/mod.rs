@@ -1,22 +1,31 @@
-//! The prefetch worker: keeps the pool topped up from the upstream, paced under the rate limit,
-//! backing off on errors, and applying each HTTP status's policy.
+//! The prefetch worker: keeps the pool topped up from the upstream. This module only schedules:
+//! when to ask and how much, under the [`pacer`], and where each answer goes. An answer's bytes
+//! pass the `intake` (health tests, `--mix-local`); what the answer means for the upstream's
+//! state (each HTTP status's policy, backoff, epochs) is decided by the state machine in
+//! [`state`], which the worker then publishes to `/status` and the pool.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
-use crate::health::HealthTests;
-use crate::pacer::{Pacer, RateLimit, Wait};
 use crate::pool::Pool;
-use crate::status::{Status, UpstreamState};
-use crate::token::read_token_file;
+use crate::status::{Status, bounded};
+use crate::token::TokenFile;
 use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
+use intake::{Intake, Refused};
+use outage_log::OutageLog;
+use pacer::{Pacer, RateLimit, Wait};
+use state::{Decision, Epoch, Gate, Machine, Outcome, Policy, UpstreamState};
+
+mod backoff;
+mod intake;
+mod outage_log;
+pub mod pacer;
+pub mod state;
 
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
@@ -51,6 +60,14 @@ impl PrefetchConfig {
             token_poll: Duration::from_secs(2),
         }
     }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            quota_retry: self.quota_retry,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -59,40 +76,22 @@ pub enum Control {
     Reload,
 }
 
-/// Logs each failure class the first time it occurs in an outage, then at its 10th, 100th, ...
-/// occurrence, so a long outage (even one alternating between classes) does not flood the log.
-#[derive(Default)]
-struct LogThrottle {
-    repeats: std::collections::BTreeMap<String, u64>,
+/// Size of the requests made before the first success.
+pub const FIRST_REQUEST_KIB: u32 = 16;
+
+/// A request in flight: its size, its pacer slot and the epoch it was sent in.
+struct InFlight {
+    kib: u32,
+    slot: u64,
+    sent: Epoch,
 }
 
-impl LogThrottle {
-    fn should_log(&mut self, class: &str) -> Option<u64> {
-        let r = self.repeats.entry(class.to_owned()).or_default();
-        *r += 1;
-        let r = *r;
-        (r == 1
-            || r.to_string()
-                .trim_start_matches('1')
-                .bytes()
-                .all(|b| b == b'0'))
-        .then_some(r)
-    }
+type FetchResult = (u32, Result<Entropy, FetchError>);
 
-    /// The outage's failures by class, and forgets them.
-    fn recovered(&mut self) -> Option<String> {
-        let summary = std::mem::take(&mut self.repeats)
-            .into_iter()
-            .map(|(class, n)| format!("{class}={n}"))
-            .collect::<Vec<_>>();
-        (!summary.is_empty()).then(|| summary.join(" "))
-    }
-}
-
-/// `now + d`, saturating instead of panicking far in the future.
-fn after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+/// The runtime's clock as a std `Instant` (the same as `Instant::now()`, except in tests that
+/// pause tokio's clock).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 pub struct Prefetcher<C: EntropyClient> {
@@ -101,68 +100,36 @@ pub struct Prefetcher<C: EntropyClient> {
     status: Arc<Status>,
     cfg: PrefetchConfig,
     pacer: Pacer,
-    backoff: Backoff,
-    health: HealthTests,
-    /// Set in states that need an outside change (new token, SIGHUP) before asking again.
-    halted: Option<UpstreamState>,
-    next_attempt: Instant,
+    intake: Intake,
+    upstream: Machine,
+    token_file: Option<TokenFile>,
     next_token_check: Instant,
-    token_digest: Option<[u8; 32]>,
     filling: bool,
     reserved: usize,
-    /// Each request in flight: its size, its pacer slot and the epoch it was sent in.
-    in_flight: HashMap<tokio::task::Id, (u32, u64, u64)>,
-    /// Advances whenever the upstream enters or leaves a stopped state (400, 401, 403), so
-    /// the answer to a request sent before that cannot undo it: a 200 that was in flight when
-    /// a 403 arrived still delivers its bytes, but does not declare the quota available again.
-    epoch: u64,
-    log: LogThrottle,
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    log: OutageLog,
     /// Until the first success, one small request at a time: the first bytes are readable
     /// one short round trip after start, instead of after several 512 KiB bodies compete.
     started: bool,
 }
 
-/// Gives the allocator's free memory back to the system once a fill is done. Response bodies
-/// and decode buffers (~1 MiB each, wiped before they are freed) otherwise stay in glibc's
-/// per-thread arenas, and resident memory creeps above capacity + runtime.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Size of the requests made before the first success.
-pub const FIRST_REQUEST_KIB: u32 = 16;
-
-type FetchResult = (u32, Result<Entropy, FetchError>);
-
-fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
-    let data = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
-    Some(Sha256::digest(&*data).into())
-}
-
 impl<C: EntropyClient> Prefetcher<C> {
     pub fn new(client: Arc<C>, pool: Arc<Pool>, status: Arc<Status>, cfg: PrefetchConfig) -> Self {
-        let now = Instant::now();
+        let now = now();
         Prefetcher {
             pacer: Pacer::new(cfg.rate_limit),
-            backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
-            health: HealthTests::new(),
-            token_digest: cfg.token_file.as_deref().and_then(file_digest),
+            intake: Intake::new(cfg.mix_local),
+            upstream: Machine::new(cfg.policy(), now),
+            token_file: cfg.token_file.clone().map(TokenFile::new),
             client,
             pool,
             status,
             cfg,
-            halted: None,
-            next_attempt: now,
             next_token_check: now,
             filling: false,
             reserved: 0,
             in_flight: HashMap::new(),
-            epoch: 0,
-            log: LogThrottle::default(),
+            log: OutageLog::default(),
             started: false,
         }
     }
@@ -185,13 +152,10 @@ impl<C: EntropyClient> Prefetcher<C> {
             tokio::select! {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
-                        Ok((id, (kib, result))) => {
-                            // Late answers are set aside only while stopped: otherwise a
-                            // fill in flight at a SIGHUP would leave the state at "starting".
-                            let current =
-                                self.finished(id) == Some(self.epoch) || !self.stopped();
-                            self.complete(kib, result, current);
-                        }
+                        Ok((id, (kib, result))) => match self.finished(id) {
+                            Some(sent) => self.complete(kib, result, sent),
+                            None => error!("an unknown fetch task finished"),
+                        },
                         Err(e) => {
                             self.finished(e.id());
                             error!("fetch task failed: {e}");
@@ -211,22 +175,21 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// Starts whatever requests are due; returns when to look again (None: on an event).
     fn launch(&mut self, tasks: &mut JoinSet<FetchResult>) -> Option<Instant> {
-        let now = Instant::now();
-        if let Some(state) = self.halted {
-            if self.cfg.token_file.is_some() && state == UpstreamState::Unauthorized {
-                if now >= self.next_token_check {
-                    self.next_token_check = now + self.cfg.token_poll;
-                    self.check_token_file(false);
-                }
-                if self.halted.is_some() {
+        let now = now();
+        match self.upstream.gate(now) {
+            Gate::Open => {}
+            Gate::At(t) => return Some(t),
+            Gate::Halted if self.watches_token_file() => {
+                if now < self.next_token_check {
                     return Some(self.next_token_check);
                 }
-            } else {
-                return None;
+                self.next_token_check = now + self.cfg.token_poll;
+                self.check_token_file();
+                if self.upstream.gate(now) == Gate::Halted {
+                    return Some(self.next_token_check);
+                }
             }
-        }
-        if now < self.next_attempt {
-            return Some(self.next_attempt);
+            Gate::Halted => return None,
         }
         let capacity = self.pool.capacity();
         let buffered = self.pool.buffered();
@@ -240,10 +203,10 @@ impl<C: EntropyClient> Prefetcher<C> {
                 release_freed_memory();
                 break;
             }
-            let max_in_flight = if self.started {
-                self.cfg.max_in_flight
+            let (max_in_flight, largest) = if self.started {
+                (self.cfg.max_in_flight, MAX_KIB_PER_REQUEST)
             } else {
-                1
+                (1, FIRST_REQUEST_KIB)
             };
             if tasks.len() >= max_in_flight {
                 break;
@@ -253,16 +216,13 @@ impl<C: EntropyClient> Prefetcher<C> {
                 Err(Wait::Until(at)) => return Some(at),
                 Err(Wait::ForCompletion) => break,
             };
-            let largest = if self.started {
-                MAX_KIB_PER_REQUEST
-            } else {
-                FIRST_REQUEST_KIB
-            };
             let kib = (free / BLOCK_LEN).min(largest as usize) as u32;
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
             let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
-            self.in_flight.insert(handle.id(), (kib, slot, self.epoch));
+            let sent = self.upstream.epoch();
+            self.in_flight
+                .insert(handle.id(), InFlight { kib, slot, sent });
         }
         if !self.filling
             && self.reserved == 0
@@ -276,207 +236,109 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// Releases what a finished request held: its reservation and, from now, its pacer slot.
     /// Returns the epoch it was sent in.
-    fn finished(&mut self, id: tokio::task::Id) -> Option<u64> {
-        let (kib, slot, epoch) = self.in_flight.remove(&id)?;
-        self.reserved -= kib as usize * BLOCK_LEN;
-        self.pacer.complete(slot, Instant::now());
-        Some(epoch)
+    fn finished(&mut self, id: tokio::task::Id) -> Option<Epoch> {
+        let r = self.in_flight.remove(&id)?;
+        self.reserved -= r.kib as usize * BLOCK_LEN;
+        self.pacer.complete(r.slot, now());
+        Some(r.sent)
     }
 
-    /// Handles a finished request. `current`: sent in this epoch, so its answer may change
-    /// the state; older answers are counted (and good bytes kept) but change nothing else.
-    fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>, current: bool) {
-        let entropy = match result {
-            Ok(e) => e,
-            Err(e) => return self.failed(e, 0, current),
+    /// Handles a finished request sent in epoch `sent`: good bytes always go to the pool; the
+    /// state machine decides whether the answer changes the state.
+    fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>, sent: Epoch) {
+        let bytes = match self.intake.accept(result) {
+            Ok(bytes) => bytes,
+            Err((refused, discarded)) => return self.failed(refused, discarded, sent),
         };
-        if let Err(h) = self.health.check(entropy.bytes()) {
-            return self.failed(
-                FetchError::Health(h.to_string()),
-                entropy.bytes().len(),
-                current,
-            );
-        }
-        let mut bytes = entropy.0;
-        if self.cfg.mix_local {
-            let mut local = zeroize::Zeroizing::new(vec![0u8; bytes.len()]);
-            if let Err(e) = getrandom::getrandom(&mut local) {
-                // Without the hedge the user asked for, serve nothing rather than less.
-                return self.failed(
-                    FetchError::Transport(format!("getrandom: {e}")),
-                    bytes.len(),
-                    current,
-                );
-            }
-            bytes
-                .iter_mut()
-                .zip(local.iter())
-                .for_each(|(b, l)| *b ^= l);
-        }
         debug_assert_eq!(bytes.len(), kib as usize * BLOCK_LEN);
         // Counted before the push, so a snapshot never sees served + buffered > fetched.
-        self.status.record_success(bytes.len(), current);
+        self.status.record_success(bytes.len());
+        let (current, _) = self.upstream.on_outcome(sent, Outcome::Delivered, now());
+        if current {
+            self.log.recovered();
+            self.publish();
+        }
         self.pool.push(&bytes);
         self.started = true;
-        if !current {
-            return;
-        }
-        self.backoff.reset();
-        self.next_attempt = Instant::now();
-        if let Some(summary) = self.log.recovered() {
-            info!("upstream recovered after failures ({summary})");
-        }
-        if self.stopped() {
-            self.halted = None;
-            self.epoch += 1;
-            self.status.set_state(UpstreamState::Ok, None);
-        }
-        self.pool.set_unavailable(false);
     }
 
-    fn failed(&mut self, err: FetchError, discarded: usize, current: bool) {
-        let class = err.class();
-        let message = crate::status::bounded(err.to_string());
+    fn failed(&mut self, refused: Refused, discarded: usize, sent: Epoch) {
+        let class = refused.class();
+        let message = bounded(refused.to_string());
         self.status
-            .record_failure(&class, message.clone(), discarded, current);
-        if !current {
-            // Sent before the upstream stopped us (or before we resumed): already handled.
+            .record_failure(&class, message.clone(), discarded);
+        let now = now();
+        let (_, decision) = self.upstream.on_outcome(sent, refused.outcome(), now);
+        // None: sent before the upstream stopped us (or before we resumed): already handled.
+        let Some(decision) = decision else {
             return;
-        }
-        let now = Instant::now();
-        let (state, action) = match &err {
-            FetchError::Status { code: 400, .. } => {
-                self.halted = Some(UpstreamState::BadRequest);
-                (
-                    UpstreamState::BadRequest,
-                    "stopped requesting; check --endpoint and the configuration, then send SIGHUP"
-                        .to_owned(),
-                )
-            }
-            FetchError::Status { code: 401, .. } => {
-                self.halted = Some(UpstreamState::Unauthorized);
-                self.next_token_check = now + self.cfg.token_poll;
-                let how = match &self.cfg.token_file {
-                    Some(p) => format!(
-                        "put a valid token in {} (picked up automatically) or send SIGHUP",
-                        p.display()
-                    ),
-                    None => "a token from the environment can only be replaced by restarting \
-                             qrypt-fs with a new QRYPT_TOKEN (or use --token-file)"
-                        .to_owned(),
-                };
-                (
-                    UpstreamState::Unauthorized,
-                    format!("token rejected; stopped requesting: {how}"),
-                )
-            }
-            FetchError::Status { code: 403, .. } => {
-                self.backoff.note_failure();
-                self.next_attempt = after(now, self.cfg.quota_retry);
-                (
-                    UpstreamState::QuotaExhausted,
-                    format!(
-                        "monthly quota used up; next try in {}s (SIGHUP retries now)",
-                        self.cfg.quota_retry.as_secs()
-                    ),
-                )
-            }
-            FetchError::Status {
-                code: 429,
-                retry_after: Some(asked),
-            } => {
-                self.backoff.note_failure();
-                // Honoured within bounds: "0" must not turn into a tight loop, and a huge
-                // value (a broken or hostile server) must not park the mount for years.
-                let wait = (*asked)
-                    .max(self.cfg.backoff_base)
-                    .min(self.retry_after_cap());
-                self.next_attempt = self.next_attempt.max(after(now, wait));
-                (
-                    UpstreamState::BackingOff,
-                    format!(
-                        "rate limited; retrying after {:.1}s (asked: {}s)",
-                        wait.as_secs_f64(),
-                        asked.as_secs()
-                    ),
-                )
-            }
-            _ => {
-                let delay = self.backoff.next_delay();
-                // Several requests fail together in an outage: the latest retry time wins.
-                self.next_attempt = self.next_attempt.max(after(now, delay));
-                let delay = self.next_attempt.saturating_duration_since(now);
-                (
-                    UpstreamState::BackingOff,
-                    format!("retrying in {:.1}s", delay.as_secs_f64()),
-                )
-            }
         };
-        let next = (self.halted.is_none()).then_some(self.next_attempt);
-        if state.is_unrecoverable() {
-            self.epoch += 1;
+        if decision == Decision::StopUnauthorized {
+            self.next_token_check = now + self.cfg.token_poll;
         }
-        self.status.set_state(state, next);
-        // Readers fail fast only in a stop; while backing off (even after a stop whose retry
-        // now fails another way) they wait, as the README's state table says.
-        self.pool.set_unavailable(state.is_unrecoverable());
-        if let Some(n) = self.log.should_log(&class) {
-            if n == 1 {
-                warn!("upstream failure ({class}): {message}; {action}");
-            } else {
-                warn!("upstream failure ({class}) repeated {n} times: {message}; {action}");
-            }
-        }
+        self.publish();
+        let token_file = self.token_file.as_ref().map(TokenFile::path);
+        self.log.failure(&class, &message, decision, token_file);
     }
 
-    /// Picks up a changed token file. With `force`, re-reads it even if unchanged.
-    fn check_token_file(&mut self, force: bool) {
-        let Some(path) = self.cfg.token_file.clone() else {
+    /// Tells `/status` and the pool what the state machine now says.
+    fn publish(&self) {
+        let view = self.upstream.view();
+        self.status.publish(view);
+        self.pool.set_unavailable(view.readers_fail_fast());
+    }
+
+    /// Retries at once after an outside change (a new token, SIGHUP).
+    fn resume(&mut self) {
+        self.upstream.resume(now());
+        self.publish();
+    }
+
+    /// While the token is rejected, a token file is looked at every `token_poll`.
+    fn watches_token_file(&self) -> bool {
+        self.token_file.is_some() && self.upstream.state() == UpstreamState::Unauthorized
+    }
+
+    /// Picks up a changed token file and retries with its token.
+    fn check_token_file(&mut self) {
+        let Some(file) = &mut self.token_file else {
             return;
         };
-        let digest = file_digest(&path);
-        if !force && (digest.is_none() || digest == self.token_digest) {
-            return;
-        }
-        match read_token_file(&path) {
-            Ok(token) => {
-                self.token_digest = digest;
+        match file.changed() {
+            Ok(Some(token)) => {
                 self.client.replace_token(token);
-                info!("token reloaded from {}", path.display());
-                if self.halted == Some(UpstreamState::Unauthorized) {
-                    self.resume();
-                }
+                info!("token reloaded from {}", file.path().display());
+                self.resume();
             }
+            Ok(None) => {}
             Err(e) => warn!("token reload failed: {e}"),
         }
     }
 
-    /// Retries at once after an outside change (a new token, SIGHUP). Readers wait for the
-    /// answer again instead of failing; a new refusal fails them again.
-    fn resume(&mut self) {
-        self.halted = None;
-        self.epoch += 1;
-        self.next_attempt = Instant::now();
-        self.backoff.reset();
-        self.status.set_state(UpstreamState::Starting, None);
-        self.pool.set_unavailable(false);
-    }
-
-    /// In a state only an outside change or a long wait ends (400, 401, 403).
-    fn stopped(&self) -> bool {
-        self.halted.is_some() || self.status.state().is_unrecoverable()
-    }
-
-    /// The longest `Retry-After` honoured as given: the backoff cap, so one 429 cannot hold
-    /// back readers longer than an outage would.
-    fn retry_after_cap(&self) -> Duration {
-        self.cfg.backoff_cap
-    }
-
     fn reload(&mut self) {
         info!("SIGHUP: reloading the token and retrying");
-        self.check_token_file(true);
+        if let Some(file) = &mut self.token_file {
+            match file.reload() {
+                Ok(token) => {
+                    self.client.replace_token(token);
+                    info!("token reloaded from {}", file.path().display());
+                }
+                Err(e) => warn!("token reload failed: {e}"),
+            }
+        }
         self.resume();
+    }
+}
+
+/// Gives the allocator's free memory back to the system once a fill is done. Response bodies
+/// and decode buffers (~1 MiB each, wiped before they are freed) otherwise stay in glibc's
+/// per-thread arenas, and resident memory creeps above capacity + runtime.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only returns free heap pages to the kernel;
+    // nix has no wrapper for it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
