@@ -29,11 +29,11 @@ mkdir -p "$out"
 
 if [ -z "${QRYPT_FS:-}" ]; then
   echo "building (release)..." >&2
-  cargo build --release --quiet --bins
+  cargo build --release --quiet --locked --workspace --bins
   QRYPT_FS=$root/target/release/qrypt-fs
 fi
 emulator_bin=$root/target/release/qrypt-emulator
-[ -x "$emulator_bin" ] || cargo build --release --quiet --bin qrypt-emulator
+[ -x "$emulator_bin" ] || cargo build --release --quiet --locked -p qrypt-emulator --bins
 
 work=$(mktemp -d /tmp/qrypt-waiters.XXXXXX)
 emu_pid='' fs_pid='' readers=()
