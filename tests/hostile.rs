@@ -26,26 +26,35 @@ fn full_mount(emu: &Emulator) -> Mount {
     m
 }
 
-/// Maps `/random` MAP_PRIVATE, waits for a line on stdin, then touches the page and prints it.
+/// Maps `/random` MAP_PRIVATE, says `mapped`, waits for a line on stdin, then touches the page
+/// and prints it.
 const MAPPER: &str = "
 import mmap, os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
 m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ)
+sys.stdout.write('mapped\\n')
+sys.stdout.flush()
 sys.stdin.readline()
 sys.stdout.buffer.write(m[:4096])
 sys.stdout.flush()
 sys.exit(3)
 ";
 
+/// A mapper that has mapped the file and waits for [`touch`].
 fn spawn_mapper(m: &Mount) -> std::process::Child {
-    Command::new("python3")
+    let mut child = Command::new("python3")
         .args(["-c", MAPPER])
         .arg(m.random())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("python3")
+        .expect("python3");
+    let mut said = [0u8; 7];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut said)
+        .expect("mapper output");
+    assert_eq!(&said, b"mapped\n");
+    child
 }
 
 /// Lets a mapper touch its page; returns what it printed and how it ended.
@@ -73,7 +82,6 @@ fn two_mappers_both_get_sigbus_and_no_byte_leaves_the_pool() {
     let served = m.status_u64("served_bytes");
     // Both map before either touches: before the fix both saw the same 4096 pool bytes.
     let (a, b) = (spawn_mapper(&m), spawn_mapper(&m));
-    thread::sleep(Duration::from_millis(300));
     let (out_a, st_a) = touch(a);
     let (out_b, st_b) = touch(b);
     assert_sigbus(&out_a, st_a);
@@ -89,7 +97,6 @@ fn a_reader_after_a_mapper_gets_fresh_bytes_of_its_own() {
     let m = full_mount(&emu);
     let served = m.status_u64("served_bytes");
     let mapper = spawn_mapper(&m);
-    thread::sleep(Duration::from_millis(200));
     let (out, st) = touch(mapper);
     assert_sigbus(&out, st);
     let f = open_random(&m);
