@@ -575,3 +575,75 @@ fn two_hundred_waiters_are_all_freed_by_their_signals() {
     );
     wait_waiting(&m, 0);
 }
+
+/// N reader threads in one process, each calling libc `read(fd, 32)` with a SIGUSR1 handler
+/// installed; prints the thread ids, then each read's result (bytes or -errno), sorted.
+const MANY_THREADS: &str = r#"
+import ctypes, os, signal, sys, threading
+path, n = sys.argv[1], int(sys.argv[2])
+signal.signal(signal.SIGUSR1, lambda *a: None)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(path, os.O_RDONLY)
+tids, results, lock = [], [], threading.Lock()
+started = threading.Barrier(n + 1)
+def reader():
+    with lock:
+        tids.append(threading.get_native_id())
+    started.wait()
+    buf = ctypes.create_string_buffer(32)
+    r = libc.read(fd, buf, 32)
+    with lock:
+        results.append(r if r >= 0 else -ctypes.get_errno())
+threads = [threading.Thread(target=reader) for _ in range(n)]
+for t in threads:
+    t.start()
+started.wait()
+print(" ".join(map(str, tids)), flush=True)
+for t in threads:
+    t.join()
+print(" ".join(map(str, sorted(results))), flush=True)
+"#;
+
+#[test]
+fn two_hundred_waiting_threads_each_get_eintr_from_their_own_caught_signal() {
+    require_program("python3");
+    let emu = emulator();
+    let m = failing(&emu);
+    let mut child = Command::new("python3")
+        .args(["-c", MANY_THREADS])
+        .arg(m.random())
+        .arg("200")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let tids: Vec<i32> = line(&mut out)
+        .split(' ')
+        .map(|t| t.parse().expect("tid"))
+        .collect();
+    assert_eq!(tids.len(), 200);
+    wait_waiting(&m, 200);
+    // One thread at a time, by tgkill: its own pending set, not the process's.
+    for (i, &tid) in tids.iter().enumerate() {
+        // SAFETY: signalling a thread of a child we spawned.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                child.id() as libc::c_int,
+                tid,
+                libc::SIGUSR1,
+            )
+        };
+        assert_eq!(r, 0, "tgkill thread {i}");
+    }
+    m.wait_status("every waiter freed", Duration::from_secs(20), |s| {
+        s["waiting_readers"] == "0"
+    });
+    let results = line(&mut out);
+    assert_eq!(
+        results,
+        vec![(-libc::EINTR).to_string(); 200].join(" "),
+        "every read ends with EINTR"
+    );
+    assert!(wait_timeout(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
