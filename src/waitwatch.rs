@@ -272,6 +272,14 @@ mod tests {
     }
 
     #[test]
+    fn alive_tells_a_missing_thread_from_someone_elses() {
+        assert!(alive(tid()));
+        assert!(!alive(u32::MAX - 1));
+        // pid 1 exists whoever we are (EPERM for a non-root caller still means alive).
+        assert!(alive(1));
+    }
+
+    #[test]
     fn reads_the_switch_count() {
         let f = File::open(format!("/proc/{}/schedstat", tid())).expect("schedstat");
         let mut buf = vec![0; STATUS_MAX];
