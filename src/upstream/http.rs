@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use bytes::Bytes;
+use parking_lot::RwLock;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
 };
@@ -154,7 +154,7 @@ impl Residue {
                 // Same buffer as the next chunk, which keeps it alive: let this one go.
                 Err(_) if next_follows => {}
                 Err(c) => kept.push(c),
-                Ok(()) => {}
+                Ok(_) => {}
             }
         }
         let mut held = self.held.lock();
@@ -178,8 +178,9 @@ impl Residue {
     }
 }
 
-/// Zeroes the whole allocation behind `chunk` if no one else references it.
-fn wipe_whole(chunk: Bytes) -> Result<(), Bytes> {
+/// Zeroes the whole allocation behind `chunk` if no one else references it, and returns it
+/// (to be dropped).
+fn wipe_whole(chunk: Bytes) -> Result<bytes::BytesMut, Bytes> {
     let mut owned = chunk.try_into_mut()?;
     owned.clear();
     // With nothing in it, a unique BytesMut can move its start back to the start of the
@@ -188,7 +189,7 @@ fn wipe_whole(chunk: Bytes) -> Result<(), Bytes> {
     let all = owned.capacity();
     owned.resize(all, 0);
     zeroize::Zeroize::zeroize(&mut owned[..]);
-    Ok(())
+    Ok(owned)
 }
 
 fn bearer(token: &Token) -> HeaderValue {
@@ -380,6 +381,47 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks the way hyper hands them out: slices of one read buffer it keeps using.
+    fn hyper_like(text: &[u8]) -> (bytes::BytesMut, Vec<Bytes>) {
+        let mut buf = bytes::BytesMut::with_capacity(8192);
+        buf.extend_from_slice(text);
+        let chunks = (0..3)
+            .map(|_| buf.split_to(text.len() / 3).freeze())
+            .collect();
+        (buf, chunks)
+    }
+
+    #[test]
+    fn a_body_buffer_is_held_while_shared_then_wiped_whole() {
+        let text = b"QUJD".repeat(750);
+        let (read_buffer, chunks) = hyper_like(&text);
+        let residue = Residue::default();
+        residue.hold(chunks);
+        assert_eq!(residue.held(), 1, "one chunk stands for the buffer");
+        residue.sweep();
+        assert_eq!(residue.held(), 1, "hyper still uses the buffer");
+        drop(read_buffer);
+        residue.sweep();
+        assert_eq!(residue.held(), 0);
+    }
+
+    #[test]
+    fn wiping_covers_the_whole_allocation() {
+        let text = b"QUJD".repeat(750);
+        let (read_buffer, mut chunks) = hyper_like(&text);
+        drop(read_buffer);
+        let last = chunks.pop().expect("3 chunks");
+        assert!(
+            wipe_whole(last.clone()).is_err(),
+            "shared with the other chunks"
+        );
+        chunks.clear();
+        let wiped = wipe_whole(last).expect("ours alone now");
+        // All 8192 bytes, the other chunks' text and the unused rest included.
+        assert_eq!(wiped.len(), 8192);
+        assert!(wiped.iter().all(|&b| b == 0));
+    }
 
     #[test]
     fn retry_after_in_both_forms() {

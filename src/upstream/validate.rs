@@ -149,8 +149,8 @@ fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), Validati
         return Err(ValidationError::TooLarge(body_limit(kib)));
     }
     let unescaped = unescape_base64(body);
-    let parsed: Body<'_> =
-        serde_json::from_slice(unescaped.as_deref().map_or(body, |v| &v[..])).map_err(json_error)?;
+    let parsed: Body<'_> = serde_json::from_slice(unescaped.as_deref().map_or(body, |v| &v[..]))
+        .map_err(json_error)?;
     if parsed.size != parsed.random.len() as u64 {
         return Err(ValidationError::SizeVsLength {
             size: parsed.size,
@@ -234,6 +234,31 @@ mod tests {
         let mut out = Vec::new();
         decode_body(&body(&blocks, 2), 2, &mut out).expect("valid");
         assert_eq!(out, blocks.concat());
+    }
+
+    #[test]
+    fn block_strings_are_borrowed_never_copied() {
+        let block = vec![0xfbu8; 1024]; // "+/v7..."
+        let plain = body(std::slice::from_ref(&block), 1);
+        let text = String::from_utf8(plain.clone()).expect("utf8");
+        let escaped = text.replace('/', "\\/").replace('+', "\\u002B");
+        for b in [plain, escaped.into_bytes()] {
+            let unescaped = unescape_base64(&b);
+            let parsed: Body<'_> =
+                serde_json::from_slice(unescaped.as_deref().map_or(&b[..], |v| &v[..]))
+                    .expect("json");
+            assert!(parsed.random.iter().all(|t| matches!(t, Text::Borrowed(_))));
+            let mut out = Vec::new();
+            decode_body(&b, 1, &mut out).expect("valid");
+            assert_eq!(out, block);
+        }
+    }
+
+    #[test]
+    fn unescaping_resolves_only_base64_characters() {
+        assert!(unescape_base64(b"{\"a\": \"xyz\"}").is_none());
+        let got = unescape_base64(br#""\/\u002b\u003D\\/\n\u00e9\u012B""#).expect("escapes");
+        assert_eq!(&got[..], br#""/+=\\/\n\u00e9\u012B""#);
     }
 
     #[test]
