@@ -17,11 +17,12 @@
 //! # Memory
 //! The fingerprints of the last [`CAPACITY`] anchors, oldest evicted first: a ring of `u64` in
 //! arrival order, plus an open-addressing hash set (linear probing, deletion by backward
-//! shift) of the same values, doubled as it fills up to 2^23 slots (load at most 0.52).
+//! shift) of the same values, doubled as it fills, up to 2^23 slots (load at most 0.52).
 //! `CAPACITY` is 2^22 + 2^17: 1 GiB of full-entropy input has 2^22 anchors on average with a
 //! standard deviation of 2^11, so 1 GiB of history is kept unless the count runs 64 standard
-//! deviations high. At most 16 bytes per slot + 8 per ring entry: about 97 MiB at full
-//! history, grown as the history grows (about 24 MiB per 256 MiB received).
+//! deviations high. RAM: 8 bytes per ring entry and per slot, 34.6 MB + 64 MiB = about 99 MiB
+//! at full history, reached as the history grows (the ring's pages are touched as it fills,
+//! the table doubles from 512 KiB).
 //!
 //! # False alarms
 //! A fresh anchor's fingerprint collides with one of at most `CAPACITY` stored values with
@@ -139,6 +140,8 @@ pub struct ReplayMemory {
     capacity: usize,
     table: Vec<u64>,
     stored: usize,
+    /// The table stops doubling here: a load of at most 0.53 at `capacity`.
+    max_table: usize,
 }
 
 impl Default for ReplayMemory {
@@ -149,12 +152,17 @@ impl Default for ReplayMemory {
 
 impl ReplayMemory {
     pub fn with_capacity(capacity: usize) -> ReplayMemory {
+        let capacity = capacity.max(1);
         ReplayMemory {
-            ring: Vec::new(),
+            // Reserved, not touched: its pages become resident as the history grows.
+            ring: Vec::with_capacity(capacity),
             head: 0,
-            capacity: capacity.max(1),
+            capacity,
             table: vec![0; 1 << MIN_TABLE_BITS],
             stored: 0,
+            max_table: (capacity + capacity * 9 / 10)
+                .next_power_of_two()
+                .max(1 << MIN_TABLE_BITS),
         }
     }
 
@@ -207,7 +215,7 @@ impl ReplayMemory {
                 self.remove(old);
             }
             self.head = (self.head + 1) % self.capacity;
-            if (self.stored + 1) * 2 > self.table.len() {
+            if (self.stored + 1) * 2 > self.table.len() && self.table.len() < self.max_table {
                 self.grow();
             }
             self.insert(fp);
@@ -345,6 +353,13 @@ mod tests {
                 assert_eq!(m.contains(fp), i >= seen - live, "entry {i} of {seen}");
             }
         }
+    }
+
+    #[test]
+    fn full_history_fits_the_stated_table() {
+        let m = ReplayMemory::default();
+        assert_eq!(m.max_table, 1 << 23);
+        assert!(CAPACITY as f64 / m.max_table as f64 <= 0.52);
     }
 
     #[test]
