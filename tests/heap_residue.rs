@@ -78,6 +78,46 @@ fn count_found(memory: &[Vec<u8>], needles: &HashSet<Vec<u8>>) -> usize {
     found.len()
 }
 
+/// The needle of each 1 KiB block of `bytes`.
+fn needles_of(bytes: &[u8]) -> HashSet<Vec<u8>> {
+    bytes
+        .chunks_exact(1024)
+        .map(|b| {
+            let text = base64::engine::general_purpose::STANDARD.encode(b);
+            text.as_bytes()[600..600 + NEEDLE].to_vec()
+        })
+        .collect()
+}
+
+/// Every block the emulator sent in a correct response.
+fn good_blocks(emu: &Emulator) -> Vec<u8> {
+    emu.records()
+        .into_iter()
+        .filter(|r| r.status == 200 && r.fault.is_none())
+        .flat_map(|r| r.blocks)
+        .collect()
+}
+
+#[test]
+fn an_idle_connection_s_read_buffer_is_wiped_once_it_closes() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    m.wait_full();
+    std::thread::sleep(Duration::from_millis(500));
+    let needles = needles_of(&good_blocks(&emu));
+    assert_eq!(needles.len(), 4096);
+    let live = count_found(&writable_memory(m.pid()), &needles);
+    eprintln!("base64 of {live} of 4096 fetched blocks in memory while connections are live");
+    // Idle connections close after 10 s; the next sweep (every second) wipes their buffers.
+    std::thread::sleep(Duration::from_secs(12));
+    let after = count_found(&writable_memory(m.pid()), &needles);
+    eprintln!("base64 of {after} of 4096 fetched blocks in memory after the idle timeout");
+    assert_eq!(
+        after, 0,
+        "{after} blocks' text left after the connections closed"
+    );
+}
+
 #[test]
 fn base64_of_served_blocks_does_not_linger_in_the_heap() {
     let emu = emulator();
@@ -89,13 +129,7 @@ fn base64_of_served_blocks_does_not_linger_in_the_heap() {
     std::thread::sleep(Duration::from_secs(2));
     // The stream starts at a block boundary and every response is whole blocks, so the bytes
     // read are whole blocks; the emulator sent each as standard base64.
-    let needles: HashSet<Vec<u8>> = served
-        .chunks_exact(1024)
-        .map(|b| {
-            let text = base64::engine::general_purpose::STANDARD.encode(b);
-            text.as_bytes()[600..600 + NEEDLE].to_vec()
-        })
-        .collect();
+    let needles = needles_of(&served);
     assert_eq!(needles.len(), 4096);
     // The scan must be able to see: the text of a block the daemon still holds (buffered,
     // unread) is found where the daemon keeps it... as raw bytes, so check the method on
