@@ -22,7 +22,7 @@
 //! standard deviation of 2^11, so 1 GiB of history is kept unless the count runs 64 standard
 //! deviations high. RAM: 8 bytes per ring entry and per slot, 34.6 MB + 64 MiB = about 99 MiB
 //! at full history, reached as the history grows (the ring's pages are touched as it fills,
-//! the table doubles from 512 KiB).
+//! the table doubles from 512 KiB; the last doubling holds both tables, 131 MB at peak).
 //!
 //! # False alarms
 //! A fresh anchor's fingerprint collides with one of at most `CAPACITY` stored values with
