@@ -21,8 +21,9 @@
 //! `CAPACITY` is 2^22 + 2^17: 1 GiB of full-entropy input has 2^22 anchors on average with a
 //! standard deviation of 2^11, so 1 GiB of history is kept unless the count runs 64 standard
 //! deviations high. RAM: 8 bytes per ring entry and per slot, 34.6 MB + 64 MiB = about 99 MiB
-//! at full history, reached as the history grows (the ring's pages are touched as it fills,
-//! the table doubles from 512 KiB; the last doubling holds both tables, 131 MB at peak).
+//! at full history, reached as the history grows: both are allocated once at full size,
+//! zeroed, and their pages become resident as they are used (the ring as it fills, the set as
+//! the slots in use double from 2^16).
 //!
 //! # False alarms
 //! A fresh anchor's fingerprint collides with one of at most `CAPACITY` stored values with
@@ -138,10 +139,14 @@ pub struct ReplayMemory {
     /// Next ring slot to write (the oldest entry once the ring is full).
     head: usize,
     capacity: usize,
+    /// Allocated once at its largest size (zeroed, so its pages cost nothing until
+    /// touched); only the first `slots` are in use. Never reallocated: no second table at
+    /// peak, and no large free that would make the allocator keep later big buffers in the
+    /// heap.
     table: Vec<u64>,
+    /// Slots in use: a power of two, doubled as the set fills, up to `table.len()`.
+    slots: usize,
     stored: usize,
-    /// The table stops doubling here: a load of at most 0.53 at `capacity`.
-    max_table: usize,
 }
 
 impl Default for ReplayMemory {
@@ -158,11 +163,15 @@ impl ReplayMemory {
             ring: Vec::with_capacity(capacity),
             head: 0,
             capacity,
-            table: vec![0; 1 << MIN_TABLE_BITS],
+            // At most 0.53 full at `capacity`.
+            table: vec![
+                0;
+                (capacity + capacity * 9 / 10)
+                    .next_power_of_two()
+                    .max(1 << MIN_TABLE_BITS)
+            ],
+            slots: 1 << MIN_TABLE_BITS,
             stored: 0,
-            max_table: (capacity + capacity * 9 / 10)
-                .next_power_of_two()
-                .max(1 << MIN_TABLE_BITS),
         }
     }
 
@@ -176,11 +185,11 @@ impl ReplayMemory {
     }
 
     fn home(&self, fp: u64) -> usize {
-        fp as usize & (self.table.len() - 1)
+        fp as usize & (self.slots - 1)
     }
 
     pub fn contains(&self, fp: u64) -> bool {
-        let mask = self.table.len() - 1;
+        let mask = self.slots - 1;
         let mut i = self.home(fp);
         loop {
             match self.table[i] {
@@ -215,15 +224,17 @@ impl ReplayMemory {
                 self.remove(old);
             }
             self.head = (self.head + 1) % self.capacity;
-            if (self.stored + 1) * 2 > self.table.len() && self.table.len() < self.max_table {
+            if (self.stored + 1) * 2 > self.slots && self.slots < self.table.len() {
+                // Rebuilt from the ring, which holds `fp` already.
                 self.grow();
+            } else {
+                self.insert(fp);
             }
-            self.insert(fp);
         }
     }
 
     fn insert(&mut self, fp: u64) {
-        let mask = self.table.len() - 1;
+        let mask = self.slots - 1;
         let mut i = self.home(fp);
         while self.table[i] != 0 {
             if self.table[i] == fp {
@@ -236,7 +247,7 @@ impl ReplayMemory {
     }
 
     fn remove(&mut self, fp: u64) {
-        let mask = self.table.len() - 1;
+        let mask = self.slots - 1;
         let mut i = self.home(fp);
         loop {
             match self.table[i] {
@@ -269,13 +280,16 @@ impl ReplayMemory {
         self.stored -= 1;
     }
 
+    /// Doubles the slots in use and inserts the ring's fingerprints (all of the set) again.
     fn grow(&mut self) {
-        let doubled = vec![0; self.table.len() * 2];
-        let old = std::mem::replace(&mut self.table, doubled);
+        self.slots *= 2;
+        self.table[..self.slots].fill(0);
         self.stored = 0;
-        for fp in old.into_iter().filter(|&v| v != 0) {
+        let ring = std::mem::take(&mut self.ring);
+        for &fp in &ring {
             self.insert(fp);
         }
+        self.ring = ring;
     }
 }
 
@@ -358,8 +372,8 @@ mod tests {
     #[test]
     fn full_history_fits_the_stated_table() {
         let m = ReplayMemory::default();
-        assert_eq!(m.max_table, 1 << 23);
-        assert!(CAPACITY as f64 / m.max_table as f64 <= 0.52);
+        assert_eq!(m.table.len(), 1 << 23);
+        assert!(CAPACITY as f64 / m.table.len() as f64 <= 0.52);
     }
 
     #[test]
