@@ -512,20 +512,25 @@ mod tests {
         // Stand-ins for the anchors of 1 GiB of later traffic (4 Mi anchors, one per 256
         // bytes), injected rather than hashed to keep the test fast.
         let mut x: u64 = rand::random();
-        let mut filler = |n: usize| {
-            (0..n)
-                .map(|_| {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    x.max(1)
-                })
-                .collect::<Vec<u64>>()
+        // Generated as consumed: a 30 MB vector freed here would raise malloc's mmap
+        // threshold for the whole test process (other tests expect fresh pages).
+        let mut filler = |h: &mut HealthTests, n: usize| {
+            let mut out = Vec::with_capacity(4096);
+            for _ in 0..n {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                out.push(x.max(1));
+                if out.len() == 4096 {
+                    h.remember_anchors(out.drain(..));
+                }
+            }
+            h.remember_anchors(out);
         };
         let per_gib = (1usize << 30) >> replay::ANCHOR_BITS;
         for (after, anchors) in [
             ("80 MiB", per_gib * 80 / 1024),
             ("1 GiB", per_gib - per_gib * 80 / 1024),
         ] {
-            h.remember_anchors(filler(anchors));
+            filler(&mut h, anchors);
             for shift in [1usize, 333] {
                 let replay = [&first[shift..], &random(shift)[..]].concat();
                 assert!(
@@ -535,7 +540,7 @@ mod tests {
             }
         }
         // Past the capacity the oldest anchors go: the memory is bounded.
-        h.remember_anchors(filler(replay::CAPACITY));
+        filler(&mut h, replay::CAPACITY);
         assert_eq!(h.replays.len(), replay::CAPACITY);
         let replay = [&first[1..], &random(1)[..]].concat();
         h.check(&replay).expect("forgotten after more than 1 GiB");
