@@ -12,7 +12,7 @@
 //! |---|---|
 //! | RCT, cutoff 6: five equal successors | 2^-40 = 9.09e-13 |
 //! | APT, 2^-40 per 512-byte window | 1.8e-15 |
-//! | MCV, bytes and differences, 2^-49 per response of >= 1 KiB | < 1.7e-18 |
+//! | MCV, bytes and differences, per 1 KiB and per response, 2^-50 each | < 3.5e-18 |
 //! | replay, 64-bit fingerprints (see [`replay`]) | < 2.9e-15 |
 //! | aligned block repeat, 128-bit fingerprints | < 1e-30 |
 //! | total | < 9.15e-13, under one false discard per 10^12 good bytes |
@@ -72,9 +72,11 @@ pub enum HealthFailure {
     #[error("block {0} repeats a recently received block")]
     DuplicateBlock(usize),
     #[error(
-        "most common value: {} 0x{:02x} is {} of {} (min-entropy estimate {:.2} bits)",
+        "most common value: {} 0x{:02x} is {} of {} {} (min-entropy estimate {:.2} bits)",
         match .0.sequence { mcv::Sequence::Bytes => "byte", mcv::Sequence::Differences => "difference" },
-        .0.value, .0.count, .0.samples, .0.min_entropy()
+        .0.value, .0.count, .0.samples,
+        .0.window.map_or("in the response".to_owned(), |w| format!("in KiB {w}")),
+        .0.min_entropy()
     )]
     LowEntropy(mcv::LowEntropy),
     #[error("the 64 bytes before byte {0} repeat earlier content (at some shift)")]

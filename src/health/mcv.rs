@@ -3,18 +3,21 @@
 //!
 //! The bytes catch bias (a stream that is 83% one value, wherever the values sit); the
 //! differences catch structure with uniform-looking bytes: an arithmetic progression of any
-//! step and offset has one difference value only, and so does any run of equal steps.
+//! step and offset has one difference value only, and so does any run of equal steps. Both
+//! are estimated over each 1 KiB window (local structure, e.g. 256 bytes of progression in an
+//! otherwise good block) and over the whole response (weak bias, e.g. 1% extra of one value).
 //!
 //! # Cutoff and false-alarm rate
 //! For full-entropy bytes the counts of each of the 256 values are Binomial(n, 2^-8). So are
-//! the counts of differences, over n - 1 samples: `(b[0], d[0], .., d[n-2])` is a bijection of
+//! the counts of differences: `(b[0], d[0], .., d[n-2])` is a bijection of
 //! `(b[0], .., b[n-1])`, hence uniform, so the differences are independent and uniform too.
-//! A response is rejected when the most common value (of either) occurs `c(n)` times or more,
+//! A sequence of `n` samples fails when its most common value occurs `c(n)` times or more,
 //! where `c(n)` is the least `c` with `256 * P[Binomial(n, 2^-8) >= c] <= 2^-50` (union bound
-//! over the 256 values). Both tests together falsely reject a good response with probability
-//! at most `2^-49`; per byte of the smallest response (1 KiB) that is `2^-59 ≈ 1.7e-18`, far
-//! below the budget of 10^-12 per byte. Examples: c(1 KiB) = 32 (3.1%, where 4 are
-//! expected), c(16 KiB) = 145 (0.89%, 64 expected), c(512 KiB) = 2450 (0.47%, 2048 expected). In SP 800-90B's terms the
+//! over the 256 values). A response of `n >= 1024` bytes runs 2 tests per 1 KiB window and 2
+//! over the whole, so it is falsely rejected with probability at most
+//! `(2n/1024 + 2) * 2^-50`: per byte at most `2^-58 ≈ 3.5e-18`, far below the budget of
+//! 10^-12 per byte. Cutoffs: c(1 KiB) = 32 (3.1%, where 4 are expected), c(16 KiB) = 145
+//! (0.89%, 64 expected), c(512 KiB) = 2450 (0.47%, 2048 expected). In SP 800-90B's terms the
 //! cutoff is a floor on the MCV estimate `-log2(count / n)`.
 
 /// log2 of the false-alarm probability allowed for each of the two tests on one response.
@@ -34,6 +37,8 @@ pub struct LowEntropy {
     pub value: u8,
     pub count: usize,
     pub samples: usize,
+    /// The 1 KiB window (by index) that failed, or `None` for the whole response.
+    pub window: Option<usize>,
 }
 
 impl LowEntropy {
@@ -88,55 +93,93 @@ impl Cutoffs {
     }
 }
 
-/// Histograms of the bytes and of their differences, in one pass. Four interleaved tables
-/// per histogram so consecutive equal values do not wait on each other's increment.
+/// Samples per window of the local estimate: one block of the API.
+pub const WINDOW: usize = 1024;
+
+/// Histograms of the bytes and of their differences, in one pass, estimated per 1 KiB window
+/// (local structure: a 256-byte progression is lost in 512 KiB, not in 1 KiB) and over the
+/// whole response (weak bias). Four interleaved tables per histogram, so consecutive equal
+/// values do not wait on each other's increment.
 pub fn check(bytes: &[u8], cutoffs: &mut Cutoffs) -> Result<(), LowEntropy> {
     if bytes.len() < 2 {
         return Ok(());
     }
-    let mut values = [[0u32; 256]; 4];
-    let mut diffs = [[0u32; 256]; 4];
-    let mut chunks = bytes.chunks_exact(4);
+    let mut values = [0u32; 256];
+    let mut diffs = [0u32; 256];
     let mut prev = bytes[0];
-    for c in chunks.by_ref() {
-        values[0][usize::from(c[0])] += 1;
-        values[1][usize::from(c[1])] += 1;
-        values[2][usize::from(c[2])] += 1;
-        values[3][usize::from(c[3])] += 1;
-        diffs[0][usize::from(c[0].wrapping_sub(prev))] += 1;
-        diffs[1][usize::from(c[1].wrapping_sub(c[0]))] += 1;
-        diffs[2][usize::from(c[2].wrapping_sub(c[1]))] += 1;
-        diffs[3][usize::from(c[3].wrapping_sub(c[2]))] += 1;
-        prev = c[3];
+    for (w, window) in bytes.chunks(WINDOW).enumerate() {
+        let mut v4 = [[0u16; 256]; 4];
+        let mut d4 = [[0u16; 256]; 4];
+        let mut chunks = window.chunks_exact(4);
+        for c in chunks.by_ref() {
+            v4[0][usize::from(c[0])] += 1;
+            v4[1][usize::from(c[1])] += 1;
+            v4[2][usize::from(c[2])] += 1;
+            v4[3][usize::from(c[3])] += 1;
+            d4[0][usize::from(c[0].wrapping_sub(prev))] += 1;
+            d4[1][usize::from(c[1].wrapping_sub(c[0]))] += 1;
+            d4[2][usize::from(c[2].wrapping_sub(c[1]))] += 1;
+            d4[3][usize::from(c[3].wrapping_sub(c[2]))] += 1;
+            prev = c[3];
+        }
+        for &b in chunks.remainder() {
+            v4[0][usize::from(b)] += 1;
+            d4[0][usize::from(b.wrapping_sub(prev))] += 1;
+            prev = b;
+        }
+        if w == 0 {
+            // The first "difference" was b[0] - b[0] = 0: take it back out.
+            d4[0][0] -= 1;
+        }
+        let v = merge(&v4, &mut values);
+        let d = merge(&d4, &mut diffs);
+        // Each window's differences include the one from the byte before it.
+        let n_diffs = window.len() - usize::from(w == 0);
+        if window.len() == WINDOW {
+            judge(v, window.len(), Sequence::Bytes, Some(w), cutoffs)?;
+            judge(d, n_diffs, Sequence::Differences, Some(w), cutoffs)?;
+        }
     }
-    for &b in chunks.remainder() {
-        values[0][usize::from(b)] += 1;
-        diffs[0][usize::from(b.wrapping_sub(prev))] += 1;
-        prev = b;
-    }
-    // The first "difference" was b[0] - b[0] = 0: take it back out.
-    diffs[0][0] -= 1;
     let n = bytes.len();
-    most_common(&values, n, Sequence::Bytes, cutoffs.get(n))?;
-    most_common(&diffs, n - 1, Sequence::Differences, cutoffs.get(n - 1))
+    let most = |t: &[u32; 256]| {
+        let (value, count) = (0..256)
+            .map(|v| (v, t[v]))
+            .max_by_key(|&(_, c)| c)
+            .unwrap_or((0, 0));
+        (value as u8, count as usize)
+    };
+    judge(most(&values), n, Sequence::Bytes, None, cutoffs)?;
+    judge(most(&diffs), n - 1, Sequence::Differences, None, cutoffs)
 }
 
-fn most_common(
-    tables: &[[u32; 256]; 4],
+/// Adds a window's four tables into `total`; returns the window's most common value and
+/// its count.
+fn merge(tables: &[[u16; 256]; 4], total: &mut [u32; 256]) -> (u8, usize) {
+    let mut best = (0u8, 0usize);
+    for (v, t) in total.iter_mut().enumerate() {
+        let c = tables.iter().map(|x| usize::from(x[v])).sum::<usize>();
+        *t += c as u32;
+        if c > best.1 {
+            best = (v as u8, c);
+        }
+    }
+    best
+}
+
+fn judge(
+    (value, count): (u8, usize),
     samples: usize,
     sequence: Sequence,
-    cutoff: usize,
+    window: Option<usize>,
+    cutoffs: &mut Cutoffs,
 ) -> Result<(), LowEntropy> {
-    let (value, count) = (0..256)
-        .map(|v| (v, tables.iter().map(|t| t[v] as usize).sum::<usize>()))
-        .max_by_key(|&(_, c)| c)
-        .unwrap_or((0, 0));
-    if count >= cutoff {
+    if count >= cutoffs.get(samples) {
         return Err(LowEntropy {
             sequence,
-            value: value as u8,
+            value,
             count,
             samples,
+            window,
         });
     }
     Ok(())
@@ -189,20 +232,52 @@ mod tests {
     fn histograms_are_exact() {
         // Counted against a plain loop through the reported count.
         let mut cutoffs = Cutoffs::default();
-        let mut v = random(1027);
+        let mut v = random(3000);
         v[..40].fill(9);
         let err = check(&v, &mut cutoffs).expect_err("40 nines");
-        let plain = v.iter().filter(|&&b| b == 9).count();
+        let plain = v[..WINDOW].iter().filter(|&&b| b == 9).count();
         assert_eq!(
-            (err.sequence, err.value, err.count),
-            (Sequence::Bytes, 9, plain)
+            (err.sequence, err.value, err.count, err.window),
+            (Sequence::Bytes, 9, plain, Some(0))
         );
-        let steps: Vec<u8> = (0..1027u32).map(|i| (i * 3 + 1) as u8).collect();
+        // A progression in the second window: its differences there include the step from
+        // the first window's last byte, which is random.
+        let mut steps = random(3000);
+        for (i, b) in steps[WINDOW..2 * WINDOW].iter_mut().enumerate() {
+            *b = (i * 3 + 1) as u8;
+        }
         let err = check(&steps, &mut cutoffs).expect_err("progression");
+        let plain = steps[WINDOW - 1..2 * WINDOW]
+            .windows(2)
+            .filter(|w| w[1].wrapping_sub(w[0]) == 3)
+            .count();
         assert_eq!(
-            (err.sequence, err.value, err.count),
-            (Sequence::Differences, 3, 1026)
+            (err.sequence, err.value, err.count, err.samples, err.window),
+            (Sequence::Differences, 3, plain, WINDOW, Some(1))
         );
+        // Weak bias spread over the whole response: no window fails, the response does.
+        let mut weak = random(512 << 10);
+        for b in weak.iter_mut().step_by(100) {
+            *b = 0x77;
+        }
+        let err = check(&weak, &mut cutoffs).expect_err("1% extra");
+        assert_eq!((err.value, err.window), (0x77, None));
+        let plain = weak.iter().filter(|&&b| b == 0x77).count();
+        assert_eq!((err.count, err.samples), (plain, 512 << 10));
+    }
+
+    #[test]
+    fn local_structure_in_a_large_response_fails() {
+        let mut cutoffs = Cutoffs::default();
+        for start in [0usize, 1000, 300_000, (512 << 10) - 256] {
+            let mut v = random(512 << 10);
+            for (i, b) in v[start..start + 256].iter_mut().enumerate() {
+                *b = (i as u8).wrapping_mul(37).wrapping_add(5);
+            }
+            let err = check(&v, &mut cutoffs).expect_err("256-byte progression");
+            assert_eq!(err.sequence, Sequence::Differences, "at {start}");
+            assert!(err.window.is_some());
+        }
     }
 
     #[test]
