@@ -98,7 +98,7 @@ pub const WINDOW: usize = 1024;
 
 /// Histograms of the bytes and of their differences, in one pass, estimated per 1 KiB window
 /// (local structure: a 256-byte progression is lost in 512 KiB, not in 1 KiB) and over the
-/// whole response (weak bias). Four interleaved tables per histogram, so consecutive equal
+/// whole response (weak bias). Two interleaved tables per histogram, so consecutive equal
 /// values do not wait on each other's increment.
 pub fn check(bytes: &[u8], cutoffs: &mut Cutoffs) -> Result<(), LowEntropy> {
     if bytes.len() < 2 {
@@ -108,31 +108,27 @@ pub fn check(bytes: &[u8], cutoffs: &mut Cutoffs) -> Result<(), LowEntropy> {
     let mut diffs = [0u32; 256];
     let mut prev = bytes[0];
     for (w, window) in bytes.chunks(WINDOW).enumerate() {
-        let mut v4 = [[0u16; 256]; 4];
-        let mut d4 = [[0u16; 256]; 4];
-        let mut chunks = window.chunks_exact(4);
+        let mut v2 = [[0u16; 256]; 2];
+        let mut d2 = [[0u16; 256]; 2];
+        let mut chunks = window.chunks_exact(2);
         for c in chunks.by_ref() {
-            v4[0][usize::from(c[0])] += 1;
-            v4[1][usize::from(c[1])] += 1;
-            v4[2][usize::from(c[2])] += 1;
-            v4[3][usize::from(c[3])] += 1;
-            d4[0][usize::from(c[0].wrapping_sub(prev))] += 1;
-            d4[1][usize::from(c[1].wrapping_sub(c[0]))] += 1;
-            d4[2][usize::from(c[2].wrapping_sub(c[1]))] += 1;
-            d4[3][usize::from(c[3].wrapping_sub(c[2]))] += 1;
-            prev = c[3];
+            v2[0][usize::from(c[0])] += 1;
+            v2[1][usize::from(c[1])] += 1;
+            d2[0][usize::from(c[0].wrapping_sub(prev))] += 1;
+            d2[1][usize::from(c[1].wrapping_sub(c[0]))] += 1;
+            prev = c[1];
         }
         for &b in chunks.remainder() {
-            v4[0][usize::from(b)] += 1;
-            d4[0][usize::from(b.wrapping_sub(prev))] += 1;
+            v2[0][usize::from(b)] += 1;
+            d2[0][usize::from(b.wrapping_sub(prev))] += 1;
             prev = b;
         }
         if w == 0 {
             // The first "difference" was b[0] - b[0] = 0: take it back out.
-            d4[0][0] -= 1;
+            d2[0][0] -= 1;
         }
-        let v = merge(&v4, &mut values);
-        let d = merge(&d4, &mut diffs);
+        let v = merge(&v2, &mut values);
+        let d = merge(&d2, &mut diffs);
         // Each window's differences include the one from the byte before it.
         let n_diffs = window.len() - usize::from(w == 0);
         if window.len() == WINDOW {
@@ -152,18 +148,20 @@ pub fn check(bytes: &[u8], cutoffs: &mut Cutoffs) -> Result<(), LowEntropy> {
     judge(most(&diffs), n - 1, Sequence::Differences, None, cutoffs)
 }
 
-/// Adds a window's four tables into `total`; returns the window's most common value and
-/// its count.
-fn merge(tables: &[[u16; 256]; 4], total: &mut [u32; 256]) -> (u8, usize) {
-    let mut best = (0u8, 0usize);
-    for (v, t) in total.iter_mut().enumerate() {
-        let c = tables.iter().map(|x| usize::from(x[v])).sum::<usize>();
-        *t += c as u32;
-        if c > best.1 {
-            best = (v as u8, c);
-        }
+/// Adds a window's two tables into `total`; returns the window's most common value and
+/// its count. Written as plain loops over arrays so they vectorise; the value is searched
+/// for only when the count is high.
+fn merge(tables: &[[u16; 256]; 2], total: &mut [u32; 256]) -> (u8, usize) {
+    let mut sum = [0u16; 256];
+    for (i, s) in sum.iter_mut().enumerate() {
+        *s = tables[0][i] + tables[1][i];
     }
-    best
+    for (t, &s) in total.iter_mut().zip(&sum) {
+        *t += u32::from(s);
+    }
+    let max = sum.iter().copied().max().unwrap_or(0);
+    let value = sum.iter().position(|&s| s == max).unwrap_or(0);
+    (value as u8, usize::from(max))
 }
 
 fn judge(
