@@ -1,6 +1,8 @@
 //! Served bytes must not linger in the daemon's memory in another form: after 4 MiB was read
 //! (and wiped from the ring), the base64 text the upstream sent for those blocks is looked
 //! for in every writable mapping of the daemon, through /proc/PID/mem.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::collections::HashSet;

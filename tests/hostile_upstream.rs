@@ -1,5 +1,7 @@
 //! An upstream that sends well-formed responses of bad entropy: each class is discarded whole
 //! by the health tests, counted in `/status`, and none of its bytes reaches a reader.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::time::Duration;
