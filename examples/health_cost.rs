@@ -4,17 +4,13 @@
 //! process CPU time (one thread) divided by the bytes checked.
 use std::time::Duration;
 
+use nix::time::{ClockId, clock_gettime};
 use qrypt_fs::health::HealthTests;
 use rand::RngCore;
 
 fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    // CLOCK_PROCESS_CPUTIME_ID always exists on Linux; zero if it ever did not.
+    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 fn per_gib(cpu: Duration, bytes: usize) -> f64 {
