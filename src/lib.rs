@@ -12,11 +12,17 @@ pub mod first_contact;
 pub mod fs;
 pub mod fuse;
 pub mod health;
+pub mod log_limit;
 pub mod logging;
 pub mod pool;
 pub mod prefetch;
 pub mod preflight;
-pub mod ratelimit;
+/// The old name of [`log_limit`], kept only until `read_origin.rs` (edited on another branch)
+/// imports `crate::log_limit::LogLimiter`; then this goes.
+#[doc(hidden)]
+pub mod ratelimit {
+    pub use crate::log_limit::LogLimiter as RateLimit;
+}
 pub mod read_origin;
 pub mod session;
 pub mod signals;
