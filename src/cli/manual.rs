@@ -44,9 +44,12 @@ pub const SECTIONS: &[Section] = &[
                 "Entropy (mode 0444, st_size 4096, never in the page cache; offsets are ignored). \
                  Every byte is handed out once, to one reader, then wiped. Reads of up to 256 \
                  bytes are never short; larger reads may return what is buffered (use \
-                 dd iflag=fullblock). A read waits while the buffer is empty and any signal ends \
-                 the wait (EINTR); O_NONBLOCK gets EAGAIN; EIO when the upstream cannot recover \
-                 by itself (token rejected, quota used up) and nothing is buffered.",
+                 dd iflag=fullblock). A read waits while the buffer is empty. A signal that is \
+                 caught (a handler) or fatal by default ends the wait (EINTR, or the process \
+                 dies); stop, continue, ignored and blocked signals do not. SA_RESTART is \
+                 invisible to a filesystem: a caught signal always gives EINTR (README, section \
+                 Signals while a read waits). O_NONBLOCK gets EAGAIN; EIO when the upstream \
+                 cannot recover by itself (token rejected, quota used up) and nothing is buffered.",
             ),
             Item(
                 "MOUNTPOINT/status",
