@@ -118,7 +118,7 @@ pub const SECTIONS: &[Section] = &[
                  creates the directory, never the token.",
             ),
             Item(
-                "/lib/systemd/system/qrypt-fs.service",
+                "/usr/lib/systemd/system/qrypt-fs.service",
                 "The systemd unit: mounts /mnt/qrypt once /etc/qrypt/token exists.",
             ),
             Item(
