@@ -28,6 +28,7 @@ pub mod session;
 pub mod signals;
 pub mod size;
 pub mod status;
+pub mod sys;
 pub mod token;
 pub mod unsupported;
 pub mod upstream;

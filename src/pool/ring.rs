@@ -6,6 +6,8 @@ use std::sync::atomic::{Ordering, compiler_fence};
 use nix::sys::mman::{MmapAdvise, madvise, mlock, munlock};
 use zeroize::Zeroize;
 
+use crate::sys::page_size;
+
 /// Zeroes bytes that stay allocated (the ring, the scratch buffer). A plain `fill` is a memset
 /// at memory speed; the stores cannot be elided because the memory is read again later, and
 /// the fence keeps them from being reordered past the hand-out. (`zeroize` writes byte by byte
@@ -151,16 +153,6 @@ impl Ring {
         self.head = 0;
         self.len = 0;
     }
-}
-
-/// The system's page size (`sysconf(_SC_PAGESIZE)`), 4096 if it cannot say.
-pub fn page_size() -> usize {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|&n| n.is_power_of_two())
-        .unwrap_or(4096)
 }
 
 fn lock_memory(buf: &[u8]) -> bool {

@@ -170,7 +170,7 @@ fn a_file_polling_in_a_loop_keeps_one_waker() {
 /// Pages of `[ptr, ptr + len)` that are resident, by mincore(2).
 fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
     let (start, end) = ring::pages_covering(ptr, len);
-    let mut vec = vec![0u8; (end - start) / ring::page_size()];
+    let mut vec = vec![0u8; (end - start) / crate::sys::page_size()];
     // SAFETY: a mapped range (the pool's buffer, rounded out to its pages) and a vector with
     // one byte per page; nix has no mincore.
     let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
