@@ -81,10 +81,33 @@ fn version_names_the_git_commit_it_was_built_from() {
         git.status.success() && !commit.is_empty(),
         "not a git checkout?"
     );
-    assert_eq!(
-        text,
-        format!("qrypt-fs {} (commit {commit})\n", env!("CARGO_PKG_VERSION"))
+    let clean = format!("qrypt-fs {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
+    let dirty = format!(
+        "qrypt-fs {} (commit {commit}-dirty)\n",
+        env!("CARGO_PKG_VERSION")
     );
+    // Tracked files that differ from HEAD; those that make the binary rerun build.rs.
+    let status = Command::new("git")
+        .args(["-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .expect("git status");
+    assert!(status.status.success());
+    let changed: Vec<String> = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .map(|l| l.get(3..).unwrap_or_default().to_owned())
+        .collect();
+    let builds = ["src/", "build.rs", "Cargo.toml", "Cargo.lock", "qrypt-api/"];
+    if changed.is_empty() {
+        assert_eq!(text, clean, "a clean tree is not flagged");
+    } else if changed
+        .iter()
+        .any(|f| builds.iter().any(|b| f.starts_with(b)))
+    {
+        assert_eq!(text, dirty, "modified sources are flagged: {changed:?}");
+    } else {
+        // Only files the build does not watch changed: flagged if build.rs ran since.
+        assert!(text == clean || text == dirty, "{text}");
+    }
 }
 
 #[test]
