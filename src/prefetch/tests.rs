@@ -158,15 +158,21 @@ fn drain(pool: &Pool, n: usize) {
         fn deliver(self, _: &[u8]) {}
         fn fail(self, _: crate::pool::ReadError) {}
     }
-    pool.read(
-        crate::pool::ReadRequest {
-            len: n,
-            nonblocking: true,
-            pid: 0,
-            deadline: None,
-        },
-        Discard,
-    );
+    // One read serves at most MAX_READ bytes, as one FUSE READ.
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(crate::pool::MAX_READ);
+        pool.read(
+            crate::pool::ReadRequest {
+                len,
+                nonblocking: true,
+                pid: 0,
+                deadline: None,
+            },
+            Discard,
+        );
+        left -= len;
+    }
 }
 
 #[tokio::test(start_paused = true)]
