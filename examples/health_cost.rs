@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 use qrypt_fs::health::HealthTests;
-use rand::RngCore;
 
 fn cpu_time() -> Duration {
     // CLOCK_PROCESS_CPUTIME_ID always exists on Linux; zero if it ever did not.
@@ -23,7 +22,10 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(256);
     let mut data = vec![0u8; mib << 20];
-    rand::thread_rng().fill_bytes(&mut data);
+    if let Err(e) = getrandom::getrandom(&mut data) {
+        eprintln!("getrandom: {e}");
+        std::process::exit(1);
+    }
     for response in [512usize << 10, 16 << 10] {
         let mut h = HealthTests::new();
         let start = cpu_time();
@@ -50,7 +52,7 @@ fn main() {
         "  of which most-common-value (bytes and differences): {:.3} s CPU per GiB",
         per_gib(cpu_time() - start, data.len())
     );
-    let anchors = qrypt_fs::health::replay::Anchors::new(rand::random());
+    let anchors = qrypt_fs::health::replay::Anchors::new(qrypt_fs::sys::random_u64());
     let mut memory = qrypt_fs::health::replay::ReplayMemory::default();
     let mut found = Vec::new();
     let start = cpu_time();

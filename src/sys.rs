@@ -1,4 +1,5 @@
-//! Small facts about the system, asked once.
+//! Small things asked of the OS: the page size, a random number.
+use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 
 /// The system's page size (`sysconf(_SC_PAGESIZE)`): memory locking and prefaulting work in
@@ -16,11 +17,28 @@ pub fn page_size() -> usize {
     })
 }
 
+/// A random u64 from the OS CSPRNG (getrandom(2)), for seeds and jitter, never for output.
+/// Should getrandom fail (it cannot on Linux >= 3.17 once booted), std's per-process random
+/// hash keys stand in rather than a fixed value or a panic.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b),
+        Err(_) => RandomState::new().hash_one(std::time::Instant::now()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn page_size_is_a_power_of_two_of_at_least_4_kib() {
         let p = super::page_size();
         assert!(p.is_power_of_two() && p >= 4096, "{p}");
+    }
+
+    #[test]
+    fn random_u64_differs_between_calls() {
+        let a: Vec<u64> = (0..4).map(|_| super::random_u64()).collect();
+        assert!(a.windows(2).all(|w| w[0] != w[1]), "{a:?}");
     }
 }
