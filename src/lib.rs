@@ -5,6 +5,7 @@
 //! [`fs`] (FUSE adapter), [`cli`]/[`app`] (wiring), and the [`emulator`] of the API.
 pub mod app;
 pub mod backoff;
+pub mod budget;
 pub mod cli;
 pub mod daemon;
 pub mod emulator;
