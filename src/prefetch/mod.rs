@@ -482,3 +482,8 @@ impl<C: EntropyClient> Prefetcher<C> {
 
 #[cfg(test)]
 mod tests;
+
+pub mod adaptive;
+#[cfg(test)]
+mod fleet_model;
+pub mod request_size;
