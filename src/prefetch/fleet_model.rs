@@ -60,12 +60,9 @@ pub struct Outcome {
     pub timeline: Vec<Vec<u64>>,
 }
 
-/// Runs `mounts` mounts for `secs`, the i-th starting `stagger * i` after the first; a 200
-/// takes `latency`, a 429 a tenth of it.
-
-/// Runs 4 mounts for `secs` as the benchmark does: the i-th starts `stagger * i` after the
-/// first, and each only fills its buffer (`prefill` requests) until the readers start together
-/// at `readers_at`; from then on each wants every request it can get. A 200 takes `latency`,
+/// Runs `mounts` mounts for `secs` as the benchmark does: the i-th starts `stagger * i` after
+/// the first and, with `prefill: Some((n, at))`, only fills its buffer (`n` requests) until
+/// the readers start together at `at`; from then on each wants every request it can get. A 200 takes `latency`,
 /// a 429 a tenth of it. `seed` drives the jitter.
 pub fn run(
     mounts: usize,
