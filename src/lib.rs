@@ -13,6 +13,7 @@ pub mod fs;
 pub mod health;
 pub mod logging;
 pub mod pacer;
+pub mod pacing_wait;
 pub mod pool;
 pub mod prefetch;
 pub mod size;

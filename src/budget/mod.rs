@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 
 mod calendar;
 pub mod ledger;
+mod report;
 mod spec;
 mod store;
 
 pub use ledger::{Exhausted, Spend};
+pub use report::{BudgetReport, CapReport};
 pub use spec::{Cap, MIN_CAP, Period, merge_caps, parse_budget};
 pub use store::{StateFile, StoreError, default_state_dir};
 
@@ -201,53 +202,9 @@ impl Budget {
         let now = self.now();
         let mut spend = *self.cache.lock();
         spend.roll(now);
-        BudgetReport::new(&self.caps, &spend, now)
-    }
-}
-
-/// One cap, as `/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CapReport {
-    pub period: Period,
-    pub limit_bytes: u64,
-    pub spent_bytes: u64,
-    pub remaining_bytes: u64,
-    /// Unix time of the renewal.
-    pub renews_at: u64,
-}
-
-/// The budget as `/status` shows it: every cap, and the spend of the current day and month
-/// (shown even without a cap, so an operator can alert before Qrypt answers 403).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct BudgetReport {
-    pub caps: Vec<CapReport>,
-    pub spent_day_bytes: u64,
-    pub spent_month_bytes: u64,
-    pub day_renews_at: u64,
-    pub month_renews_at: u64,
-}
-
-impl BudgetReport {
-    pub fn new(caps: &[Cap], spend: &Spend, now: u64) -> BudgetReport {
-        BudgetReport {
-            caps: caps
-                .iter()
-                .map(|c| {
-                    let spent = spend.slot(c.period).spent;
-                    CapReport {
-                        period: c.period,
-                        limit_bytes: c.limit,
-                        spent_bytes: spent,
-                        remaining_bytes: c.limit.saturating_sub(spent),
-                        renews_at: c.period.next_start(now),
-                    }
-                })
-                .collect(),
-            spent_day_bytes: spend.day.spent,
-            spent_month_bytes: spend.month.spent,
-            day_renews_at: Period::Day.next_start(now),
-            month_renews_at: Period::Month.next_start(now),
-        }
+        let mut r = BudgetReport::new(&self.caps, &spend, now);
+        r.state_file = self.state_file().map(|p| p.display().to_string());
+        r
     }
 }
 
