@@ -8,9 +8,14 @@
 //!   The share is what the token's other users left us; the factor makes room for them to
 //!   grow and, being proportional, moves a large share more than a small one, so the clients
 //!   converge on equal shares.
-//! - **Increase** by one request per window, only after a quiet window (no 429, no change)
-//!   and only while the allowance is what holds requests back (RFC 7661's rule: probe only
-//!   with demand, so an idle mount does not grow an allowance it would spend in one burst).
+//! - **Increase** after `QUIET` windows without a 429 or a change, and only while the
+//!   allowance is what holds requests back (RFC 7661's rule: probe only with demand, so an
+//!   idle mount does not grow an allowance it would spend in one burst). By one request, or
+//!   more for a mount far below the limit (`CATCH_UP`): a mount that joins a token others
+//!   already saturate gets little at first, and one step per 20 s would leave it behind for
+//!   minutes; growing in proportion to how small it is (as HighSpeed TCP grows faster from
+//!   a small window) brings it to its share in a few windows, and its 429s to the others
+//!   make room.
 //! - Never above the configured limit, never below one request per window.
 //!
 //! Pure: every call takes the time, so tests and the fleet model run on a virtual clock.
@@ -22,8 +27,11 @@ use crate::pacer::RateLimit;
 pub const BETA: f64 = 0.75;
 /// The longest jitter, as a fraction of the window.
 pub const JITTER: f64 = 0.1;
-/// Windows without a 429 before probing one request higher.
-pub const QUIET: u32 = 1;
+/// A mount with less than `1 / CATCH_UP` of the limit grows by up to that much per quiet
+/// window (the step is `ceiling / CATCH_UP / current`, at least one).
+pub const CATCH_UP: u32 = 5;
+/// Windows without a 429 or a change before probing higher.
+pub const QUIET: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct AdaptiveRate {
@@ -92,7 +100,8 @@ impl AdaptiveRate {
         {
             return false;
         }
-        self.current += 1;
+        let step = (self.ceiling / CATCH_UP).div_ceil(self.current).max(1);
+        self.current = (self.current + step).min(self.ceiling);
         self.changed_at = Some(now);
         true
     }
@@ -132,26 +141,44 @@ mod tests {
     }
 
     #[test]
-    fn probes_up_only_with_demand_after_a_quiet_window_never_above_the_limit() {
+    fn probes_up_only_with_demand_after_quiet_windows_never_above_the_limit() {
         let mut r = rate();
         let t0 = Instant::now();
-        r.on_rate_limited(t0, 2, t0);
-        assert_eq!(r.current(), 2);
+        r.on_rate_limited(t0, 12, t0);
+        assert_eq!(r.current(), 12);
+        let quiet = SPAN * QUIET;
         assert!(
-            !r.on_held_back(t0 + SPAN - Duration::from_millis(1)),
+            !r.on_held_back(t0 + quiet - Duration::from_millis(1)),
             "not quiet yet"
         );
-        assert!(r.on_held_back(t0 + SPAN));
-        assert_eq!(r.current(), 3);
+        assert!(r.on_held_back(t0 + quiet));
+        assert_eq!(r.current(), 13);
         assert!(
-            !r.on_held_back(t0 + SPAN + Duration::from_secs(1)),
-            "one per window"
+            !r.on_held_back(t0 + quiet + SPAN),
+            "one step per quiet period"
         );
-        let mut t = t0 + SPAN;
+        let mut t = t0 + quiet;
         for _ in 0..100 {
-            t += SPAN;
+            t += quiet;
             r.on_held_back(t);
         }
         assert_eq!(r.current(), 30);
+    }
+
+    #[test]
+    fn a_small_share_catches_up_faster() {
+        let mut r = rate();
+        let t0 = Instant::now();
+        r.on_rate_limited(t0, 1, t0);
+        assert_eq!(r.current(), 1);
+        let quiet = SPAN * QUIET;
+        let steps: Vec<u32> = (1..=4)
+            .map(|i| {
+                r.on_held_back(t0 + quiet * i);
+                r.current()
+            })
+            .collect();
+        // Steps of 6, 1, 1, 1: ceiling / CATCH_UP / current, at least one.
+        assert_eq!(steps, vec![7, 8, 9, 10]);
     }
 }

@@ -57,6 +57,8 @@ struct Mount {
 pub struct Outcome {
     pub ok: Vec<u64>,
     pub refused: u64,
+    /// 429s in each 10 s.
+    pub refused_timeline: Vec<u64>,
     pub timeline: Vec<Vec<u64>>,
 }
 
@@ -93,6 +95,7 @@ pub fn run(
         .collect();
     let end = t0 + Duration::from_secs(secs);
     let mut now = t0;
+    let mut refused_timeline = vec![0; secs.div_ceil(10) as usize];
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     while now < end {
         for m in ms.iter_mut() {
@@ -109,6 +112,7 @@ pub fn run(
                     }
                     Err(retry_after) => {
                         m.refused += 1;
+                        refused_timeline[(now - t0).as_secs() as usize / 10] += 1;
                         while m
                             .accepted_sends
                             .front()
@@ -163,6 +167,7 @@ pub fn run(
     Outcome {
         ok: ms.iter().map(|m| m.ok).collect(),
         refused: ms.iter().map(|m| m.refused).sum(),
+        refused_timeline,
         timeline: ms.iter().map(|m| m.timeline.clone()).collect(),
     }
 }
@@ -196,7 +201,9 @@ mod tests {
                 let s = summary(&o);
                 // The ceiling is 180 in 60 s; each mount gets a fair share.
                 assert!(ok >= 153, "throughput: {s}");
-                assert!(o.refused * 100 <= (ok + o.refused) * 12, "429s: {s}");
+                // Most 429s are the start's (every mount must meet one to learn the token is
+                // shared, and its requests in flight meet it too): 14 of about 18.
+                assert!(o.refused * 100 <= (ok + o.refused) * 11, "429s: {s}");
                 let (max, min) = (o.ok.iter().max(), o.ok.iter().min());
                 assert!(max <= min.map(|m| m * 2).as_ref(), "fairness: {s}");
             }
@@ -204,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mount_that_started_late_is_not_starved() {
+    fn mounts_started_300_ms_apart_converge() {
         for seed in 0..4 {
             let o = run(
                 4,
@@ -217,9 +224,9 @@ mod tests {
             let ok: u64 = o.ok.iter().sum();
             let s = summary(&o);
             assert!(ok >= 153, "throughput: {s}");
-            assert!(o.refused * 100 <= (ok + o.refused) * 12, "429s: {s}");
+            assert!(o.refused * 100 <= (ok + o.refused) * 11, "429s: {s}");
             let (max, min) = (o.ok.iter().max(), o.ok.iter().min());
-            assert!(max <= min.map(|m| m * 4).as_ref(), "starved: {s}");
+            assert!(max <= min.map(|m| m * 2).as_ref(), "fairness: {s}");
         }
     }
 
