@@ -178,8 +178,8 @@ mod tests {
 
     fn summary(o: &Outcome) -> String {
         format!(
-            "ok {:?}, 429 {}, per 10 s {:?}",
-            o.ok, o.refused, o.timeline
+            "ok {:?}, 429 {} (per 10 s {:?}), ok per 10 s {:?}",
+            o.ok, o.refused, o.refused_timeline, o.timeline
         )
     }
 
