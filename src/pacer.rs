@@ -43,6 +43,9 @@ impl std::str::FromStr for RateLimit {
     }
 }
 
+/// Added to the window a slot is held after its request completed (clock granularity).
+pub const MARGIN: Duration = Duration::from_millis(100);
+
 /// A sliding-window gate that never lets the server see more than `requests` in a `window`.
 ///
 /// The server counts a request somewhere between our send and its answer, so a slot is held
@@ -73,7 +76,7 @@ impl Pacer {
         Pacer {
             limit,
             allowance: limit.map_or(u32::MAX, |l| l.requests),
-            margin: Duration::from_millis(100),
+            margin: MARGIN,
             next_id: 0,
             slots: Vec::new(),
         }
@@ -175,7 +178,10 @@ mod tests {
         let id = p.try_acquire(t0).expect("a cancelled slot is free at once");
         p.complete(id, t0);
         p.set_allowance(0);
-        assert!(p.try_acquire(at).is_ok(), "never below one request per window");
+        assert!(
+            p.try_acquire(at).is_ok(),
+            "never below one request per window"
+        );
         assert!(p.try_acquire(at).is_err());
     }
 

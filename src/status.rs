@@ -1,12 +1,15 @@
 //! Counters and upstream state, and their renderings for `/status`, `/status.json`, `/metrics`.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::budget::{Budget, BudgetReport};
+use crate::pacing_wait::PacingWait;
 use crate::pool::Pool;
 
 /// The upstream's condition, as an operator would name it.
@@ -19,8 +22,15 @@ pub enum UpstreamState {
     /// The last request succeeded, but one failed in the last [`DEGRADED_WINDOW`]: the
     /// upstream is flaky. Derived when a snapshot is taken, never stored.
     Degraded,
+    /// Working, but the client's own pacing holds the next request back while a reader
+    /// waits. Derived when a snapshot is taken, never stored.
+    Pacing,
     /// Failing; waiting before the next attempt.
     BackingOff,
+    /// The budget's state file cannot be written: nothing is requested until it can be.
+    BudgetUnwritable,
+    /// A `--budget` cap is reached; nothing is requested until it renews.
+    BudgetExhausted,
     /// 401: the token was rejected; waiting for a new token (file change or SIGHUP).
     Unauthorized,
     /// 403: the monthly quota is used up; retrying rarely.
@@ -37,7 +47,10 @@ impl UpstreamState {
             UpstreamState::Starting => "starting",
             UpstreamState::Ok => "ok",
             UpstreamState::Degraded => "degraded",
+            UpstreamState::Pacing => "pacing",
             UpstreamState::BackingOff => "backing off",
+            UpstreamState::BudgetUnwritable => "budget state unwritable",
+            UpstreamState::BudgetExhausted => "budget exhausted",
             UpstreamState::Unauthorized => "unauthorized",
             UpstreamState::QuotaExhausted => "quota exhausted",
             UpstreamState::BadRequest => "bad request",
@@ -49,8 +62,17 @@ impl UpstreamState {
     pub fn is_unrecoverable(self) -> bool {
         matches!(
             self,
-            UpstreamState::Unauthorized | UpstreamState::QuotaExhausted | UpstreamState::BadRequest
+            UpstreamState::Unauthorized
+                | UpstreamState::QuotaExhausted
+                | UpstreamState::BadRequest
+                | UpstreamState::BudgetExhausted
         )
+    }
+
+    /// States that only the prefetcher's own decision ends, never an answer to a request sent
+    /// before them: the stops, and a budget that cannot be recorded.
+    pub fn holds(self) -> bool {
+        self.is_unrecoverable() || self == UpstreamState::BudgetUnwritable
     }
 }
 
@@ -98,6 +120,10 @@ pub struct Status {
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
     pub discarded_bytes: AtomicU64,
+    /// Requests per window the client allows itself now (see `prefetch::adaptive`).
+    rate_allowance: std::sync::atomic::AtomicU32,
+    budget: Mutex<Option<Arc<Budget>>>,
+    pacing: Mutex<PacingWait>,
     mutable: Mutex<Mutable>,
 }
 
@@ -125,6 +151,13 @@ pub struct Snapshot {
     pub endpoint: String,
     pub token_source: String,
     pub rate_limit: String,
+    /// Requests per window the client allows itself now; `None` without `--rate-limit`.
+    pub rate_allowance: Option<u32>,
+    /// Unix time until which the client's pacing holds requests back.
+    pub rate_limited_until: Option<f64>,
+    pub pacing_wait_seconds: f64,
+    #[serde(flatten)]
+    pub budget: BudgetReport,
     pub uptime_seconds: u64,
 }
 
@@ -143,6 +176,9 @@ impl Status {
             requests_ok: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             discarded_bytes: AtomicU64::new(0),
+            rate_allowance: std::sync::atomic::AtomicU32::new(0),
+            budget: Mutex::new(None),
+            pacing: Mutex::new(PacingWait::default()),
             mutable: Mutex::new(Mutable {
                 state: UpstreamState::Starting,
                 consecutive_failures: 0,
@@ -176,7 +212,7 @@ impl Status {
             return;
         }
         m.consecutive_failures = 0;
-        if !m.state.is_unrecoverable() && m.state != UpstreamState::Stopping {
+        if !m.state.holds() && m.state != UpstreamState::Stopping {
             m.state = UpstreamState::Ok;
             m.next_attempt = None;
         }
@@ -199,6 +235,25 @@ impl Status {
         }
     }
 
+    /// The budget whose caps and spend `/status` shows.
+    pub fn set_budget(&self, budget: Arc<Budget>) {
+        *self.budget.lock() = Some(budget);
+    }
+
+    pub fn set_rate_allowance(&self, requests: u32) {
+        self.rate_allowance.store(requests, Ordering::SeqCst);
+    }
+
+    /// The client's pacing holds requests back until `until`.
+    pub fn pacing_hold(&self, now: Instant, until: Instant) {
+        self.pacing.lock().hold(now, until);
+    }
+
+    /// The pacing hold (if any) ended; `waiting_since` as [`Pool::waiting_since`] says.
+    pub fn pacing_release(&self, now: Instant, waiting_since: Option<Instant>) {
+        self.pacing.lock().release(now, waiting_since);
+    }
+
     pub fn consecutive_failures(&self) -> u64 {
         self.mutable.lock().consecutive_failures
     }
@@ -209,6 +264,24 @@ impl Status {
 
     fn snapshot_at(&self, pool: &Pool, now: Instant) -> Snapshot {
         let (buffered, served, waiting) = pool.counts();
+        let waiting_since = pool.waiting_since();
+        let (pacing_until, pacing_wait) = {
+            let p = self.pacing.lock();
+            (p.until(now), p.total(now, waiting_since))
+        };
+        let budget = self
+            .budget
+            .lock()
+            .as_ref()
+            .map(|b| b.report())
+            .unwrap_or_default();
+        let wall = SystemTime::now();
+        let unix_at = |t: Instant| {
+            let ahead = t.saturating_duration_since(now);
+            wall.checked_add(ahead)
+                .and_then(|w| w.duration_since(UNIX_EPOCH).ok())
+                .map(|d| (d.as_millis() as f64) / 1000.0)
+        };
         // Read after the pool: fetched only grows, so served + buffered <= fetched holds.
         let fetched = self.fetched_bytes.load(Ordering::SeqCst);
         let m = self.mutable.lock();
@@ -216,7 +289,14 @@ impl Status {
         let recently_failed = m
             .last_failure
             .is_some_and(|t| now.saturating_duration_since(t) < DEGRADED_WINDOW);
+        let mut next_attempt = m.next_attempt;
         let state = match m.state {
+            UpstreamState::Ok | UpstreamState::Starting | UpstreamState::Degraded
+                if pacing_until.is_some() && waiting > 0 =>
+            {
+                next_attempt = pacing_until;
+                UpstreamState::Pacing
+            }
             UpstreamState::Ok if recently_failed => UpstreamState::Degraded,
             s => s,
         };
@@ -231,8 +311,7 @@ impl Status {
             requests_ok: self.requests_ok.load(Ordering::SeqCst),
             requests_failed: self.requests_failed.load(Ordering::SeqCst),
             consecutive_failures: m.consecutive_failures,
-            next_attempt_in_seconds: m
-                .next_attempt
+            next_attempt_in_seconds: next_attempt
                 .map(|t| t.saturating_duration_since(now).as_millis() as f64 / 1000.0),
             waiting_readers: waiting as u64,
             failures: m.failures_by_class.clone(),
@@ -244,6 +323,10 @@ impl Status {
             endpoint: self.info.endpoint.clone(),
             token_source: self.info.token_source.clone(),
             rate_limit: self.info.rate_limit.clone(),
+            rate_allowance: Some(self.rate_allowance.load(Ordering::SeqCst)).filter(|&r| r > 0),
+            rate_limited_until: pacing_until.and_then(unix_at),
+            pacing_wait_seconds: pacing_wait.as_millis() as f64 / 1000.0,
+            budget,
             uptime_seconds: SystemTime::now()
                 .duration_since(self.started)
                 .unwrap_or(Duration::ZERO)
@@ -338,7 +421,26 @@ impl Snapshot {
         line("endpoint", &self.endpoint);
         line("token_source", &self.token_source);
         line("rate_limit", &self.rate_limit);
-        line("uptime_seconds", &self.uptime_seconds);
+        line(
+            "rate_allowance",
+            &self
+                .rate_allowance
+                .map_or("none".to_owned(), |r| r.to_string()),
+        );
+        line(
+            "rate_limited_until",
+            &self.rate_limited_until.map_or("none".to_owned(), |t| {
+                let secs = t as u64;
+                let ms = ((t - secs as f64) * 1000.0) as u64;
+                rfc3339(secs).replace('Z', &format!(".{ms:03}Z"))
+            }),
+        );
+        line(
+            "pacing_wait_seconds",
+            &format!("{:.1}", self.pacing_wait_seconds),
+        );
+        self.budget.write_text(&mut s, rfc3339);
+        let _ = writeln!(s, "uptime_seconds: {}", self.uptime_seconds);
         s
     }
 
@@ -459,6 +561,28 @@ impl Snapshot {
             "Seconds since start.",
             self.uptime_seconds.to_string(),
         );
+        metric(
+            "pacing_wait_seconds_total",
+            "counter",
+            "Seconds readers spent waiting while the client's own pacing held requests back.",
+            format!("{:.3}", self.pacing_wait_seconds),
+        );
+        if let Some(r) = self.rate_allowance {
+            metric(
+                "rate_allowance_requests",
+                "gauge",
+                "Requests per rate-limit window the client allows itself now (lower after 429s).",
+                r.to_string(),
+            );
+        }
+        if let Some(t) = self.rate_limited_until {
+            metric(
+                "rate_limited_until_timestamp_seconds",
+                "gauge",
+                "Unix time until which the client's pacing holds requests back (absent otherwise).",
+                format!("{t:.3}"),
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP qrypt_fs_info Configuration, as labels (where the token comes from, never the token)."
@@ -488,7 +612,10 @@ impl Snapshot {
             UpstreamState::Starting,
             UpstreamState::Ok,
             UpstreamState::Degraded,
+            UpstreamState::Pacing,
             UpstreamState::BackingOff,
+            UpstreamState::BudgetUnwritable,
+            UpstreamState::BudgetExhausted,
             UpstreamState::Unauthorized,
             UpstreamState::QuotaExhausted,
             UpstreamState::BadRequest,
@@ -501,6 +628,7 @@ impl Snapshot {
                 u8::from(st.as_str() == self.state)
             );
         }
+        self.budget.write_prometheus(&mut s);
         s
     }
 }

@@ -86,7 +86,24 @@ pub struct Budget {
     cache: Mutex<Spend>,
 }
 
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("caps", &self.caps)
+            .field("file", &self.state_file())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Budget {
+    /// A budget without caps, counting in memory: what a mount without `--budget` has.
+    pub fn unlimited() -> Budget {
+        let clock = system_clock();
+        let mut spend = Spend::default();
+        spend.roll(clock());
+        Budget::in_memory(clock, spend)
+    }
+
     /// Opens the budget: reads the state file (an unusable one is an error naming it, unless
     /// `reset`) and writes it back at once, so an unwritable state directory is found at start
     /// rather than at the first request. Without caps, touches no file.

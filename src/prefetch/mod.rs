@@ -11,12 +11,16 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
+use crate::budget::{Budget, Grant, Refusal, human_bytes};
 use crate::health::HealthTests;
 use crate::pacer::{Pacer, RateLimit, Wait};
 use crate::pool::Pool;
 use crate::status::{Status, UpstreamState};
 use crate::token::read_token_file;
-use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
+use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError};
+use adaptive::AdaptiveRate;
+pub use request_size::FIRST_REQUEST_KIB;
+use request_size::{Need, request_kib};
 
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
@@ -35,6 +39,10 @@ pub struct PrefetchConfig {
     pub token_file: Option<PathBuf>,
     /// How often to look at the token file while the token is rejected.
     pub token_poll: Duration,
+    /// What may be spent; every request is recorded in it before it is sent.
+    pub budget: Arc<Budget>,
+    /// How long to wait before trying again to record the budget after a write failed.
+    pub budget_retry: Duration,
 }
 
 impl PrefetchConfig {
@@ -49,6 +57,8 @@ impl PrefetchConfig {
             mix_local: false,
             token_file: None,
             token_poll: Duration::from_secs(2),
+            budget: Arc::new(Budget::unlimited()),
+            budget_retry: Duration::from_secs(5),
         }
     }
 }
@@ -101,6 +111,11 @@ pub struct Prefetcher<C: EntropyClient> {
     status: Arc<Status>,
     cfg: PrefetchConfig,
     pacer: Pacer,
+    /// The allowance under a rate limit shared with unknown others (None: no limit).
+    rate: Option<AdaptiveRate>,
+    /// When each of our requests the service accepted (any answer but 429) was sent, for the
+    /// last window: our share of it.
+    accepted: std::collections::VecDeque<Instant>,
     backoff: Backoff,
     health: HealthTests,
     /// Set in states that need an outside change (new token, SIGHUP) before asking again.
@@ -110,8 +125,9 @@ pub struct Prefetcher<C: EntropyClient> {
     token_digest: Option<[u8; 32]>,
     filling: bool,
     reserved: usize,
-    /// Each request in flight: its size, its pacer slot and the epoch it was sent in.
-    in_flight: HashMap<tokio::task::Id, (u32, u64, u64)>,
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    /// Why the budget stops requests, if it does: the refusal is logged once per episode.
+    budget_block: Option<Refusal>,
     /// Advances whenever the upstream enters or leaves a stopped state (400, 401, 403), so
     /// the answer to a request sent before that cannot undo it: a 200 that was in flight when
     /// a 403 arrived still delivers its bytes, but does not declare the quota available again.
@@ -133,8 +149,15 @@ fn release_freed_memory() {
     }
 }
 
-/// Size of the requests made before the first success.
-pub const FIRST_REQUEST_KIB: u32 = 16;
+/// A request in flight.
+struct InFlight {
+    kib: u32,
+    slot: u64,
+    epoch: u64,
+    sent: Instant,
+    /// What the budget recorded for it, given back if the service refuses it outright.
+    grant: Grant,
+}
 
 type FetchResult = (u32, Result<Entropy, FetchError>);
 
@@ -146,8 +169,17 @@ fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
 impl<C: EntropyClient> Prefetcher<C> {
     pub fn new(client: Arc<C>, pool: Arc<Pool>, status: Arc<Status>, cfg: PrefetchConfig) -> Self {
         let now = Instant::now();
+        let rate = cfg
+            .rate_limit
+            .map(|l| AdaptiveRate::new(l, crate::pacer::MARGIN));
+        if let Some(r) = &rate {
+            status.set_rate_allowance(r.current());
+        }
+        status.set_budget(cfg.budget.clone());
         Prefetcher {
             pacer: Pacer::new(cfg.rate_limit),
+            rate,
+            accepted: std::collections::VecDeque::new(),
             backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
             health: HealthTests::new(),
             token_digest: cfg.token_file.as_deref().and_then(file_digest),
@@ -161,6 +193,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             filling: false,
             reserved: 0,
             in_flight: HashMap::new(),
+            budget_block: None,
             epoch: 0,
             log: LogThrottle::default(),
             started: false,
@@ -188,12 +221,13 @@ impl<C: EntropyClient> Prefetcher<C> {
                         Ok((id, (kib, result))) => {
                             // Late answers are set aside only while stopped: otherwise a
                             // fill in flight at a SIGHUP would leave the state at "starting".
+                            let sent = self.finished(id, &result);
                             let current =
-                                self.finished(id) == Some(self.epoch) || !self.stopped();
+                                sent.is_some_and(|e| e == self.epoch) || !self.stopped();
                             self.complete(kib, result, current);
                         }
                         Err(e) => {
-                            self.finished(e.id());
+                            self.finished(e.id(), &Err(FetchError::Transport(String::new())));
                             error!("fetch task failed: {e}");
                         }
                     }
@@ -229,8 +263,8 @@ impl<C: EntropyClient> Prefetcher<C> {
             return Some(self.next_attempt);
         }
         let capacity = self.pool.capacity();
-        let buffered = self.pool.buffered();
-        if buffered + self.reserved < self.cfg.low_watermark {
+        let (buffered, _, waiting) = self.pool.counts();
+        if buffered + self.reserved < self.cfg.low_watermark || waiting > 0 {
             self.filling = true;
         }
         while self.filling {
@@ -248,21 +282,57 @@ impl<C: EntropyClient> Prefetcher<C> {
             if tasks.len() >= max_in_flight {
                 break;
             }
+            let Some(kib) = request_kib(Need {
+                free,
+                capacity,
+                reader_waiting: waiting > 0,
+                in_flight: tasks.len(),
+                started: self.started,
+                paced: self.cfg.rate_limit.is_some(),
+            }) else {
+                // Less room than a whole request: wait until a reader makes room (or waits).
+                self.filling = false;
+                break;
+            };
             let slot = match self.pacer.try_acquire(now) {
                 Ok(slot) => slot,
-                Err(Wait::Until(at)) => return Some(at),
-                Err(Wait::ForCompletion) => break,
+                Err(wait) => {
+                    if self.rate.as_mut().is_some_and(|r| r.on_held_back(now)) {
+                        self.allowance_changed();
+                        continue;
+                    }
+                    if let Wait::Until(at) = wait {
+                        self.status.pacing_hold(now, at);
+                        return Some(at);
+                    }
+                    break;
+                }
             };
-            let largest = if self.started {
-                MAX_KIB_PER_REQUEST
-            } else {
-                FIRST_REQUEST_KIB
+            let grant = match self.cfg.budget.reserve(u64::from(kib) * 1024, 1024) {
+                Ok(grant) => grant,
+                Err(refusal) => {
+                    self.pacer.cancel(slot);
+                    return Some(self.budget_refused(refusal, now));
+                }
             };
-            let kib = (free / BLOCK_LEN).min(largest as usize) as u32;
+            self.status.pacing_release(now, self.pool.waiting_since());
+            if self.budget_block.is_some() {
+                self.budget_allows();
+            }
+            let kib = (grant.bytes / 1024) as u32;
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
             let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
-            self.in_flight.insert(handle.id(), (kib, slot, self.epoch));
+            self.in_flight.insert(
+                handle.id(),
+                InFlight {
+                    kib,
+                    slot,
+                    epoch: self.epoch,
+                    sent: now,
+                    grant,
+                },
+            );
         }
         if !self.filling
             && self.reserved == 0
@@ -274,13 +344,123 @@ impl<C: EntropyClient> Prefetcher<C> {
         None
     }
 
-    /// Releases what a finished request held: its reservation and, from now, its pacer slot.
-    /// Returns the epoch it was sent in.
-    fn finished(&mut self, id: tokio::task::Id) -> Option<u64> {
-        let (kib, slot, epoch) = self.in_flight.remove(&id)?;
-        self.reserved -= kib as usize * BLOCK_LEN;
-        self.pacer.complete(slot, Instant::now());
-        Some(epoch)
+    /// The budget refused a request: stop requesting until it renews (or can be written),
+    /// and say so once.
+    fn budget_refused(&mut self, refusal: Refusal, now: Instant) -> Instant {
+        let first = self.budget_block.as_ref().map(std::mem::discriminant)
+            != Some(std::mem::discriminant(&refusal));
+        let (state, retry) = match &refusal {
+            Refusal::Exhausted(e) => {
+                let wall = self.cfg.budget.now();
+                let wait = Duration::from_secs(e.renews_at.saturating_sub(wall));
+                if first {
+                    let caps = e
+                        .caps
+                        .iter()
+                        .map(|c| format!("budget {}/{} reached", human_bytes(c.limit), c.period))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    warn!(
+                        "{caps}: no request until it renews in {}s (buffered bytes are still \
+                         served; reads that would wait get EIO)",
+                        wait.as_secs()
+                    );
+                }
+                (UpstreamState::BudgetExhausted, after(now, wait))
+            }
+            Refusal::Unwritable(why) => {
+                if first {
+                    warn!(
+                        "cannot record the budget ({why}); stopped requesting (an unrecorded \
+                         request could exceed it), retrying every {}s",
+                        self.cfg.budget_retry.as_secs()
+                    );
+                }
+                (
+                    UpstreamState::BudgetUnwritable,
+                    after(now, self.cfg.budget_retry),
+                )
+            }
+        };
+        if first {
+            // Answers to requests sent before this do not end it.
+            self.epoch += 1;
+        }
+        self.budget_block = Some(refusal);
+        self.next_attempt = retry;
+        self.status.pacing_release(now, self.pool.waiting_since());
+        self.status.set_state(state, Some(retry));
+        self.pool.set_unavailable(state.is_unrecoverable());
+        retry
+    }
+
+    /// The budget allowed a request again after refusing.
+    fn budget_allows(&mut self) {
+        match self.budget_block.take() {
+            Some(Refusal::Exhausted(_)) => info!("budget renewed: requesting again"),
+            Some(Refusal::Unwritable(_)) => info!("budget state writable again: requesting again"),
+            None => return,
+        }
+        self.epoch += 1;
+        self.status.set_state(UpstreamState::Starting, None);
+        self.pool.set_unavailable(false);
+    }
+
+    fn allowance_changed(&mut self) {
+        if let Some(r) = &self.rate {
+            self.pacer.set_allowance(r.current());
+            self.status.set_rate_allowance(r.current());
+        }
+    }
+
+    /// Releases what a finished request held: its reservation and, from now (plus jitter once
+    /// the token is shared), its pacer slot; feeds a 429 to the allowance, and gives a refused
+    /// request's bytes back to the budget. Returns the epoch it was sent in.
+    fn finished(
+        &mut self,
+        id: tokio::task::Id,
+        result: &Result<Entropy, FetchError>,
+    ) -> Option<u64> {
+        let r = self.in_flight.remove(&id)?;
+        let now = Instant::now();
+        self.reserved -= r.kib as usize * BLOCK_LEN;
+        let jitter = self
+            .rate
+            .as_ref()
+            .map_or(Duration::ZERO, |a| a.jitter(rand::random::<f64>()));
+        self.pacer.complete(r.slot, now + jitter);
+        let code = match result {
+            Err(FetchError::Status { code, .. }) => Some(*code),
+            _ => None,
+        };
+        if code == Some(429) {
+            if let Some(window) = self.cfg.rate_limit.map(|l| l.window) {
+                while self
+                    .accepted
+                    .front()
+                    .is_some_and(|&t| now.saturating_duration_since(t) >= window)
+                {
+                    self.accepted.pop_front();
+                }
+            }
+            let share = self.accepted.len() as u32;
+            if self
+                .rate
+                .as_mut()
+                .is_some_and(|a| a.on_rate_limited(r.sent, share, now))
+            {
+                self.allowance_changed();
+            }
+        } else if self.rate.is_some() {
+            self.accepted.push_back(r.sent);
+        }
+        if matches!(code, Some(400 | 401 | 403 | 429)) {
+            // Refused before any entropy was served: Qrypt bills nothing for it.
+            if let Err(e) = self.cfg.budget.refund(r.grant) {
+                warn!("could not give a refused request back to the budget: {e}");
+            }
+        }
+        Some(r.epoch)
     }
 
     /// Handles a finished request. `current`: sent in this epoch, so its answer may change
@@ -462,9 +642,10 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.pool.set_unavailable(false);
     }
 
-    /// In a state only an outside change or a long wait ends (400, 401, 403).
+    /// In a state only an outside change, a long wait or the budget ends (400, 401, 403, a
+    /// spent or unrecordable budget).
     fn stopped(&self) -> bool {
-        self.halted.is_some() || self.status.state().is_unrecoverable()
+        self.halted.is_some() || self.status.state().holds()
     }
 
     /// The longest `Retry-After` honoured as given: the backoff cap, so one 429 cannot hold

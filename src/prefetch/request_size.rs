@@ -25,6 +25,9 @@ pub struct Need {
     pub in_flight: usize,
     /// A request has succeeded since start.
     pub started: bool,
+    /// Requests are paced (`--rate-limit`): only then is a request's slot worth more than
+    /// its size, so without pacing the buffer is topped up to the last KiB.
+    pub paced: bool,
 }
 
 /// KiB to request now, or `None` to wait for more room.
@@ -36,7 +39,7 @@ pub fn request_kib(n: Need) -> Option<u32> {
     if !n.started {
         return Some(free_kib.min(FIRST_REQUEST_KIB));
     }
-    if free_kib >= largest_useful_kib(n.capacity) {
+    if free_kib >= largest_useful_kib(n.capacity) || !n.paced {
         return Some(free_kib.min(MAX_KIB_PER_REQUEST));
     }
     (n.reader_waiting && n.in_flight == 0).then_some(free_kib)
@@ -55,6 +58,7 @@ mod tests {
             reader_waiting: false,
             in_flight: 1,
             started: true,
+            paced: true,
         }
     }
 
@@ -88,6 +92,15 @@ mod tests {
         assert_eq!(request_kib(n), Some(300));
         n.reader_waiting = false;
         assert_eq!(request_kib(n), None);
+    }
+
+    #[test]
+    fn without_pacing_the_buffer_is_topped_up() {
+        let mut n = need(300 * K, 1024 * K);
+        n.paced = false;
+        assert_eq!(request_kib(n), Some(300));
+        n.free = 2048 * K;
+        assert_eq!(request_kib(n), Some(512));
     }
 
     #[test]
