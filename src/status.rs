@@ -1,8 +1,10 @@
-//! Counters and upstream state, and their renderings for `/status`, `/status.json`, `/metrics`.
+//! Counters and the upstream state as told, and their renderings for `/status`,
+//! `/status.json`, `/metrics`. Nothing here decides a state: the prefetcher publishes the
+//! state machine's [`View`] (see [`crate::prefetch::state`]) and the daemon says when it stops.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -11,73 +13,10 @@ use serde::Serialize;
 use crate::budget::{Budget, BudgetReport};
 use crate::pacing_wait::PacingWait;
 use crate::pool::Pool;
-
-/// The upstream's condition, as an operator would name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum UpstreamState {
-    /// No request has succeeded yet since start, or since a new token / SIGHUP.
-    Starting,
-    /// The last request succeeded, and none failed in the last [`DEGRADED_WINDOW`].
-    Ok,
-    /// The last request succeeded, but one failed in the last [`DEGRADED_WINDOW`]: the
-    /// upstream is flaky. Derived when a snapshot is taken, never stored.
-    Degraded,
-    /// Working, but the client's own pacing holds the next request back while a reader
-    /// waits. Derived when a snapshot is taken, never stored.
-    Pacing,
-    /// Failing; waiting before the next attempt.
-    BackingOff,
-    /// The budget's state file cannot be written: nothing is requested until it can be.
-    BudgetUnwritable,
-    /// A `--budget` cap is reached; nothing is requested until it renews.
-    BudgetExhausted,
-    /// 401: the token was rejected; waiting for a new token (file change or SIGHUP).
-    Unauthorized,
-    /// 403: the monthly quota is used up; retrying rarely.
-    QuotaExhausted,
-    /// 400: the service rejected our request; stopped until SIGHUP.
-    BadRequest,
-    /// The daemon is stopping.
-    Stopping,
-}
-
-impl UpstreamState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamState::Starting => "starting",
-            UpstreamState::Ok => "ok",
-            UpstreamState::Degraded => "degraded",
-            UpstreamState::Pacing => "pacing",
-            UpstreamState::BackingOff => "backing off",
-            UpstreamState::BudgetUnwritable => "budget state unwritable",
-            UpstreamState::BudgetExhausted => "budget exhausted",
-            UpstreamState::Unauthorized => "unauthorized",
-            UpstreamState::QuotaExhausted => "quota exhausted",
-            UpstreamState::BadRequest => "bad request",
-            UpstreamState::Stopping => "stopping",
-        }
-    }
-
-    /// States in which readers on an empty buffer get `EIO` instead of waiting.
-    pub fn is_unrecoverable(self) -> bool {
-        matches!(
-            self,
-            UpstreamState::Unauthorized
-                | UpstreamState::QuotaExhausted
-                | UpstreamState::BadRequest
-                | UpstreamState::BudgetExhausted
-        )
-    }
-
-    /// States that only the prefetcher's own decision ends, never an answer to a request sent
-    /// before them: the stops, and a budget that cannot be recorded.
-    pub fn holds(self) -> bool {
-        self.is_unrecoverable() || self == UpstreamState::BudgetUnwritable
-    }
-}
+use crate::prefetch::state::{UpstreamState, View};
 
 /// Longest error message kept for `last_error`.
-const MAX_ERROR_CHARS: usize = 300;
+pub const MAX_ERROR_CHARS: usize = 300;
 
 /// Cuts an error message to [`MAX_ERROR_CHARS`], whatever an error chain holds, so `/status`
 /// and the log stay readable.
@@ -87,9 +26,6 @@ pub fn bounded(message: String) -> String {
         None => message,
     }
 }
-
-/// How long a failure keeps a working upstream `degraded` rather than `ok`.
-pub const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
 
 /// Facts fixed at start-up.
 #[derive(Debug, Clone)]
@@ -103,11 +39,9 @@ pub struct StaticInfo {
 
 #[derive(Debug)]
 struct Mutable {
-    state: UpstreamState,
-    consecutive_failures: u64,
-    next_attempt: Option<Instant>,
+    upstream: View,
+    stopping: bool,
     last_error: Option<(SystemTime, String)>,
-    last_failure: Option<Instant>,
     last_success: Option<SystemTime>,
     failures_by_class: BTreeMap<String, u64>,
 }
@@ -120,8 +54,8 @@ pub struct Status {
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
     pub discarded_bytes: AtomicU64,
-    /// Requests per window the client allows itself now (see `prefetch::adaptive`).
-    rate_allowance: std::sync::atomic::AtomicU32,
+    /// Requests per window the client allows itself now (0: no `--rate-limit`).
+    rate_allowance: AtomicU32,
     budget: Mutex<Option<Arc<Budget>>>,
     pacing: Mutex<PacingWait>,
     mutable: Mutex<Mutable>,
@@ -153,8 +87,9 @@ pub struct Snapshot {
     pub rate_limit: String,
     /// Requests per window the client allows itself now; `None` without `--rate-limit`.
     pub rate_allowance: Option<u32>,
-    /// Unix time until which the client's pacing holds requests back.
+    /// Unix time until which the client's own pacing holds requests back.
     pub rate_limited_until: Option<f64>,
+    /// Seconds readers spent waiting while the client's pacing held requests back.
     pub pacing_wait_seconds: f64,
     #[serde(flatten)]
     pub budget: BudgetReport,
@@ -176,66 +111,65 @@ impl Status {
             requests_ok: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             discarded_bytes: AtomicU64::new(0),
-            rate_allowance: std::sync::atomic::AtomicU32::new(0),
+            rate_allowance: AtomicU32::new(0),
             budget: Mutex::new(None),
             pacing: Mutex::new(PacingWait::default()),
             mutable: Mutex::new(Mutable {
-                state: UpstreamState::Starting,
-                consecutive_failures: 0,
-                next_attempt: None,
+                upstream: View {
+                    state: UpstreamState::Starting,
+                    next_attempt: None,
+                    consecutive_failures: 0,
+                    last_failure: None,
+                },
+                stopping: false,
                 last_error: None,
-                last_failure: None,
                 last_success: None,
                 failures_by_class: BTreeMap::new(),
             }),
         }
     }
 
+    /// The upstream state as last told (`stopping` once the daemon said so).
     pub fn state(&self) -> UpstreamState {
-        self.mutable.lock().state
+        let m = self.mutable.lock();
+        if m.stopping {
+            UpstreamState::Stopping
+        } else {
+            m.upstream.state
+        }
     }
 
-    pub fn set_state(&self, state: UpstreamState, next_attempt: Option<Instant>) {
-        let mut m = self.mutable.lock();
-        m.state = state;
-        m.next_attempt = next_attempt;
+    /// Records the upstream state machine's view after a transition.
+    pub fn publish(&self, upstream: View) {
+        self.mutable.lock().upstream = upstream;
     }
 
-    /// Counts a delivering request. `current`: sent after the last state change, so it also
-    /// ends a failure streak (a late answer to an old request does not).
-    pub fn record_success(&self, bytes: usize, current: bool) {
+    /// The daemon is stopping: shown from now on, whatever is published after.
+    pub fn set_stopping(&self) {
+        self.mutable.lock().stopping = true;
+    }
+
+    /// Counts a request that delivered `bytes`, including a late answer to a request sent
+    /// before a stop (its bytes are good; only the state machine decides what it means).
+    pub fn record_success(&self, bytes: usize) {
         self.fetched_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
         self.requests_ok.fetch_add(1, Ordering::SeqCst);
-        let mut m = self.mutable.lock();
-        m.last_success = Some(SystemTime::now());
-        if !current {
-            return;
-        }
-        m.consecutive_failures = 0;
-        if !m.state.holds() && m.state != UpstreamState::Stopping {
-            m.state = UpstreamState::Ok;
-            m.next_attempt = None;
-        }
+        self.mutable.lock().last_success = Some(SystemTime::now());
     }
 
     /// Counts a failed request of class `class` with its message (never containing the token,
-    /// already [`bounded`] by the caller, which logs the same text). `current`: as in
-    /// [`Status::record_success`]; a late failure (e.g. the old token's 401 after a rotation)
-    /// is counted and shown, but starts no failure streak.
-    pub fn record_failure(&self, class: &str, message: String, discarded: usize, current: bool) {
+    /// already [`bounded`] by the caller, which logs the same text) and the bytes it discarded.
+    pub fn record_failure(&self, class: &str, message: String, discarded: usize) {
         self.requests_failed.fetch_add(1, Ordering::SeqCst);
         self.discarded_bytes
             .fetch_add(discarded as u64, Ordering::SeqCst);
         let mut m = self.mutable.lock();
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
         m.last_error = Some((SystemTime::now(), message));
-        if current {
-            m.consecutive_failures += 1;
-            m.last_failure = Some(Instant::now());
-        }
     }
 
-    /// The budget whose caps and spend `/status` shows.
+    /// The budget whose caps and spend `/status` shows (it renews with the clock, so it is
+    /// read at each snapshot rather than told).
     pub fn set_budget(&self, budget: Arc<Budget>) {
         *self.budget.lock() = Some(budget);
     }
@@ -244,7 +178,7 @@ impl Status {
         self.rate_allowance.store(requests, Ordering::SeqCst);
     }
 
-    /// The client's pacing holds requests back until `until`.
+    /// The client's own pacing holds requests back until `until`.
     pub fn pacing_hold(&self, now: Instant, until: Instant) {
         self.pacing.lock().hold(now, until);
     }
@@ -255,14 +189,15 @@ impl Status {
     }
 
     pub fn consecutive_failures(&self) -> u64 {
-        self.mutable.lock().consecutive_failures
+        self.mutable.lock().upstream.consecutive_failures
     }
 
     pub fn snapshot(&self, pool: &Pool) -> Snapshot {
         self.snapshot_at(pool, Instant::now())
     }
 
-    fn snapshot_at(&self, pool: &Pool, now: Instant) -> Snapshot {
+    /// The snapshot as of `now` (a clock other than the system's in tests).
+    pub(crate) fn snapshot_at(&self, pool: &Pool, now: Instant) -> Snapshot {
         let (buffered, served, waiting) = pool.counts();
         let waiting_since = pool.waiting_since();
         let (pacing_until, pacing_wait) = {
@@ -277,28 +212,28 @@ impl Status {
             .unwrap_or_default();
         let wall = SystemTime::now();
         let unix_at = |t: Instant| {
-            let ahead = t.saturating_duration_since(now);
-            wall.checked_add(ahead)
+            wall.checked_add(t.saturating_duration_since(now))
                 .and_then(|w| w.duration_since(UNIX_EPOCH).ok())
-                .map(|d| (d.as_millis() as f64) / 1000.0)
+                .map(|d| d.as_millis() as f64 / 1000.0)
         };
         // Read after the pool: fetched only grows, so served + buffered <= fetched holds.
         let fetched = self.fetched_bytes.load(Ordering::SeqCst);
         let m = self.mutable.lock();
         let capacity = self.info.capacity as u64;
-        let recently_failed = m
-            .last_failure
-            .is_some_and(|t| now.saturating_duration_since(t) < DEGRADED_WINDOW);
-        let mut next_attempt = m.next_attempt;
-        let state = match m.state {
-            UpstreamState::Ok | UpstreamState::Starting | UpstreamState::Degraded
-                if pacing_until.is_some() && waiting > 0 =>
-            {
-                next_attempt = pacing_until;
-                UpstreamState::Pacing
+        let mut next_attempt = m.upstream.next_attempt;
+        let state = if m.stopping {
+            UpstreamState::Stopping
+        } else {
+            match m.upstream.shown_at(now) {
+                // The client itself is why a reader waits: say so, and until when.
+                UpstreamState::Ok | UpstreamState::Degraded | UpstreamState::Starting
+                    if pacing_until.is_some() && waiting > 0 =>
+                {
+                    next_attempt = pacing_until;
+                    UpstreamState::Pacing
+                }
+                s => s,
             }
-            UpstreamState::Ok if recently_failed => UpstreamState::Degraded,
-            s => s,
         };
         Snapshot {
             state: state.as_str(),
@@ -310,7 +245,7 @@ impl Status {
             discarded_bytes: self.discarded_bytes.load(Ordering::SeqCst),
             requests_ok: self.requests_ok.load(Ordering::SeqCst),
             requests_failed: self.requests_failed.load(Ordering::SeqCst),
-            consecutive_failures: m.consecutive_failures,
+            consecutive_failures: m.upstream.consecutive_failures,
             next_attempt_in_seconds: next_attempt
                 .map(|t| t.saturating_duration_since(now).as_millis() as f64 / 1000.0),
             waiting_readers: waiting as u64,
@@ -430,9 +365,8 @@ impl Snapshot {
         line(
             "rate_limited_until",
             &self.rate_limited_until.map_or("none".to_owned(), |t| {
-                let secs = t as u64;
-                let ms = ((t - secs as f64) * 1000.0) as u64;
-                rfc3339(secs).replace('Z', &format!(".{ms:03}Z"))
+                let ms = (t * 1000.0) as u64;
+                rfc3339(ms / 1000).replace('Z', &format!(".{:03}Z", ms % 1000))
             }),
         );
         line(
@@ -608,19 +542,7 @@ impl Snapshot {
             "# HELP qrypt_fs_state Upstream state (1 for the current one)."
         );
         let _ = writeln!(s, "# TYPE qrypt_fs_state gauge");
-        for st in [
-            UpstreamState::Starting,
-            UpstreamState::Ok,
-            UpstreamState::Degraded,
-            UpstreamState::Pacing,
-            UpstreamState::BackingOff,
-            UpstreamState::BudgetUnwritable,
-            UpstreamState::BudgetExhausted,
-            UpstreamState::Unauthorized,
-            UpstreamState::QuotaExhausted,
-            UpstreamState::BadRequest,
-            UpstreamState::Stopping,
-        ] {
+        for st in UpstreamState::ALL {
             let _ = writeln!(
                 s,
                 "qrypt_fs_state{{state=\"{}\"}} {}",
@@ -659,9 +581,17 @@ mod tests {
         let st = status();
         let pool = Pool::new(4096);
         pool.push(&[1u8; 1024]);
-        st.record_failure("http_503", "HTTP 503".into(), 0, true);
-        st.record_success(1024, true);
-        let snap = st.snapshot(&pool);
+        st.record_failure("http_503", "HTTP 503".into(), 0);
+        st.record_success(1024);
+        // As the state machine tells it after a 503 and then a 200.
+        let failed_at = Instant::now();
+        st.publish(View {
+            state: UpstreamState::Ok,
+            next_attempt: None,
+            consecutive_failures: 0,
+            last_failure: Some(failed_at),
+        });
+        let snap = st.snapshot_at(&pool, failed_at);
         let text = snap.to_text();
         assert!(text.contains("state: degraded\n"), "{text}");
         assert!(text.contains("buffered_bytes: 1024\n"));
@@ -676,18 +606,33 @@ mod tests {
              token_source=\"environment (QRYPT_TOKEN)\"} 1\n"
         ));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let later = Instant::now() + DEGRADED_WINDOW;
+        let later = failed_at + crate::prefetch::state::DEGRADED_WINDOW;
         assert_eq!(st.snapshot_at(&pool, later).state, "ok");
     }
 
     #[test]
-    fn a_late_success_does_not_end_a_stop_or_a_failure_streak() {
+    fn records_what_it_is_told_and_decides_nothing() {
         let st = status();
-        st.record_failure("http_403", "HTTP 403".into(), 0, true);
-        st.set_state(UpstreamState::QuotaExhausted, None);
-        st.record_success(1024, false);
+        st.record_failure("http_403", "HTTP 403".into(), 0);
+        let told = View {
+            state: UpstreamState::QuotaExhausted,
+            next_attempt: Some(Instant::now() + std::time::Duration::from_secs(3600)),
+            consecutive_failures: 1,
+            last_failure: Some(Instant::now()),
+        };
+        st.publish(told);
+        // A late 200 (sent before the 403) is counted, but the state stays as told.
+        st.record_success(1024);
         assert_eq!(st.state(), UpstreamState::QuotaExhausted);
         assert_eq!(st.consecutive_failures(), 1);
         assert_eq!(st.requests_ok.load(Ordering::SeqCst), 1);
+        // Stopping is shown from then on, whatever is published after.
+        st.set_stopping();
+        st.publish(View {
+            state: UpstreamState::Ok,
+            ..told
+        });
+        assert_eq!(st.state(), UpstreamState::Stopping);
+        assert_eq!(st.snapshot(&Pool::new(4096)).state, "stopping");
     }
 }

@@ -2,6 +2,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// Environment variable holding the token when no `--token-file` is given.
@@ -93,10 +94,20 @@ fn scrub_environment() {
 
 /// Reads the first line of `path`, trimmed.
 pub fn read_token_file(path: &Path) -> Result<Token, TokenError> {
-    let text = Zeroizing::new(std::fs::read(path).map_err(|source| TokenError::Read {
-        path: path.to_owned(),
-        source,
-    })?);
+    parse_token_file(path, &read_file(path)?)
+}
+
+fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// The token in a token file's `text`: its first line, trimmed.
+fn parse_token_file(path: &Path, text: &[u8]) -> Result<Token, TokenError> {
     let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8(first.to_vec()).map_err(|_| TokenError::InFile {
         path: path.to_owned(),
@@ -107,6 +118,57 @@ pub fn read_token_file(path: &Path) -> Result<Token, TokenError> {
         path: path.to_owned(),
         source: Box::new(e),
     })
+}
+
+fn digest(text: &[u8]) -> [u8; 32] {
+    Sha256::digest(text).into()
+}
+
+/// A token file watched for a new token. It remembers a digest of the contents its last token
+/// came from (never the contents), so a check reads the file once and hands out a token only
+/// when the contents changed. Plain owned data with blocking reads: a caller that must not
+/// block can move it to a blocking thread and back.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: PathBuf,
+    digest: Option<[u8; 32]>,
+}
+
+impl TokenFile {
+    /// Watches `path`; its contents now count as already taken (the token was loaded at
+    /// start-up).
+    pub fn new(path: PathBuf) -> TokenFile {
+        let digest = read_file(&path).ok().map(|text| digest(&text));
+        TokenFile { path, digest }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The token, if the contents changed since the last token taken from the file. An
+    /// unreadable file counts as unchanged (it may be mid-replacement); a changed file
+    /// without a valid token is an error, and is looked at again next time.
+    pub fn changed(&mut self) -> Result<Option<Token>, TokenError> {
+        let Ok(text) = read_file(&self.path) else {
+            return Ok(None);
+        };
+        let d = digest(&text);
+        if self.digest == Some(d) {
+            return Ok(None);
+        }
+        let token = parse_token_file(&self.path, &text)?;
+        self.digest = Some(d);
+        Ok(Some(token))
+    }
+
+    /// Reads the token whether or not the file changed (SIGHUP).
+    pub fn reload(&mut self) -> Result<Token, TokenError> {
+        let text = read_file(&self.path)?;
+        let token = parse_token_file(&self.path, &text)?;
+        self.digest = Some(digest(&text));
+        Ok(token)
+    }
 }
 
 /// Loads the token from `file` if given, else from the environment. The environment variable is
@@ -151,5 +213,34 @@ mod tests {
         std::fs::write(&p, "\n").expect("write");
         let err = read_token_file(&p).expect_err("empty");
         assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn token_file_hands_out_a_token_only_when_it_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t");
+        std::fs::write(&p, "first\n").expect("write");
+        let mut f = TokenFile::new(p.clone());
+        assert!(
+            f.changed().expect("readable").is_none(),
+            "taken at start-up"
+        );
+        std::fs::write(&p, "second\n").expect("write");
+        let t = f.changed().expect("valid").expect("changed");
+        assert_eq!(t.expose(), "second");
+        assert!(f.changed().expect("readable").is_none(), "taken once");
+        // A bad token is an error each time it is looked at, until the file is fixed.
+        std::fs::write(&p, "bad token\n").expect("write");
+        assert!(f.changed().is_err());
+        assert!(f.changed().is_err());
+        std::fs::remove_file(&p).expect("remove");
+        assert!(f.changed().expect("missing: unchanged").is_none());
+        assert!(
+            f.reload().is_err(),
+            "a forced reload reports the missing file"
+        );
+        std::fs::write(&p, "second\n").expect("write");
+        assert_eq!(f.reload().expect("forced").expose(), "second");
+        assert!(f.changed().expect("readable").is_none());
     }
 }

@@ -1,7 +1,9 @@
 //! A fixed-capacity byte ring, locked in memory where allowed and wiped as it is consumed.
+use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{Ordering, compiler_fence};
 
+use nix::sys::mman::{MmapAdvise, madvise, mlock, munlock};
 use zeroize::Zeroize;
 
 /// Zeroes bytes that stay allocated (the ring, the scratch buffer). A plain `fill` is a memset
@@ -54,7 +56,8 @@ impl Ring {
         self.locked
     }
 
-    /// The buffer's address and length, for [`populate`]; the buffer never moves.
+    /// The buffer's address and length, for prefaulting it ([`crate::pool::Pool::prefault`]);
+    /// the buffer never moves.
     pub fn raw_range(&self) -> (*const u8, usize) {
         (self.buf.as_ptr(), self.buf.len())
     }
@@ -112,44 +115,50 @@ impl Drop for Ring {
     fn drop(&mut self) {
         self.wipe();
         if self.locked {
-            // SAFETY: the range is our own live allocation.
-            let _ = unsafe {
-                nix::sys::mman::munlock(NonNull::from(&mut *self.buf).cast(), self.buf.len())
-            };
+            // SAFETY: the range is our own live allocation; unlocking changes no byte.
+            let _ = unsafe { munlock(NonNull::from(&mut *self.buf).cast(), self.buf.len()) };
         }
     }
 }
 
+/// The system's page size (`sysconf(_SC_PAGESIZE)`), 4096 if it cannot say.
+pub fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n.is_power_of_two())
+        .unwrap_or(4096)
+}
+
 fn lock_memory(buf: &[u8]) -> bool {
-    let ptr = NonNull::from(buf).cast::<std::ffi::c_void>();
-    // SAFETY: the range is a live allocation owned by the ring for its whole life.
-    unsafe {
-        // Not in core dumps, whatever happens with mlock. Needs page alignment; best effort.
-        let page = 4096usize;
-        let start = (ptr.as_ptr() as usize).div_ceil(page) * page;
-        let end = (ptr.as_ptr() as usize + buf.len()) / page * page;
-        if end > start {
-            if let Some(p) = NonNull::new(start as *mut std::ffi::c_void) {
-                let _ = nix::sys::mman::madvise(
-                    p,
-                    end - start,
-                    nix::sys::mman::MmapAdvise::MADV_DONTDUMP,
-                );
-            }
-        }
-        // Each page is locked as it is first written, before any entropy is in it, so nothing
-        // ever reaches swap; and start-up does not wait for the whole buffer to be faulted in
-        // (a 1 GiB buffer would take a second). Older kernels: lock it all now.
-        if libc::mlock2(ptr.as_ptr(), buf.len(), libc::MLOCK_ONFAULT) == 0 {
-            return true;
-        }
-        nix::sys::mman::mlock(ptr, buf.len()).is_ok()
+    // Not in core dumps, whatever happens with mlock. Needs page alignment: only the whole
+    // pages inside the buffer; best effort.
+    let page = page_size();
+    let start = (buf.as_ptr() as usize).div_ceil(page) * page;
+    let end = (buf.as_ptr() as usize + buf.len()) / page * page;
+    if let Some(p) = NonNull::new(start as *mut c_void).filter(|_| end > start) {
+        // SAFETY: [start, end) lies inside the ring's own live allocation; MADV_DONTDUMP
+        // changes only what a core dump includes, never the memory's contents or mapping.
+        let _ = unsafe { madvise(p, end - start, MmapAdvise::MADV_DONTDUMP) };
     }
+    let ptr = NonNull::from(buf).cast::<c_void>();
+    // Each page is locked as it is first written, before any entropy is in it, so nothing
+    // ever reaches swap; and start-up does not wait for the whole buffer to be faulted in
+    // (a 1 GiB buffer would take a second). nix 0.31 has no mlock2.
+    // SAFETY: the range is a live allocation owned by the ring for its whole life; locking
+    // changes no byte and no mapping.
+    if unsafe { libc::mlock2(ptr.as_ptr(), buf.len(), libc::MLOCK_ONFAULT) } == 0 {
+        return true;
+    }
+    // Older kernels: lock it all now.
+    // SAFETY: as above.
+    unsafe { mlock(ptr, buf.len()) }.is_ok()
 }
 
 /// The page-aligned range `[start, end)` of the pages that hold `[ptr, ptr + len)`.
 pub fn pages_covering(ptr: *const u8, len: usize) -> (usize, usize) {
-    let page = 4096usize;
+    let page = page_size();
     let start = ptr as usize / page * page;
     (start, (ptr as usize + len).div_ceil(page) * page)
 }
@@ -163,17 +172,13 @@ pub unsafe fn populate(ptr: *const u8, len: usize) {
     // madvise wants a page-aligned start; the allocator's pointer is not. The page holding the
     // start is mapped (the buffer begins in it), and populating changes no byte.
     let (start, end) = pages_covering(ptr, len);
-    // SAFETY: per the caller, plus the above; MADV_POPULATE_WRITE only prepares page tables.
-    let r = unsafe {
-        libc::madvise(
-            start as *mut libc::c_void,
-            end - start,
-            libc::MADV_POPULATE_WRITE,
-        )
+    let Some(p) = NonNull::new(start as *mut c_void) else {
+        return;
     };
-    if r != 0 {
+    // SAFETY: per the caller, plus the above; MADV_POPULATE_WRITE only prepares page tables.
+    if let Err(e) = unsafe { madvise(p, end - start, MmapAdvise::MADV_POPULATE_WRITE) } {
         // Linux < 5.14: the pages fault in as they are filled instead.
-        tracing::debug!("prefault: {}", std::io::Error::last_os_error());
+        tracing::debug!("prefault: {e}");
     }
 }
 

@@ -170,9 +170,9 @@ fn a_file_polling_in_a_loop_keeps_one_waker() {
 /// Pages of `[ptr, ptr + len)` that are resident, by mincore(2).
 fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
     let (start, end) = ring::pages_covering(ptr, len);
-    let mut vec = vec![0u8; (end - start) / 4096];
+    let mut vec = vec![0u8; (end - start) / ring::page_size()];
     // SAFETY: a mapped range (the pool's buffer, rounded out to its pages) and a vector with
-    // one byte per page.
+    // one byte per page; nix has no mincore.
     let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     (vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len())

@@ -21,7 +21,7 @@
 //! Pure: every call takes the time, so tests and the fleet model run on a virtual clock.
 use std::time::{Duration, Instant};
 
-use crate::pacer::RateLimit;
+use super::pacer::RateLimit;
 
 /// Multiplicative decrease: the allowance kept after a 429, at most.
 pub const BETA: f64 = 0.75;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use super::adaptive::AdaptiveRate;
-use crate::pacer::{Pacer, RateLimit};
+use super::pacer::{Pacer, RateLimit};
 
 const MS: Duration = Duration::from_millis(1);
 

@@ -1,7 +1,11 @@
+//! On tokio's paused clock: waits take no real time, and time moves only when every task
+//! waits, so the timings asserted are exact outcomes of the schedule, not of machine load.
 use std::sync::atomic::Ordering;
 
+use tokio::time::Instant;
+
 use super::*;
-use crate::status::StaticInfo;
+use crate::status::{Snapshot, StaticInfo};
 use crate::upstream::mock::{MockClient, Step};
 
 fn setup(capacity: usize) -> (Arc<MockClient>, Arc<Pool>, Arc<Status>, PrefetchConfig) {
@@ -24,6 +28,7 @@ fn setup(capacity: usize) -> (Arc<MockClient>, Arc<Pool>, Arc<Status>, PrefetchC
     )
 }
 
+/// Lets the clock run (on the paused clock, straight to the next timer) until `f` holds.
 async fn wait_until(mut f: impl FnMut() -> bool) {
     for _ in 0..500 {
         if f() {
@@ -34,7 +39,12 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
     panic!("condition not reached in 5 s");
 }
 
-#[tokio::test]
+/// `/status` as it reads now on the paused clock.
+fn snapshot(status: &Status, pool: &Pool) -> Snapshot {
+    status.snapshot_at(pool, now())
+}
+
+#[tokio::test(start_paused = true)]
 async fn fills_to_capacity_in_whole_kib_requests() {
     let (client, pool, status, cfg) = setup(2 * 1024 * 1024 + 3 * 1024);
     let (_tx, rx) = mpsc::unbounded_channel();
@@ -50,7 +60,7 @@ async fn fills_to_capacity_in_whole_kib_requests() {
     assert_eq!(status.state(), UpstreamState::Ok);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn backs_off_on_503_then_recovers() {
     let (client, pool, status, cfg) = setup(64 * 1024);
     client.fail_next([
@@ -64,7 +74,7 @@ async fn backs_off_on_503_then_recovers() {
     tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
     wait_until(|| pool.buffered() == pool.capacity()).await;
     assert_eq!(status.requests_failed.load(Ordering::SeqCst), 2);
-    let snap = status.snapshot(&pool);
+    let snap = snapshot(&status, &pool);
     assert_eq!(snap.failures.get("http_503"), Some(&1));
     assert_eq!(snap.failures.get("transport"), Some(&1));
     // Working again, but it failed within the last minute.
@@ -73,7 +83,7 @@ async fn backs_off_on_503_then_recovers() {
     assert_eq!(snap.consecutive_failures, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn unauthorized_halts_until_reload() {
     let (client, pool, status, cfg) = setup(64 * 1024);
     client.fail_next([FetchError::Status {
@@ -83,7 +93,7 @@ async fn unauthorized_halts_until_reload() {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
     wait_until(|| status.state() == UpstreamState::Unauthorized).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::advance(Duration::from_millis(200)).await;
     assert_eq!(
         client.requests.load(Ordering::SeqCst),
         1,
@@ -96,7 +106,7 @@ async fn unauthorized_halts_until_reload() {
     assert!(!pool.poll(0, None).error);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn quota_exhausted_waits_for_quota_retry() {
     let (client, pool, status, mut cfg) = setup(64 * 1024);
     cfg.quota_retry = Duration::from_millis(300);
@@ -113,7 +123,7 @@ async fn quota_exhausted_waits_for_quota_retry() {
     assert_eq!(status.state(), UpstreamState::Ok);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn respects_max_in_flight_and_rate_limit() {
     let (client, pool, status, mut cfg) = setup(64 * 1024);
     cfg.rate_limit = Some(RateLimit {
@@ -159,7 +169,7 @@ fn drain(pool: &Pool, n: usize) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_success_in_flight_when_the_quota_runs_out_does_not_undo_the_403() {
     let (client, pool, status, mut cfg) = setup(4 * 1024 * 1024);
     cfg.quota_retry = Duration::from_secs(30);
@@ -181,13 +191,13 @@ async fn a_success_in_flight_when_the_quota_runs_out_does_not_undo_the_403() {
     let (_tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
     wait_until(|| status.requests_ok.load(Ordering::SeqCst) == 3).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::advance(Duration::from_millis(100)).await;
     // The late 200s delivered their bytes but the quota is still used up: no new request for
     // 30 s, and a reader that empties the buffer gets EIO instead of waiting.
     assert_eq!(status.state(), UpstreamState::QuotaExhausted);
     assert_eq!(client.requests.load(Ordering::SeqCst), 5);
     assert_eq!(pool.buffered(), (16 + 512 + 512) * 1024);
-    let snap = status.snapshot(&pool);
+    let snap = snapshot(&status, &pool);
     assert!(
         snap.next_attempt_in_seconds.is_some_and(|s| s > 25.0),
         "{snap:?}"
@@ -200,7 +210,7 @@ async fn a_success_in_flight_when_the_quota_runs_out_does_not_undo_the_403() {
     assert!(pool.poll(0, None).error, "readers fail fast");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured_within_bounds() {
     let (client, pool, status, mut cfg) = setup(64 * 1024);
     cfg.backoff_cap = Duration::from_millis(400);
@@ -217,7 +227,7 @@ async fn retry_after_is_honoured_within_bounds() {
     let start = Instant::now();
     tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
     wait_until(|| status.requests_failed.load(Ordering::SeqCst) == 1).await;
-    let snap = status.snapshot(&pool);
+    let snap = snapshot(&status, &pool);
     assert_eq!(snap.state, "backing off");
     assert!(
         snap.next_attempt_in_seconds.is_some_and(|s| s <= 0.4),
@@ -233,7 +243,7 @@ async fn retry_after_is_honoured_within_bounds() {
     assert_eq!(client.requests.load(Ordering::SeqCst), 4);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_fill_in_flight_at_a_sighup_still_brings_the_state_to_ok() {
     let (client, pool, status, cfg) = setup(1024 * 1024);
     let slow = Duration::from_millis(300);
@@ -250,5 +260,35 @@ async fn a_fill_in_flight_at_a_sighup_still_brings_the_state_to_ok() {
     tx.send(Control::Reload).expect("send");
     wait_until(|| pool.buffered() == pool.capacity()).await;
     assert_eq!(client.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(status.state(), UpstreamState::Ok);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_in_the_token_file_ends_an_unauthorized_stop() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "old-token\n").expect("write");
+    cfg.token_file = Some(path.clone());
+    cfg.token_poll = Duration::from_secs(2);
+    client.fail_next([FetchError::Status {
+        code: 401,
+        retry_after: None,
+    }]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.state() == UpstreamState::Unauthorized).await;
+    // The file is looked at every 2 s, but an unchanged token is not tried again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(client.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(status.state(), UpstreamState::Unauthorized);
+    std::fs::write(&path, "new-token\n").expect("write");
+    let start = Instant::now();
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    assert!(
+        start.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(status.state(), UpstreamState::Ok);
 }

@@ -20,10 +20,6 @@ impl Backoff {
         }
     }
 
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
     /// The ceiling of the next delay, before jitter.
     pub fn ceiling(&self) -> Duration {
         let factor = 1u32 << self.failures.min(20);
