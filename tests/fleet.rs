@@ -6,6 +6,9 @@
 //! A benchmark, not a check of correctness: ignored by default, run by `scripts/bench.sh
 //! fleet` (release build). `FLEET_OUT=DIR` writes `fleet.tsv` (mount, second, bytes) and
 //! `fleet-summary.tsv` for the plot and BENCHMARKS.md.
+// Mounts real FUSE filesystems: built only with `--features fuse-tests`.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::io::Write as _;

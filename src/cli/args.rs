@@ -120,7 +120,7 @@ pub struct Cli {
     /// requested, rejected ones included) is recorded in --state-dir before each request, so
     /// it holds across restarts and crashes. Default: off.
     // Checked where it becomes a cap (cli/mod.rs), which keeps this file free of crate types.
-    #[arg(long, value_name = "SIZE/PERIOD", action = clap::ArgAction::Append)]
+    #[arg(long, value_name = "SIZE/PERIOD", action = clap::ArgAction::Append, allow_hyphen_values = true)]
     pub budget: Vec<String>,
     /// Where the budget's spend is recorded. Default: /var/lib/qrypt-fs for root, else
     /// $XDG_STATE_HOME/qrypt-fs or ~/.local/state/qrypt-fs.

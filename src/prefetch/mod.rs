@@ -123,6 +123,9 @@ pub struct Prefetcher<C: EntropyClient> {
     accepted: VecDeque<Instant>,
     /// Why the budget stops requests, if it does: each refusal is logged once per episode.
     budget_block: Option<Refusal>,
+    /// No request before this, by the budget's word. The state says so only once nothing is
+    /// in flight: until the last granted bytes land, readers wait for them.
+    budget_until: Option<Instant>,
     intake: Intake,
     upstream: Machine,
     token_file: Option<TokenFile>,
@@ -149,6 +152,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             rate,
             accepted: VecDeque::new(),
             budget_block: None,
+            budget_until: None,
             intake: Intake::new(cfg.mix_local),
             upstream: Machine::new(cfg.policy(), now),
             token_file: cfg.token_file.clone().map(TokenFile::new),
@@ -192,10 +196,12 @@ impl<C: EntropyClient> Prefetcher<C> {
                                 Some(sent) => self.complete(kib, result, sent),
                                 None => error!("an unknown fetch task finished"),
                             }
+                            self.show_budget_block();
                         }
                         Err(e) => {
                             self.finished(e.id(), None);
                             error!("fetch task failed: {e}");
+                            self.show_budget_block();
                         }
                     }
                 }
@@ -227,6 +233,9 @@ impl<C: EntropyClient> Prefetcher<C> {
                 }
             }
             Gate::Halted => return None,
+        }
+        if let Some(t) = self.budget_until.filter(|t| now < *t) {
+            return Some(t);
         }
         let capacity = self.pool.capacity();
         let (buffered, _, waiting) = self.pool.counts();
@@ -321,7 +330,7 @@ impl<C: EntropyClient> Prefetcher<C> {
     fn budget_refused(&mut self, refusal: Refusal, now: Instant) -> Instant {
         let first = self.budget_block.as_ref().map(std::mem::discriminant)
             != Some(std::mem::discriminant(&refusal));
-        let (exhausted, until) = match &refusal {
+        let until = match &refusal {
             Refusal::Exhausted(e) => {
                 // Whole seconds of the wall clock: waking up to a second late is fine, early
                 // would only be refused again.
@@ -339,7 +348,7 @@ impl<C: EntropyClient> Prefetcher<C> {
                         wait.as_secs()
                     );
                 }
-                (true, after(now, wait))
+                after(now, wait)
             }
             Refusal::Unwritable(why) => {
                 if first {
@@ -349,18 +358,33 @@ impl<C: EntropyClient> Prefetcher<C> {
                         self.cfg.budget_retry.as_secs()
                     );
                 }
-                (false, after(now, self.cfg.budget_retry))
+                after(now, self.cfg.budget_retry)
             }
         };
         self.budget_block = Some(refusal);
-        self.upstream.budget_refused(exhausted, until);
+        self.budget_until = Some(until);
         self.status.pacing_release(now, self.pool.waiting_since());
-        self.publish();
+        self.show_budget_block();
         until
+    }
+
+    /// Puts the budget's refusal into the state once nothing is in flight any more.
+    fn show_budget_block(&mut self) {
+        let (Some(block), Some(until)) = (&self.budget_block, self.budget_until) else {
+            return;
+        };
+        if !self.in_flight.is_empty() {
+            return;
+        }
+        let exhausted = matches!(block, Refusal::Exhausted(_));
+        if self.upstream.budget_refused(exhausted, until) {
+            self.publish();
+        }
     }
 
     /// The budget allowed a request again after refusing.
     fn budget_allows(&mut self, now: Instant) {
+        self.budget_until = None;
         match self.budget_block.take() {
             Some(Refusal::Exhausted(_)) => info!("budget renewed: requesting again"),
             Some(Refusal::Unwritable(_)) => info!("budget state recorded again: requesting again"),
@@ -468,6 +492,9 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// Retries at once after an outside change (a new token, SIGHUP).
     fn resume(&mut self) {
+        // Asks the budget again at once too (it says the same until it renews: SIGHUP never
+        // resets it).
+        self.budget_until = None;
         self.upstream.resume(now());
         self.publish();
     }
