@@ -129,7 +129,7 @@ fn corrupt_state_is_an_error_unless_reset() {
     let path = b.state_file().expect("file").to_owned();
     drop(b);
     std::fs::write(&path, b"{\"format\": \"qrypt-fs budget v1\", \"spend\": 7").expect("damage");
-    let err = Budget::open(&cfg, clock.clone()).err().expect("refused");
+    let err = Budget::open(&cfg, clock.clone()).expect_err("refused");
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(
         err.contains("not valid JSON") && err.contains("--reset-budget"),
@@ -148,9 +148,7 @@ fn an_unusable_state_dir_is_an_error_at_start() {
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, b"x").expect("file");
     let (_, clock) = clock();
-    let err = Budget::open(&config(&not_a_dir, &["1M/day"]), clock)
-        .err()
-        .expect("refused");
+    let err = Budget::open(&config(&not_a_dir, &["1M/day"]), clock).expect_err("refused");
     assert!(err.contains(&not_a_dir.display().to_string()), "{err}");
 }
 
