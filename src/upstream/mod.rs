@@ -42,6 +42,10 @@ pub enum FetchError {
     /// A 200 whose body breaks the contract.
     #[error("invalid response: {0}")]
     Validation(#[from] validate::ValidationError),
+    /// A size the API does not take: refused here, before anything is sent (a bug in the
+    /// caller, not an answer from the service, so no HTTP status is made up for it).
+    #[error("not sent: {0} KiB is outside the API's 1..=512")]
+    SizeOutOfRange(u32),
     /// Bytes that passed validation but failed a health test.
     #[error("health test: {0}")]
     Health(String),
@@ -55,6 +59,7 @@ impl FetchError {
             FetchError::Transport(_) => "transport".into(),
             FetchError::Validation(_) => "validation".into(),
             FetchError::Health(_) => "health".into(),
+            FetchError::SizeOutOfRange(_) => "size_out_of_range".into(),
         }
     }
 }
