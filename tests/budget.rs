@@ -479,3 +479,94 @@ fn sighup_does_not_reset_the_budget() {
     assert_eq!(emu.stats().good_bytes, 64 << 10);
     let _ = File::open(m.random()).and_then(|mut f| f.read(&mut [0u8; 1]));
 }
+
+#[test]
+fn a_full_disk_at_run_time_stops_requests_until_there_is_room() {
+    let emu = emulator();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).expect("dir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &state,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .expect("mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Unmount(&state);
+    let m = budget_mount(
+        &emu,
+        &state,
+        &["--budget", "1G/day", "--buffer-size", "64K"],
+    );
+    m.wait_full();
+    // Fill the file system to the last byte.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = File::create(&filler).expect("filler");
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8]);
+        let _ = f.sync_all();
+    }
+    let before = emu.stats().total_requests;
+    let reader = {
+        let path = m.random();
+        std::thread::spawn(move || read_exact(&path, 256 << 10).len())
+    };
+    m.wait_status("unwritable", Duration::from_secs(10), |s| {
+        s["state"] == "budget state unwritable"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        emu.stats().total_requests,
+        before,
+        "nothing sent unrecorded"
+    );
+    std::fs::remove_file(&filler).expect("make room");
+    assert_eq!(reader.join().expect("reader"), 256 << 10);
+    let log = m.log_text();
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(!log.contains(TOKEN));
+    assert_eq!(log.matches("cannot record the budget").count(), 1, "{log}");
+}
+
+#[test]
+fn a_reader_held_back_by_the_clients_own_pacing_sees_it_in_status() {
+    let emu = emulator();
+    // Two requests per 10 s: the 16 KiB first one and a 48 KiB one fill the 64 KiB buffer.
+    let m = MountBuilder::new(&emu)
+        .rate_limit("2/10")
+        .args(["--buffer-size", "64K"])
+        .mount();
+    m.wait_full();
+    let t0 = Instant::now();
+    let reader = {
+        let path = m.random();
+        std::thread::spawn(move || read_exact(&path, 96 << 10).len())
+    };
+    m.wait_status("pacing", Duration::from_secs(5), |s| s["state"] == "pacing");
+    let s = m.status();
+    assert_ne!(s["rate_limited_until"], "none", "{s:#?}");
+    assert_eq!(s["rate_allowance"], "2");
+    let next = num(&s, "next_attempt_in_seconds");
+    assert!(next > 0.0 && next <= 10.2, "{next}");
+    assert_eq!(reader.join().expect("reader"), 96 << 10);
+    assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+    let waited = num(&m.status(), "pacing_wait_seconds");
+    assert!(waited >= 4.0, "{waited}");
+    let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
+    assert!(
+        metrics.contains("qrypt_fs_pacing_wait_seconds_total "),
+        "{metrics}"
+    );
+    assert_eq!(emu.stats().count(429), 0);
+}
