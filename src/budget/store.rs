@@ -3,7 +3,7 @@
 //! the directory), so a crash leaves either the old record or the new one, never a torn one.
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -98,13 +98,29 @@ impl StateFile {
         &self.path
     }
 
-    /// Creates the directory (mode 0700) if it is missing.
+    /// Creates the directory (mode 0700) if it is missing, and refuses one that other users
+    /// may write to without the sticky bit: they could replace the record with a smaller
+    /// spend.
     pub fn create_dir(&self) -> Result<(), String> {
+        let shown = self.dir.display();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|e| format!("budget state directory {}: {e}", self.dir.display()))
+            .map_err(|e| format!("budget state directory {shown}: {e}"))?;
+        let meta =
+            fs::metadata(&self.dir).map_err(|e| format!("budget state directory {shown}: {e}"))?;
+        if !meta.is_dir() {
+            return Err(format!("budget state directory {shown}: not a directory"));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(format!(
+                "budget state directory {shown} is writable by other users (mode {:o}), who \
+                 could replace the record of what was spent: chmod go-w it or choose another",
+                meta.mode() & 0o7777
+            ));
+        }
+        Ok(())
     }
 
     /// Runs `f` on the recorded spend with the file locked against every other process
@@ -173,6 +189,14 @@ impl StateFile {
             .map_err(|e| corrupt(format!("cannot stat it: {e}")))?;
         if !meta.file_type().is_file() {
             return Err(corrupt("not a regular file".into()));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            // Not written by us: someone else may have put a smaller spend there.
+            return Err(corrupt(format!(
+                "owned by uid {}, not by uid {me}",
+                meta.uid()
+            )));
         }
         if meta.len() > MAX_FILE_LEN {
             return Err(corrupt(format!("{} bytes is far too large", meta.len())));
@@ -243,7 +267,6 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     fn file(dir: &Path) -> StateFile {
         StateFile::new(dir, "https://api.example/", "file /etc/qrypt/token")
@@ -326,6 +349,31 @@ mod tests {
         let (_, s) = f.update(true, |_| ((), true)).expect("reset");
         assert_eq!(s, Spend::default());
         assert!(f.update(false, |_| ((), false)).is_ok());
+    }
+
+    #[test]
+    fn a_file_of_another_owner_or_a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+        let f = file(dir.path());
+        let err = f.create_dir().expect_err("world-writable");
+        assert!(err.contains("writable by other users"), "{err}");
+        // The sticky bit (as on /tmp) keeps others from replacing our files.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert_eq!(f.create_dir(), Ok(()));
+        if nix::unistd::geteuid().is_root() {
+            f.update(false, |s| {
+                s.roll(1_795_867_200);
+                s.add(1024);
+                ((), true)
+            })
+            .expect("write");
+            std::os::unix::fs::chown(f.path(), Some(65534), None).expect("chown");
+            match f.update(false, |_| ((), false)) {
+                Err(StoreError::Corrupt(m)) => assert!(m.contains("owned by uid 65534"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
