@@ -286,7 +286,9 @@ impl<C: EntropyClient> Prefetcher<C> {
                     }
                 }
             };
-            // Recorded before it is sent: a crash can only over-count.
+            // Recorded before it is sent: a crash can only over-count. With a cap this is a
+            // locked write and two fsyncs on this task, at most once per request (3/s under
+            // Qrypt's limit); readers never wait on it, only the next request does.
             let grant = match self.cfg.budget.reserve(u64::from(kib) * 1024, 1024) {
                 Ok(grant) => grant,
                 Err(refusal) => {
