@@ -10,10 +10,11 @@ use signal_hook::iterator::Signals;
 use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
 use crate::cli::Options;
 use crate::daemon::{self, Ready};
+use crate::first_contact::Watched;
 use crate::fuse::config::FuseOptions;
 use crate::logging::{self, LogTarget};
 use crate::prefetch::PrefetchConfig;
-use crate::session::{MountConfig, Session};
+use crate::session::{MountConfig, Session, StartupCheck};
 use crate::status::StaticInfo;
 use crate::token;
 use crate::upstream::http::{HttpClient, HttpConfig, parse_endpoint, read_ca_file};
@@ -75,6 +76,25 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     let endpoint = parse_endpoint(&opts.endpoint)?;
     let extra_ca_pem = opts.ca_cert.as_deref().map(read_ca_file).transpose()?;
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
+    crate::preflight::fuse_access(
+        nix::unistd::geteuid().is_root(),
+        Path::new(crate::preflight::DEV_FUSE),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Printed now, on the terminal that started us; also logged once logging is set up.
+    let mut warnings: Vec<String> = [
+        opts.token_file
+            .as_deref()
+            .and_then(crate::preflight::token_file_warning),
+        crate::preflight::mountpoint_warning(&mountpoint),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for w in &warnings {
+        eprintln!("qrypt-fs: warning: {w}");
+    }
     let token_file = match &opts.token_file {
         Some(p) => Some(std::fs::canonicalize(p).with_context(|| p.display().to_string())?),
         None => None,
@@ -84,6 +104,22 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let budget = open_budget(&opts, &shown_endpoint(&endpoint), token_file.as_deref())?;
+    // A spent budget sends nothing, so there is no first answer to wait for.
+    let spent = budget.exhausted_now().map(|e| {
+        let caps = e
+            .caps
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let w = format!(
+            "budget {caps} already spent: mounted, but reads that would wait get EIO until it \
+             renews in {}s",
+            e.renews_at.saturating_sub(budget.now())
+        );
+        eprintln!("qrypt-fs: warning: {w}");
+        warnings.push(w);
+    });
 
     let mut ready = if opts.foreground {
         Ready::foreground()
@@ -100,6 +136,11 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             (None, false) => LogTarget::Syslog,
         };
         logging::init(target, opts.verbose)?;
+        if !opts.foreground {
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+        }
         if opts.reset_budget {
             if let Some(path) = budget.state_file() {
                 tracing::warn!(
@@ -118,6 +159,24 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             &token,
         )?;
         drop(token);
+        let api_url = client.url().to_string();
+        let (client, first_answer) = Watched::new(client);
+        let startup = opts
+            .startup_timeout
+            .filter(|_| spent.is_none())
+            .map(|timeout| StartupCheck {
+                first_answer,
+                timeout,
+                endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
+                api_url,
+                token_source: match &opts.token_file {
+                    Some(p) => std::path::absolute(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string(),
+                    None => token::TOKEN_ENV.to_owned(),
+                },
+            });
         let cfg = MountConfig {
             mountpoint,
             fuse: FuseOptions {
@@ -139,6 +198,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 }),
             },
             prefetch: prefetch_config(&opts, token_file, budget),
+            startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
     })();

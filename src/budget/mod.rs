@@ -214,6 +214,15 @@ impl Budget {
         Ok(())
     }
 
+    /// The caps already spent now (as last recorded), if any: a mount starting with them
+    /// sends nothing until they renew.
+    pub fn exhausted_now(&self) -> Option<Exhausted> {
+        let now = self.now();
+        let mut spend = *self.cache.lock();
+        spend.roll(now);
+        spend.exhausted(&self.caps, 1024, now)
+    }
+
     /// The caps and spend as of now, for `/status`.
     pub fn report(&self) -> BudgetReport {
         let now = self.now();

@@ -32,6 +32,8 @@ pub struct Options {
     pub read_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// None: report ready without waiting for the upstream (`--startup-timeout 0`).
+    pub startup_timeout: Option<Duration>,
     pub quota_retry: Duration,
     pub max_backoff: Duration,
     /// The `--budget` caps in force (none: spend without a cap).
@@ -84,15 +86,9 @@ fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, clap::Error> {
 
 impl Options {
     pub fn from_cli(cli: Cli) -> Result<Options, clap::Error> {
-        let (source, mountpoint) = match cli.positional.as_slice() {
-            [m] => (None, m.clone()),
-            [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
-            _ => {
-                return Err(Cli::command().error(
-                    ErrorKind::WrongNumberOfValues,
-                    "expected MOUNTPOINT (or SOURCE MOUNTPOINT)",
-                ));
-            }
+        let (source, mountpoint) = match cli.mountpoint_after_source {
+            None => (None, cli.mountpoint),
+            Some(m) => (Some(cli.mountpoint.to_string_lossy().into_owned()), m),
         };
         Ok(Options {
             source,
@@ -110,6 +106,7 @@ impl Options {
             read_timeout: cli.read_timeout,
             connect_timeout: cli.connect_timeout,
             request_timeout: cli.request_timeout,
+            startup_timeout: Some(cli.startup_timeout).filter(|t| !t.is_zero()),
             quota_retry: cli.quota_retry,
             max_backoff: cli.max_backoff,
             budget: merge_caps(cli.budget.iter().map(String::as_str)).map_err(|e| {
@@ -288,10 +285,24 @@ mod tests {
     }
 
     #[test]
+    fn help_shows_one_mount_point() {
+        let usage = Cli::command().render_usage().to_string();
+        assert_eq!(usage, "Usage: qrypt-fs [OPTIONS] <MOUNTPOINT>");
+        assert!(parse(&["qrypt-fs", "a", "b", "c"]).is_err());
+        let o = parse(&["qrypt-fs", "/m", "--startup-timeout", "0"]).expect("ok");
+        assert_eq!(o.startup_timeout, None);
+        let o = parse(&["qrypt-fs", "/m"]).expect("ok");
+        assert_eq!(o.startup_timeout, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
     fn bad_input() {
         let err = |args: &[&str]| parse(args).expect_err("rejected").to_string();
-        assert!(err(&["qrypt-fs", "/m", "--buffer-size", "1K"]).contains("out of range"));
-        assert!(err(&["qrypt-fs", "/m", "-o", "buffer_size=1K"]).contains("out of range"));
+        let small = "--buffer-size 1K is too small: at least 4K";
+        assert!(err(&["qrypt-fs", "/m", "--buffer-size", "1K"]).contains(small));
+        assert!(err(&["qrypt-fs", "/m", "-o", "buffer_size=1K"]).contains(small));
+        assert!(err(&["qrypt-fs", "/m", "--buffer-size", "4MB"]).contains("ambiguous"));
+        assert!(err(&["qrypt-fs", "/m", "--startup-timeout=-1"]).contains(">= 0"));
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "lots"]).contains("not a size"));
         assert!(err(&["qrypt-fs", "/m", "-o", "bogus"]).contains("unknown mount option"));
         assert!(err(&["qrypt-fs", "/m", "-o", "foreground"]).contains("unknown mount option"));

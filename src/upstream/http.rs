@@ -19,6 +19,9 @@ use super::validate::{self, ValidationError};
 use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
 use crate::token::Token;
 
+/// The entropy path, which qrypt-fs adds to the base URL.
+const API_PATH: &str = qrypt_api::ENTROPY_PATH;
+
 pub const DEFAULT_ENDPOINT: &str = "https://api-eus.qrypt.com";
 
 #[derive(Debug, Clone)]
@@ -41,15 +44,37 @@ pub enum ConfigError {
     Cleartext(String),
     #[error("endpoint {0} must use https:// (or http:// to a loopback address)")]
     Scheme(String),
+    #[error("endpoint {0:?} has no scheme: add https:// (https://{0})")]
+    NoScheme(String),
+    #[error(
+        "endpoint {given} is not a base URL: give {base} (qrypt-fs adds {API_PATH} itself), \
+         e.g. {DEFAULT_ENDPOINT}"
+    )]
+    NotBase { given: String, base: String },
     #[error("CA certificate {path}: {reason}")]
     Ca { path: String, reason: String },
     #[error("HTTP client: {0}")]
     Client(String),
 }
 
-/// Parses an endpoint and enforces: https, or http only to loopback.
+/// Parses an endpoint and enforces: a base URL (scheme, host, port; no path, query or
+/// fragment: the API path is ours to add), https, or http only to loopback.
 pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
+    // `host:443` and `localhost:8080` parse as a URL whose scheme is the host name.
+    if !text.contains("://") {
+        return Err(ConfigError::NoScheme(text.to_owned()));
+    }
     let url = Url::parse(text).map_err(|e| ConfigError::BadUrl(text.to_owned(), e))?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        let mut base = url.clone();
+        base.set_path("");
+        base.set_query(None);
+        base.set_fragment(None);
+        return Err(ConfigError::NotBase {
+            given: text.to_owned(),
+            base: base.as_str().trim_end_matches('/').to_owned(),
+        });
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
@@ -332,6 +357,9 @@ impl HttpClient {
 }
 
 fn transport(e: reqwest::Error) -> FetchError {
+    if let Some(cert) = certificate_error(&e) {
+        return FetchError::Certificate(cert.to_string());
+    }
     // reqwest's Display names the URL (no secret in it) and the cause chain carries the detail.
     let mut msg = if e.is_timeout() {
         "timed out".to_owned()
@@ -349,6 +377,33 @@ fn transport(e: reqwest::Error) -> FetchError {
         src = s.source();
     }
     FetchError::Transport(msg)
+}
+
+/// The rustls certificate error somewhere in an error's cause chain, if any. The chain passes
+/// through `io::Error`s, whose `source()` skips the error they wrap, so look inside each.
+fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let is_cert = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        )
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        // An io::Error may wrap another io::Error (hyper-util does), then the rustls error.
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = inner {
+            if let Some(r) = e.downcast_ref::<rustls::Error>().filter(|r| is_cert(r)) {
+                return Some(r);
+            }
+            inner = e
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &(dyn std::error::Error + 'static));
+        }
+        cur = err.source();
+    }
+    None
 }
 
 impl EntropyClient for HttpClient {
@@ -461,16 +516,63 @@ mod tests {
             Err(ConfigError::Scheme(_))
         ));
         assert!(parse_endpoint("not a url").is_err());
+        assert!(parse_endpoint("https://api-eus.qrypt.com/").is_ok());
+    }
+
+    #[test]
+    fn certificate_errors_are_found_inside_io_errors() {
+        let cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, cert));
+        assert!(certificate_error(&io).is_some());
+        let other = io::Error::other(rustls::Error::DecryptError);
+        assert!(certificate_error(&other).is_none());
+        assert!(certificate_error(&io::Error::from(io::ErrorKind::ConnectionRefused)).is_none());
+    }
+
+    #[test]
+    fn endpoint_without_a_scheme_is_told_to_add_one() {
+        for text in [
+            "api-eus.qrypt.com",
+            "api-eus.qrypt.com:443",
+            "localhost:8080",
+        ] {
+            let e = parse_endpoint(text).expect_err(text).to_string();
+            assert_eq!(
+                e,
+                format!("endpoint {text:?} has no scheme: add https:// (https://{text})")
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_must_be_the_base_url() {
+        for (text, base) in [
+            (
+                "https://api-eus.qrypt.com/api/v1/quantum-entropy",
+                "https://api-eus.qrypt.com",
+            ),
+            (
+                "https://api-eus.qrypt.com/?size=4",
+                "https://api-eus.qrypt.com",
+            ),
+            ("https://h.example:8443/prefix", "https://h.example:8443"),
+            ("https://h.example/#x", "https://h.example"),
+        ] {
+            let e = parse_endpoint(text).expect_err(text).to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "endpoint {text} is not a base URL: give {base} (qrypt-fs adds \
+                     /api/v1/quantum-entropy itself), e.g. https://api-eus.qrypt.com"
+                )
+            );
+        }
     }
 
     #[test]
     fn api_url_joins_path() {
         let token = Token::new("t".into()).expect("token");
-        for base in [
-            "https://h.example",
-            "https://h.example/",
-            "https://h.example/prefix",
-        ] {
+        for base in ["https://h.example", "https://h.example/"] {
             let c = HttpClient::new(
                 &HttpConfig {
                     endpoint: parse_endpoint(base).expect("url"),
