@@ -61,9 +61,10 @@ pub const MIN_CAP: u64 = 1024;
 
 /// Parses one `--budget` value: `SIZE/PERIOD` or `off` (`Ok(None)`).
 ///
-/// SIZE takes the units of `--buffer-size`, which are binary whatever their spelling:
-/// `200M`, `200MB` and `200MiB` all mean 200 × 2^20 bytes. A unit is required (`1048576B`
-/// for plain bytes): `200/day` is far more likely a slip than a budget of 200 bytes.
+/// SIZE takes the units of `--buffer-size`, which are binary: `200M` and `200MiB` mean
+/// 200 × 2^20 bytes, and `200MB` is refused as ambiguous (10^6 or 2^20?): a budget is money,
+/// so it is never guessed. A unit is required (`1048576B` for plain bytes): `200/day` is far
+/// more likely a slip than a budget of 200 bytes.
 pub fn parse_budget(s: &str) -> Result<Option<Cap>, String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("off") {
@@ -131,7 +132,6 @@ mod tests {
     #[test]
     fn accepts() {
         assert_eq!(parse_budget("200M/day"), Ok(cap(200 << 20, Period::Day)));
-        assert_eq!(parse_budget("200MB/day"), Ok(cap(200 << 20, Period::Day)));
         assert_eq!(parse_budget("200MiB/day"), Ok(cap(200 << 20, Period::Day)));
         assert_eq!(parse_budget("50M/hour"), Ok(cap(50 << 20, Period::Hour)));
         assert_eq!(
@@ -156,7 +156,8 @@ mod tests {
         assert!(err("/day").contains("missing SIZE"));
         assert!(err("99999999999999G/day").contains("too large"));
         assert!(err("18446744073709551616B/day").contains("not a size"));
-        assert!(err("1X/day").contains("unknown unit"));
+        assert!(err("1X/day").contains("unit"));
+        assert!(err("200MB/day").contains("ambiguous"));
         assert!(err("512B/day").contains("less than 1K"));
         assert!(err("").contains("missing /PERIOD"));
     }
