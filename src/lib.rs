@@ -6,6 +6,7 @@
 //! threads and shutdown order), [`cli`]/[`app`] (wiring).
 //! The API's contract is in the `qrypt-api` crate; its emulator is the `qrypt-emulator` crate.
 pub mod app;
+pub mod budget;
 pub mod cli;
 pub mod daemon;
 pub mod first_contact;
@@ -14,6 +15,7 @@ pub mod fuse;
 pub mod health;
 pub mod log_limit;
 pub mod logging;
+pub mod pacing_wait;
 pub mod pool;
 pub mod prefetch;
 pub mod preflight;

@@ -28,6 +28,11 @@ pub fn random_u64() -> u64 {
     }
 }
 
+/// A uniform random number in [0, 1) from [`random_u64`] (its top 53 bits), for jitter.
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -40,5 +45,11 @@ mod tests {
     fn random_u64_differs_between_calls() {
         let a: Vec<u64> = (0..4).map(|_| super::random_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] != w[1]), "{a:?}");
+        let u: Vec<f64> = (0..64).map(|_| super::random_unit()).collect();
+        assert!(u.iter().all(|x| (0.0..1.0).contains(x)), "{u:?}");
+        assert!(
+            u.iter().any(|&x| x < 0.5) && u.iter().any(|&x| x >= 0.5),
+            "{u:?}"
+        );
     }
 }
