@@ -19,12 +19,6 @@ pub mod pacing_wait;
 pub mod pool;
 pub mod prefetch;
 pub mod preflight;
-/// The old name of [`log_limit`], kept only until `read_origin.rs` (edited on another branch)
-/// imports `crate::log_limit::LogLimiter`; then this goes.
-#[doc(hidden)]
-pub mod ratelimit {
-    pub use crate::log_limit::LogLimiter as RateLimit;
-}
 pub mod read_origin;
 pub mod session;
 pub mod signals;
