@@ -34,11 +34,6 @@ pub struct MountConfig {
     pub info: StaticInfo,
 }
 
-/// Buffers from this size are faulted in as a whole right after mounting (a 1 GiB fill would
-/// otherwise take a page fault per 4 KiB); smaller ones fault in as they fill, which costs
-/// less than competing with the first reads for a core.
-const PREFAULT_FROM: usize = 64 << 20;
-
 /// Worker threads for FUSE requests. Reads never block one (waiting reads are parked in the
 /// pool), so a few suffice for concurrent readers plus `/status`.
 const FUSE_THREADS: usize = 4;
@@ -105,7 +100,9 @@ pub fn main(opts: Options) -> Result<(), String> {
     };
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
     let token_file = match &opts.token_file {
-        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        // Absolute (we change directory to /), but not canonical: a symlink in the path is
+        // followed at each read, so pointing it elsewhere (a rotated secret) is seen.
+        Some(p) => Some(std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
     };
     let log_file = match &opts.log_file {
@@ -275,14 +272,6 @@ pub fn run_mount<C: EntropyClient>(
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
     ready.succeeded();
     info!("mounted on {}", cfg.mountpoint.display());
-    if cfg.buffer_size >= PREFAULT_FROM {
-        // After the mount, off the start-up path: the first bytes need only a few pages.
-        let pool = pool.clone();
-        thread::Builder::new()
-            .name("qrypt-prefault".into())
-            .spawn(move || pool.prefault())
-            .map_err(|e| format!("prefault thread: {e}"))?;
-    }
 
     {
         let events = events.clone();

@@ -14,18 +14,20 @@ use tracing::{error, info, warn};
 
 use crate::pool::Pool;
 use crate::status::{Status, bounded};
-use crate::token::TokenFile;
+use crate::token::{Token, TokenError, TokenFile};
 use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
 use intake::{Intake, Refused};
 use outage_log::OutageLog;
 use pacer::{Pacer, RateLimit, Wait};
 use state::{Decision, Epoch, Gate, Machine, Outcome, Policy, UpstreamState};
+use token_reader::{Ask, TokenReader};
 
 mod backoff;
 mod intake;
 mod outage_log;
 pub mod pacer;
 pub mod state;
+mod token_reader;
 
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
@@ -102,7 +104,9 @@ pub struct Prefetcher<C: EntropyClient> {
     pacer: Pacer,
     intake: Intake,
     upstream: Machine,
-    token_file: Option<TokenFile>,
+    token: Option<TokenReader>,
+    /// The last token file refusal logged, so a file that stays bad is logged once.
+    token_complaint: Option<String>,
     next_token_check: Instant,
     filling: bool,
     reserved: usize,
@@ -120,7 +124,11 @@ impl<C: EntropyClient> Prefetcher<C> {
             pacer: Pacer::new(cfg.rate_limit),
             intake: Intake::new(cfg.mix_local),
             upstream: Machine::new(cfg.policy(), now),
-            token_file: cfg.token_file.clone().map(TokenFile::new),
+            token: cfg
+                .token_file
+                .clone()
+                .map(|p| TokenReader::new(TokenFile::new(p))),
+            token_complaint: None,
             client,
             pool,
             status,
@@ -168,6 +176,12 @@ impl<C: EntropyClient> Prefetcher<C> {
                     Some(Control::Reload) => self.reload(),
                     None => break,
                 },
+                event = async {
+                    match &mut self.token {
+                        Some(reader) => reader.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.token_event(event),
             }
         }
         tasks.abort_all();
@@ -223,6 +237,8 @@ impl<C: EntropyClient> Prefetcher<C> {
             let sent = self.upstream.epoch();
             self.in_flight
                 .insert(handle.id(), InFlight { kib, slot, sent });
+            // While the request travels: lock the memory its bytes will land in.
+            self.pool.prepare(self.reserved);
         }
         if !self.filling
             && self.reserved == 0
@@ -277,7 +293,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             self.next_token_check = now + self.cfg.token_poll;
         }
         self.publish();
-        let token_file = self.token_file.as_ref().map(TokenFile::path);
+        let token_file = self.token.as_ref().map(TokenReader::path);
         self.log.failure(&class, &message, decision, token_file);
     }
 
@@ -296,37 +312,79 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// While the token is rejected, a token file is looked at every `token_poll`.
     fn watches_token_file(&self) -> bool {
-        self.token_file.is_some() && self.upstream.state() == UpstreamState::Unauthorized
+        self.token.is_some() && self.upstream.state() == UpstreamState::Unauthorized
     }
 
-    /// Picks up a changed token file and retries with its token.
+    /// Looks at the token file for a new token (off this task; the answer is an event).
     fn check_token_file(&mut self) {
-        let Some(file) = &mut self.token_file else {
-            return;
-        };
-        match file.changed() {
+        if let Some(reader) = &mut self.token {
+            reader.ask(Ask::Changed, now());
+        }
+    }
+
+    /// SIGHUP: retries at once, with the token file's token once it is read (the read never
+    /// holds up the refill; a read that hangs is given up on after a timeout).
+    fn reload(&mut self) {
+        info!("SIGHUP: reloading the token and retrying");
+        match &mut self.token {
+            Some(reader) => reader.ask(Ask::Reload, now()),
+            None => self.resume(),
+        }
+    }
+
+    fn token_event(&mut self, event: token_reader::Event) {
+        match event {
+            token_reader::Event::Done(ask, result) => {
+                self.token_read(ask, result);
+                if let Some(reader) = &mut self.token {
+                    if reader.take_queued_reload() {
+                        reader.ask(Ask::Reload, now());
+                    }
+                }
+            }
+            token_reader::Event::Overdue(ask) => {
+                if let Some(reader) = &self.token {
+                    let err = reader.timeout_error();
+                    self.token_refused(&err);
+                }
+                if ask == Ask::Reload {
+                    self.resume();
+                }
+            }
+        }
+    }
+
+    fn token_read(&mut self, ask: Ask, result: Result<Option<Token>, TokenError>) {
+        match result {
             Ok(Some(token)) => {
                 self.client.replace_token(token);
-                info!("token reloaded from {}", file.path().display());
+                if let Some(reader) = &self.token {
+                    info!("token reloaded from {}", reader.path().display());
+                }
+                self.token_complaint = None;
+                self.status.clear_token_error();
                 self.resume();
             }
             Ok(None) => {}
-            Err(e) => warn!("token reload failed: {e}"),
+            Err(e) => {
+                self.token_refused(&e);
+                if ask == Ask::Reload {
+                    // The retry a SIGHUP promises, with the token we have.
+                    self.resume();
+                }
+            }
         }
     }
 
-    fn reload(&mut self) {
-        info!("SIGHUP: reloading the token and retrying");
-        if let Some(file) = &mut self.token_file {
-            match file.reload() {
-                Ok(token) => {
-                    self.client.replace_token(token);
-                    info!("token reloaded from {}", file.path().display());
-                }
-                Err(e) => warn!("token reload failed: {e}"),
-            }
+    /// A token file read failed or was refused: the token in use stays; `/status` says why,
+    /// and the log says it once for as long as the reason stays the same.
+    fn token_refused(&mut self, e: &TokenError) {
+        let message = bounded(format!("{e}; keeping the token in use"));
+        if self.token_complaint.as_deref() != Some(message.as_str()) {
+            warn!("{message}");
+            self.token_complaint = Some(message.clone());
         }
-        self.resume();
+        self.status.record_token_error(message);
     }
 }
 
