@@ -3,7 +3,8 @@
 //! `cargo run --release --example null_fs -- MOUNTPOINT` mounts a read-only directory holding one
 //! regular file, `random`, opened exactly as qrypt-fs opens its `/random` (`FOPEN_DIRECT_IO |
 //! FOPEN_NONSEEKABLE | FOPEN_STREAM`) and served by the same fuser setup (4 threads, one cloned
-//! `/dev/fuse` fd each) with the same mount options (src/app.rs). Every read is answered at once from a static buffer, so reading it
+//! `/dev/fuse` fd each) with the same mount options: it calls qrypt-fs's own `fuse_config`
+//! (src/fuse/config.rs). Every read is answered at once from a static buffer, so reading it
 //! measures what the kernel, `/dev/fuse` and fuser cost, and nothing else: the ceiling that any
 //! FUSE file can reach on this machine.
 //!
@@ -13,11 +14,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
+use anyhow::Context;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
+use qrypt_fs::fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
+use qrypt_fs::fuse::config::{FuseOptions, fuse_config};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// The largest read FUSE hands a filesystem (256 pages).
@@ -39,7 +42,7 @@ impl NullFs {
         FileAttr {
             ino,
             // Same size as qrypt-fs's /random, so tools treat both files alike.
-            size: if dir { 0 } else { 4096 },
+            size: if dir { 0 } else { RANDOM_FILE_SIZE },
             blocks: 0,
             atime: UNIX_EPOCH,
             mtime: UNIX_EPOCH,
@@ -55,7 +58,7 @@ impl NullFs {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: 4096,
+            blksize: page_size(),
             flags: 0,
         }
     }
@@ -107,12 +110,7 @@ impl Filesystem for NullFs {
             return reply.error(Errno::EROFS);
         }
         if ino == RANDOM {
-            reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_DIRECT_IO
-                    | FopenFlags::FOPEN_NONSEEKABLE
-                    | FopenFlags::FOPEN_STREAM,
-            );
+            reply.opened(FileHandle(0), RANDOM_OPEN_FLAGS);
         } else if ino == INodeNo::ROOT {
             reply.error(Errno::EISDIR);
         } else {
@@ -148,42 +146,33 @@ fn main() -> ExitCode {
     match run(PathBuf::from(mountpoint)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("null_fs: {e}");
+            eprintln!("null_fs: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(mountpoint: PathBuf) -> Result<(), String> {
+fn run(mountpoint: PathBuf) -> anyhow::Result<()> {
     // Registered before mounting, so a signal right after the mount appears is not missed.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("signals: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("signals")?;
     let fs = NullFs {
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
     };
-    // The same session setup as qrypt-fs (src/app.rs).
-    let mut cfg = fuser::Config::default();
-    cfg.mount_options = vec![
-        MountOption::RO,
-        MountOption::FSName("null".into()),
-        MountOption::CUSTOM("subtype=null_fs".into()),
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoExec,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-    ];
-    cfg.n_threads = Some(4);
-    cfg.clone_fd = true;
+    // The same session setup as qrypt-fs.
+    let cfg = fuse_config(&FuseOptions {
+        fsname: "null".into(),
+        subtype: "null_fs".into(),
+        allow_other: false,
+        allow_root: false,
+        default_permissions: true,
+    });
     let session = fuser::Session::new(fs, &mountpoint, &cfg)
-        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?
         .spawn()
-        .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
+        .context("cannot start the FUSE session")?;
 
     // Nothing else runs here, so the baseline does no work but answering reads.
     let _ = signals.forever().next();
-    session
-        .umount_and_join()
-        .map_err(|e| format!("unmount: {e}"))
+    session.umount_and_join().context("unmount")
 }

@@ -39,7 +39,7 @@ plot_png=${PLOT:-$root/BENCHMARKS-read-size.png}
 token=emulator-token
 
 echo "building (release)..." >&2
-cargo build --release --quiet --bins --example bench --example null_fs
+cargo build --release --quiet --locked --workspace --bins --example bench --example null_fs
 bin=$root/target/release
 B=$bin/examples/bench
 

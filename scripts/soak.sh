@@ -38,7 +38,7 @@ die() { echo "soak.sh: $*" >&2; exit 2; }
 command -v python3 >/dev/null || die "python3 is missing"
 command -v curl >/dev/null || die "curl is missing"
 if [ ! -x "$bin/qrypt-fs" ] || [ ! -x "$bin/qrypt-emulator" ]; then
-  if [ "$profile" = release ]; then cargo build --release --quiet --bins; else cargo build --quiet --bins; fi
+  if [ "$profile" = release ]; then cargo build --release --quiet --workspace --bins; else cargo build --quiet --workspace --bins; fi
 fi
 
 mkdir -p "$out"

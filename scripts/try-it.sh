@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mnt=${1:-/tmp/qrypt}
-cargo build --release --bins
+cargo build --release --locked --workspace --bins
 mkdir -p "$mnt"
 work=$(mktemp -d)
 cleanup() {

@@ -2,7 +2,6 @@
 //! is live (exit 0), or with the daemon's error message (exit 1).
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 
 use nix::unistd::{ForkResult, fork, setsid};
 
@@ -37,8 +36,8 @@ impl Ready {
 /// Must be called before any thread is started.
 pub fn daemonize() -> std::io::Result<Ready> {
     let (read_end, write_end) = nix::unistd::pipe()?;
-    // SAFETY: single-threaded at this point (checked by the caller's ordering), so the child
-    // may run arbitrary code.
+    // SAFETY: called before any thread is started (app::main forks before it creates the
+    // runtime, the signal thread or the FUSE threads), so the child may run arbitrary code.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => {
             drop(write_end);
@@ -78,26 +77,22 @@ fn detach_stdio() {
         .write(true)
         .open("/dev/null")
     {
-        for fd in 0..=2 {
-            // SAFETY: dup2 onto the standard descriptors, which we own.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
 }
 
 /// Keeps secrets out of core dumps and ptrace by other users: no core files at all.
 pub fn harden_process() {
-    // SAFETY: plain syscalls with constant arguments.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // Like any daemon (daemon(7)): hold nothing the caller opened besides stdio. A listening
+    // socket or a pipe someone waits on for EOF must not live on in us. The raw syscall: nix,
+    // glibc < 2.34 and musl have no wrapper. ENOSYS (Linux < 5.9): skip.
+    // SAFETY: runs first thing in main, before anything in this process opened a descriptor
+    // above 2 that Rust code owns, so closing them all invalidates no OwnedFd or File.
     unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::setrlimit(libc::RLIMIT_CORE, &zero);
-        // Like any daemon (daemon(7)): hold nothing the caller opened besides stdio. A
-        // listening socket or a pipe someone waits on for EOF must not live on in us.
-        // The raw syscall: glibc < 2.34 and musl have no wrapper. ENOSYS (Linux < 5.9): skip.
         libc::syscall(libc::SYS_close_range, 3u32, libc::c_uint::MAX, 0u32);
     }
 }

@@ -1,15 +1,15 @@
-//! The FUSE adapter: maps inodes and file handles onto the pool and status snapshots.
-//! Thin on purpose: every decision about bytes lives in the pool.
+//! The filesystem: which inodes exist, their attributes, how each file opens, and which
+//! source serves a read (the pool for `/random`, a snapshot taken at open for the status
+//! files). No kernel involved: [`crate::fuse`] translates fuser's calls into these methods, and
+//! the tests below drive them directly. Every decision about bytes lives in the pool.
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, PollEvents, PollFlags, PollNotifier, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyPoll, Request,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo, OpenAccMode, OpenFlags, PollEvents,
 };
 use parking_lot::Mutex;
 
@@ -19,6 +19,19 @@ use crate::pool::{Pool, ReadError, ReadRequest, ReadSink};
 /// -rand FILE`) read this much and stop; a size of 0 would make them read until EOF, i.e.
 /// forever. Readers that ignore the size (`cat`, `dd`, `head`) stream as from `/dev/random`.
 pub const RANDOM_FILE_SIZE: u64 = 4096;
+
+/// Attributes change only at mount time; let the kernel cache them briefly.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// How `/random` is opened: never cached, never seekable, offset ignored, so every read takes
+/// fresh bytes.
+pub const RANDOM_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO
+    .union(FopenFlags::FOPEN_NONSEEKABLE)
+    .union(FopenFlags::FOPEN_STREAM);
+
+/// How a status file is opened: a snapshot served by offset, so never `FOPEN_STREAM`; direct
+/// I/O because the reported size is 0.
+pub const STATUS_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
 
 /// The status files and how each renders a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +65,71 @@ fn node(ino: INodeNo) -> Option<Node> {
         .map(|(_, _, n)| *n)
 }
 
-/// Attributes change only at mount time; let the kernel cache them briefly.
-const TTL: Duration = Duration::from_secs(1);
+/// The system's page size: the preferred I/O size (`st_blksize`) of every file.
+pub fn page_size() -> u32 {
+    static PAGE: OnceLock<u32> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| u32::try_from(n).ok())
+            // sysconf cannot fail for PAGE_SIZE on Linux; the common size if it ever did.
+            .unwrap_or(4096)
+    })
+}
 
 pub type StatusRenderer = Box<dyn Fn(StatusFormat) -> String + Send + Sync>;
+
+/// Where the answer to a read goes, exactly once and possibly later from another thread:
+/// fuser's `ReplyData` in the adapter, a channel in tests.
+pub trait DataReply: Send + 'static {
+    fn data(self, data: &[u8]);
+    fn error(self, err: Errno);
+}
+
+/// The errno a reader sees for each reason a read got no bytes.
+pub fn errno_for(err: ReadError) -> Errno {
+    match err {
+        ReadError::WouldBlock => Errno::EAGAIN,
+        ReadError::Interrupted => Errno::EINTR,
+        ReadError::Unavailable | ReadError::TimedOut | ReadError::ShuttingDown => Errno::EIO,
+    }
+}
+
+/// Hands the pool's answer to a [`DataReply`].
+struct PoolReply<R>(R);
+
+impl<R: DataReply> ReadSink for PoolReply<R> {
+    fn deliver(self, data: &[u8]) {
+        self.0.data(data);
+    }
+
+    fn fail(self, err: ReadError) {
+        self.0.error(errno_for(err));
+    }
+}
+
+/// One directory entry, as `readdir` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: INodeNo,
+    /// The offset of the entry after this one.
+    pub next_offset: u64,
+    pub kind: FileType,
+    pub name: &'static str,
+}
+
+/// A read as the kernel asks for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Read {
+    pub ino: INodeNo,
+    pub fh: FileHandle,
+    pub offset: u64,
+    pub size: u32,
+    pub flags: OpenFlags,
+    /// The reading thread.
+    pub pid: u32,
+}
 
 pub struct EntropyFs {
     pool: Arc<Pool>,
@@ -66,23 +140,6 @@ pub struct EntropyFs {
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
-}
-
-/// Answers one FUSE read from the pool, now or later, from whichever thread has the bytes.
-struct FuseReply(ReplyData);
-
-impl ReadSink for FuseReply {
-    fn deliver(self, data: &[u8]) {
-        self.0.data(data);
-    }
-
-    fn fail(self, err: ReadError) {
-        self.0.error(match err {
-            ReadError::WouldBlock => Errno::EAGAIN,
-            ReadError::Interrupted => Errno::EINTR,
-            ReadError::Unavailable | ReadError::TimedOut | ReadError::ShuttingDown => Errno::EIO,
-        });
-    }
 }
 
 impl EntropyFs {
@@ -123,7 +180,7 @@ impl EntropyFs {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: 4096,
+            blksize: page_size(),
             flags: 0,
         }
     }
@@ -131,61 +188,30 @@ impl EntropyFs {
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
-}
 
-/// Serving a reader beats refilling the buffer for a core: each FUSE thread raises its own
-/// priority by 5 nice levels (relative, so an administrator's `Nice=` still counts) the first
-/// time it serves a request. Needs CAP_SYS_NICE or a high enough RLIMIT_NICE (the systemd
-/// unit sets `LimitNICE=`); without them nothing changes. The refill runtime is untouched.
-fn favour_this_thread() {
-    thread_local!(static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    RAISED.with(|raised| {
-        if !raised.replace(true) {
-            // SAFETY: reads and changes the calling thread's nice value only (per-thread on
-            // Linux); errno is cleared first because -1 is a valid getpriority result.
-            unsafe {
-                let tid = libc::gettid() as libc::id_t;
-                *libc::__errno_location() = 0;
-                let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
-                if nice != -1 || *libc::__errno_location() == 0 {
-                    libc::setpriority(libc::PRIO_PROCESS, tid, (nice - 5).max(-20));
-                }
-            }
-        }
-    });
-}
-
-impl Filesystem for EntropyFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        favour_this_thread();
+    pub fn lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
         if parent != INodeNo::ROOT {
-            return reply.error(Errno::ENOENT);
+            return Err(Errno::ENOENT);
         }
-        match NODES.iter().find(|(_, n, _)| OsStr::new(n) == name) {
-            Some((ino, _, node)) => {
-                reply.entry(&TTL, &self.attr(INodeNo(*ino), *node), Generation(0));
-            }
-            None => reply.error(Errno::ENOENT),
-        }
+        NODES
+            .iter()
+            .find(|(_, n, _)| OsStr::new(n) == name)
+            .map(|(ino, _, node)| self.attr(INodeNo(*ino), *node))
+            .ok_or(Errno::ENOENT)
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match node(ino) {
-            Some(n) => reply.attr(&TTL, &self.attr(ino, n)),
-            None => reply.error(Errno::ENOENT),
-        }
+    pub fn getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        node(ino).map(|n| self.attr(ino, n)).ok_or(Errno::ENOENT)
     }
 
-    fn readdir(
+    /// The root's entries from `offset` on.
+    pub fn readdir(
         &self,
-        _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    ) -> Result<impl Iterator<Item = DirEntry>, Errno> {
         if ino != INodeNo::ROOT {
-            return reply.error(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         }
         let entries = [
             (INodeNo::ROOT.0, FileType::Directory, "."),
@@ -197,68 +223,58 @@ impl Filesystem for EntropyFs {
                 .iter()
                 .map(|(i, n, _)| (*i, FileType::RegularFile, *n)),
         );
-        for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        Ok(entries
+            .enumerate()
+            .skip(skip)
+            .map(|(i, (ino, kind, name))| DirEntry {
+                ino: INodeNo(ino),
+                next_offset: i as u64 + 1,
+                kind,
+                name,
+            }))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        favour_this_thread();
+    pub fn open(&self, ino: INodeNo, flags: OpenFlags) -> Result<(FileHandle, FopenFlags), Errno> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
+            return Err(Errno::EROFS);
         }
         match node(ino) {
-            // Never cached, never seekable, offset ignored: every read takes fresh bytes.
-            Some(Node::Random) => reply.opened(
-                FileHandle(self.new_fh()),
-                FopenFlags::FOPEN_DIRECT_IO
-                    | FopenFlags::FOPEN_NONSEEKABLE
-                    | FopenFlags::FOPEN_STREAM,
-            ),
+            Some(Node::Random) => Ok((FileHandle(self.new_fh()), RANDOM_OPEN_FLAGS)),
             // A snapshot taken now and served by offset, so `cat` sees one consistent picture
-            // and terminates. Direct I/O because the reported size is 0.
+            // and terminates.
             Some(Node::Status(format)) => {
                 let fh = self.new_fh();
                 let text: Arc<[u8]> = (self.render_status)(format).into_bytes().into();
                 self.snapshots.lock().insert(fh, text);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                Ok((FileHandle(fh), STATUS_OPEN_FLAGS))
             }
-            Some(Node::Root) => reply.error(Errno::EISDIR),
-            None => reply.error(Errno::ENOENT),
+            Some(Node::Root) => Err(Errno::EISDIR),
+            None => Err(Errno::ENOENT),
         }
     }
 
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        favour_this_thread();
-        match node(ino) {
+    /// Answers `read` through `reply`: at once for a status file, from the pool (now or once
+    /// bytes arrive) for `/random`.
+    pub fn read<R: DataReply>(&self, read: Read, reply: R) {
+        match node(read.ino) {
             Some(Node::Random) => self.pool.read(
                 ReadRequest {
-                    len: size as usize,
-                    nonblocking: flags.0 & libc::O_NONBLOCK != 0,
-                    pid: req.pid(),
+                    len: read.size as usize,
+                    nonblocking: read.flags.0 & libc::O_NONBLOCK != 0,
+                    pid: read.pid,
                     deadline: self.read_timeout.map(|d| Instant::now() + d),
                 },
-                FuseReply(reply),
+                PoolReply(reply),
             ),
             Some(Node::Status(_)) => {
-                let snap = self.snapshots.lock().get(&fh.0).cloned();
+                let snap = self.snapshots.lock().get(&read.fh.0).cloned();
                 match snap {
                     Some(text) => {
-                        let start = (offset as usize).min(text.len());
-                        let end = start.saturating_add(size as usize).min(text.len());
+                        let start = usize::try_from(read.offset)
+                            .unwrap_or(usize::MAX)
+                            .min(text.len());
+                        let end = start.saturating_add(read.size as usize).min(text.len());
                         reply.data(&text[start..end]);
                     }
                     None => reply.error(Errno::EBADF),
@@ -269,40 +285,21 @@ impl Filesystem for EntropyFs {
         }
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub fn release(&self, fh: FileHandle) {
         self.snapshots.lock().remove(&fh.0);
         self.pool.forget_poller(fh.0);
-        reply.ok();
     }
 
-    fn poll(
+    /// What `poll` reports; `waker` (if the kernel wants a notification) is called once when
+    /// `/random` becomes ready.
+    pub fn poll(
         &self,
-        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        ph: PollNotifier,
-        _events: PollEvents,
-        flags: PollFlags,
-        reply: ReplyPoll,
-    ) {
+        waker: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<PollEvents, Errno> {
         match node(ino) {
             Some(Node::Random) => {
-                let waker = flags.contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY).then(
-                    || -> Box<dyn FnOnce() + Send> {
-                        Box::new(move || {
-                            let _ = ph.notify();
-                        })
-                    },
-                );
                 let r = self.pool.poll(fh.0, waker);
                 let mut ev = PollEvents::empty();
                 if r.readable || r.error {
@@ -312,10 +309,13 @@ impl Filesystem for EntropyFs {
                 if r.error {
                     ev |= PollEvents::POLLERR;
                 }
-                reply.poll(ev);
+                Ok(ev)
             }
-            Some(_) => reply.poll(PollEvents::POLLIN | PollEvents::POLLRDNORM),
-            None => reply.error(Errno::ENOENT),
+            Some(_) => Ok(PollEvents::POLLIN | PollEvents::POLLRDNORM),
+            None => Err(Errno::ENOENT),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,16 +2,19 @@
 //!
 //! Layers, each readable on its own (see ARCHITECTURE.md): [`upstream`] (client trait, HTTP
 //! client, validation), [`health`], [`pool`] (ring + waiting readers), [`prefetch`] (worker),
-//! [`fs`] (FUSE adapter), [`cli`]/[`app`] (wiring), and the [`emulator`] of the API.
+//! [`fs`] (the filesystem), [`fuse`] (fuser adapter, mount options), [`session`] (one mount's
+//! threads and shutdown order), [`cli`]/[`app`] (wiring).
+//! The API's contract is in the `qrypt-api` crate; its emulator is the `qrypt-emulator` crate.
 pub mod app;
 pub mod cli;
 pub mod daemon;
-pub mod emulator;
 pub mod fs;
+pub mod fuse;
 pub mod health;
 pub mod logging;
 pub mod pool;
 pub mod prefetch;
+pub mod session;
 pub mod size;
 pub mod status;
 pub mod token;

@@ -1,9 +1,11 @@
 //! Logging: stderr in the foreground; syslog (journald picks it up) or a file in the background.
-use std::ffi::CString;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 
+use anyhow::Context;
+use nix::syslog::{self, Facility, LogFlags, Priority, Severity};
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -23,7 +25,7 @@ fn filter(verbose: u8) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-pub fn init(target: LogTarget<'_>, verbose: u8) -> io::Result<()> {
+pub fn init(target: LogTarget<'_>, verbose: u8) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter(verbose));
     let result = match target {
         LogTarget::Stderr => {
@@ -41,16 +43,16 @@ pub fn init(target: LogTarget<'_>, verbose: u8) -> io::Result<()> {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)?;
+                .open(path)
+                .with_context(|| format!("log file {}", path.display()))?;
             builder
                 .with_ansi(false)
                 .with_writer(Mutex::new(file))
                 .try_init()
         }
         LogTarget::Syslog => {
-            static IDENT: &std::ffi::CStr = c"qrypt-fs";
-            // SAFETY: IDENT is 'static, as openlog requires.
-            unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            syslog::openlog(Some(c"qrypt-fs"), LogFlags::LOG_PID, Facility::LOG_DAEMON)
+                .context("syslog")?;
             builder
                 .with_ansi(false)
                 .without_time()
@@ -89,7 +91,7 @@ struct Syslog;
 
 /// Collects one formatted event and hands it to syslog(3) when dropped.
 pub struct SyslogLine {
-    priority: libc::c_int,
+    severity: Severity,
     buf: Vec<u8>,
 }
 
@@ -105,16 +107,15 @@ impl Write for SyslogLine {
 
 impl Drop for SyslogLine {
     fn drop(&mut self) {
+        // Without NULs (they would cut the message short) and newlines (one line per event).
         let text: Vec<u8> = self
             .buf
             .iter()
             .copied()
             .filter(|&b| b != 0 && b != b'\n')
             .collect();
-        if let Ok(msg) = CString::new(text) {
-            // SAFETY: "%s" with one NUL-terminated string.
-            unsafe { libc::syslog(self.priority, c"%s".as_ptr(), msg.as_ptr()) };
-        }
+        let msg = std::ffi::OsStr::from_bytes(&text);
+        let _ = syslog::syslog(Priority::new(self.severity, Facility::LOG_DAEMON), msg);
     }
 }
 
@@ -123,20 +124,20 @@ impl<'a> MakeWriter<'a> for Syslog {
 
     fn make_writer(&'a self) -> SyslogLine {
         SyslogLine {
-            priority: libc::LOG_INFO,
+            severity: Severity::LOG_INFO,
             buf: Vec::new(),
         }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> SyslogLine {
-        let priority = match *meta.level() {
-            Level::ERROR => libc::LOG_ERR,
-            Level::WARN => libc::LOG_WARNING,
-            Level::INFO => libc::LOG_INFO,
-            _ => libc::LOG_DEBUG,
+        let severity = match *meta.level() {
+            Level::ERROR => Severity::LOG_ERR,
+            Level::WARN => Severity::LOG_WARNING,
+            Level::INFO => Severity::LOG_INFO,
+            _ => Severity::LOG_DEBUG,
         };
         SyslogLine {
-            priority,
+            severity,
             buf: Vec::new(),
         }
     }

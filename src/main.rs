@@ -1,30 +1,16 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use qrypt_fs::cli::{Cli, Options, reject_token_argument};
-
 fn main() -> ExitCode {
     qrypt_fs::daemon::harden_process();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Err(e) = reject_token_argument(&args) {
-        eprintln!("qrypt-fs: {e}");
-        return ExitCode::from(2);
-    }
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
-    let opts = match Options::from_cli(cli) {
+    // Usage errors exit 2 with clap's message; --help and --version exit 0.
+    let opts = match qrypt_fs::cli::parse(std::env::args_os()) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("qrypt-fs: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => e.exit(),
     };
     match qrypt_fs::app::main(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qrypt-fs: {e}");
+            eprintln!("qrypt-fs: {}", qrypt_fs::app::message(&e));
             ExitCode::FAILURE
         }
     }

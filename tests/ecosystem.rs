@@ -1,5 +1,9 @@
 //! Deploying and watching qrypt-fs the usual ways, and real programs reading from it.
 //! The consumer programs come from Debian packages that `scripts/install-test-deps.sh` installs.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::os::unix::net::UnixDatagram;

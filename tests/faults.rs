@@ -1,6 +1,10 @@
 //! Trusting the upstream only as far as it earns: one test per fault of the emulator. Each
 //! checks that the stream goes on (or fails fast for 401/403), that no byte of a bad response is
 //! served, the counters and state in `/status`, and recovery once the fault clears.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::io::Write;

@@ -1,6 +1,10 @@
 //! The first working product, end to end through the kernel: exact reads, provenance of every
 //! byte, disjointness across readers and opens, `/status`, read-only semantics, the CLI's
 //! errors, daemon mode, TLS, and the token kept out of everything observable.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::fs::File;

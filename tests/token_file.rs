@@ -1,7 +1,10 @@
 //! A hostile token file: whatever is swapped in for it (a FIFO, a device, a huge file, a
 //! directory, a socket, a chain of symlinks), the refill goes on with the token in use,
 //! `/status` says why, and a good file put back is taken on the next SIGHUP. At start, such a
-//! file is a clear error and nothing is mounted.
+//! file is a clear error and nothing is mounted.// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

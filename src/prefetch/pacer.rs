@@ -1,47 +1,8 @@
 //! Client-side pacing under the service's rate limit (30 requests per 10 s per token by default).
 use std::time::{Duration, Instant};
 
-/// At most `requests` requests in any `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub requests: u32,
-    pub window: Duration,
-}
-
-impl RateLimit {
-    /// Qrypt's documented limit.
-    pub const QRYPT: RateLimit = RateLimit {
-        requests: 30,
-        window: Duration::from_secs(10),
-    };
-}
-
-impl std::str::FromStr for RateLimit {
-    type Err = String;
-    /// `R/SECONDS`, e.g. `30/10`.
-    fn from_str(s: &str) -> Result<RateLimit, String> {
-        let (r, w) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?}: expected REQUESTS/SECONDS, e.g. 30/10"))?;
-        let requests: u32 = r
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?}: {r:?} is not a whole number of requests"))?;
-        let secs: f64 = w
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?}: {w:?} is not a number of seconds"))?;
-        if requests == 0 || !(secs > 0.0 && secs <= 86_400.0) {
-            return Err(format!(
-                "{s:?}: need at least 1 request in 0 < SECONDS <= 86400"
-            ));
-        }
-        Ok(RateLimit {
-            requests,
-            window: Duration::from_secs_f64(secs),
-        })
-    }
-}
+/// One type and one syntax (`30/10`) for the client's pacer and the emulator's limit.
+pub use qrypt_api::RateLimit;
 
 /// A sliding-window gate that never lets the server see more than `requests` in a `window`.
 ///

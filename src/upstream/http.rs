@@ -9,6 +9,8 @@ use parking_lot::RwLock;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
 };
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use url::Url;
 use zeroize::Zeroizing;
 
@@ -17,7 +19,6 @@ use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
 use crate::token::Token;
 
 pub const DEFAULT_ENDPOINT: &str = "https://api-eus.qrypt.com";
-const API_PATH: &str = "api/v1/quantum-entropy";
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -71,7 +72,7 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let count = rustls_pemfile::certs(&mut &pem[..])
+    let count = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConfigError::Ca {
             path: path.display().to_string(),
@@ -91,7 +92,7 @@ fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Confi
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca_pem {
-        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        for cert in CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| ConfigError::Client(e.to_string()))?;
             roots
                 .add(cert)
@@ -130,7 +131,8 @@ impl HttpClient {
             url.set_path(&p);
         }
         let url = url
-            .join(API_PATH)
+            // Relative, so an endpoint with a path prefix keeps it.
+            .join(qrypt_api::ENTROPY_PATH.trim_start_matches('/'))
             .map_err(|e| ConfigError::BadUrl(cfg.endpoint.to_string(), e))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config(cfg.extra_ca_pem.as_deref())?)
@@ -157,10 +159,7 @@ impl HttpClient {
 
     async fn fetch_inner(&self, kib: u32) -> Result<Entropy, FetchError> {
         if !(1..=MAX_KIB_PER_REQUEST).contains(&kib) {
-            return Err(FetchError::Status {
-                code: 400,
-                retry_after: None,
-            });
+            return Err(FetchError::SizeOutOfRange(kib));
         }
         let auth = self.auth.read().clone();
         let mut url = self.url.clone();

@@ -1,7 +1,8 @@
 //! The upstream: something that hands out validated entropy in whole KiB.
 //!
 //! [`EntropyClient`] is the seam between the prefetcher and the network: [`http::HttpClient`]
-//! talks to Qrypt (or the emulator); [`mock`] has in-memory clients for unit tests.
+//! talks to Qrypt (or the emulator); `mock` has in-memory clients for unit tests
+//! (compiled for tests, or with the `mock` feature).
 use std::future::Future;
 use std::time::Duration;
 
@@ -10,13 +11,12 @@ use zeroize::Zeroizing;
 use crate::token::Token;
 
 pub mod http;
+#[cfg(any(test, feature = "mock"))]
 pub mod mock;
 pub mod validate;
 
-/// The API's per-request limit, in KiB.
-pub const MAX_KIB_PER_REQUEST: u32 = 512;
-/// Bytes in one block of the API's `random` array.
-pub const BLOCK_LEN: usize = 1024;
+/// The API's per-request limit (KiB) and the bytes in one block of its `random` array.
+pub use qrypt_api::{BLOCK_LEN, MAX_KIB_PER_REQUEST};
 
 /// Entropy that passed response validation: `kib * 1024` bytes, wiped on drop.
 pub struct Entropy(pub Zeroizing<Vec<u8>>);
@@ -42,6 +42,10 @@ pub enum FetchError {
     /// A 200 whose body breaks the contract.
     #[error("invalid response: {0}")]
     Validation(#[from] validate::ValidationError),
+    /// A size the API does not take: refused here, before anything is sent (a bug in the
+    /// caller, not an answer from the service, so no HTTP status is made up for it).
+    #[error("not sent: {0} KiB is outside the API's 1..=512")]
+    SizeOutOfRange(u32),
     /// Bytes that passed validation but failed a health test.
     #[error("health test: {0}")]
     Health(String),
@@ -55,6 +59,7 @@ impl FetchError {
             FetchError::Transport(_) => "transport".into(),
             FetchError::Validation(_) => "validation".into(),
             FetchError::Health(_) => "health".into(),
+            FetchError::SizeOutOfRange(_) => "size_out_of_range".into(),
         }
     }
 }

@@ -4,9 +4,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::BLOCK_LEN;
-
-/// Base64 length of one 1024-byte block (with padding).
-const BLOCK_B64_LEN: usize = BLOCK_LEN.div_ceil(3) * 4;
+use qrypt_api::BLOCK_B64_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use qrypt_fs::emulator::{Emulator, EmulatorConfig, Fault, RateLimit};
+pub use qrypt_emulator::{Emulator, EmulatorConfig, Fault, RateLimit};
 
 pub const TOKEN: &str = "emulator-token";
 pub const BIN: &str = env!("CARGO_BIN_EXE_qrypt-fs");

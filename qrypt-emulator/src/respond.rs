@@ -16,7 +16,6 @@ use super::limits::Refusal;
 
 /// Whitespace put inside an oversized body's JSON.
 const OVERSIZE_PAD: usize = 64 << 20;
-pub(super) const MAX_KIB: u32 = 512;
 
 /// A response, or an error that makes hyper drop the connection without one.
 pub(super) type Reply = Result<Response<ScriptedBody>, io::Error>;
@@ -51,7 +50,7 @@ fn kib_param(query: Option<&str>) -> Result<u32, ()> {
         return Err(());
     }
     match v.parse::<u32>() {
-        Ok(n) if (1..=MAX_KIB).contains(&n) => Ok(n),
+        Ok(n) if qrypt_api::KIB_PER_REQUEST.contains(&n) => Ok(n),
         _ => Err(()),
     }
 }
@@ -249,7 +248,7 @@ fn build(kib: u32, fault: Option<&Fault>, repeat_source: Option<Vec<u8>>) -> (St
         }
         text.push('"');
         let start = text.len();
-        let mut encoded = [0u8; 1368];
+        let mut encoded = [0u8; qrypt_api::BLOCK_B64_LEN];
         text.push_str(
             base64_simd::STANDARD.encode_as_str(block, base64_simd::Out::from_slice(&mut encoded)),
         );

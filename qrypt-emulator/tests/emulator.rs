@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use qrypt_fs::emulator::{Emulator, EmulatorConfig, Fault, RateLimit, Stats};
+use qrypt_emulator::{Emulator, EmulatorConfig, Fault, RateLimit, Stats};
 use reqwest::{Client, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,7 +30,7 @@ fn recording() -> Emulator {
 fn client_trusting(ca_pem: Option<&str>) -> Client {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(pem) = ca_pem {
-        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             roots.add(cert.expect("PEM")).expect("CA");
         }
     }

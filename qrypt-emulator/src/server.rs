@@ -16,7 +16,7 @@ use super::State;
 use super::admin;
 use super::respond::{self, Reply, json_error};
 
-pub(super) const ENTROPY_PATH: &str = "/api/v1/quantum-entropy";
+pub(super) use qrypt_api::ENTROPY_PATH;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {

@@ -9,7 +9,7 @@ use super::Fault;
 
 /// Good blocks remembered for `RepeatBlock`.
 const RECENT_BLOCKS: usize = 16;
-pub(super) const BLOCK: usize = 1024;
+pub(super) const BLOCK: usize = qrypt_api::BLOCK_LEN;
 
 /// One answer to a request on the API (admin requests are not recorded).
 #[derive(Debug, Clone, PartialEq, Eq)]

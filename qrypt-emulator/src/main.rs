@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use qrypt_fs::emulator::{Emulator, EmulatorConfig, RateLimit};
+use qrypt_emulator::{Emulator, EmulatorConfig, RateLimit};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// A local stand-in for Qrypt's Entropy-as-a-Service API. NOT a source of quantum entropy.
@@ -22,7 +22,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
     name = "qrypt-emulator",
     version,
     after_long_help = "\
-Admin API on the same port (no auth; see the docs of qrypt_fs::emulator):
+Admin API on the same port (no auth; see the docs of the qrypt_emulator crate):
   POST /_emulator/fault       {\"fault\":\"status\",\"status\":503,\"times\":3}
                               {\"fault\":\"delay\",\"ms\":2000}  {\"fault\":\"none\"}
                               names: status too_many_requests malformed_json wrong_types
@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, value_name = "R/W")]
     rate_limit: Option<RateLimit>,
     /// Bytes each token may fetch before it gets 403 (suffixes K, M, G). Unlimited by default.
-    #[arg(long, value_name = "BYTES", value_parser = qrypt_fs::size::parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = qrypt_api::parse_size)]
     quota: Option<u64>,
     /// Serve HTTPS with a freshly generated throwaway CA and a certificate for localhost,
     /// 127.0.0.1 and ::1.

@@ -54,9 +54,11 @@ mod respond;
 mod server;
 mod tls;
 
-pub use config::{EmulatorConfig, RateLimit};
+pub use config::EmulatorConfig;
 pub use fault::Fault;
 pub use ledger::{ResponseRecord, Stats};
+/// The same type, and the same `R/W` syntax, as the client's pacer.
+pub use qrypt_api::RateLimit;
 
 use fault::FaultSlot;
 use ledger::{Gauge, Ledger};

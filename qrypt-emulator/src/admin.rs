@@ -1,7 +1,5 @@
 //! The admin API under `/_emulator/` (see the module docs): faults, tokens, quota, rate limit
 //! and stats, for scripts. No authentication: it is a loopback test tool.
-use std::time::Duration;
-
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -118,12 +116,11 @@ fn set_rate_limit(state: &State, v: &Value) -> Result<(), String> {
             let secs = v
                 .get("window_secs")
                 .and_then(Value::as_f64)
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 1e9)
-                .ok_or("\"window_secs\" must be a positive number")?;
-            Some(RateLimit {
-                requests,
-                window: Duration::from_secs_f64(secs),
-            })
+                .ok_or("\"window_secs\" must be a number")?;
+            Some(
+                RateLimit::new(requests, secs)
+                    .ok_or("\"window_secs\" must be > 0 and at most 86400")?,
+            )
         }
         None => {
             return Err(

@@ -1,0 +1,210 @@
+//! The life of one mount: what runs while it is mounted, and the order things stop in.
+//!
+//! [`Session::mount`] starts the network runtime with the prefetcher, the watchdog, the FUSE
+//! session and the threads that turn signals and an outside unmount into events;
+//! [`Session::run`] waits for the first event and shuts down in a fixed order: status says
+//! stopping; the pool answers waiting readers (EIO) and wipes the buffer; the filesystem is
+//! unmounted (unless that was the event); the runtime, and with it the prefetcher, stops.
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use signal_hook::consts::SIGHUP;
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+use crate::daemon::Ready;
+use crate::fs::{EntropyFs, StatusFormat};
+use crate::fuse::FuseAdapter;
+use crate::fuse::config::{FuseOptions, fuse_config};
+use crate::pool::Pool;
+use crate::prefetch::{Control, PrefetchConfig, Prefetcher};
+use crate::status::{StaticInfo, Status};
+use crate::upstream::EntropyClient;
+
+/// What a mount needs, whatever the client.
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    pub fuse: FuseOptions,
+    pub buffer_size: usize,
+    pub read_timeout: Option<Duration>,
+    pub prefetch: PrefetchConfig,
+    pub info: StaticInfo,
+}
+
+/// Why the session ends.
+enum Event {
+    Signal(i32),
+    Unmounted,
+    /// The prefetch worker stopped on its own (a bug): nothing would refill the buffer, so
+    /// stop with an error (and let a supervisor restart us) rather than hang readers.
+    WorkerDied(String),
+}
+
+/// A live mount. Dropping it without [`Session::run`] leaves the mount to the kernel (it
+/// fails with ENOTCONN once the process exits); `run` is the orderly way out.
+pub struct Session {
+    mountpoint: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    pool: Arc<Pool>,
+    status: Arc<Status>,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Session {
+    /// Starts everything, mounts, and reports readiness through `ready`. SIGINT and SIGTERM
+    /// (from `signals`) end the session; SIGHUP reloads the token.
+    pub fn mount<C: EntropyClient>(
+        cfg: MountConfig,
+        client: Arc<C>,
+        ready: &mut Ready,
+        signals: Signals,
+    ) -> anyhow::Result<Session> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("qrypt-net")
+            .enable_all()
+            .build()
+            .context("runtime")?;
+        let pool = Arc::new(Pool::new(cfg.buffer_size));
+        if !pool.memory_locked() {
+            warn!(
+                "could not lock the {} byte buffer in memory (RLIMIT_MEMLOCK too low?): entropy \
+                 may reach swap; /status shows memory_locked: no",
+                cfg.buffer_size
+            );
+        }
+        let status = Arc::new(Status::new(cfg.info));
+        let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::channel();
+        let worker = runtime.spawn(
+            Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch).run(control_rx),
+        );
+        {
+            let (events, pool) = (events.clone(), pool.clone());
+            runtime.spawn(async move {
+                let outcome = worker.await;
+                if !pool.is_shut_down() {
+                    let why = match outcome {
+                        Err(e) if e.is_panic() => "the prefetch worker panicked".to_owned(),
+                        Err(e) => format!("the prefetch worker failed: {e}"),
+                        Ok(()) => "the prefetch worker stopped".to_owned(),
+                    };
+                    let _ = events.send(Event::WorkerDied(why));
+                }
+            });
+        }
+        crate::watchdog::spawn(pool.clone()).context("watchdog thread")?;
+
+        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
+        let fuse = fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
+            .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
+            .spawn()
+            .context("cannot start the FUSE session")?;
+        ready.succeeded();
+        info!("mounted on {}", cfg.mountpoint.display());
+        {
+            let events = events.clone();
+            thread::Builder::new()
+                .name("qrypt-session".into())
+                .spawn(move || {
+                    if let Err(e) = fuse.join() {
+                        warn!("FUSE session ended with an error: {e}");
+                    }
+                    let _ = events.send(Event::Unmounted);
+                })
+                .context("session thread")?;
+        }
+        spawn_signal_thread(signals, control, events)?;
+        Ok(Session {
+            mountpoint: cfg.mountpoint,
+            runtime,
+            pool,
+            status,
+            events: event_rx,
+        })
+    }
+
+    /// Serves until SIGINT/SIGTERM, an outside unmount or the prefetch worker's death, then
+    /// answers waiting readers, wipes the buffer and unmounts.
+    pub fn run(self) -> anyhow::Result<()> {
+        let event = self.events.recv().unwrap_or(Event::Unmounted);
+        self.status.set_stopping();
+        self.pool.shutdown();
+        let outcome = match event {
+            Event::Signal(sig) => {
+                info!("signal {sig}: unmounting {}", self.mountpoint.display());
+                unmount(&self.mountpoint);
+                Ok(())
+            }
+            Event::Unmounted => {
+                info!("{} was unmounted", self.mountpoint.display());
+                Ok(())
+            }
+            Event::WorkerDied(why) => {
+                error!(
+                    "{why}: unmounting {} and exiting",
+                    self.mountpoint.display()
+                );
+                unmount(&self.mountpoint);
+                Err(anyhow!(why))
+            }
+        };
+        self.runtime.shutdown_timeout(Duration::from_millis(500));
+        info!("stopped");
+        outcome
+    }
+}
+
+/// Renders a fresh snapshot of the status in each format.
+fn renderer(pool: &Arc<Pool>, status: &Arc<Status>) -> crate::fs::StatusRenderer {
+    let (pool, status) = (pool.clone(), status.clone());
+    Box::new(move |format: StatusFormat| {
+        let snap = status.snapshot(&pool);
+        match format {
+            StatusFormat::Text => snap.to_text(),
+            StatusFormat::Json => snap.to_json(),
+            StatusFormat::Prometheus => snap.to_prometheus(),
+        }
+    })
+}
+
+/// SIGHUP asks the prefetcher to reload the token; any other signal ends the session.
+fn spawn_signal_thread(
+    mut signals: Signals,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<()> {
+    thread::Builder::new()
+        .name("qrypt-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    let _ = control.send(Control::Reload);
+                } else {
+                    let _ = events.send(Event::Signal(sig));
+                    break;
+                }
+            }
+        })
+        .context("signal thread")?;
+    Ok(())
+}
+
+/// Unmounts; lazily if a reader still holds a file open (the kernel finishes the job when the
+/// last file is closed, and our exit makes any later read fail with ENOTCONN).
+fn unmount(path: &Path) {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EBUSY) => {
+            info!("mount busy: detaching lazily");
+            if let Err(e) = umount2(path, MntFlags::MNT_DETACH) {
+                warn!("lazy unmount of {} failed: {e}", path.display());
+            }
+        }
+        Err(e) => warn!("unmount of {} failed: {e}", path.display()),
+    }
+}
