@@ -24,6 +24,9 @@ fn wipe(bytes: &mut [u8]) {
 /// faults it in: about 0.1 ms).
 pub const LOCK_CHUNK: usize = 1 << 20;
 
+/// Locked at start, which tells whether locking works: more than the first request's 16 KiB.
+const FIRST_LOCK: usize = 128 << 10;
+
 pub struct Ring {
     buf: Box<[u8]>,
     head: usize,
@@ -48,7 +51,9 @@ impl Ring {
             prepared: 0,
             locked_until: 0,
         };
-        ring.prepare(LOCK_CHUNK);
+        // A first piece, enough for the first response, keeps start-up from faulting in a
+        // whole chunk (measured in BENCHMARKS.md's startup figure).
+        ring.lock_to(ring.capacity().min(FIRST_LOCK));
         ring
     }
 
@@ -64,10 +69,15 @@ impl Ring {
         if end <= self.prepared {
             return true;
         }
-        let end = end
-            .div_ceil(LOCK_CHUNK)
-            .saturating_mul(LOCK_CHUNK)
-            .min(self.capacity());
+        self.lock_to(end.div_ceil(LOCK_CHUNK).saturating_mul(LOCK_CHUNK))
+    }
+
+    /// Locks `buf[prepared..end]` (`end` capped at the capacity) and moves `prepared` there.
+    fn lock_to(&mut self, end: usize) -> bool {
+        let end = end.min(self.capacity());
+        if end <= self.prepared {
+            return true;
+        }
         let was_locked = self.is_locked();
         if was_locked && lock_range(&self.buf[self.prepared..end]) {
             self.locked_until = end;
