@@ -115,6 +115,8 @@ pub struct Prefetcher<C: EntropyClient> {
     /// Until the first success, one small request at a time: the first bytes are readable
     /// one short round trip after start, instead of after several 512 KiB bodies compete.
     started: bool,
+    /// When freed memory was last handed back to the system.
+    last_trim: Instant,
 }
 
 impl<C: EntropyClient> Prefetcher<C> {
@@ -139,6 +141,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             in_flight: HashMap::new(),
             log: OutageLog::default(),
             started: false,
+            last_trim: now,
         }
     }
 
@@ -169,6 +172,7 @@ impl<C: EntropyClient> Prefetcher<C> {
                             error!("fetch task failed: {e}");
                         }
                     }
+                    self.trim_now_and_then();
                 }
                 _ = space.notified() => {}
                 _ = sleep => {}
@@ -297,6 +301,18 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.log.failure(&class, &message, decision, token_file);
     }
 
+    /// Hands freed memory back after a response, at most every [`TRIM_EVERY`]: what a body
+    /// leaves below the mmap threshold (hyper's chunks and read buffers, at most 128 KiB each)
+    /// fragments the arenas of the threads that receive it, and under a steady demand no fill
+    /// ever ends to trim them.
+    fn trim_now_and_then(&mut self) {
+        let now = now();
+        if now.duration_since(self.last_trim) >= TRIM_EVERY {
+            self.last_trim = now;
+            release_freed_memory();
+        }
+    }
+
     /// Tells `/status` and the pool what the state machine now says.
     fn publish(&self) {
         let view = self.upstream.view();
@@ -387,6 +403,10 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.status.record_token_error(message);
     }
 }
+
+/// While a fill goes on (under a steady demand the buffer may never be full), freed memory is
+/// handed back at most this often; at a fill's end it always is.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Gives the allocator's free memory back to the system once a fill is done. Response bodies
 /// and decode buffers (~1 MiB each, wiped before they are freed) otherwise stay in glibc's
