@@ -140,3 +140,44 @@ impl TokenReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_off_the_task_one_at_a_time_and_queues_a_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").expect("write");
+        let mut reader = TokenReader::new(TokenFile::new(path.clone()));
+        std::fs::write(&path, "second\n").expect("write");
+        reader.ask(Ask::Changed, Instant::now());
+        // A SIGHUP while the read is under way: queued, not a second thread.
+        reader.ask(Ask::Reload, Instant::now());
+        match reader.next().await {
+            Event::Done(Ask::Changed, Ok(Some(t))) => assert_eq!(t.expose(), "second"),
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.take_queued_reload());
+        assert!(!reader.take_queued_reload(), "taken once");
+
+        // A FIFO swapped in: refused at once (never waits for a writer), the file kept.
+        std::fs::remove_file(&path).expect("remove");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        reader.ask(Ask::Reload, Instant::now());
+        match reader.next().await {
+            Event::Done(Ask::Reload, Err(TokenError::NotRegular { kind, .. })) => {
+                assert_eq!(kind, "a FIFO");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, "third\n").expect("write");
+        reader.ask(Ask::Reload, Instant::now());
+        match reader.next().await {
+            Event::Done(Ask::Reload, Ok(Some(t))) => assert_eq!(t.expose(), "third"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
