@@ -183,13 +183,17 @@ started+=("$readers")
 started+=($!)
 
 csv=$out/samples.csv
-echo "elapsed_s,rss_kib,vmlck_kib,threads,fds,buffered_bytes,served_bytes,state" >"$csv"
+echo "elapsed_s,rss_kib,rss_anon_kib,rss_file_kib,vmlck_kib,threads,fds,buffered_bytes,served_bytes,state" >"$csv"
 t0=$(date +%s)
 while :; do
   now=$(date +%s)
   elapsed=$((now - t0))
   kill -0 "$fs" 2>/dev/null || die "qrypt-fs died at ${elapsed}s (see $out/qrypt-fs.log)"
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$fs/status")
+  # Anonymous (heap, ring, stacks) apart from file-backed (the binary's pages, faulted in as
+  # each code path first runs: a fault kind's first occurrence pages in its code).
+  anon=$(awk '/^RssAnon:/ { print $2 }' "/proc/$fs/status")
+  file=$(awk '/^RssFile:/ { print $2 }' "/proc/$fs/status")
   lck=$(awk '/^VmLck:/ { print $2 }' "/proc/$fs/status")
   thr=$(awk '/^Threads:/ { print $2 }' "/proc/$fs/status")
   fds=$(find "/proc/$fs/fd" -mindepth 1 -maxdepth 1 | wc -l)
@@ -197,7 +201,7 @@ while :; do
   buffered=$(sed -n 's/^buffered_bytes: //p' <<<"$st")
   served=$(sed -n 's/^served_bytes: //p' <<<"$st")
   state=$(sed -n 's/^state: //p' <<<"$st")
-  echo "$elapsed,$rss,$lck,$thr,$fds,$buffered,$served,$state" >>"$csv"
+  echo "$elapsed,$rss,$anon,$file,$lck,$thr,$fds,$buffered,$served,$state" >>"$csv"
   [ "$elapsed" -ge "$duration" ] && break
   sleep "$sample"
 done
@@ -218,6 +222,10 @@ first = rows[0]
 print(f"soak: {len(rows)} samples over {rows[-1]['elapsed_s']} s; start RSS {first['rss_kib']} KiB, fds {first['fds']}")
 print(f"soak: after {warmup} s: RSS {min(rss)}..{max(rss)} KiB (range {max(rss)-min(rss)} KiB, tolerance {rss_tol}); "
       f"fds {min(fds)}..{max(fds)} (range {max(fds)-min(fds)}, tolerance {fd_tol}); end RSS {rss[-1]} KiB")
+if "rss_anon_kib" in after[0]:
+    anon = [int(r["rss_anon_kib"]) for r in after]
+    files = [int(r["rss_file_kib"]) for r in after]
+    print(f"soak: after {warmup} s: anonymous {min(anon)}..{max(anon)} KiB, file-backed {min(files)}..{max(files)} KiB")
 third = len(rss) // 3
 growth = max(rss[-third:]) - max(rss[:third])
 print(f"soak: highest RSS, first third after {warmup} s {max(rss[:third])} KiB, last third "
