@@ -264,7 +264,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     // verify checks that ExecStart's program exists: point it at the one just built.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("qrypt-fs.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/qrypt-fs", BIN)).expect("write");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/qrypt-fs "),
+        "the package's path"
+    );
+    std::fs::write(&path, unit.replace("/usr/bin/qrypt-fs", BIN)).expect("write");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::prefetch::pacer::RateLimit;
 
@@ -46,13 +46,23 @@ pub struct Options {
 pub fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Options, clap::Error> {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     reject_token_argument(&args)?;
-    let first = Cli::try_parse_from(&args)?;
+    let first = parse_flags(&args)?;
     let cli = if first.options.is_empty() {
         first
     } else {
-        Cli::try_parse_from(mount_options::expand(&args, &first.options)?)?
+        parse_flags(&mount_options::expand(&args, &first.options)?)?
     };
     Options::from_cli(cli)
+}
+
+/// "0.1.0 (commit abc1234)": build.rs asks git which commit this binary is built from.
+pub const VERSION: &str = env!("QRYPT_FS_VERSION");
+
+/// The one clap definition, with the version build.rs worked out (so `--version` names the
+/// commit while `args.rs` stays free of build-time values, for build.rs to include it).
+fn parse_flags(args: &[OsString]) -> Result<Cli, clap::Error> {
+    let matches = Cli::command().version(VERSION).try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
 }
 
 fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, clap::Error> {

@@ -1,0 +1,254 @@
+//! What the Debian package ships, checked against the binary and a live mount: `--version`
+//! names the commit, the man page build.rs generated has every section a sysadmin looks for
+//! and describes every `/status` key and every flag, the completions know every flag, and the
+//! unit, the README and the package agree on paths. The package itself and the unit under a
+//! real systemd are tested end to end by scripts/test-deb.sh and scripts/test-systemd.sh.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// build.rs writes the generated files here (and mirrors them for cargo-deb).
+const GENERATED: &str = env!("OUT_DIR");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The man page as plain text: roff's escaped dashes and font changes undone.
+fn man_text() -> String {
+    read(&format!("{GENERATED}/qrypt-fs.1"))
+        .replace("\\-", "-")
+        .replace("\\fB", "")
+        .replace("\\fI", "")
+        .replace("\\fR", "")
+        .replace("\\fP", "")
+}
+
+/// The text of one `.SH` section of the man page.
+fn man_section(man: &str, title: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in man.lines() {
+        if let Some(t) = line.strip_prefix(".SH ") {
+            inside = t.trim_matches('"') == title;
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(!out.is_empty(), "no section {title} in the man page");
+    out
+}
+
+/// Every `--long` flag that `--help` shows.
+fn long_flags() -> Vec<String> {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).expect("utf-8");
+    let mut flags: Vec<String> = help
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_owned()
+        })
+        .collect();
+    flags.sort();
+    flags.dedup();
+    assert!(flags.len() >= 15, "{flags:?}");
+    flags
+}
+
+#[test]
+fn version_names_the_git_commit_it_was_built_from() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let git = Command::new("git")
+        .args(["-C", ROOT, "rev-parse", "--short", "HEAD"])
+        .output()
+        .expect("git");
+    let commit = String::from_utf8_lossy(&git.stdout).trim().to_owned();
+    assert!(
+        git.status.success() && !commit.is_empty(),
+        "not a git checkout?"
+    );
+    assert_eq!(
+        text,
+        format!("qrypt-fs {} (commit {commit})\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn man_page_has_the_sections_a_sysadmin_expects() {
+    let man = man_text();
+    assert!(man.contains("\n.TH qrypt-fs 1 "), "no title line");
+    for title in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "MOUNT OPTIONS",
+        "FILES",
+        "ENVIRONMENT",
+        "SIGNALS",
+        "EXIT STATUS",
+        "EXAMPLES",
+        "SEE ALSO",
+    ] {
+        man_section(&man, title);
+    }
+    let env = man_section(&man, "ENVIRONMENT");
+    assert!(
+        env.contains("QRYPT_TOKEN") && env.contains("RUST_LOG"),
+        "{env}"
+    );
+    let signals = man_section(&man, "SIGNALS");
+    for s in ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"] {
+        assert!(signals.contains(s), "{s} in {signals}");
+    }
+    let exits = man_section(&man, "EXIT STATUS");
+    for code in ["\n0\n", "\n1\n", "\n2\n"] {
+        assert!(exits.contains(code), "{code:?} in {exits}");
+    }
+    // The options come from the same clap definition as --help: every flag is there.
+    let options = man_section(&man, "OPTIONS");
+    for flag in long_flags() {
+        assert!(options.contains(&flag), "{flag} missing from OPTIONS");
+    }
+}
+
+#[test]
+fn man_page_examples_carry_the_readme_fstab_line_and_the_unit() {
+    let man = man_text();
+    let examples = man_section(&man, "EXAMPLES");
+    let readme = read(&format!("{ROOT}/README.md"));
+    let fstab = readme
+        .lines()
+        .find(|l| l.starts_with("qrypt ") && l.contains(" fuse.qrypt-fs "))
+        .expect("the README's fstab line");
+    assert!(
+        examples.contains(fstab),
+        "{fstab:?} not in EXAMPLES:\n{examples}"
+    );
+    assert!(
+        examples.contains("systemctl enable --now qrypt-fs"),
+        "{examples}"
+    );
+}
+
+#[cfg(feature = "fuse-tests")]
+#[test]
+fn every_status_key_is_described_under_files() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let files = man_section(&man_text(), "FILES");
+    let keys = m.status().into_keys().collect::<Vec<_>>();
+    assert!(keys.len() >= 20, "{keys:?}");
+    for key in keys {
+        let described = files
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == key);
+        assert!(
+            described,
+            "/status key {key} is not described in the man page's FILES"
+        );
+    }
+    for file in ["random", "status", "status.json", "metrics"] {
+        assert!(files.contains(&format!("MOUNTPOINT/{file}\n")), "{file}");
+    }
+}
+
+#[test]
+fn completions_know_every_flag() {
+    let bash = read(&format!("{GENERATED}/qrypt-fs.bash"));
+    let zsh = read(&format!("{GENERATED}/_qrypt-fs"));
+    let fish = read(&format!("{GENERATED}/qrypt-fs.fish"));
+    assert!(bash.contains("complete -F _qrypt-fs") || bash.contains("complete -F _qrypt"));
+    assert!(zsh.starts_with("#compdef qrypt-fs"), "{}", &zsh[..40]);
+    for flag in long_flags() {
+        assert!(bash.contains(&flag), "bash: {flag}");
+        assert!(zsh.contains(&flag), "zsh: {flag}");
+        let long = flag.trim_start_matches('-');
+        assert!(fish.contains(&format!("-l {long}")), "fish: {flag}");
+    }
+    // Each shell accepts its file as valid syntax.
+    let out = Command::new("bash")
+        .args(["-n", &format!("{GENERATED}/qrypt-fs.bash")])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn package_unit_and_readme_agree_on_paths() {
+    let manifest = read(&format!("{ROOT}/Cargo.toml"));
+    let unit = read(&format!("{ROOT}/contrib/qrypt-fs.service"));
+    // mount(8) looks for fuse.qrypt-fs helpers in /usr/bin (among others): the package puts the
+    // binary there, and the unit runs that one.
+    assert!(manifest.contains(r#"["target/release/qrypt-fs", "usr/bin/", "755"]"#));
+    assert!(unit.contains("ExecStart=/usr/bin/qrypt-fs --foreground "));
+    assert!(unit.contains("LoadCredential=qrypt-token:/etc/qrypt/token"));
+    assert!(unit.contains("ConditionPathExists=/etc/qrypt/token"));
+    assert!(unit.contains("StateDirectory=qrypt-fs"));
+    for generated in [
+        "qrypt-fs.1.gz",
+        "qrypt-fs.bash",
+        "_qrypt-fs",
+        "qrypt-fs.fish",
+    ] {
+        assert!(
+            manifest.contains(&format!("target/release/qrypt-fs-assets/{generated}")),
+            "{generated} not packaged"
+        );
+        assert!(
+            std::path::Path::new(&format!("{GENERATED}/{generated}")).is_file(),
+            "{generated} not generated"
+        );
+    }
+    assert!(
+        !manifest.contains("qrypt-emulator\", \"usr/"),
+        "the emulator stays out"
+    );
+    let readme = read(&format!("{ROOT}/README.md"));
+    assert!(readme.contains("cargo deb\n") && readme.contains("apt install ./target/debian/"));
+}
+
+#[test]
+fn maintainer_scripts_are_valid_sh_and_never_write_the_token() {
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = format!("{ROOT}/contrib/debian/{script}");
+        let text = read(&path);
+        assert!(
+            text.starts_with("#!/bin/sh\n") && text.contains("#DEBHELPER#"),
+            "{script}"
+        );
+        let out = Command::new("sh").args(["-n", &path]).output().expect("sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in text.lines().filter(|l| l.contains("/etc/qrypt/token")) {
+            let l = line.trim();
+            assert!(
+                l.starts_with('#')
+                    || l.starts_with("if [ -s /etc/qrypt/token ]")
+                    || !l.contains('>'),
+                "{script} may write the token: {l}"
+            );
+        }
+    }
+}
