@@ -6,18 +6,36 @@
 # systemd-container (systemd-nspawn boots a real systemd), lintian, and cargo-deb (from
 # crates.io, pinned; about 5 minutes to build on 2 cores). Needs root (apt-get); skips what is
 # already there.
+#
+# --check: install nothing; list the missing Debian packages on stdout and exit 1 if any is
+# missing (scripts/test.sh asks this before any test runs; cargo-deb is the packaging tests'
+# own business and not checked).
 set -euo pipefail
+# program the tests run -> the Debian package that has it
+programs=(
+  mount.fuse3:fuse3 fusermount3:fuse3
+  rngtest:rng-tools5 rngd:rng-tools5
+  openssl:openssl
+  java:default-jdk-headless
+  python3:python3
+  mount:mount umount:mount unshare:util-linux
+  systemd-analyze:systemd
+  strace:strace
+  systemd-nspawn:systemd-container
+  lintian:lintian
+)
 need=()
-command -v mount.fuse3 >/dev/null || need+=(fuse3)
-command -v rngtest >/dev/null || need+=(rng-tools5)
-command -v openssl >/dev/null || need+=(openssl)
-command -v java >/dev/null || need+=(default-jdk-headless)
-command -v python3 >/dev/null || need+=(python3)
-command -v umount >/dev/null || need+=(mount)
-command -v systemd-analyze >/dev/null || need+=(systemd)
-command -v strace >/dev/null || need+=(strace)
-command -v systemd-nspawn >/dev/null || need+=(systemd-container)
-command -v lintian >/dev/null || need+=(lintian)
+for entry in "${programs[@]}"; do
+  program=${entry%%:*} package=${entry#*:}
+  if ! command -v "$program" >/dev/null && [[ " ${need[*]} " != *" $package "* ]]; then
+    need+=("$package")
+  fi
+done
+if [ "${1:-}" = --check ]; then
+  [ ${#need[@]} -eq 0 ] || { echo "${need[*]}"; exit 1; }
+  [ -c /dev/fuse ] || { echo "no /dev/fuse (modprobe fuse)" >&2; exit 1; }
+  exit 0
+fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -16,10 +16,16 @@ impl Ready {
         Ready { pipe: None }
     }
 
-    /// The mount is live: release the waiting parent, and tell systemd if it is watching.
-    pub fn succeeded(&mut self) {
+    /// The mount is live: release the waiting parent, which prints `warnings` (one a line)
+    /// on the terminal it was started from, and tell systemd if it is watching.
+    pub fn succeeded(&mut self, warnings: &[String]) {
         if let Some(mut p) = self.pipe.take() {
-            let _ = p.write_all(b"\0");
+            let mut report = vec![0u8];
+            for w in warnings {
+                report.extend_from_slice(w.replace('\n', " ").as_bytes());
+                report.push(b'\n');
+            }
+            let _ = p.write_all(&report);
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
@@ -44,7 +50,12 @@ pub fn daemonize() -> std::io::Result<Ready> {
             let mut msg = Vec::new();
             let _ = File::from(read_end).read_to_end(&mut msg);
             match msg.as_slice() {
-                [0] => std::process::exit(0),
+                [0, warnings @ ..] => {
+                    for w in String::from_utf8_lossy(warnings).lines() {
+                        eprintln!("qrypt-fs: warning: {w}");
+                    }
+                    std::process::exit(0)
+                }
                 [] => {
                     let _ = nix::sys::wait::waitpid(child, None);
                     eprintln!(

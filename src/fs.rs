@@ -14,6 +14,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use crate::pool::{Pool, ReadError, ReadRequest, ReadSink};
+use crate::read_origin::{self, ReadOrigin};
 
 /// `st_size` of `/random`. Programs that read a regular file "to its size" (`openssl rand
 /// -rand FILE`) read this much and stop; a size of 0 would make them read until EOF, i.e.
@@ -129,6 +130,8 @@ pub struct Read {
     pub flags: OpenFlags,
     /// The reading thread.
     pub pid: u32,
+    /// The reader's own read, or the kernel filling its page cache (see [`read_origin`]).
+    pub origin: ReadOrigin,
 }
 
 pub struct EntropyFs {
@@ -258,6 +261,11 @@ impl EntropyFs {
     /// bytes arrive) for `/random`.
     pub fn read<R: DataReply>(&self, read: Read, reply: R) {
         match node(read.ino) {
+            // No pool byte may enter the page cache.
+            Some(Node::Random) if read.origin == ReadOrigin::PageCache => {
+                read_origin::note_refused(read.pid);
+                reply.error(Errno::EIO);
+            }
             Some(Node::Random) => self.pool.read(
                 ReadRequest {
                     len: read.size as usize,

@@ -16,6 +16,7 @@ use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
 use crate::daemon::Ready;
+use crate::first_contact::{self, FirstAnswerCell, Verdict};
 use crate::fs::{EntropyFs, StatusFormat};
 use crate::fuse::FuseAdapter;
 use crate::fuse::config::{FuseOptions, fuse_config};
@@ -32,6 +33,35 @@ pub struct MountConfig {
     pub read_timeout: Option<Duration>,
     pub prefetch: PrefetchConfig,
     pub info: StaticInfo,
+    /// Wait for the upstream's first answer before reporting ready (None: don't).
+    pub startup: Option<StartupCheck>,
+}
+
+/// What the start waits for (see [`crate::first_contact`]), and what its messages name.
+pub struct StartupCheck {
+    pub first_answer: Arc<FirstAnswerCell>,
+    pub timeout: Duration,
+    /// The base URL, without credentials.
+    pub endpoint: String,
+    pub api_url: String,
+    /// The token file's path, or the environment variable's name.
+    pub token_source: String,
+}
+
+impl StartupCheck {
+    /// Waits for the first answer (the first fill) and judges it.
+    fn verdict(&self) -> Verdict {
+        let answer = self.first_answer.wait(self.timeout);
+        first_contact::verdict(
+            answer.as_ref(),
+            &first_contact::Context {
+                endpoint: &self.endpoint,
+                api_url: &self.api_url,
+                token_source: &self.token_source,
+                waited: self.timeout,
+            },
+        )
+    }
 }
 
 /// Why the session ends.
@@ -47,6 +77,8 @@ enum Event {
 /// fails with ENOTCONN once the process exits); `run` is the orderly way out.
 pub struct Session {
     mountpoint: PathBuf,
+    /// fuser's handle of the mount, forgotten in [`Session::run`] (see [`Session::mount`]).
+    fuse: fuser::BackgroundSession,
     runtime: tokio::runtime::Runtime,
     pool: Arc<Pool>,
     status: Arc<Status>,
@@ -99,19 +131,44 @@ impl Session {
         crate::watchdog::spawn(pool.clone()).context("watchdog thread")?;
 
         let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
-        let fuse = fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
-            .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
-            .spawn()
-            .context("cannot start the FUSE session")?;
-        ready.succeeded();
+        let mut fuse =
+            fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
+                .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
+                .spawn()
+                .context("cannot start the FUSE session")?;
+        // We unmount, never fuser: its handle unmounts again when dropped and warns
+        // ("Unmount failed: Invalid argument") after our unmount or an outside `umount`. So
+        // only the session's thread is watched; the handle is kept and never dropped (its
+        // /dev/fuse descriptor closes with the process).
+        let fuse_thread = std::mem::replace(&mut fuse.guard, thread::spawn(|| Ok(())));
+        let warnings = match cfg.startup.as_ref().map(StartupCheck::verdict) {
+            None | Some(Verdict::Ready) => Vec::new(),
+            Some(Verdict::Warn(w)) => {
+                warn!("{w}");
+                vec![w]
+            }
+            Some(Verdict::Fatal(why)) => {
+                // Logged for syslog; the caller reports it on the terminal and exits 1.
+                error!("{why}");
+                status.set_stopping();
+                pool.shutdown();
+                unmount(&cfg.mountpoint);
+                std::mem::forget(fuse);
+                runtime.shutdown_timeout(Duration::from_millis(500));
+                return Err(anyhow!(why));
+            }
+        };
+        ready.succeeded(&warnings);
         info!("mounted on {}", cfg.mountpoint.display());
         {
             let events = events.clone();
             thread::Builder::new()
                 .name("qrypt-session".into())
                 .spawn(move || {
-                    if let Err(e) = fuse.join() {
-                        warn!("FUSE session ended with an error: {e}");
+                    match fuse_thread.join() {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!("FUSE session ended with an error: {e}"),
+                        Err(_) => warn!("the FUSE session thread panicked"),
                     }
                     let _ = events.send(Event::Unmounted);
                 })
@@ -120,6 +177,7 @@ impl Session {
         spawn_signal_thread(signals, control, events)?;
         Ok(Session {
             mountpoint: cfg.mountpoint,
+            fuse,
             runtime,
             pool,
             status,
@@ -153,6 +211,7 @@ impl Session {
             }
         };
         self.runtime.shutdown_timeout(Duration::from_millis(500));
+        std::mem::forget(self.fuse);
         info!("stopped");
         outcome
     }

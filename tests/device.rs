@@ -331,7 +331,10 @@ fn rejected_token_gives_eio_at_once() {
         ..EmulatorConfig::default()
     })
     .expect("emulator");
-    let m = MountBuilder::new(&emu).mount();
+    // Past the start's check (which would end the mount: tests/first_contact.rs).
+    let m = MountBuilder::new(&emu)
+        .args(["--startup-timeout", "0"])
+        .mount();
     let f = assert_fails_fast(&m, "unauthorized");
     let (n, revents) = poll_in(&f, 1000);
     assert_eq!(n, 1, "poll reports the error state at once");

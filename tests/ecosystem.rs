@@ -78,57 +78,52 @@ fn invoked_the_way_mount_fuse3_invokes_it() {
     assert!(status.contains(&format!("token_source: file {}", token.display())));
 }
 
-/// Runs `script` with `sh` in a private mount namespace in which qrypt-fs is installed where
-/// mount(8) looks for programs (it runs its helpers with a fixed PATH) and `fstab` is the
-/// system's fstab. Nothing outside the namespace changes; the script's mounts die with it.
-fn in_private_mount_namespace(
-    dir: &std::path::Path,
-    fstab: &str,
-    script: &str,
-) -> std::process::Output {
+/// The README's line that follows the line `after` in one of its code blocks, exactly.
+fn readme_line_after(after: &str) -> String {
+    const README: &str = include_str!("../README.md");
+    let mut lines = README.lines().skip_while(|l| *l != after);
+    assert!(lines.next().is_some(), "README has no line {after:?}");
+    lines.next().expect("a line after it").to_owned()
+}
+
+/// Runs the README's `line` as written, as root in a private mount namespace set up as the
+/// README assumes: qrypt-fs in /usr/local/sbin, the token in /etc/qrypt/token, the fstab line
+/// in /etc/fstab, /mnt/qrypt empty (/etc and /mnt are overlaid there, nothing outside
+/// changes). QRYPT_ENDPOINT points the default endpoint at the emulator: the line is not
+/// edited. Then reads from the mount and unmounts.
+fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &str) {
     require_program("unshare");
     require_program("mount.fuse3");
     let sbin = dir.join("sbin");
     std::fs::create_dir(&sbin).expect("mkdir");
     std::os::unix::fs::symlink(BIN, sbin.join("qrypt-fs")).expect("symlink");
-    let fstab_path = dir.join("fstab");
-    std::fs::write(&fstab_path, fstab).expect("fstab");
-    let setup = format!(
-        "set -e; mount --bind '{}' /usr/local/sbin; mount --bind '{}' /etc/fstab; ",
-        sbin.display(),
-        fstab_path.display()
+    let ovl = dir.join("ovl");
+    std::fs::create_dir(&ovl).expect("mkdir");
+    std::fs::write(dir.join("fstab"), format!("{fstab}\n")).expect("fstab");
+    let d = dir.display();
+    let script = format!(
+        "set -e; mount --bind {d}/sbin /usr/local/sbin; \
+         mount -t tmpfs tmpfs {d}/ovl; mkdir {d}/ovl/up {d}/ovl/work; \
+         mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/ovl/up,workdir={d}/ovl/work /etc; \
+         mkdir -p /etc/qrypt; printf '%s\\n' '{TOKEN}' > /etc/qrypt/token; \
+         chmod 600 /etc/qrypt/token; cp {d}/fstab /etc/fstab; \
+         mount -t tmpfs tmpfs /mnt; mkdir /mnt/qrypt; \
+         trap 'umount -l /mnt/qrypt 2>/dev/null' EXIT; \
+         {line}\n\
+         head -c 64 /mnt/qrypt/random > {d}/random.bin; \
+         grep ' /mnt/qrypt ' /proc/self/mounts > {d}/mounts; \
+         cat /mnt/qrypt/status > {d}/status; \
+         umount /mnt/qrypt; trap - EXIT"
     );
-    Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(setup + script)
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env_remove("QRYPT_TOKEN")
+        .env("QRYPT_ENDPOINT", emu.url())
         .output()
-        .expect("unshare")
-}
-
-/// Inside the namespace: read 64 bytes and the mount's line and status into files the test
-/// can check, then unmount (also when something failed, so no daemon outlives the test).
-fn read_and_unmount_script(dir: &std::path::Path, mnt: &std::path::Path) -> String {
-    let (d, m) = (dir.display(), mnt.display());
-    format!(
-        "trap 'umount -l {m} 2>/dev/null' EXIT; \
-         head -c 64 {m}/random > {d}/random.bin; \
-         grep ' {m} ' /proc/self/mounts > {d}/mounts; \
-         cat {m}/status > {d}/status; \
-         umount {m}; \
-         trap - EXIT"
-    )
-}
-
-fn assert_mounted_from_fstab_shape(
-    dir: &std::path::Path,
-    out: &std::process::Output,
-    emu: &Emulator,
-    token: &std::path::Path,
-) {
+        .expect("unshare");
     assert!(
         out.status.success(),
-        "{:?}: {}",
+        "{line}: {:?}: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -142,44 +137,42 @@ fn assert_mounted_from_fstab_shape(
         ("qrypt", "fuse.qrypt-fs"),
         "{mounts}"
     );
-    assert!(fields[3].split(',').any(|o| o == "allow_other"), "{mounts}");
+    let allow_other = fields[3].split(',').any(|o| o == "allow_other");
+    assert_eq!(
+        allow_other,
+        line.contains("allow_other") || fstab.contains("allow_other")
+    );
     let status = std::fs::read_to_string(dir.join("status")).expect("status");
     assert!(
-        status.contains(&format!("token_source: file {}", token.display())),
+        status.contains("token_source: file /etc/qrypt/token"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("endpoint: {}/", emu.url())),
         "{status}"
     );
 }
 
 #[test]
-fn real_mount_t_fuse_qrypt_fs() {
+fn the_mount_t_line_from_the_readme() {
     let emu = emulator();
-    let (dir, token, mnt) = token_file_and_mountpoint();
-    let mount = format!(
-        "mount -t fuse.qrypt-fs qrypt '{}' -o token_file='{}',endpoint={},rate_limit=off,allow_other; ",
-        mnt.display(),
-        token.display(),
-        emu.url()
-    );
-    let script = mount + &read_and_unmount_script(dir.path(), &mnt);
-    let out = in_private_mount_namespace(dir.path(), "", &script);
-    assert_mounted_from_fstab_shape(dir.path(), &out, &emu, &token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    const README: &str = include_str!("../README.md");
+    let line = README
+        .lines()
+        .find(|l| l.starts_with("mount -t fuse.qrypt-fs"))
+        .expect("README has a mount -t line");
+    run_readme_line(dir.path(), &emu, "", line);
 }
 
 #[test]
 fn the_fstab_line_from_the_readme() {
     let emu = emulator();
-    let (dir, token, mnt) = token_file_and_mountpoint();
-    let fstab = format!(
-        "qrypt {} fuse.qrypt-fs token_file={},endpoint={},rate_limit=off,allow_other,_netdev 0 0\n",
-        mnt.display(),
-        token.display(),
-        emu.url()
-    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fstab = readme_line_after("# /etc/fstab");
+    assert!(fstab.contains(" /mnt/qrypt "), "{fstab}");
     // `mount MOUNTPOINT` alone: mount(8) takes type, source and options from fstab.
-    let script =
-        format!("mount '{}'; ", mnt.display()) + &read_and_unmount_script(dir.path(), &mnt);
-    let out = in_private_mount_namespace(dir.path(), &fstab, &script);
-    assert_mounted_from_fstab_shape(dir.path(), &out, &emu, &token);
+    run_readme_line(dir.path(), &emu, &fstab, "mount /mnt/qrypt");
 }
 
 fn read_as_nobody(path: &std::path::Path) -> std::process::Output {
@@ -449,20 +442,16 @@ fn entropy_fed_to_the_kernel(trace: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn rngd_feeds_the_kernel_pool_from_the_file() {
+/// Runs `rngd -f ARGS -r FILE` under strace for 3 s; returns the bytes it read from the file,
+/// the buffers the kernel accepted (ioctl RNDADDENTROPY), and the trace.
+fn rngd_for_3s(m: &Mount, args: &[&str]) -> (u64, Vec<Vec<u8>>, String) {
     require_program("rngd");
     require_program("strace");
-    let emu = emulator();
-    // A small buffer keeps the provenance index (every 16-byte window sent) small.
-    let m = MountBuilder::new(&emu)
-        .args(["--buffer-size", "64K"])
-        .mount();
     let before = m.status_u64("served_bytes");
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("rngd.trace");
-    // -d 1 -n 1: no RDRAND, no TPM, so the file is rngd's only source. -W 4096: keep feeding.
-    // strace shows what rngd hands the kernel (ioctl RNDADDENTROPY on /dev/random, root only).
+    // strace shows what rngd hands the kernel (ioctl RNDADDENTROPY on /dev/random, root only)
+    // and what it waits for.
     let out = Command::new("timeout")
         .args([
             "3",
@@ -472,30 +461,80 @@ fn rngd_feeds_the_kernel_pool_from_the_file() {
             "-s",
             "64",
             "-e",
-            "trace=ioctl",
+            "trace=ioctl,poll",
             "-o",
         ])
         .arg(&trace)
-        .args(["rngd", "-f", "-d", "1", "-n", "1", "-W", "4096", "-r"])
+        .args(["rngd", "-f", "-p"])
+        .arg(dir.path().join("rngd.pid"))
+        .args(args)
+        .arg("-r")
         .arg(m.random())
         .output()
         .expect("rngd under strace");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // 124: still running when timeout stopped it, as a daemon should be.
     assert_eq!(out.status.code(), Some(124), "rngd exited: {stderr}");
-    // rngd runs FIPS 140-2 tests on 2500-byte blocks before feeding any of them.
     let read = m.status_u64("served_bytes") - before;
-    assert!(read >= 2500, "rngd read only {read} bytes: {stderr}");
     let trace = std::fs::read_to_string(&trace).expect("trace");
-    let fed = entropy_fed_to_the_kernel(&trace);
-    assert!(
-        !fed.is_empty(),
-        "no RNDADDENTROPY accepted by the kernel:\n{trace}"
-    );
+    (read, entropy_fed_to_the_kernel(&trace), trace)
+}
+
+/// What the README says of rngd (rng-tools5) on this kernel: with `-d 1 -n 1` the file is its
+/// only source; it reads one 2500-byte block (after 8 bytes to start its FIPS tests), feeds
+/// the kernel one 64-byte step, then waits in poll(POLLOUT) on /dev/random, which since Linux
+/// 5.18 never reports writable once the kernel's CRNG is ready. `-W 4096` (the fill
+/// watermark) does not change that: it only writes write_wakeup_threshold, which the kernel
+/// no longer uses. So rngd feeds once, not continuously.
+#[test]
+fn rngd_feeds_the_kernel_one_step_then_waits_for_the_kernel_to_ask() {
+    let emu = emulator();
+    // A small buffer keeps the provenance index (every 16-byte window sent) small.
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    for args in [
+        &["-d", "1", "-n", "1"][..],
+        &["-d", "1", "-n", "1", "-W", "4096"],
+    ] {
+        let (read, fed, trace) = rngd_for_3s(&m, args);
+        assert_eq!(read, 8 + 2500, "rngd {args:?} read {read} bytes:\n{trace}");
+        assert_eq!(
+            fed.len(),
+            1,
+            "rngd {args:?} fed {} times:\n{trace}",
+            fed.len()
+        );
+        assert_eq!(fed[0].len(), 64);
+        let prov = Provenance::from(&emu);
+        assert!(prov.knows_any(&fed[0]), "fed bytes the emulator never sent");
+        let last = trace.lines().rfind(|l| !l.contains("SIG")).unwrap_or("");
+        assert!(
+            last.contains("poll([{fd=") && last.contains("events=POLLOUT}]"),
+            "rngd {args:?} is not waiting for the kernel to ask: {last}\n{trace}"
+        );
+    }
+}
+
+/// Without `-d 1` rngd prefers the CPU's RDRAND: it reads only 8 bytes from the file and feeds
+/// the kernel bytes that did not come from it (why the README's command has `-d 1 -n 1`).
+#[test]
+fn rngd_without_no_drng_feeds_rdrand_not_the_file() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.split_whitespace().any(|w| w == "rdrand") {
+        eprintln!("no RDRAND on this CPU: rngd has no other source to prefer");
+        return;
+    }
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    let (read, fed, trace) = rngd_for_3s(&m, &[]);
+    assert_eq!(read, 8, "{trace}");
+    assert!(!fed.is_empty(), "{trace}");
     let prov = Provenance::from(&emu);
     for buf in &fed {
-        assert_eq!(buf.len(), 64);
-        assert!(prov.knows_any(buf), "fed bytes the emulator never sent");
+        assert!(!prov.knows_any(buf), "fed bytes from the file: {trace}");
     }
 }
 
@@ -600,4 +639,47 @@ fn python_dd_and_cat_head() {
         .output()
         .expect("sh");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+}
+
+/// `cp` probes a regular file for holes with lseek(SEEK_DATA); /random is a stream and refuses
+/// any seek (ESPIPE), so cp stops at once, having read nothing (the README says so).
+#[test]
+fn cp_stops_at_once_with_illegal_seek() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Instant::now();
+    let out = Command::new("cp")
+        .arg(m.random())
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("cp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot lseek '{}': Illegal seek",
+            m.random().display()
+        )),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(m.status_u64("served_bytes"), 0);
+}
+
+/// The README's way to mix Qrypt's bytes into the kernel's pool whenever one likes (rngd only
+/// feeds when the kernel asks): write them to /dev/random.
+#[test]
+fn dd_into_dev_random_mixes_bytes_into_the_kernel_pool() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let out = Command::new("dd")
+        .arg(format!("if={}", m.random().display()))
+        .args(["of=/dev/random", "bs=64", "count=1", "iflag=fullblock"])
+        .output()
+        .expect("dd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("64 bytes copied"), "{stderr}");
+    assert_eq!(m.status_u64("served_bytes"), 64);
 }

@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Mounts with a 64 KiB buffer (so the first fill is one request) and quick retries.
+/// Mounts with a 64 KiB buffer (so the first fill is one request) and quick retries. These
+/// tests fault the first answer to see the running policy for each fault; the start's own
+/// check, which would end the mount at such an answer, is tested in tests/first_contact.rs.
 fn mount_with(emu: &Emulator, extra: &[&str]) -> Mount {
     MountBuilder::new(emu)
         .args([
+            "--startup-timeout",
+            "0",
             "--buffer-size",
             "64K",
             "--max-backoff",
@@ -351,6 +355,7 @@ fn http_401_fails_fast_then_token_file_rotation_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "old-token\n").expect("write");
+    // Past the start's check (which would end the mount: tests/first_contact.rs).
     let m = MountBuilder::new(&emu)
         .token(None)
         .args([
@@ -358,6 +363,8 @@ fn http_401_fails_fast_then_token_file_rotation_resumes() {
             token_file.to_str().expect("utf8"),
             "--buffer-size",
             "64K",
+            "--startup-timeout",
+            "0",
         ])
         .mount();
     assert_fails_fast(&m, "unauthorized");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod size;
 
-pub use size::parse_size;
+pub use size::{check_range, format_size, parse_size};
 
 /// The entropy endpoint, relative to the service's base URL.
 pub const ENTROPY_PATH: &str = "/api/v1/quantum-entropy";

@@ -24,6 +24,11 @@ pub enum Fault {
     /// 200, the last block repeats the newest block of an earlier correct response, or else the
     /// first block of this one. With neither (the first response, of 1 KiB) it waits, unspent.
     RepeatBlock,
+    /// 200, well-formed, every block an arithmetic progression (random step and offset).
+    Progression,
+    /// 200, well-formed: the newest bytes of earlier correct responses (up to 16 KiB) shifted
+    /// by one byte, then fresh bytes. With no earlier response it waits, unspent.
+    ShiftedReplay,
     /// 200, correct body, `Content-Type: text/html`.
     WrongContentType,
     /// 200, a correct body with 64 MiB of whitespace inside the JSON, streamed (chunked).
@@ -53,6 +58,8 @@ impl Fault {
             Fault::NonBase64 => "non_base64",
             Fault::AllZeroBlocks => "all_zero_blocks",
             Fault::RepeatBlock => "repeat_block",
+            Fault::Progression => "progression",
+            Fault::ShiftedReplay => "shifted_replay",
             Fault::WrongContentType => "wrong_content_type",
             Fault::OversizedBody => "oversized_body",
             Fault::Delay(_) => "delay",
@@ -95,6 +102,8 @@ impl Fault {
             "non_base64" => Fault::NonBase64,
             "all_zero_blocks" => Fault::AllZeroBlocks,
             "repeat_block" => Fault::RepeatBlock,
+            "progression" => Fault::Progression,
+            "shifted_replay" => Fault::ShiftedReplay,
             "wrong_content_type" => Fault::WrongContentType,
             "oversized_body" => Fault::OversizedBody,
             "delay" => Fault::Delay(Duration::from_millis(num("ms")?)),
@@ -160,6 +169,8 @@ mod tests {
             Fault::NonBase64,
             Fault::AllZeroBlocks,
             Fault::RepeatBlock,
+            Fault::Progression,
+            Fault::ShiftedReplay,
             Fault::WrongContentType,
             Fault::OversizedBody,
             Fault::Delay(Duration::from_millis(2000)),

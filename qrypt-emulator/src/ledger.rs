@@ -143,6 +143,11 @@ impl Ledger {
         self.recent.back().cloned()
     }
 
+    /// The recent blocks of earlier correct responses, oldest first.
+    pub fn recent_bytes(&self) -> Vec<u8> {
+        self.recent.iter().flatten().copied().collect()
+    }
+
     pub fn has_recent(&self) -> bool {
         !self.recent.is_empty()
     }

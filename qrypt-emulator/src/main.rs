@@ -122,7 +122,9 @@ fn run(args: Args) -> Result<(), String> {
     if let (Some(path), Some(pem)) = (&args.cert_out, emu.ca_cert_pem()) {
         std::fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    tracing::warn!("NOT quantum entropy: a local stand-in for tests and demos");
+    // Said on every start, so INFO: a warning that every clean run logs teaches operators to
+    // ignore warnings (and try-it.sh reports any WARN as a problem).
+    tracing::info!("NOT quantum entropy: a local stand-in for tests and demos");
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}", emu.url())
         .and_then(|()| out.flush())

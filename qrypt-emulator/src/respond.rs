@@ -116,6 +116,7 @@ pub(super) async fn entropy(
 
     let repeat_source = match fault {
         Some(Fault::RepeatBlock) => state.ledger.lock().recent_block(),
+        Some(Fault::ShiftedReplay) => Some(state.ledger.lock().recent_bytes()),
         _ => None,
     };
     let (text, decoded) = build(kib, fault.as_ref(), repeat_source);
@@ -188,9 +189,11 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
         }
     }
     // A repeat needs an earlier block: with none anywhere, the fault waits for a later request.
-    let cannot_repeat = gate.fault.peek() == Some(&Fault::RepeatBlock)
-        && kib < 2
-        && !state.ledger.lock().has_recent();
+    let cannot_repeat = match gate.fault.peek() {
+        Some(Fault::RepeatBlock) => kib < 2 && !state.ledger.lock().has_recent(),
+        Some(Fault::ShiftedReplay) => !state.ledger.lock().has_recent(),
+        _ => false,
+    };
     let fault = if cannot_repeat {
         None
     } else {
@@ -218,10 +221,24 @@ fn build(kib: u32, fault: Option<&Fault>, repeat_source: Option<Vec<u8>>) -> (St
     }
     let last = (n - 1) * BLOCK;
     if fault == Some(&Fault::RepeatBlock) {
-        match repeat_source {
-            Some(old) if old.len() == BLOCK => flat[last..].copy_from_slice(&old),
+        match &repeat_source {
+            Some(old) if old.len() == BLOCK => flat[last..].copy_from_slice(old),
             _ if n >= 2 => flat.copy_within(..BLOCK, last),
             _ => {}
+        }
+    }
+    if fault == Some(&Fault::Progression) {
+        for block in flat.chunks_mut(BLOCK) {
+            let (step, offset) = (block[0] | 1, block[1]);
+            for (i, b) in block.iter_mut().enumerate() {
+                *b = offset.wrapping_add(step.wrapping_mul(i as u8));
+            }
+        }
+    }
+    if fault == Some(&Fault::ShiftedReplay) {
+        if let Some(old) = repeat_source.as_deref().filter(|o| o.len() > 1) {
+            let n = (old.len() - 1).min(flat.len());
+            flat[..n].copy_from_slice(&old[1..=n]);
         }
     }
     if fault == Some(&Fault::ShortBlock) {
@@ -312,5 +329,15 @@ mod tests {
         assert_eq!(d[..BLOCK], d[BLOCK..]);
         let (_, d) = build(2, Some(&Fault::RepeatBlock), Some(vec![7; BLOCK]));
         assert_eq!(d[BLOCK..], [7; BLOCK]);
+        let (_, d) = build(2, Some(&Fault::Progression), None);
+        let step = d[1].wrapping_sub(d[0]);
+        assert!(
+            d[..BLOCK]
+                .windows(2)
+                .all(|w| w[1].wrapping_sub(w[0]) == step)
+        );
+        let old: Vec<u8> = (0..3 * BLOCK).map(|i| (i % 251) as u8).collect();
+        let (_, d) = build(4, Some(&Fault::ShiftedReplay), Some(old.clone()));
+        assert_eq!(d[..3 * BLOCK - 1], old[1..]);
     }
 }

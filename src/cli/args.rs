@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use qrypt_api::parse_size;
+use qrypt_api::{check_range, parse_size};
 
 /// Qrypt's API. Equal to `upstream::http::DEFAULT_ENDPOINT` (a test in `cli` checks).
 pub const DEFAULT_ENDPOINT: &str = "https://api-eus.qrypt.com";
@@ -27,7 +27,8 @@ FILES IN THE MOUNT
   random       Entropy. Every byte is handed out once, then wiped. Reads of up to 256 bytes
                are never short; larger reads may return what is buffered (use dd iflag=fullblock).
                A read waits while the buffer is empty (Ctrl-C ends the wait); O_NONBLOCK gets
-               EAGAIN; EIO when the token is rejected or the quota is used up and nothing is left.
+               EAGAIN; EIO when the token is rejected, the quota is used up or a --budget cap is
+               reached, and nothing is left.
   status       One consistent snapshot (taken at open) as `key: value` lines.
   status.json  The same as a JSON object.
   metrics      The same in Prometheus text format (qrypt_fs_*).
@@ -39,8 +40,9 @@ THE TOKEN
 MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
   Every option above except --foreground has one, spelt with underscores: endpoint=URL
   token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S max_in_flight=N
-  read_timeout=SECS connect_timeout=SECS request_timeout=SECS quota_retry=SECS
-  max_backoff=SECS mix_local allow_other allow_root log_file=PATH verbose (repeatable).
+  read_timeout=SECS connect_timeout=SECS request_timeout=SECS startup_timeout=SECS
+  quota_retry=SECS max_backoff=SECS budget=SIZE/PERIOD (repeatable) state_dir=PATH
+  reset_budget mix_local allow_other allow_root log_file=PATH verbose (repeatable).
   default_permissions and ro are always on; rw, dev, suid, exec, atime (and no*), relatime,
   defaults, async, sync, _netdev, nofail, auto, noauto, user, users, fsname, subtype and x-*
   are accepted and ignored.
@@ -57,8 +59,13 @@ EXAMPLE
 #[command(name = "qrypt-fs", version, about = ABOUT, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Cli {
     /// The directory to mount on. `qrypt-fs SOURCE MOUNTPOINT` (as mount.fuse3 calls it) also works.
-    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
-    pub positional: Vec<PathBuf>,
+    #[arg(value_name = "MOUNTPOINT", required = true)]
+    pub mountpoint: PathBuf,
+
+    /// The mount point when mount.fuse3 calls `qrypt-fs SOURCE MOUNTPOINT`; the first is then
+    /// the source. Hidden: a user gives one mount point, and --help says so.
+    #[arg(value_name = "MOUNTPOINT", hide = true)]
+    pub mountpoint_after_source: Option<PathBuf>,
 
     /// Stay in the foreground (for systemd, debugging and tests); logs go to stderr.
     #[arg(short, long)]
@@ -68,15 +75,18 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
-    /// Base URL of the API. https:// only, except http:// to a loopback address (the emulator).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    /// Base URL of the API (scheme, host, port; no path). https:// only, except http:// to a
+    /// loopback address (the emulator). QRYPT_ENDPOINT, when set, replaces the default (for
+    /// tests and staging; this flag or endpoint= still wins).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, env = "QRYPT_ENDPOINT")]
     pub endpoint: String,
 
     /// Also trust the CA certificate(s) in this PEM file (TLS-intercepting proxies, the emulator).
     #[arg(long, value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
 
-    /// Prefetch buffer capacity, 4K to 16G (K, M, G suffixes). Default 4M: filled by 8
+    /// Prefetch buffer capacity, 4K to 16G, in binary units (K = 1024 bytes, M, G; 4.5M is
+    /// fine; 4MB is refused as ambiguous rather than read as 4M). Default 4M: filled by 8
     /// requests, well inside the API's burst of 30; a 1 MiB read never waits on a full buffer;
     /// small enough that a mount costs little of the monthly quota and fits the usual 8 MiB
     /// mlock limit.
@@ -104,6 +114,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     pub request_timeout: Duration,
 
+    /// Before reporting the mount ready, wait up to SECONDS for the upstream's first answer:
+    /// a refused token, a wrong endpoint or an untrusted certificate then fails the start
+    /// (exit 1, nothing left mounted); no answer mounts anyway, with a warning. 0 skips.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds_or_zero)]
+    pub startup_timeout: Duration,
+
     /// After a 403 (monthly quota used up), ask again after this long.
     #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
     pub quota_retry: Duration,
@@ -113,6 +129,21 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub max_backoff: Duration,
 
+    /// Spend at most SIZE per calendar PERIOD (hour, day or month, in UTC), e.g. 200M/day;
+    /// repeatable (each cap holds); `off` drops the caps given before it. The spend (bytes
+    /// requested, rejected ones included) is recorded in --state-dir before each request, so
+    /// it holds across restarts and crashes. Default: off.
+    // Checked where it becomes a cap (cli/mod.rs), which keeps this file free of crate types.
+    #[arg(long, value_name = "SIZE/PERIOD", action = clap::ArgAction::Append, allow_hyphen_values = true)]
+    pub budget: Vec<String>,
+    /// Where the budget's spend is recorded. Default: /var/lib/qrypt-fs for root, else
+    /// $XDG_STATE_HOME/qrypt-fs or ~/.local/state/qrypt-fs.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Start the budget's count from zero, whatever the state file holds (also the way past
+    /// a damaged state file). SIGHUP never resets it.
+    #[arg(long)]
+    pub reset_budget: bool,
     /// XOR every byte with the OS CSPRNG (getrandom): unpredictable if either source is good.
     /// Off by default: by default every byte is Qrypt's.
     #[arg(long)]
@@ -171,12 +202,15 @@ pub fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {
-    let n = parse_size(s).map_err(|e| InvalidValue(e.to_string()))?;
-    if !(MIN_BUFFER..=MAX_BUFFER).contains(&n) {
-        return Err(InvalidValue(format!(
-            "--buffer-size {n} is out of range: use 4K to 16G"
-        )));
+/// Seconds, where 0 means "not at all".
+pub fn parse_seconds_or_zero(s: &str) -> Result<Duration, InvalidValue> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
     }
-    Ok(n)
+    parse_seconds(s).map_err(|_| InvalidValue(format!("{s:?}: seconds must be >= 0")))
+}
+
+fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {
+    let n = parse_size(s).map_err(InvalidValue)?;
+    check_range("--buffer-size", n, MIN_BUFFER, MAX_BUFFER).map_err(InvalidValue)
 }

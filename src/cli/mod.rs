@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::budget::{Cap, merge_caps};
 use crate::prefetch::pacer::RateLimit;
 
 pub mod args;
@@ -31,8 +32,14 @@ pub struct Options {
     pub read_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// None: report ready without waiting for the upstream (`--startup-timeout 0`).
+    pub startup_timeout: Option<Duration>,
     pub quota_retry: Duration,
     pub max_backoff: Duration,
+    /// The `--budget` caps in force (none: spend without a cap).
+    pub budget: Vec<Cap>,
+    pub state_dir: Option<PathBuf>,
+    pub reset_budget: bool,
     pub mix_local: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -79,15 +86,9 @@ fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, clap::Error> {
 
 impl Options {
     pub fn from_cli(cli: Cli) -> Result<Options, clap::Error> {
-        let (source, mountpoint) = match cli.positional.as_slice() {
-            [m] => (None, m.clone()),
-            [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
-            _ => {
-                return Err(Cli::command().error(
-                    ErrorKind::WrongNumberOfValues,
-                    "expected MOUNTPOINT (or SOURCE MOUNTPOINT)",
-                ));
-            }
+        let (source, mountpoint) = match cli.mountpoint_after_source {
+            None => (None, cli.mountpoint),
+            Some(m) => (Some(cli.mountpoint.to_string_lossy().into_owned()), m),
         };
         let buffer_size = usize::try_from(cli.buffer_size).map_err(|_| {
             Cli::command().error(ErrorKind::ValueValidation, "--buffer-size is too large")
@@ -106,8 +107,17 @@ impl Options {
             read_timeout: cli.read_timeout,
             connect_timeout: cli.connect_timeout,
             request_timeout: cli.request_timeout,
+            startup_timeout: Some(cli.startup_timeout).filter(|t| !t.is_zero()),
             quota_retry: cli.quota_retry,
             max_backoff: cli.max_backoff,
+            budget: merge_caps(cli.budget.iter().map(String::as_str)).map_err(|e| {
+                Cli::command().error(
+                    ErrorKind::ValueValidation,
+                    format!("invalid value for '--budget <SIZE/PERIOD>': {e}"),
+                )
+            })?,
+            state_dir: cli.state_dir,
+            reset_budget: cli.reset_budget,
             mix_local: cli.mix_local,
             allow_other: cli.allow_other,
             allow_root: cli.allow_root,
@@ -218,6 +228,8 @@ mod tests {
             "buffer_size" => "1M",
             "rate_limit" => "off",
             "max_in_flight" => "2",
+            "budget" => "1M/day",
+            "state_dir" => "/x",
             "token_file" | "ca_cert" | "log_file" => "/x",
             _ => "5",
         };
@@ -296,10 +308,63 @@ mod tests {
     }
 
     #[test]
+    fn budgets_accumulate_flags_first_then_mount_options() {
+        use crate::budget::Period;
+        let o = parse(&[
+            "qrypt-fs",
+            "/m",
+            "--budget",
+            "50M/hour",
+            "-o",
+            "budget=1G/month,state_dir=/var/q,reset_budget",
+            "--budget",
+            "60M/hour",
+        ])
+        .expect("ok");
+        assert_eq!(
+            o.budget,
+            vec![
+                Cap {
+                    limit: 50 << 20,
+                    period: Period::Hour
+                },
+                Cap {
+                    limit: 1 << 30,
+                    period: Period::Month
+                },
+            ]
+        );
+        assert_eq!(o.state_dir, Some(PathBuf::from("/var/q")));
+        assert!(o.reset_budget);
+        let o = parse(&["qrypt-fs", "/m", "-o", "budget=1M/day", "--budget", "off"]).expect("ok");
+        assert_eq!(
+            o.budget.len(),
+            1,
+            "-o comes after the flags: {:?}",
+            o.budget
+        );
+        assert!(parse(&["qrypt-fs", "/m"]).expect("ok").budget.is_empty());
+    }
+
+    #[test]
+    fn help_shows_one_mount_point() {
+        let usage = Cli::command().render_usage().to_string();
+        assert_eq!(usage, "Usage: qrypt-fs [OPTIONS] <MOUNTPOINT>");
+        assert!(parse(&["qrypt-fs", "a", "b", "c"]).is_err());
+        let o = parse(&["qrypt-fs", "/m", "--startup-timeout", "0"]).expect("ok");
+        assert_eq!(o.startup_timeout, None);
+        let o = parse(&["qrypt-fs", "/m"]).expect("ok");
+        assert_eq!(o.startup_timeout, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
     fn bad_input() {
         let err = |args: &[&str]| parse(args).expect_err("rejected").to_string();
-        assert!(err(&["qrypt-fs", "/m", "--buffer-size", "1K"]).contains("out of range"));
-        assert!(err(&["qrypt-fs", "/m", "-o", "buffer_size=1K"]).contains("out of range"));
+        let small = "--buffer-size 1K is too small: at least 4K";
+        assert!(err(&["qrypt-fs", "/m", "--buffer-size", "1K"]).contains(small));
+        assert!(err(&["qrypt-fs", "/m", "-o", "buffer_size=1K"]).contains(small));
+        assert!(err(&["qrypt-fs", "/m", "--buffer-size", "4MB"]).contains("ambiguous"));
+        assert!(err(&["qrypt-fs", "/m", "--startup-timeout=-1"]).contains(">= 0"));
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "lots"]).contains("not a size"));
         assert!(err(&["qrypt-fs", "/m", "-o", "bogus"]).contains("unknown mount option"));
         assert!(err(&["qrypt-fs", "/m", "-o", "foreground"]).contains("unknown mount option"));
@@ -314,6 +379,8 @@ mod tests {
         assert!(e.contains("token_file") && !e.contains("abc"), "{e}");
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "0/1"]).contains("rate-limit"));
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "fast"]).contains("REQUESTS/SECONDS"));
+        assert!(err(&["qrypt-fs", "/m", "--budget", "1M/week"]).contains("unknown period"));
+        assert!(err(&["qrypt-fs", "/m", "-o", "budget=0M/day"]).contains("zero"));
         assert!(parse(&["qrypt-fs"]).is_err());
         let e = err(&["qrypt-fs", "--token=abc", "/m"]);
         assert!(e.contains("QRYPT_TOKEN") && !e.contains("abc"), "{e}");

@@ -40,6 +40,7 @@ fn read(
             size,
             flags: OpenFlags(flags),
             pid: std::process::id(),
+            origin: ReadOrigin::Direct,
         },
         Answer(tx),
     );
@@ -174,6 +175,7 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
         size: 64,
         flags: RDONLY,
         pid: std::process::id(),
+        origin: ReadOrigin::Direct,
     };
     fs.read(blocking, Answer(tx));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -235,4 +237,42 @@ fn pool_errors_map_to_errno() {
     ] {
         assert_eq!(errno_for(e), Errno::EIO);
     }
+}
+
+#[test]
+fn a_page_cache_fill_of_random_is_refused_and_takes_nothing() {
+    let pool = Arc::new(Pool::new(4096));
+    assert_eq!(pool.push(&[7u8; 4096]), 4096);
+    let fs = fs_on(pool.clone(), Box::new(|_| "snapshot\n".into()));
+    let random = fs
+        .lookup(INodeNo::ROOT, OsStr::new("random"))
+        .expect("ino")
+        .ino;
+    let (fh, _) = fs.open(random, RDONLY).expect("open");
+    let fill = |ino, fh| {
+        let (tx, rx) = mpsc::channel();
+        fs.read(
+            Read {
+                ino,
+                fh,
+                offset: 0,
+                size: 4096,
+                flags: RDONLY,
+                pid: std::process::id(),
+                origin: ReadOrigin::PageCache,
+            },
+            Answer(tx),
+        );
+        rx.recv_timeout(Duration::from_secs(5)).expect("answered")
+    };
+    assert_eq!(fill(random, fh), Err(Errno::EIO));
+    assert_eq!(pool.served_bytes(), 0);
+    assert_eq!(pool.buffered(), 4096);
+    // A status file holds no pool byte: its page cache may be filled.
+    let status = fs
+        .lookup(INodeNo::ROOT, OsStr::new("status"))
+        .expect("ino")
+        .ino;
+    let (sfh, _) = fs.open(status, RDONLY).expect("open");
+    assert_eq!(fill(status, sfh), Ok(b"snapshot\n".to_vec()));
 }

@@ -10,6 +10,7 @@ use fuser::{
 };
 
 use crate::fs::{DataReply, EntropyFs, Read, TTL};
+use crate::read_origin::ReadOrigin;
 
 pub mod config;
 
@@ -50,6 +51,9 @@ fn favour_this_thread() {
 }
 
 impl Filesystem for FuseAdapter {
+    // Everything else: one quiet, fixed answer each (no log line a reader could repeat).
+    crate::quiet_unsupported_ops!();
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         favour_this_thread();
         match self.0.lookup(parent, name) {
@@ -102,7 +106,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         size: u32,
         flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         favour_this_thread();
@@ -113,6 +117,7 @@ impl Filesystem for FuseAdapter {
             size,
             flags,
             pid: req.pid(),
+            origin: ReadOrigin::of(lock_owner.map(|o| o.0)),
         };
         self.0.read(read, reply);
     }

@@ -90,6 +90,8 @@ enum Availability {
 
 struct Waiter {
     id: u64,
+    /// When it started waiting.
+    since: Instant,
     req: ReadRequest,
     sink: Box<dyn QueuedSink>,
 }
@@ -227,6 +229,7 @@ impl Pool {
         g.next_id += 1;
         g.waiters.push_back(Waiter {
             id,
+            since: Instant::now(),
             req,
             sink: Box::new(sink),
         });
@@ -360,6 +363,12 @@ impl Pool {
     #[cfg(test)]
     fn pollers(&self) -> usize {
         self.inner.lock().pollers.len()
+    }
+
+    /// When the longest-waiting read now waiting started to wait (reads are served in order,
+    /// so it is the oldest), or `None` if no read waits.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.inner.lock().waiters.front().map(|w| w.since)
     }
 
     /// The reads waiting now.

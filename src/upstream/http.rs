@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::RwLock;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
@@ -17,6 +18,9 @@ use zeroize::Zeroizing;
 use super::validate::{self, ValidationError};
 use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
 use crate::token::Token;
+
+/// The entropy path, which qrypt-fs adds to the base URL.
+const API_PATH: &str = qrypt_api::ENTROPY_PATH;
 
 pub const DEFAULT_ENDPOINT: &str = "https://api-eus.qrypt.com";
 
@@ -45,24 +49,43 @@ pub enum ConfigError {
          besides the token; the token comes only from QRYPT_TOKEN or --token-file"
     )]
     Credentials(String),
-    #[error("endpoint {0} has a query or fragment: give the service's base URL only")]
-    NotBase(String),
+    #[error("endpoint {0:?} has no scheme: add https:// (https://{0})")]
+    NoScheme(String),
+    #[error(
+        "endpoint {given} is not a base URL: give {base} (qrypt-fs adds {API_PATH} itself), \
+         e.g. {DEFAULT_ENDPOINT}"
+    )]
+    NotBase { given: String, base: String },
     #[error("CA certificate {path}: {reason}")]
     Ca { path: String, reason: String },
     #[error("HTTP client: {0}")]
     Client(String),
 }
 
-/// Parses an endpoint and enforces: https, or http only to loopback; no credentials, query
-/// or fragment. Messages show the URL with any `user:password@` part masked.
+/// Parses an endpoint and enforces: no credentials (`user:password@`), a base URL (scheme,
+/// host, port; no path, query or fragment: the API path is ours to add), https, or http only
+/// to loopback. Messages show the URL with any `user:password@` part masked.
 pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
     let shown = || masked(text);
+    // `host:443` and `localhost:8080` parse as a URL whose scheme is the host name.
+    if !text.contains("://") {
+        return Err(ConfigError::NoScheme(shown()));
+    }
     let url = Url::parse(text).map_err(|e| ConfigError::BadUrl(shown(), e))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::Credentials(shown()));
     }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(ConfigError::NotBase(shown()));
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        let mut base = url.clone();
+        base.set_path("");
+        base.set_query(None);
+        base.set_fragment(None);
+        let _ = base.set_password(None);
+        let _ = base.set_username("");
+        return Err(ConfigError::NotBase {
+            given: shown(),
+            base: base.as_str().trim_end_matches('/').to_owned(),
+        });
     }
     match url.scheme() {
         "https" => Ok(url),
@@ -143,6 +166,83 @@ pub struct HttpClient {
     client: reqwest::Client,
     url: Url,
     auth: RwLock<HeaderValue>,
+    residue: Arc<Residue>,
+    sweeper: std::sync::Once,
+}
+
+/// How long an idle connection (and the base64 left in its read buffer, see [`Residue`]) is
+/// kept for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+/// How often held body buffers are looked at again.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Body buffers held at most; past that the oldest is let go unwiped (bounds the memory held).
+const MAX_HELD: usize = 32;
+
+/// Body chunks whose memory hyper still shares, held until we hold the only reference, then
+/// wiped whole.
+///
+/// hyper hands a body over as slices of its connection's read buffer (`Bytes` sharing one
+/// allocation) and keeps reading into the rest of that buffer. Dropping a slice frees
+/// nothing; the buffer is freed, unwiped, when its last holder lets go, and its base64 would
+/// stay in the heap. So of each run of contiguous chunks (one buffer) we keep the last, and
+/// once the connection has moved to a new buffer or closed, that chunk is the only reference
+/// left: we take the whole allocation back (`try_reclaim`) and zero it. What cannot be
+/// reached: the buffer a live connection still reads into (until it moves on, or closes after
+/// [`POOL_IDLE`]), and rustls' plaintext buffers under HTTPS.
+#[derive(Default)]
+struct Residue {
+    held: parking_lot::Mutex<std::collections::VecDeque<Bytes>>,
+}
+
+impl Residue {
+    /// Takes one response's chunks, in the order received.
+    fn hold(&self, chunks: Vec<Bytes>) {
+        let mut kept = Vec::new();
+        let mut it = chunks.into_iter().peekable();
+        while let Some(c) = it.next() {
+            let next_follows = it
+                .peek()
+                .is_some_and(|n| c.as_ptr().wrapping_add(c.len()) == n.as_ptr());
+            match wipe_whole(c) {
+                // Same buffer as the next chunk, which keeps it alive: let this one go.
+                Err(_) if next_follows => {}
+                Err(c) => kept.push(c),
+                Ok(_) => {}
+            }
+        }
+        let mut held = self.held.lock();
+        held.extend(kept);
+        while held.len() > MAX_HELD {
+            held.pop_front();
+        }
+    }
+
+    /// Wipes every held buffer that is ours alone now.
+    fn sweep(&self) {
+        let mut held = self.held.lock();
+        let still: std::collections::VecDeque<Bytes> =
+            held.drain(..).filter_map(|c| wipe_whole(c).err()).collect();
+        *held = still;
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+}
+
+/// Zeroes the whole allocation behind `chunk` if no one else references it, and returns it
+/// (to be dropped).
+fn wipe_whole(chunk: Bytes) -> Result<bytes::BytesMut, Bytes> {
+    let mut owned = chunk.try_into_mut()?;
+    owned.clear();
+    // With nothing in it, a unique BytesMut can move its start back to the start of the
+    // allocation; then its capacity covers all of it.
+    let _ = owned.try_reclaim(owned.capacity() + 1);
+    let all = owned.capacity();
+    owned.resize(all, 0);
+    zeroize::Zeroize::zeroize(&mut owned[..]);
+    Ok(owned)
 }
 
 fn bearer(token: &Token) -> HeaderValue {
@@ -169,7 +269,7 @@ impl HttpClient {
             .http1_only()
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE)
             .redirect(reqwest::redirect::Policy::none())
             .https_only(cfg.endpoint.scheme() == "https")
             .user_agent(concat!("qrypt-fs/", env!("CARGO_PKG_VERSION")))
@@ -180,6 +280,8 @@ impl HttpClient {
             client,
             url,
             auth: RwLock::new(bearer(token)),
+            residue: Arc::default(),
+            sweeper: std::sync::Once::new(),
         })
     }
 
@@ -187,7 +289,50 @@ impl HttpClient {
         &self.url
     }
 
+    /// Reads the body into `body` (which never grows past its capacity, so never leaves a
+    /// copy behind), handing each chunk to [`Residue`].
+    async fn read_body(
+        &self,
+        resp: &mut reqwest::Response,
+        body: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), FetchError> {
+        let mut chunks = Vec::new();
+        let result = async {
+            while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+                if body.len() + chunk.len() > limit {
+                    chunks.push(chunk);
+                    return Err(ValidationError::TooLarge(limit).into());
+                }
+                body.extend_from_slice(&chunk);
+                chunks.push(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        self.residue.hold(chunks);
+        result
+    }
+
+    /// Starts the task that sweeps [`Residue`] while no request runs (once, from inside the
+    /// runtime; it ends with the client).
+    fn start_sweeper(&self) {
+        self.sweeper.call_once(|| {
+            let residue = Arc::downgrade(&self.residue);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    match residue.upgrade() {
+                        Some(r) => r.sweep(),
+                        None => return,
+                    }
+                }
+            });
+        });
+    }
+
     async fn fetch_inner(&self, kib: u32) -> Result<Entropy, FetchError> {
+        self.start_sweeper();
         if !(1..=MAX_KIB_PER_REQUEST).contains(&kib) {
             return Err(FetchError::SizeOutOfRange(kib));
         }
@@ -227,19 +372,21 @@ impl HttpClient {
         // Read with a cap: a misbehaving server must not make us allocate without bound.
         // Sized once up front: growing would free copies of the body without wiping them.
         let mut body = Zeroizing::new(Vec::with_capacity(limit));
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > limit {
-                return Err(ValidationError::TooLarge(limit).into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let read = self.read_body(&mut resp, &mut body, limit).await;
+        drop(resp);
+        self.residue.sweep();
+        read?;
         let mut out = Zeroizing::new(Vec::with_capacity(kib as usize * BLOCK_LEN));
+        // `body` (the base64 text) is wiped when it drops, whatever decoding says.
         validate::decode_body(&body, kib, &mut out)?;
         Ok(Entropy(out))
     }
 }
 
 fn transport(e: reqwest::Error) -> FetchError {
+    if let Some(cert) = certificate_error(&e) {
+        return FetchError::Certificate(cert.to_string());
+    }
     // reqwest's Display names the URL (no secret in it) and the cause chain carries the detail.
     let mut msg = if e.is_timeout() {
         "timed out".to_owned()
@@ -257,6 +404,33 @@ fn transport(e: reqwest::Error) -> FetchError {
         src = s.source();
     }
     FetchError::Transport(msg)
+}
+
+/// The rustls certificate error somewhere in an error's cause chain, if any. The chain passes
+/// through `io::Error`s, whose `source()` skips the error they wrap, so look inside each.
+fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let is_cert = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        )
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        // An io::Error may wrap another io::Error (hyper-util does), then the rustls error.
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = inner {
+            if let Some(r) = e.downcast_ref::<rustls::Error>().filter(|r| is_cert(r)) {
+                return Some(r);
+            }
+            inner = e
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &(dyn std::error::Error + 'static));
+        }
+        cur = err.source();
+    }
+    None
 }
 
 impl EntropyClient for HttpClient {
@@ -288,6 +462,47 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks the way hyper hands them out: slices of one read buffer it keeps using.
+    fn hyper_like(text: &[u8]) -> (bytes::BytesMut, Vec<Bytes>) {
+        let mut buf = bytes::BytesMut::with_capacity(8192);
+        buf.extend_from_slice(text);
+        let chunks = (0..3)
+            .map(|_| buf.split_to(text.len() / 3).freeze())
+            .collect();
+        (buf, chunks)
+    }
+
+    #[test]
+    fn a_body_buffer_is_held_while_shared_then_wiped_whole() {
+        let text = b"QUJD".repeat(750);
+        let (read_buffer, chunks) = hyper_like(&text);
+        let residue = Residue::default();
+        residue.hold(chunks);
+        assert_eq!(residue.held(), 1, "one chunk stands for the buffer");
+        residue.sweep();
+        assert_eq!(residue.held(), 1, "hyper still uses the buffer");
+        drop(read_buffer);
+        residue.sweep();
+        assert_eq!(residue.held(), 0);
+    }
+
+    #[test]
+    fn wiping_covers_the_whole_allocation() {
+        let text = b"QUJD".repeat(750);
+        let (read_buffer, mut chunks) = hyper_like(&text);
+        drop(read_buffer);
+        let last = chunks.pop().expect("3 chunks");
+        assert!(
+            wipe_whole(last.clone()).is_err(),
+            "shared with the other chunks"
+        );
+        chunks.clear();
+        let wiped = wipe_whole(last).expect("ours alone now");
+        // All 8192 bytes, the other chunks' text and the unused rest included.
+        assert_eq!(wiped.len(), 8192);
+        assert!(wiped.iter().all(|&b| b == 0));
+    }
 
     #[test]
     fn retry_after_in_both_forms() {
@@ -328,6 +543,57 @@ mod tests {
             Err(ConfigError::Scheme(_))
         ));
         assert!(parse_endpoint("not a url").is_err());
+        assert!(parse_endpoint("https://api-eus.qrypt.com/").is_ok());
+    }
+
+    #[test]
+    fn certificate_errors_are_found_inside_io_errors() {
+        let cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, cert));
+        assert!(certificate_error(&io).is_some());
+        let other = io::Error::other(rustls::Error::DecryptError);
+        assert!(certificate_error(&other).is_none());
+        assert!(certificate_error(&io::Error::from(io::ErrorKind::ConnectionRefused)).is_none());
+    }
+
+    #[test]
+    fn endpoint_without_a_scheme_is_told_to_add_one() {
+        for text in [
+            "api-eus.qrypt.com",
+            "api-eus.qrypt.com:443",
+            "localhost:8080",
+        ] {
+            let e = parse_endpoint(text).expect_err(text).to_string();
+            assert_eq!(
+                e,
+                format!("endpoint {text:?} has no scheme: add https:// (https://{text})")
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_must_be_the_base_url() {
+        for (text, base) in [
+            (
+                "https://api-eus.qrypt.com/api/v1/quantum-entropy",
+                "https://api-eus.qrypt.com",
+            ),
+            (
+                "https://api-eus.qrypt.com/?size=4",
+                "https://api-eus.qrypt.com",
+            ),
+            ("https://h.example:8443/prefix", "https://h.example:8443"),
+            ("https://h.example/#x", "https://h.example"),
+        ] {
+            let e = parse_endpoint(text).expect_err(text).to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "endpoint {text} is not a base URL: give {base} (qrypt-fs adds \
+                     /api/v1/quantum-entropy itself), e.g. https://api-eus.qrypt.com"
+                )
+            );
+        }
     }
 
     #[test]
@@ -345,18 +611,17 @@ mod tests {
         let e = parse_endpoint("https://u:s3cret@host:99999").expect_err("bad port");
         assert!(!e.to_string().contains("s3cret"), "{e}");
         for url in ["https://api.example/?key=1", "https://api.example/#x"] {
-            assert!(matches!(parse_endpoint(url), Err(ConfigError::NotBase(_))));
+            assert!(matches!(
+                parse_endpoint(url),
+                Err(ConfigError::NotBase { .. })
+            ));
         }
     }
 
     #[test]
     fn api_url_joins_path() {
         let token = Token::new("t".into()).expect("token");
-        for base in [
-            "https://h.example",
-            "https://h.example/",
-            "https://h.example/prefix",
-        ] {
+        for base in ["https://h.example", "https://h.example/"] {
             let c = HttpClient::new(
                 &HttpConfig {
                     endpoint: parse_endpoint(base).expect("url"),

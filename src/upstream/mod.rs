@@ -39,6 +39,10 @@ pub enum FetchError {
     /// Connect failure, reset, TLS error or timeout.
     #[error("transport: {0}")]
     Transport(String),
+    /// The server's TLS certificate was refused (unknown issuer, wrong name, expired): no
+    /// retry will change that, unlike the transport failures above.
+    #[error("TLS certificate refused: {0}")]
+    Certificate(String),
     /// A 200 whose body breaks the contract.
     #[error("invalid response: {0}")]
     Validation(#[from] validate::ValidationError),
@@ -57,6 +61,7 @@ impl FetchError {
         match self {
             FetchError::Status { code, .. } => format!("http_{code}"),
             FetchError::Transport(_) => "transport".into(),
+            FetchError::Certificate(_) => "tls_certificate".into(),
             FetchError::Validation(_) => "validation".into(),
             FetchError::Health(_) => "health".into(),
             FetchError::SizeOutOfRange(_) => "size_out_of_range".into(),

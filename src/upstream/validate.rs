@@ -1,7 +1,6 @@
 //! Response validation: nothing of a response is used unless all of it matches the contract.
-use std::borrow::Cow;
-
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::BLOCK_LEN;
 use qrypt_api::BLOCK_B64_LEN;
@@ -24,10 +23,95 @@ pub enum ValidationError {
 
 #[derive(Deserialize)]
 struct Body<'a> {
-    // Cow: a JSON encoder may escape '/' as "\/", which a plain &str cannot borrow.
     #[serde(borrow)]
-    random: Vec<Cow<'a, str>>,
+    random: Vec<Text<'a>>,
     size: u64,
+}
+
+/// A JSON string of the body, borrowed from it: never copied. (serde's own `Cow<str>` inside
+/// a `Vec` always copies, and each copy of a block's base64 would be freed unwiped.) A string
+/// with escapes cannot be borrowed; [`unescape_base64`] resolves those first, so only a
+/// malformed string ever arrives here as a copy, which is then wiped.
+enum Text<'a> {
+    Borrowed(&'a str),
+    Copied(Zeroizing<String>),
+}
+
+impl Text<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Borrowed(s) => s.as_bytes(),
+            Text::Copied(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text::Copied(Zeroizing::new(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+/// The body with the escapes a JSON encoder may put in base64 resolved: `\/` and `\u00XX`
+/// for a character of the base64 alphabet or `=`. Other escapes are left alone (no base64
+/// holds them). `None` when the body has no backslash, the usual case: it is parsed as is.
+/// The copy is pre-sized (never reallocated) and wiped on drop.
+fn unescape_base64(body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if !body.contains(&b'\\') {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(body.len()));
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b != b'\\' || i + 1 >= body.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        match body[i + 1] {
+            b'/' => {
+                out.push(b'/');
+                i += 2;
+            }
+            b'u' if i + 6 <= body.len() => {
+                let c = std::str::from_utf8(&body[i + 2..i + 6])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(|c| c.is_ascii_alphanumeric() || b"+/=".contains(c));
+                match c {
+                    Some(c) if body[i + 2..i + 4] == *b"00" => {
+                        out.push(c);
+                        i += 6;
+                    }
+                    _ => {
+                        out.extend_from_slice(&body[i..i + 2]);
+                        i += 2;
+                    }
+                }
+            }
+            _ => {
+                // Any other escape, kept whole so its second character is not read as the
+                // start of another escape.
+                out.extend_from_slice(&body[i..i + 2]);
+                i += 2;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Largest body accepted for a request of `kib` KiB: the base64 plus generous room for
@@ -62,7 +146,9 @@ fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), Validati
     if body.len() > body_limit(kib) {
         return Err(ValidationError::TooLarge(body_limit(kib)));
     }
-    let parsed: Body<'_> = serde_json::from_slice(body).map_err(json_error)?;
+    let unescaped = unescape_base64(body);
+    let parsed: Body<'_> = serde_json::from_slice(unescaped.as_deref().map_or(body, |v| &v[..]))
+        .map_err(json_error)?;
     if parsed.size != parsed.random.len() as u64 {
         return Err(ValidationError::SizeVsLength {
             size: parsed.size,
@@ -146,6 +232,31 @@ mod tests {
         let mut out = Vec::new();
         decode_body(&body(&blocks, 2), 2, &mut out).expect("valid");
         assert_eq!(out, blocks.concat());
+    }
+
+    #[test]
+    fn block_strings_are_borrowed_never_copied() {
+        let block = vec![0xfbu8; 1024]; // "+/v7..."
+        let plain = body(std::slice::from_ref(&block), 1);
+        let text = String::from_utf8(plain.clone()).expect("utf8");
+        let escaped = text.replace('/', "\\/").replace('+', "\\u002B");
+        for b in [plain, escaped.into_bytes()] {
+            let unescaped = unescape_base64(&b);
+            let parsed: Body<'_> =
+                serde_json::from_slice(unescaped.as_deref().map_or(&b[..], |v| &v[..]))
+                    .expect("json");
+            assert!(parsed.random.iter().all(|t| matches!(t, Text::Borrowed(_))));
+            let mut out = Vec::new();
+            decode_body(&b, 1, &mut out).expect("valid");
+            assert_eq!(out, block);
+        }
+    }
+
+    #[test]
+    fn unescaping_resolves_only_base64_characters() {
+        assert!(unescape_base64(b"{\"a\": \"xyz\"}").is_none());
+        let got = unescape_base64(br#""\/\u002b\u003D\\/\n\u00e9\u012B""#).expect("escapes");
+        assert_eq!(&got[..], br#""/+=\\/\n\u00e9\u012B""#);
     }
 
     #[test]

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Cost of many waiting readers (issue 13, item 7). WAITERS readers (default 1000) block on
+# /random while the emulator answers 503; the daemon's CPU time (utime+stime of all its threads,
+# /proc/PID/stat) is sampled over SAMPLE_SECONDS (default 10); then SIGINT (Ctrl-C) is sent to
+# LATENCY_SAMPLES readers (default 20), one at a time, and each one's time to exit is measured.
+#
+# Readers: `head` (coreutils head -c 32: no signal handlers, so the watchdog's cheap path) and
+# `dd` (coreutils dd: handlers for SIGINT and SIGUSR1, so full status checks every 350 ms).
+#
+# Usage: scripts/bench-waiters.sh [head|dd]...      (no argument: both)
+# Environment: WAITERS, SAMPLE_SECONDS, LATENCY_SAMPLES, QRYPT_FS (binary to measure; default
+# target/release/qrypt-fs, built here), BENCH_OUT (default target/bench).
+# Goals: CPU <= 2% of a core with 1000 waiters; every Ctrl-C frees its reader within 0.5 s.
+# Exit status: 0 when every goal passed, 1 when one failed, 2 on an error. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+kinds=("$@")
+[ ${#kinds[@]} -eq 0 ] && kinds=(head dd)
+for k in "${kinds[@]}"; do
+  case $k in head | dd) ;; *) echo "usage: $0 [head|dd]..." >&2; exit 2 ;; esac
+done
+WAITERS=${WAITERS:-1000}
+SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}
+LATENCY_SAMPLES=${LATENCY_SAMPLES:-20}
+out=${BENCH_OUT:-$root/target/bench}
+mkdir -p "$out"
+
+if [ -z "${QRYPT_FS:-}" ]; then
+  echo "building (release)..." >&2
+  cargo build --release --quiet --locked --workspace --bins
+  QRYPT_FS=$root/target/release/qrypt-fs
+fi
+emulator_bin=$root/target/release/qrypt-emulator
+[ -x "$emulator_bin" ] || cargo build --release --quiet --locked -p qrypt-emulator --bins
+
+work=$(mktemp -d /tmp/qrypt-waiters.XXXXXX)
+emu_pid='' fs_pid='' readers=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ ${#readers[@]} -gt 0 ]; then
+    kill -KILL "${readers[@]}" 2>/dev/null || true
+    wait "${readers[@]}" 2>/dev/null || true
+  fi
+  [ -n "$fs_pid" ] && kill -TERM "$fs_pid" 2>/dev/null && wait "$fs_pid" 2>/dev/null || true
+  [ -n "$emu_pid" ] && kill -TERM "$emu_pid" 2>/dev/null && wait "$emu_pid" 2>/dev/null || true
+  mountpoint -q "$work/mnt" 2>/dev/null && umount -l "$work/mnt" || true
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 2' INT TERM
+
+hz=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+now_ns() { date +%s%N; }
+status_field() { sed -n "s/^$1: //p" "$work/mnt/status"; }
+
+"$emulator_bin" --listen 127.0.0.1:0 >"$work/emu.out" 2>"$work/emu.log" &
+emu_pid=$!
+for _ in $(seq 100); do grep -q '^listening on ' "$work/emu.out" && break; sleep 0.05; done
+url=$(sed -n 's/^listening on //p' "$work/emu.out")
+curl -fsS -X POST "$url/_emulator/fault" -d '{"fault": "status", "status": 503}' >/dev/null
+
+fail=0
+for kind in "${kinds[@]}"; do
+  mkdir -p "$work/mnt"
+  QRYPT_TOKEN=emulator-token "$QRYPT_FS" -f --rate-limit off --max-backoff 1 \
+    --endpoint "$url" "$work/mnt" 2>"$work/fs-$kind.log" &
+  fs_pid=$!
+  for _ in $(seq 200); do [ -e "$work/mnt/status" ] && break; sleep 0.05; done
+  readers=()
+  for _ in $(seq "$WAITERS"); do
+    # Background jobs of a script start with SIGINT ignored: give Ctrl-C back its default.
+    case $kind in
+      head) env --default-signal=INT head -c 32 "$work/mnt/random" >/dev/null 2>&1 & ;;
+      dd) env --default-signal=INT dd if="$work/mnt/random" of=/dev/null bs=32 count=1 status=none 2>/dev/null & ;;
+    esac
+    readers+=($!)
+  done
+  for _ in $(seq 600); do
+    [ "$(status_field waiting_readers)" = "$WAITERS" ] && break
+    sleep 0.1
+  done
+  waiting=$(status_field waiting_readers)
+  [ "$waiting" = "$WAITERS" ] || { echo "only $waiting of $WAITERS readers waiting" >&2; exit 2; }
+  sleep 3 # let the first full check of every reader pass
+  t0=$(now_ns) c0=$(cpu_ticks "$fs_pid")
+  sleep "$SAMPLE_SECONDS"
+  t1=$(now_ns) c1=$(cpu_ticks "$fs_pid")
+  cpu=$(awk -v c=$((c1 - c0)) -v hz="$hz" -v ns=$((t1 - t0)) \
+    'BEGIN { printf "%.2f", 100 * c / hz / (ns / 1e9) }')
+
+  # Ctrl-C: one reader at a time, the others still waiting.
+  lat=()
+  for i in $(seq 0 $((LATENCY_SAMPLES - 1))); do
+    pid=${readers[i * (WAITERS / LATENCY_SAMPLES)]}
+    s=$(now_ns)
+    kill -INT "$pid"
+    wait "$pid" 2>/dev/null || true
+    lat+=($((($(now_ns) - s) / 1000000)))
+    sleep 0.13 # de-phase from the watchdog's tick
+  done
+  max=$(printf '%s\n' "${lat[@]}" | sort -n | tail -1)
+  med=$(printf '%s\n' "${lat[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+
+  kill -KILL "${readers[@]}" 2>/dev/null || true
+  wait "${readers[@]}" 2>/dev/null || true
+  readers=()
+  kill -TERM "$fs_pid"
+  wait "$fs_pid" || true
+  fs_pid=''
+
+  verdict=ok
+  awk -v c="$cpu" 'BEGIN { exit !(c <= 2.0) }' || verdict=FAIL
+  [ "$max" -le 500 ] || verdict=FAIL
+  [ $verdict = ok ] || fail=1
+  line="waiters=$WAITERS reader=$kind cpu_percent=$cpu over ${SAMPLE_SECONDS}s ctrl_c_ms median=$med max=$max (n=$LATENCY_SAMPLES) $verdict"
+  echo "$line"
+  echo "$line" >>"$out/waiters.txt"
+done
+exit $fail
