@@ -120,6 +120,7 @@ fn durations_below_a_millisecond_or_above_a_day_are_refused() {
         "--request-timeout",
         "--quota-retry",
         "--max-backoff",
+        "--startup-timeout",
     ] {
         for bad in ["1e-300", "0.0001", "86401", "NaN"] {
             refused(&[flag, bad], 2, &[flag, bad, "out of range"]);

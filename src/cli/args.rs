@@ -207,7 +207,7 @@ pub fn parse_seconds_or_zero(s: &str) -> Result<Duration, InvalidValue> {
     if s.trim().parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
-    parse_seconds(s).map_err(|_| InvalidValue(format!("{s:?}: seconds must be >= 0")))
+    parse_seconds(s).map_err(|e| InvalidValue(format!("{e}, or 0 to skip")))
 }
 
 fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {
