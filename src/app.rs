@@ -39,6 +39,13 @@ pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
         bail!("mount point {} is not a directory", path.display());
     }
     let abs = std::fs::canonicalize(path).with_context(context)?;
+    if let Some(why) = kernel_filesystem(&abs) {
+        bail!(
+            "mount point {} is {why}: refused (mount on an ordinary directory such as \
+             /mnt/qrypt)",
+            path.display()
+        );
+    }
     if is_fuse_mount(&abs) {
         // stat may be answered from the kernel's attribute cache; statfs always asks the
         // daemon, so it tells a dead one.
@@ -52,6 +59,36 @@ pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(abs)
+}
+
+/// Why `abs` (canonical) is no place for a mount: it lies under /proc or /sys, or on one of
+/// the kernel's own filesystems wherever that is mounted (a mount there would hide or shadow
+/// the kernel's interfaces that other programs rely on).
+fn kernel_filesystem(abs: &Path) -> Option<String> {
+    for root in ["/proc", "/sys"] {
+        if abs.starts_with(root) {
+            return Some(format!("under {root}"));
+        }
+    }
+    // statfs(2) f_type magic numbers (linux/magic.h).
+    const KERNEL_FS: [(i64, &str); 10] = [
+        (0x9fa0, "proc"),
+        (0x6265_6572, "sysfs"),
+        (0x0027_e0eb, "cgroup"),
+        (0x6367_7270, "cgroup2"),
+        (0x6462_6720, "debugfs"),
+        (0x7472_6163, "tracefs"),
+        (0x7363_6673, "securityfs"),
+        (0xcafe_4a11, "bpf"),
+        (0x6265_6570, "configfs"),
+        (0xde5e_81e4, "efivarfs"),
+    ];
+    let fs = nix::sys::statfs::statfs(abs).ok()?;
+    let magic = fs.filesystem_type().0 as i64;
+    KERNEL_FS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| format!("on the kernel's {name} filesystem"))
 }
 
 fn is_fuse_mount(path: &Path) -> bool {
@@ -96,13 +133,16 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         eprintln!("qrypt-fs: warning: {w}");
     }
     let token_file = match &opts.token_file {
-        Some(p) => Some(std::fs::canonicalize(p).with_context(|| p.display().to_string())?),
-        None => None,
-    };
-    let log_file = match &opts.log_file {
+        // Absolute (we change directory to /), but not canonical: a symlink in the path is
+        // followed at each read, so pointing it elsewhere (a rotated secret) is seen.
         Some(p) => Some(std::path::absolute(p).with_context(|| p.display().to_string())?),
         None => None,
     };
+    let log_file = opts
+        .log_file
+        .as_deref()
+        .map(logging::open_log_file)
+        .transpose()?;
     let budget = open_budget(&opts, &shown_endpoint(&endpoint), token_file.as_deref())?;
     // A spent budget sends nothing, so there is no first answer to wait for.
     let spent = budget.exhausted_now().map(|e| {
@@ -130,7 +170,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         // Registered before any other thread exists, so no thread dies of a default action.
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
-        let target = match (&log_file, opts.foreground) {
+        let target = match (log_file, opts.foreground) {
             (Some(p), _) => LogTarget::File(p),
             (None, true) => LogTarget::Stderr,
             (None, false) => LogTarget::Syslog,

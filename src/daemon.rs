@@ -107,3 +107,23 @@ pub fn harden_process() {
         libc::syscall(libc::SYS_close_range, 3u32, libc::c_uint::MAX, 0u32);
     }
 }
+
+/// Large allocations at or above this size get their own mapping from glibc, returned to the
+/// kernel when freed.
+const MMAP_THRESHOLD: i32 = 128 << 10;
+
+/// Keeps resident memory flat under a steady load. glibc raises its mmap threshold each time a
+/// mapped chunk is freed (up to 32 MiB), so after the first response body (about 700 KB of
+/// JSON, then 512 KiB decoded) every later one comes from a per-thread arena, which keeps its
+/// high-water mark: each thread that handles bodies grows its arena to the most bodies it ever
+/// held at once, and RSS creeps up for minutes (BENCHMARKS.md, soak). A fixed threshold keeps
+/// bodies in their own mappings, unmapped on free (their bytes leave with them), and stops the
+/// creep; the cost is one mmap/munmap per body, noise beside the request.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes no pointers and only changes allocator parameters; called first
+    // thing in main, before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}

@@ -10,10 +10,64 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-pub enum LogTarget<'a> {
+pub enum LogTarget {
     Stderr,
-    File(&'a Path),
+    /// A file opened by [`open_log_file`].
+    File(std::fs::File),
     Syslog,
+}
+
+/// Opens (creating it `0600` if missing) the `--log-file` for appending, before going to the
+/// background, so a mistake is reported on the terminal. Refused, with the path in the
+/// message: a symlink (`O_NOFOLLOW`: one planted in a shared directory would otherwise make
+/// us, often root, append to any file it names), anything but a regular file, a file owned by
+/// another user, a file with other hard links (the same trick without a symlink).
+pub fn open_log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let context = || format!("log file {}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        // Non-blocking: a FIFO put there must not hold start-up (it is refused below).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "log file {} is a symlink: refused (give the path of the file itself)",
+                path.display()
+            ),
+            Some(libc::ENXIO) => anyhow::anyhow!(
+                "log file {} is not a regular file (a FIFO or socket): refused",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(context()),
+        })?;
+    let meta = file.metadata().with_context(context)?;
+    if !meta.is_file() {
+        anyhow::bail!("log file {} is not a regular file: refused", path.display());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        anyhow::bail!(
+            "log file {} belongs to another user (uid {}): refused",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if meta.nlink() > 1 {
+        anyhow::bail!(
+            "log file {} has {} hard links: refused (it may be another file's)",
+            path.display(),
+            meta.nlink()
+        );
+    }
+    // Writes to a regular file never block; keep it an ordinary descriptor anyway.
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND),
+    )
+    .with_context(context)?;
+    Ok(file)
 }
 
 fn filter(verbose: u8) -> EnvFilter {
@@ -25,7 +79,7 @@ fn filter(verbose: u8) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-pub fn init(target: LogTarget<'_>, verbose: u8) -> anyhow::Result<()> {
+pub fn init(target: LogTarget, verbose: u8) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter(verbose));
     let result = match target {
         LogTarget::Stderr => {
@@ -39,17 +93,10 @@ pub fn init(target: LogTarget<'_>, verbose: u8) -> anyhow::Result<()> {
                 builder.try_init()
             }
         }
-        LogTarget::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(Mutex::new(file))
-                .try_init()
-        }
+        LogTarget::File(file) => builder
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init(),
         LogTarget::Syslog => {
             syslog::openlog(Some(c"qrypt-fs"), LogFlags::LOG_PID, Facility::LOG_DAEMON)
                 .context("syslog")?;

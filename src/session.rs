@@ -64,11 +64,6 @@ impl StartupCheck {
     }
 }
 
-/// Buffers from this size are faulted in as a whole right after mounting (a 1 GiB fill would
-/// otherwise take a page fault per page); smaller ones fault in as they fill, which costs
-/// less than competing with the first reads for a core.
-const PREFAULT_FROM: usize = 64 << 20;
-
 /// Why the session ends.
 enum Event {
     Signal(i32),
@@ -165,14 +160,6 @@ impl Session {
         };
         ready.succeeded(&warnings);
         info!("mounted on {}", cfg.mountpoint.display());
-        if cfg.buffer_size >= PREFAULT_FROM {
-            // After the mount, off the start-up path: the first bytes need only a few pages.
-            let pool = pool.clone();
-            thread::Builder::new()
-                .name("qrypt-prefault".into())
-                .spawn(move || pool.prefault())
-                .context("prefault thread")?;
-        }
         {
             let events = events.clone();
             thread::Builder::new()

@@ -44,6 +44,8 @@ struct Mutable {
     last_error: Option<(SystemTime, String)>,
     last_success: Option<SystemTime>,
     failures_by_class: BTreeMap<String, u64>,
+    /// Why the last token file read was refused, until a read succeeds.
+    token_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -81,9 +83,13 @@ pub struct Snapshot {
     pub last_error_at: Option<u64>,
     pub last_success_at: Option<u64>,
     pub memory_locked: bool,
+    /// Bytes of the buffer locked in RAM now (it is locked as it fills).
+    pub locked_bytes: u64,
     pub mix_local: bool,
     pub endpoint: String,
     pub token_source: String,
+    /// Why the token file's last read was refused (the token in use stays), if it was.
+    pub token_error: Option<String>,
     pub rate_limit: String,
     /// Requests per window the client allows itself now; `None` without `--rate-limit`.
     pub rate_allowance: Option<u32>,
@@ -125,6 +131,7 @@ impl Status {
                 last_error: None,
                 last_success: None,
                 failures_by_class: BTreeMap::new(),
+                token_error: None,
             }),
         }
     }
@@ -166,6 +173,19 @@ impl Status {
         let mut m = self.mutable.lock();
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
         m.last_error = Some((SystemTime::now(), message));
+    }
+
+    /// A token file read was refused (`message` never holds the token): shown as
+    /// `token_error` until a read succeeds, and as the last error.
+    pub fn record_token_error(&self, message: String) {
+        let mut m = self.mutable.lock();
+        m.last_error = Some((SystemTime::now(), message.clone()));
+        m.token_error = Some(message);
+    }
+
+    /// The token file was read and its token taken.
+    pub fn clear_token_error(&self) {
+        self.mutable.lock().token_error = None;
     }
 
     /// The budget whose caps and spend `/status` shows (it renews with the clock, so it is
@@ -254,9 +274,11 @@ impl Status {
             last_error_at: m.last_error.as_ref().map(|(t, _)| unix(*t)),
             last_success_at: m.last_success.map(unix),
             memory_locked: pool.memory_locked(),
+            locked_bytes: pool.locked_bytes() as u64,
             mix_local: self.info.mix_local,
             endpoint: self.info.endpoint.clone(),
             token_source: self.info.token_source.clone(),
+            token_error: m.token_error.clone(),
             rate_limit: self.info.rate_limit.clone(),
             rate_allowance: Some(self.rate_allowance.load(Ordering::SeqCst)).filter(|&r| r > 0),
             rate_limited_until: pacing_until.and_then(unix_at),
@@ -345,6 +367,7 @@ impl Snapshot {
             "memory_locked",
             &if self.memory_locked { "yes" } else { "no" },
         );
+        line("locked_bytes", &self.locked_bytes);
         line(
             "mix_local",
             &if self.mix_local {
@@ -355,6 +378,10 @@ impl Snapshot {
         );
         line("endpoint", &self.endpoint);
         line("token_source", &self.token_source);
+        line(
+            "token_error",
+            &self.token_error.as_deref().unwrap_or("none"),
+        );
         line("rate_limit", &self.rate_limit);
         line(
             "rate_allowance",
@@ -482,6 +509,18 @@ impl Snapshot {
             "gauge",
             "1 if the buffer is locked in RAM.",
             u8::from(self.memory_locked).to_string(),
+        );
+        metric(
+            "locked_bytes",
+            "gauge",
+            "Bytes of the buffer locked in RAM (locked as it fills).",
+            self.locked_bytes.to_string(),
+        );
+        metric(
+            "token_error",
+            "gauge",
+            "1 if the token file's last read was refused (the token in use stays; /status says why).",
+            u8::from(self.token_error.is_some()).to_string(),
         );
         metric(
             "mix_local",

@@ -1,5 +1,13 @@
 //! The API token: where it comes from, and a type that never prints or outlives its use.
+//!
+//! A token file is read with care, because it may be swapped for something hostile while we
+//! run: it is opened without blocking (a FIFO or a device would otherwise hold the reader
+//! forever), only a regular file is read, at most [`MAX_TOKEN_FILE_BYTES`] of it, and its
+//! last path component may be a symlink followed once (see [`read_token_file`]).
 use std::fmt;
+use std::fs::{File, FileType};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -7,6 +15,14 @@ use zeroize::Zeroizing;
 
 /// Environment variable holding the token when no `--token-file` is given.
 pub const TOKEN_ENV: &str = "QRYPT_TOKEN";
+
+/// Longest token accepted, from any source. Qrypt's tokens are JWTs of about 1 KiB; anything
+/// much longer is not a token, and would be sent as a header on every request.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Largest token file read: the token plus a trailing newline, with room to spare. A larger
+/// file is refused after reading at most one byte more than this.
+pub const MAX_TOKEN_FILE_BYTES: usize = 16 * 1024;
 
 /// A bearer token. Its memory is wiped on drop and it has no `Display`; `Debug` is redacted so a
 /// stray `{:?}` cannot leak it into a log.
@@ -19,6 +35,9 @@ impl Token {
         let value = Zeroizing::new(value);
         if value.is_empty() {
             return Err(TokenError::Empty);
+        }
+        if value.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong { len: value.len() });
         }
         if !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(TokenError::BadCharacters);
@@ -65,11 +84,27 @@ pub enum TokenError {
     Empty,
     #[error("the API token contains whitespace or non-ASCII characters")]
     BadCharacters,
+    #[error("the API token is {len} bytes long; a token is at most {MAX_TOKEN_LEN}")]
+    TooLong { len: usize },
     #[error("cannot read token file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("token file {path} is {kind}, not a regular file: refused")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes (a token is a few KiB \
+         at most): refused"
+    )]
+    TooLarge { path: PathBuf },
+    #[error(
+        "token file {path} is a symlink to a symlink: only one symlink is followed (point it \
+         at the file itself)"
+    )]
+    SymlinkChain { path: PathBuf },
+    #[error("token file {path}: no answer within {secs} s (a hung filesystem?)")]
+    TimedOut { path: PathBuf, secs: u64 },
     #[error("token file {path}: {source}")]
     InFile {
         path: PathBuf,
@@ -93,17 +128,113 @@ fn scrub_environment() {
 }
 
 /// Reads the first line of `path`, trimmed.
+///
+/// Symlink policy: the last component of `path` may be a symlink, which is followed once
+/// (`/etc/qrypt/token -> /run/credentials/qrypt-fs.service/token`, or a Kubernetes secret's
+/// `token -> ..data/token`); what it names must be the file itself, not another symlink.
+/// Directories on the way are resolved as usual. The file must be a regular file (checked
+/// before opening, so a device is never opened, and again on the open descriptor, which is
+/// what counts) and at most [`MAX_TOKEN_FILE_BYTES`] long.
 pub fn read_token_file(path: &Path) -> Result<Token, TokenError> {
     parse_token_file(path, &read_file(path)?)
 }
 
+/// What a file type is, for a refusal's message.
+fn kind(t: FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// `path`, or where it points if its last component is a symlink (one hop).
+fn follow_once(path: &Path) -> Result<PathBuf, TokenError> {
+    let read_err = |source| TokenError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(read_err)?;
+    if !meta.file_type().is_symlink() {
+        return Ok(path.to_owned());
+    }
+    let link = std::fs::read_link(path).map_err(read_err)?;
+    Ok(match path.parent() {
+        Some(dir) if link.is_relative() => dir.join(link),
+        _ => link,
+    })
+}
+
 fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, TokenError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| TokenError::Read {
+    let read_err = |source| TokenError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let not_regular = |t: FileType| TokenError::NotRegular {
+        path: path.to_owned(),
+        kind: kind(t),
+    };
+    let target = follow_once(path)?;
+    let before = std::fs::symlink_metadata(&target).map_err(read_err)?;
+    if before.file_type().is_symlink() {
+        return Err(TokenError::SymlinkChain {
             path: path.to_owned(),
-            source,
-        })
+        });
+    }
+    if !before.is_file() {
+        return Err(not_regular(before.file_type()));
+    }
+    // Swapped since the look above: O_NONBLOCK keeps a FIFO's open from waiting for a writer,
+    // O_NOFOLLOW refuses a second symlink, O_NOCTTY keeps a terminal from becoming ours (std
+    // adds O_CLOEXEC).
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => TokenError::SymlinkChain {
+                path: path.to_owned(),
+            },
+            _ => read_err(e),
+        })?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let too_large = || TokenError::TooLarge {
+        path: path.to_owned(),
+    };
+    if meta.len() > MAX_TOKEN_FILE_BYTES as u64 {
+        return Err(too_large());
+    }
+    // One byte more than allowed tells a file that grew since fstat; the buffer never grows,
+    // so no copy of the token is left behind in freed memory.
+    let mut text = Zeroizing::new(vec![0u8; MAX_TOKEN_FILE_BYTES + 1]);
+    let mut len = 0;
+    let mut reader = file.take(MAX_TOKEN_FILE_BYTES as u64 + 1);
+    loop {
+        match reader.read(&mut text[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+        if len == text.len() {
+            return Err(too_large());
+        }
+    }
+    text.truncate(len);
+    Ok(text)
 }
 
 /// The token in a token file's `text`: its first line, trimmed.
@@ -142,16 +273,28 @@ impl TokenFile {
         TokenFile { path, digest }
     }
 
+    /// Watches `path` without reading it: its first valid token counts as new.
+    pub fn unread(path: PathBuf) -> TokenFile {
+        TokenFile { path, digest: None }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The token, if the contents changed since the last token taken from the file. An
-    /// unreadable file counts as unchanged (it may be mid-replacement); a changed file
-    /// without a valid token is an error, and is looked at again next time.
+    /// The token, if the contents changed since the last token taken from the file. A missing
+    /// file counts as unchanged (it may be mid-replacement); a file refused (not a regular
+    /// file, too large, unreadable) or changed without a valid token is an error, and is
+    /// looked at again next time.
     pub fn changed(&mut self) -> Result<Option<Token>, TokenError> {
-        let Ok(text) = read_file(&self.path) else {
-            return Ok(None);
+        let text = match read_file(&self.path) {
+            Ok(text) => text,
+            Err(TokenError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         let d = digest(&text);
         if self.digest == Some(d) {
@@ -242,5 +385,75 @@ mod tests {
         std::fs::write(&p, "second\n").expect("write");
         assert_eq!(f.reload().expect("forced").expose(), "second");
         assert!(f.changed().expect("readable").is_none());
+    }
+
+    fn refused(path: &Path) -> String {
+        read_token_file(path).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_regular_file_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        // No writer: a blocking open would never return.
+        assert!(refused(&fifo).contains("is a FIFO, not a regular file"));
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("socket");
+        assert!(refused(&sock).contains("is a socket"));
+        assert!(refused(dir.path()).contains("is a directory"));
+        assert!(refused(Path::new("/dev/zero")).contains("is a character device"));
+        let mut f = TokenFile::new(dir.path().join("t"));
+        f.path = fifo;
+        assert!(
+            f.changed().is_err(),
+            "a refused file is reported, not ignored"
+        );
+    }
+
+    #[test]
+    fn refuses_large_files_and_long_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big");
+        // Sparse: 100 MB long without writing it.
+        File::create(&big)
+            .and_then(|f| f.set_len(100_000_000))
+            .expect("sparse file");
+        assert!(refused(&big).contains("larger than 16384 bytes"));
+        let just = dir.path().join("just");
+        std::fs::write(&just, "x".repeat(MAX_TOKEN_FILE_BYTES + 1)).expect("write");
+        assert!(refused(&just).contains("larger than"));
+        std::fs::write(&just, "x".repeat(MAX_TOKEN_LEN + 1)).expect("write");
+        assert!(refused(&just).contains("a token is at most 8192"));
+        std::fs::write(&just, format!("{}\n", "x".repeat(MAX_TOKEN_LEN))).expect("write");
+        assert_eq!(
+            read_token_file(&just).expect("fits").expose().len(),
+            MAX_TOKEN_LEN
+        );
+    }
+
+    #[test]
+    fn follows_one_symlink_and_no_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        std::fs::write(&real, "tok\n").expect("write");
+        let one = dir.path().join("one");
+        std::os::unix::fs::symlink("real", &one).expect("symlink");
+        assert_eq!(read_token_file(&one).expect("one hop").expose(), "tok");
+        let two = dir.path().join("two");
+        std::os::unix::fs::symlink(&one, &two).expect("symlink");
+        assert!(refused(&two).contains("symlink to a symlink"));
+        // A directory symlink on the way is not the last component (Kubernetes' ..data).
+        let data = dir.path().join("..data");
+        std::os::unix::fs::symlink(dir.path(), &data).expect("symlink");
+        let via = dir.path().join("via");
+        std::os::unix::fs::symlink("..data/real", &via).expect("symlink");
+        assert_eq!(
+            read_token_file(&via).expect("via a dir link").expose(),
+            "tok"
+        );
+        let to_dev = dir.path().join("to_dev");
+        std::os::unix::fs::symlink("/dev/zero", &to_dev).expect("symlink");
+        assert!(refused(&to_dev).contains("character device"));
     }
 }

@@ -467,6 +467,8 @@ fn buffer_is_locked_in_memory() {
     let emu = emulator();
     let m = MountBuilder::new(&emu).arg("--buffer-size=4M").mount();
     assert_eq!(m.status()["memory_locked"], "yes");
+    // Locked as it fills.
+    m.wait_full();
     assert!(
         locked_kib(m.pid()) >= 4096,
         "VmLck {} kB",

@@ -182,13 +182,22 @@ impl fmt::Display for InvalidValue {
 
 impl std::error::Error for InvalidValue {}
 
+/// The shortest and longest duration any flag takes: below a millisecond a timeout cannot be
+/// met (and `1e-300` is zero), above a day it is a typo or a hang by another name.
+pub const MIN_SECONDS: f64 = 0.001;
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// Every duration flag's parser: decimal seconds from [`MIN_SECONDS`] to [`MAX_SECONDS`].
 pub fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
     let v: f64 = s
         .trim()
         .parse()
         .map_err(|_| InvalidValue(format!("{s:?} is not a number of seconds")))?;
-    if !(v > 0.0 && v <= 1e7) {
-        return Err(InvalidValue(format!("{s:?}: seconds must be > 0")));
+    // Written so that NaN fails too.
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&v) {
+        return Err(InvalidValue(format!(
+            "{s:?} seconds is out of range: use 0.001 (1 ms) to 86400 (a day)"
+        )));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -198,7 +207,7 @@ pub fn parse_seconds_or_zero(s: &str) -> Result<Duration, InvalidValue> {
     if s.trim().parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
-    parse_seconds(s).map_err(|_| InvalidValue(format!("{s:?}: seconds must be >= 0")))
+    parse_seconds(s).map_err(|e| InvalidValue(format!("{e}, or 0 to skip")))
 }
 
 fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {

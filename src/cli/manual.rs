@@ -94,12 +94,19 @@ pub const SECTIONS: &[Section] = &[
                  none.",
             ),
             Item(
-                "memory_locked",
-                "yes when the buffer is mlock(2)ed (so entropy never reaches swap).",
+                "memory_locked, locked_bytes",
+                "yes when the buffer is mlock(2)ed (so entropy never reaches swap); the bytes \
+                 of it locked now (it is locked as it fills).",
             ),
             Item(
                 "mix_local",
                 "on when every byte is XORed with getrandom(2) (--mix-local), else off.",
+            ),
+            Item(
+                "token_error",
+                "Why the token file's last read was refused (not a regular file, too large, a \
+                 symlink to a symlink, no answer in 5 s); the token in use is kept. none once a \
+                 read succeeds.",
             ),
             Item(
                 "endpoint, token_source, rate_limit",

@@ -90,6 +90,10 @@ impl Options {
             None => (None, cli.mountpoint),
             Some(m) => (Some(cli.mountpoint.to_string_lossy().into_owned()), m),
         };
+        let buffer_size = usize::try_from(cli.buffer_size).map_err(|_| {
+            Cli::command().error(ErrorKind::ValueValidation, "--buffer-size is too large")
+        })?;
+        check_buffer_fits(cli.buffer_size, physical_memory())?;
         Ok(Options {
             source,
             mountpoint,
@@ -97,10 +101,7 @@ impl Options {
             token_file: cli.token_file,
             endpoint: cli.endpoint,
             ca_cert: cli.ca_cert,
-            // At most 16 GiB (checked by the parser), which fits a 64-bit usize.
-            buffer_size: usize::try_from(cli.buffer_size).map_err(|_| {
-                Cli::command().error(ErrorKind::ValueValidation, "--buffer-size is too large")
-            })?,
+            buffer_size,
             rate_limit: parse_rate_limit(&cli.rate_limit)?,
             max_in_flight: usize::from(cli.max_in_flight),
             read_timeout: cli.read_timeout,
@@ -125,6 +126,38 @@ impl Options {
             verbose: cli.verbose,
         })
     }
+}
+
+/// This machine's physical memory (`sysconf(_SC_PHYS_PAGES)` pages), if it can say.
+fn physical_memory() -> Option<u64> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let pages = sysconf(SysconfVar::_PHYS_PAGES).ok().flatten()?;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten()?;
+    u64::try_from(pages)
+        .ok()?
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
+/// The buffer is locked in RAM: more than half of the machine's memory would starve
+/// everything else (or fail to lock and reach swap), so it is refused.
+fn check_buffer_fits(buffer: u64, memory: Option<u64>) -> Result<(), clap::Error> {
+    let Some(memory) = memory else {
+        return Ok(());
+    };
+    if buffer > memory / 2 {
+        let gib = |n: u64| n as f64 / f64::from(1u32 << 30);
+        return Err(Cli::command().error(
+            ErrorKind::ValueValidation,
+            format!(
+                "--buffer-size {buffer} bytes ({:.1} GiB) is more than half of this machine's \
+                 memory ({:.1} GiB): at most {} bytes",
+                gib(buffer),
+                gib(memory),
+                memory / 2
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Catches a token passed as a flag before clap would echo it back in an error message.
@@ -246,6 +279,39 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_over_half_the_memory_and_absurd_durations_are_refused() {
+        let gib = 1u64 << 30;
+        let e = check_buffer_fits(16 * gib, Some(24 * gib)).expect_err("16 of 24 GiB");
+        assert!(
+            e.to_string()
+                .contains("more than half of this machine's memory (24.0 GiB)")
+        );
+        assert!(check_buffer_fits(12 * gib, Some(24 * gib)).is_ok());
+        assert!(check_buffer_fits(16 * gib, None).is_ok());
+        let err = |args: &[&str]| parse(args).expect_err("rejected").to_string();
+        for flag in [
+            "--read-timeout",
+            "--connect-timeout",
+            "--request-timeout",
+            "--quota-retry",
+            "--max-backoff",
+            "--startup-timeout",
+        ] {
+            for bad in ["1e-300", "0.0009", "0", "-1", "86401", "1e9", "NaN", "inf"] {
+                if bad == "0" && flag == "--startup-timeout" {
+                    continue; // 0 skips the wait
+                }
+                let e = err(&["qrypt-fs", "/m", &format!("{flag}={bad}")]);
+                assert!(e.contains(flag) && e.contains(bad), "{flag} {bad}: {e}");
+            }
+            assert!(parse(&["qrypt-fs", "/m", flag, "0.001"]).is_ok());
+            assert!(parse(&["qrypt-fs", "/m", flag, "86400"]).is_ok());
+        }
+        let e = err(&["qrypt-fs", "/m", "-o", "request_timeout=1e-300"]);
+        assert!(e.contains("1e-300") && e.contains("out of range"), "{e}");
+    }
+
+    #[test]
     fn budgets_accumulate_flags_first_then_mount_options() {
         use crate::budget::Period;
         let o = parse(&[
@@ -302,7 +368,7 @@ mod tests {
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "1K"]).contains(small));
         assert!(err(&["qrypt-fs", "/m", "-o", "buffer_size=1K"]).contains(small));
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "4MB"]).contains("ambiguous"));
-        assert!(err(&["qrypt-fs", "/m", "--startup-timeout=-1"]).contains(">= 0"));
+        assert!(err(&["qrypt-fs", "/m", "--startup-timeout=-1"]).contains("or 0 to skip"));
         assert!(err(&["qrypt-fs", "/m", "--buffer-size", "lots"]).contains("not a size"));
         assert!(err(&["qrypt-fs", "/m", "-o", "bogus"]).contains("unknown mount option"));
         assert!(err(&["qrypt-fs", "/m", "-o", "foreground"]).contains("unknown mount option"));

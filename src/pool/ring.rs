@@ -1,12 +1,15 @@
 //! A fixed-capacity byte ring, locked in memory where allowed and wiped as it is consumed.
+//!
+//! The memory is locked as the ring fills, not up front: a chunk is locked (which also faults
+//! it in) just before the writer first reaches it, so a 2 GiB buffer that the upstream never
+//! fills costs one chunk, and `locked_bytes` grows with the highest fill so far. Every byte is
+//! written only into a chunk already locked, so no entropy reaches swap.
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{Ordering, compiler_fence};
 
 use nix::sys::mman::{MmapAdvise, madvise, mlock, munlock};
 use zeroize::Zeroize;
-
-use crate::sys::page_size;
 
 /// Zeroes bytes that stay allocated (the ring, the scratch buffer). A plain `fill` is a memset
 /// at memory speed; the stores cannot be elided because the memory is read again later, and
@@ -16,6 +19,13 @@ fn wipe(bytes: &mut [u8]) {
     bytes.fill(0);
     compiler_fence(Ordering::SeqCst);
 }
+
+/// Memory is locked in chunks of this size as the ring fills (each is one `mlock`, which
+/// faults it in: about 0.1 ms).
+pub const LOCK_CHUNK: usize = 1 << 20;
+
+/// Locked at start, which tells whether locking works: more than the first request's 16 KiB.
+const FIRST_LOCK: usize = 128 << 10;
 
 /// A fixed-size buffer for entropy: allocated once and never moved (a `Box<[u8]>` cannot grow,
 /// so no reallocation ever frees a copy unwiped), locked in memory where allowed, left out of
@@ -30,12 +40,22 @@ impl LockedBuf {
     /// reaches swap) and excludes them from core dumps.
     pub fn new(len: usize) -> LockedBuf {
         let buf = vec![0u8; len.max(1)].into_boxed_slice();
-        let locked = lock_memory(&buf);
+        exclude_from_core_dumps(&buf);
+        let locked = lock_range(&buf);
         LockedBuf { buf, locked }
     }
 
     pub fn is_locked(&self) -> bool {
         self.locked
+    }
+
+    /// Bytes locked in memory (whole pages, as the kernel counts them in VmLck).
+    pub fn locked_bytes(&self) -> usize {
+        if !self.locked {
+            return 0;
+        }
+        let (start, end) = pages_covering(self.buf.as_ptr(), self.buf.len());
+        end - start
     }
 }
 
@@ -63,19 +83,81 @@ impl Drop for LockedBuf {
 }
 
 pub struct Ring {
-    buf: LockedBuf,
+    buf: Box<[u8]>,
     head: usize,
     len: usize,
+    /// `buf[..prepared]` has been reached: faulted in, and locked as far as `locked_until`.
+    prepared: usize,
+    /// `buf[..locked_until]` is locked; equal to `prepared` while locking works.
+    locked_until: usize,
 }
 
 impl Ring {
-    /// Allocates `capacity` bytes as a [`LockedBuf`].
+    /// Allocates `capacity` bytes (untouched: the pages come as the ring fills), excludes them
+    /// from core dumps, and locks the first chunk, which tells whether locking works.
     pub fn new(capacity: usize) -> Ring {
-        Ring {
-            buf: LockedBuf::new(capacity),
+        // Large zeroed allocations are fresh anonymous mappings: nothing resident yet.
+        let buf = vec![0u8; capacity.max(1)].into_boxed_slice();
+        exclude_from_core_dumps(&buf);
+        let mut ring = Ring {
+            buf,
             head: 0,
             len: 0,
+            prepared: 0,
+            locked_until: 0,
+        };
+        // A first piece, enough for the first response, keeps start-up from faulting in a
+        // whole chunk (measured in BENCHMARKS.md's startup figure).
+        ring.lock_to(ring.capacity().min(FIRST_LOCK));
+        ring
+    }
+
+    /// Locking has worked for every chunk reached so far.
+    pub fn is_locked(&self) -> bool {
+        self.locked_until == self.prepared
+    }
+
+    /// Locks (and so faults in) the chunks up to offset `end` that the writer has not reached
+    /// yet. Returns false if locking failed now (later chunks are then faulted in on write,
+    /// unlocked, and the ring says so).
+    fn prepare(&mut self, end: usize) -> bool {
+        if end <= self.prepared {
+            return true;
         }
+        self.lock_to(end.div_ceil(LOCK_CHUNK).saturating_mul(LOCK_CHUNK))
+    }
+
+    /// Locks `buf[prepared..end]` (`end` capped at the capacity) and moves `prepared` there.
+    fn lock_to(&mut self, end: usize) -> bool {
+        let end = end.min(self.capacity());
+        if end <= self.prepared {
+            return true;
+        }
+        let was_locked = self.is_locked();
+        if was_locked && lock_range(&self.buf[self.prepared..end]) {
+            self.locked_until = end;
+        }
+        self.prepared = end;
+        !was_locked || self.is_locked()
+    }
+
+    /// Makes ready for `incoming` more bytes: locks the chunks they will land in, before they
+    /// are written. Returns false the first time locking fails.
+    pub fn prepare_for(&mut self, incoming: usize) -> bool {
+        let cap = self.capacity();
+        let tail = self.head + self.len;
+        let end = tail + incoming.min(self.free());
+        // Past the end the write wraps: the whole ring has then been reached.
+        self.prepare(if end > cap { cap } else { end })
+    }
+
+    /// Bytes of the buffer locked in memory (whole pages), from the ring's own count.
+    pub fn locked_bytes(&self) -> usize {
+        if self.locked_until == 0 {
+            return 0;
+        }
+        let (start, end) = pages_covering(self.buf.as_ptr(), self.locked_until);
+        end - start
     }
 
     pub fn capacity(&self) -> usize {
@@ -94,18 +176,16 @@ impl Ring {
         self.capacity() - self.len
     }
 
-    pub fn is_locked(&self) -> bool {
-        self.buf.is_locked()
-    }
-
-    /// The buffer's address and length, for prefaulting it ([`crate::pool::Pool::prefault`]);
-    /// the buffer never moves.
+    /// The buffer's address and how far the writer has reached (for tests of residency).
+    #[cfg(test)]
     pub fn raw_range(&self) -> (*const u8, usize) {
         (self.buf.as_ptr(), self.buf.len())
     }
 
     /// Appends as much of `data` as fits; returns how much that was.
     pub fn push(&mut self, data: &[u8]) -> usize {
+        // Normally done already, outside the pool's lock (Pool::push).
+        self.prepare_for(data.len());
         let n = data.len().min(self.free());
         let cap = self.capacity();
         let tail = (self.head + self.len) % cap;
@@ -147,18 +227,30 @@ impl Ring {
         result
     }
 
-    /// Drops everything buffered, wiping it.
+    /// Drops everything buffered, wiping it: only what the writer reached, so a large buffer
+    /// never filled is not faulted in just to be zeroed.
     pub fn wipe(&mut self) {
-        self.buf.zeroize();
+        self.buf[..self.prepared].zeroize();
         self.head = 0;
         self.len = 0;
     }
 }
 
-fn lock_memory(buf: &[u8]) -> bool {
-    // Not in core dumps, whatever happens with mlock. Needs page alignment: only the whole
-    // pages inside the buffer; best effort.
-    let page = page_size();
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.wipe();
+        if self.locked_until > 0 {
+            let locked = &mut self.buf[..self.locked_until];
+            // SAFETY: the range is our own live allocation; unlocking changes no byte.
+            let _ = unsafe { munlock(NonNull::from(&mut *locked).cast(), locked.len()) };
+        }
+    }
+}
+
+fn exclude_from_core_dumps(buf: &[u8]) {
+    // Whatever happens with mlock. Needs page alignment: only the whole pages inside the
+    // buffer; best effort.
+    let page = crate::sys::page_size();
     let start = (buf.as_ptr() as usize).div_ceil(page) * page;
     let end = (buf.as_ptr() as usize + buf.len()) / page * page;
     if let Some(p) = NonNull::new(start as *mut c_void).filter(|_| end > start) {
@@ -166,44 +258,24 @@ fn lock_memory(buf: &[u8]) -> bool {
         // changes only what a core dump includes, never the memory's contents or mapping.
         let _ = unsafe { madvise(p, end - start, MmapAdvise::MADV_DONTDUMP) };
     }
-    let ptr = NonNull::from(buf).cast::<c_void>();
-    // Each page is locked as it is first written, before any entropy is in it, so nothing
-    // ever reaches swap; and start-up does not wait for the whole buffer to be faulted in
-    // (a 1 GiB buffer would take a second). nix 0.31 has no mlock2.
-    // SAFETY: the range is a live allocation owned by the ring for its whole life; locking
-    // changes no byte and no mapping.
-    if unsafe { libc::mlock2(ptr.as_ptr(), buf.len(), libc::MLOCK_ONFAULT) } == 0 {
+}
+
+/// Locks `range` (part of the ring's buffer), which faults it in; false if not allowed.
+fn lock_range(range: &[u8]) -> bool {
+    if range.is_empty() {
         return true;
     }
-    // Older kernels: lock it all now.
-    // SAFETY: as above.
-    unsafe { mlock(ptr, buf.len()) }.is_ok()
+    let ptr = NonNull::from(range).cast::<c_void>();
+    // SAFETY: the range is part of a live allocation owned by the ring for its whole life;
+    // locking changes no byte and no mapping (mlock rounds out to whole pages itself).
+    unsafe { mlock(ptr, range.len()) }.is_ok()
 }
 
 /// The page-aligned range `[start, end)` of the pages that hold `[ptr, ptr + len)`.
 pub fn pages_covering(ptr: *const u8, len: usize) -> (usize, usize) {
-    let page = page_size();
+    let page = crate::sys::page_size();
     let start = ptr as usize / page * page;
     (start, (ptr as usize + len).div_ceil(page) * page)
-}
-
-/// Faults in the whole range (`[ptr, ptr + len)`, a live ring buffer) without changing a byte,
-/// so later pushes do not pay a page fault each; with `MLOCK_ONFAULT` that also locks it.
-///
-/// # Safety
-/// The range must stay mapped for the duration of the call.
-pub unsafe fn populate(ptr: *const u8, len: usize) {
-    // madvise wants a page-aligned start; the allocator's pointer is not. The page holding the
-    // start is mapped (the buffer begins in it), and populating changes no byte.
-    let (start, end) = pages_covering(ptr, len);
-    let Some(p) = NonNull::new(start as *mut c_void) else {
-        return;
-    };
-    // SAFETY: per the caller, plus the above; MADV_POPULATE_WRITE only prepares page tables.
-    if let Err(e) = unsafe { madvise(p, end - start, MmapAdvise::MADV_POPULATE_WRITE) } {
-        // Linux < 5.14: the pages fault in as they are filled instead.
-        tracing::debug!("prefault: {e}");
-    }
 }
 
 #[cfg(test)]

@@ -179,14 +179,28 @@ fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
 }
 
 #[test]
-fn prefault_makes_the_whole_buffer_resident_without_changing_it() {
+fn memory_is_locked_and_faulted_in_as_the_buffer_fills() {
     let pool = Pool::new(8 << 20);
-    pool.push(&seq(0, 1000));
     let (ptr, len) = pool.inner.lock().ring.raw_range();
-    let (before, pages) = resident_pages(ptr, len);
-    assert!(before < pages, "{before} of {pages} resident before");
-    pool.prefault();
-    assert_eq!(resident_pages(ptr, len), (pages, pages));
+    let (first, pages) = resident_pages(ptr, len);
+    let chunk_pages = ring::LOCK_CHUNK / crate::sys::page_size();
+    // At start only a first 128 KiB (32 pages, plus one for the allocation's offset).
+    assert!(first <= 33, "{first} of {pages} resident at start");
+    assert!(pool.memory_locked(), "running as root with CAP_IPC_LOCK");
+    let at_start = pool.locked_bytes();
+    assert!(
+        (128 << 10..=(128 << 10) + 4096).contains(&at_start),
+        "{at_start}"
+    );
+    // 3.5 MiB in: four chunks locked, the rest untouched.
+    pool.push(&seq(0, 3 * (1 << 20) + (1 << 19)));
+    let locked = pool.locked_bytes();
+    assert!((4 << 20..=(4 << 20) + 8192).contains(&locked), "{locked}");
+    let (resident, _) = resident_pages(ptr, len);
+    assert!(resident <= 4 * chunk_pages + 2, "{resident} resident");
+    // Ahead of the writer: a request for 1 MiB more locks the chunk it will land in.
+    pool.prepare(1 << 20);
+    assert!(pool.locked_bytes() >= 5 << 20);
     let log: Log = Default::default();
     pool.read(req(1000), Sink(1, log.clone()));
     assert_eq!(log.lock().clone(), vec![(1, Ok(seq(0, 1000)))]);

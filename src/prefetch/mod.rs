@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use crate::budget::{Budget, Grant, Refusal, human_bytes};
 use crate::pool::Pool;
 use crate::status::{Status, bounded};
-use crate::token::TokenFile;
+use crate::token::{Token, TokenError, TokenFile};
 use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError};
 use adaptive::AdaptiveRate;
 use intake::{Intake, Refused};
@@ -23,6 +23,7 @@ use outage_log::OutageLog;
 use pacer::{Pacer, RateLimit, Wait};
 use request_size::{Need, request_kib};
 use state::{Decision, Epoch, Gate, Machine, Outcome, Policy, UpstreamState, after};
+use token_reader::{Ask, TokenReader};
 
 pub use request_size::FIRST_REQUEST_KIB;
 
@@ -35,6 +36,7 @@ mod outage_log;
 pub mod pacer;
 pub mod request_size;
 pub mod state;
+mod token_reader;
 
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
@@ -128,7 +130,9 @@ pub struct Prefetcher<C: EntropyClient> {
     budget_until: Option<Instant>,
     intake: Intake,
     upstream: Machine,
-    token_file: Option<TokenFile>,
+    token: Option<TokenReader>,
+    /// The last token file refusal logged, so a file that stays bad is logged once.
+    token_complaint: Option<String>,
     next_token_check: Instant,
     filling: bool,
     reserved: usize,
@@ -137,6 +141,8 @@ pub struct Prefetcher<C: EntropyClient> {
     /// Until the first success, one small request at a time: the first bytes are readable
     /// one short round trip after start, instead of after several 512 KiB bodies compete.
     started: bool,
+    /// When freed memory was last handed back to the system.
+    last_trim: Instant,
 }
 
 impl<C: EntropyClient> Prefetcher<C> {
@@ -155,7 +161,11 @@ impl<C: EntropyClient> Prefetcher<C> {
             budget_until: None,
             intake: Intake::new(cfg.mix_local),
             upstream: Machine::new(cfg.policy(), now),
-            token_file: cfg.token_file.clone().map(TokenFile::new),
+            token: cfg
+                .token_file
+                .clone()
+                .map(|p| TokenReader::new(TokenFile::new(p))),
+            token_complaint: None,
             client,
             pool,
             status,
@@ -166,6 +176,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             in_flight: HashMap::new(),
             log: OutageLog::default(),
             started: false,
+            last_trim: now,
         }
     }
 
@@ -204,6 +215,7 @@ impl<C: EntropyClient> Prefetcher<C> {
                             self.show_budget_block();
                         }
                     }
+                    self.trim_now_and_then();
                 }
                 _ = space.notified() => {}
                 _ = sleep => {}
@@ -211,6 +223,12 @@ impl<C: EntropyClient> Prefetcher<C> {
                     Some(Control::Reload) => self.reload(),
                     None => break,
                 },
+                event = async {
+                    match &mut self.token {
+                        Some(reader) => reader.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.token_event(event),
             }
         }
         tasks.abort_all();
@@ -316,6 +334,8 @@ impl<C: EntropyClient> Prefetcher<C> {
                     grant,
                 },
             );
+            // While the request travels: lock the memory its bytes will land in.
+            self.pool.prepare(self.reserved);
         }
         if !self.filling
             && self.reserved == 0
@@ -481,8 +501,20 @@ impl<C: EntropyClient> Prefetcher<C> {
             self.next_token_check = now + self.cfg.token_poll;
         }
         self.publish();
-        let token_file = self.token_file.as_ref().map(TokenFile::path);
+        let token_file = self.token.as_ref().map(TokenReader::path);
         self.log.failure(&class, &message, decision, token_file);
+    }
+
+    /// Hands freed memory back after a response, at most every [`TRIM_EVERY`]: what a body
+    /// leaves below the mmap threshold (hyper's chunks and read buffers, at most 128 KiB each)
+    /// fragments the arenas of the threads that receive it, and under a steady demand no fill
+    /// ever ends to trim them.
+    fn trim_now_and_then(&mut self) {
+        let now = now();
+        if now.duration_since(self.last_trim) >= TRIM_EVERY {
+            self.last_trim = now;
+            release_freed_memory();
+        }
     }
 
     /// Tells `/status` and the pool what the state machine now says.
@@ -503,39 +535,85 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// While the token is rejected, a token file is looked at every `token_poll`.
     fn watches_token_file(&self) -> bool {
-        self.token_file.is_some() && self.upstream.state() == UpstreamState::Unauthorized
+        self.token.is_some() && self.upstream.state() == UpstreamState::Unauthorized
     }
 
-    /// Picks up a changed token file and retries with its token.
+    /// Looks at the token file for a new token (off this task; the answer is an event).
     fn check_token_file(&mut self) {
-        let Some(file) = &mut self.token_file else {
-            return;
-        };
-        match file.changed() {
+        if let Some(reader) = &mut self.token {
+            reader.ask(Ask::Changed, now());
+        }
+    }
+
+    /// SIGHUP: retries at once, with the token file's token once it is read (the read never
+    /// holds up the refill; a read that hangs is given up on after a timeout).
+    fn reload(&mut self) {
+        info!("SIGHUP: reloading the token and retrying");
+        match &mut self.token {
+            Some(reader) => reader.ask(Ask::Reload, now()),
+            None => self.resume(),
+        }
+    }
+
+    fn token_event(&mut self, event: token_reader::Event) {
+        match event {
+            token_reader::Event::Done(ask, result) => {
+                self.token_read(ask, result);
+                if let Some(reader) = &mut self.token {
+                    if reader.take_queued_reload() {
+                        reader.ask(Ask::Reload, now());
+                    }
+                }
+            }
+            token_reader::Event::Overdue(ask) => {
+                if let Some(reader) = &self.token {
+                    let err = reader.timeout_error();
+                    self.token_refused(&err);
+                }
+                if ask == Ask::Reload {
+                    self.resume();
+                }
+            }
+        }
+    }
+
+    fn token_read(&mut self, ask: Ask, result: Result<Option<Token>, TokenError>) {
+        match result {
             Ok(Some(token)) => {
                 self.client.replace_token(token);
-                info!("token reloaded from {}", file.path().display());
+                if let Some(reader) = &self.token {
+                    info!("token reloaded from {}", reader.path().display());
+                }
+                self.token_complaint = None;
+                self.status.clear_token_error();
                 self.resume();
             }
             Ok(None) => {}
-            Err(e) => warn!("token reload failed: {e}"),
+            Err(e) => {
+                self.token_refused(&e);
+                if ask == Ask::Reload {
+                    // The retry a SIGHUP promises, with the token we have.
+                    self.resume();
+                }
+            }
         }
     }
 
-    fn reload(&mut self) {
-        info!("SIGHUP: reloading the token and retrying");
-        if let Some(file) = &mut self.token_file {
-            match file.reload() {
-                Ok(token) => {
-                    self.client.replace_token(token);
-                    info!("token reloaded from {}", file.path().display());
-                }
-                Err(e) => warn!("token reload failed: {e}"),
-            }
+    /// A token file read failed or was refused: the token in use stays; `/status` says why,
+    /// and the log says it once for as long as the reason stays the same.
+    fn token_refused(&mut self, e: &TokenError) {
+        let message = bounded(format!("{e}; keeping the token in use"));
+        if self.token_complaint.as_deref() != Some(message.as_str()) {
+            warn!("{message}");
+            self.token_complaint = Some(message.clone());
         }
-        self.resume();
+        self.status.record_token_error(message);
     }
 }
+
+/// While a fill goes on (under a steady demand the buffer may never be full), freed memory is
+/// handed back at most this often; at a fill's end it always is.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Gives the allocator's free memory back to the system once a fill is done. Response bodies
 /// and decode buffers (~1 MiB each, wiped before they are freed) otherwise stay in glibc's

@@ -44,6 +44,11 @@ pub enum ConfigError {
     Cleartext(String),
     #[error("endpoint {0} must use https:// (or http:// to a loopback address)")]
     Scheme(String),
+    #[error(
+        "endpoint {0} carries credentials (user:password@): refused. They would be sent \
+         besides the token; the token comes only from QRYPT_TOKEN or --token-file"
+    )]
+    Credentials(String),
     #[error("endpoint {0:?} has no scheme: add https:// (https://{0})")]
     NoScheme(String),
     #[error(
@@ -57,29 +62,51 @@ pub enum ConfigError {
     Client(String),
 }
 
-/// Parses an endpoint and enforces: a base URL (scheme, host, port; no path, query or
-/// fragment: the API path is ours to add), https, or http only to loopback.
+/// Parses an endpoint and enforces: no credentials (`user:password@`), a base URL (scheme,
+/// host, port; no path, query or fragment: the API path is ours to add), https, or http only
+/// to loopback. Messages show the URL with any `user:password@` part masked.
 pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
+    let shown = || masked(text);
     // `host:443` and `localhost:8080` parse as a URL whose scheme is the host name.
     if !text.contains("://") {
-        return Err(ConfigError::NoScheme(text.to_owned()));
+        return Err(ConfigError::NoScheme(shown()));
     }
-    let url = Url::parse(text).map_err(|e| ConfigError::BadUrl(text.to_owned(), e))?;
+    let url = Url::parse(text).map_err(|e| ConfigError::BadUrl(shown(), e))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::Credentials(shown()));
+    }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         let mut base = url.clone();
         base.set_path("");
         base.set_query(None);
         base.set_fragment(None);
+        let _ = base.set_password(None);
+        let _ = base.set_username("");
         return Err(ConfigError::NotBase {
-            given: text.to_owned(),
+            given: shown(),
             base: base.as_str().trim_end_matches('/').to_owned(),
         });
     }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(ConfigError::Cleartext(text.to_owned())),
-        _ => Err(ConfigError::Scheme(text.to_owned())),
+        "http" => Err(ConfigError::Cleartext(shown())),
+        _ => Err(ConfigError::Scheme(shown())),
+    }
+}
+
+/// `text` with whatever sits between `scheme://` and the authority's last `@` replaced by
+/// `***`, whether or not the URL parses.
+fn masked(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    let authority_end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
     }
 }
 
@@ -566,6 +593,28 @@ mod tests {
                      /api/v1/quantum-entropy itself), e.g. https://api-eus.qrypt.com"
                 )
             );
+        }
+    }
+
+    #[test]
+    fn endpoint_credentials_are_refused_and_never_shown() {
+        for url in [
+            "https://user:s3cret@api.example",
+            "https://user@api.example/",
+            "https://:s3cret@api.example",
+            "http://u:s3cret@10.0.0.1",
+        ] {
+            let e = parse_endpoint(url).expect_err(url).to_string();
+            assert!(e.contains("credentials") && e.contains("***@"), "{e}");
+            assert!(!e.contains("s3cret") && !e.contains("user@"), "{e}");
+        }
+        let e = parse_endpoint("https://u:s3cret@host:99999").expect_err("bad port");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        for url in ["https://api.example/?key=1", "https://api.example/#x"] {
+            assert!(matches!(
+                parse_endpoint(url),
+                Err(ConfigError::NotBase { .. })
+            ));
         }
     }
 

@@ -1,0 +1,231 @@
+//! Configuration that must be refused: a clear error naming the value, a non-zero exit, nothing
+//! mounted and nothing asked of the upstream. And a `--log-file` that cannot be turned against
+//! the daemon.
+// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
+#![cfg(feature = "fuse-tests")]
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Refused {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Runs `qrypt-fs -f ARGS MOUNTPOINT` against `emu`; it must exit by itself within 10 s having
+/// mounted nothing and sent no request.
+fn run(emu: &Emulator, args: &[&str], mountpoint: &Path) -> Refused {
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .args(["--endpoint", &emu.url()])
+        .args(args)
+        .arg(mountpoint)
+        .env("QRYPT_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        if is_mounted(mountpoint) {
+            let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+        panic!("qrypt-fs {args:?} {} did not exit", mountpoint.display());
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!is_mounted(mountpoint), "{args:?}: mounted");
+    assert_eq!(
+        emu.stats().total_requests,
+        0,
+        "{args:?}: asked the upstream"
+    );
+    Refused {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn refused(args: &[&str], code: i32, says: &[&str]) -> String {
+    let emu = emulator();
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let r = run(&emu, args, mnt.path());
+    assert_eq!(r.code, Some(code), "{args:?}: {}", r.stderr);
+    for s in says {
+        assert!(r.stderr.contains(s), "{args:?}: {s:?} not in {}", r.stderr);
+    }
+    r.stderr
+}
+
+#[test]
+fn credentials_in_the_endpoint_are_refused_and_not_shown() {
+    let emu = emulator();
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let with_creds = emu.url().replacen("http://", "http://user:s3cret@", 1);
+    let r = run(&emu, &["--endpoint", &with_creds], mnt.path());
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("carries credentials"), "{}", r.stderr);
+    assert!(r.stderr.contains("http://***@127.0.0.1"), "{}", r.stderr);
+    assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
+    let only_user = emu.url().replacen("http://", "http://user@", 1);
+    let r = run(&emu, &["--endpoint", &only_user], mnt.path());
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("carries credentials"), "{}", r.stderr);
+    let r = run(&emu, &["-o", &format!("endpoint={with_creds}")], mnt.path());
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
+}
+
+fn mem_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemTotal")
+        * 1024
+}
+
+#[test]
+fn a_buffer_over_half_the_memory_is_refused() {
+    let half = mem_total() / 2;
+    // The flag's own ceiling is 16 GiB: on a machine with 32 GiB or more this cannot be shown.
+    assert!(
+        half < 16 << 30,
+        "this test needs a machine with less than 32 GiB"
+    );
+    let over = format!("{}K", half / 1024 + 4);
+    let e = refused(
+        &["--buffer-size", &over],
+        2,
+        &["--buffer-size", "more than half of this machine's memory"],
+    );
+    assert!(e.contains(&format!("at most {half} bytes")), "{e}");
+    refused(&["--buffer-size", "16G"], 2, &["more than half"]);
+}
+
+#[test]
+fn durations_below_a_millisecond_or_above_a_day_are_refused() {
+    for flag in [
+        "--read-timeout",
+        "--connect-timeout",
+        "--request-timeout",
+        "--quota-retry",
+        "--max-backoff",
+        "--startup-timeout",
+    ] {
+        for bad in ["1e-300", "0.0001", "86401", "NaN"] {
+            refused(&[flag, bad], 2, &[flag, bad, "out of range"]);
+        }
+    }
+    let option = "request_timeout=1e-300";
+    refused(&["-o", option], 2, &["1e-300", "out of range"]);
+}
+
+#[test]
+fn mount_points_under_proc_or_sys_are_refused() {
+    let emu = emulator();
+    for dir in ["/proc/sys", "/sys/kernel", "/proc/self/fdinfo"] {
+        let r = run(&emu, &[], Path::new(dir));
+        assert_eq!(r.code, Some(1), "{dir}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("mount point {dir}")),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    }
+    // Through a symlink: the canonical path is what counts.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let link = tmp.path().join("innocent");
+    std::os::unix::fs::symlink("/sys/fs", &link).expect("symlink");
+    let r = run(&emu, &[], &link);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("under /sys"), "{}", r.stderr);
+    // The kernel's filesystems wherever they are mounted: a procfs on a temporary directory.
+    let procfs = tempfile::tempdir().expect("tempdir");
+    nix::mount::mount(
+        Some("proc"),
+        procfs.path(),
+        Some("proc"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount proc");
+    let sys = procfs.path().join("sys");
+    let r = run(&emu, &[], &sys);
+    let _ = nix::mount::umount2(procfs.path(), nix::mount::MntFlags::MNT_DETACH);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("on the kernel's proc filesystem"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_log_file_is_created_0600_and_a_planted_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Created 0600 (whatever the umask allows beyond that).
+    let log = dir.path().join("qrypt-fs.log");
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu)
+        .args(["--log-file", log.to_str().expect("utf8")])
+        .mount();
+    m.stop();
+    let meta = std::fs::metadata(&log).expect("log created");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .contains("mounted on")
+    );
+
+    // A symlink planted where the log goes: refused, and its target untouched.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("write");
+    let planted = dir.path().join("planted.log");
+    std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+    let p = planted.to_str().expect("utf8");
+    refused(&["--log-file", p], 1, &[p, "is a symlink: refused"]);
+    refused(&["-o", &format!("log_file={p}")], 1, &[p, "symlink"]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+
+    // A hard link to another file, a FIFO (never blocks start-up), a directory, and a file of
+    // another user: each refused, naming the path.
+    let hard = dir.path().join("hard.log");
+    std::fs::hard_link(&victim, &hard).expect("hard link");
+    let h = hard.to_str().expect("utf8");
+    refused(&["--log-file", h], 1, &[h, "hard links: refused"]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+    let fifo = dir.path().join("fifo.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+    let f = fifo.to_str().expect("utf8");
+    refused(&["--log-file", f], 1, &[f, "not a regular file"]);
+    let d = dir.path().to_str().expect("utf8");
+    refused(&["--log-file", d], 1, &[d]);
+    let theirs = dir.path().join("theirs.log");
+    std::fs::write(&theirs, "").expect("write");
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+    assert_eq!(std::fs::metadata(&theirs).expect("meta").uid(), 65534);
+    let t = theirs.to_str().expect("utf8");
+    refused(&["--log-file", t], 1, &[t, "belongs to another user"]);
+    // A missing directory: the error names the path.
+    let missing = dir.path().join("no/such/dir/x.log");
+    let mi = missing.to_str().expect("utf8");
+    refused(&["--log-file", mi], 1, &[mi]);
+}
