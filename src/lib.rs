@@ -18,6 +18,7 @@ pub mod prefetch;
 pub mod preflight;
 pub mod ratelimit;
 pub mod read_origin;
+pub mod refusal_pacer;
 pub mod session;
 pub mod signals;
 pub mod size;
