@@ -85,17 +85,13 @@ impl RefusalPacer {
         let at = st.last.get(&pid).map_or(now, |&l| (l + INTERVAL).max(now));
         if st.stopped || at <= now || st.heap.len() >= MAX_DEFERRED || !self.start(&mut st) {
             if !st.stopped && st.heap.len() < MAX_DEFERRED {
-                st.last.insert(pid, now);
+                remember(&mut st.last, pid, now, now);
             }
             drop(st);
             answer();
             return;
         }
-        st.last.insert(pid, at);
-        if st.last.len() > 2 * MAX_DEFERRED {
-            // Entries older than INTERVAL no longer delay anyone.
-            st.last.retain(|_, l| *l + INTERVAL > now);
-        }
+        remember(&mut st.last, pid, at, now);
         st.seq += 1;
         let seq = st.seq;
         st.heap.push(Reverse(Due { at, seq, answer }));
@@ -146,6 +142,26 @@ impl RefusalPacer {
                 false
             }
         }
+    }
+}
+
+/// Notes when `pid`'s refusal is answered, keeping the map bounded: entries older than
+/// [`INTERVAL`] delay no one and go first; if many threads refused within one interval, the
+/// ones already answered go too (they lose their pacing, never their answer). What is left
+/// are the waiting ones, at most [`MAX_DEFERRED`].
+fn remember(last: &mut HashMap<u32, Instant>, pid: u32, at: Instant, now: Instant) {
+    last.insert(pid, at);
+    if last.len() > 2 * MAX_DEFERRED {
+        last.retain(|_, l| *l + INTERVAL > now);
+    }
+    if last.len() > 2 * MAX_DEFERRED {
+        last.retain(|_, l| *l > now);
+    }
+}
+
+impl Drop for RefusalPacer {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -246,6 +262,26 @@ mod tests {
         p.refuse(9, stamp(&tx, 99));
         assert_eq!(rx.try_recv().expect("at once").0, 99);
         p.shutdown();
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_threads() {
+        let p = RefusalPacer::new();
+        for pid in 0..10 * MAX_DEFERRED as u32 {
+            p.refuse(pid, Box::new(|| {}));
+        }
+        assert!(p.shared.state.lock().last.len() <= 2 * MAX_DEFERRED + 1);
+    }
+
+    #[test]
+    fn dropping_it_answers_what_waits() {
+        let (tx, rx) = mpsc::channel();
+        {
+            let p = RefusalPacer::new();
+            p.refuse(4, stamp(&tx, 0));
+            p.refuse(4, stamp(&tx, 1));
+        }
+        assert_eq!(rx.try_iter().count(), 2);
     }
 
     #[test]
