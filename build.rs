@@ -59,7 +59,8 @@ fn main() {
     }
 }
 
-/// "commit abc1234", from `git rev-parse --short HEAD` when this crate is the top of a git
+/// "commit abc1234" (or "commit abc1234-dirty" when a tracked file differs from HEAD), from
+/// `git rev-parse --short HEAD` when this crate is the top of a git
 /// checkout (not a crate tarball that happens to sit inside some other repository), else from
 /// `QRYPT_FS_GIT_COMMIT` (a distribution building from a tarball), else a clear "unknown".
 fn git_commit(manifest_dir: &Path) -> String {
@@ -101,7 +102,26 @@ fn git_commit(manifest_dir: &Path) -> String {
             }
         }
     }
-    format!("commit {commit}")
+    // A tree that differs from HEAD in a tracked file says so: "-dirty". Editing the sources
+    // that make the binary reruns this script (the index covers `git add`); an edit elsewhere
+    // (README, tests) is noticed on the next run for any other reason.
+    if let Some(p) = git(&["rev-parse", "--git-path", "index"]) {
+        println!("cargo:rerun-if-changed={}", manifest_dir.join(p).display());
+    }
+    for path in ["src", "build.rs", "Cargo.toml", "Cargo.lock", "qrypt-api"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest_dir.join(path).display()
+        );
+    }
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(manifest_dir)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        // If git cannot say, the tree is not claimed clean.
+        .map_or(true, |o| !o.status.success() || !o.stdout.is_empty());
+    format!("commit {commit}{}", if dirty { "-dirty" } else { "" })
 }
 
 /// `<target>/<profile>` (or `<target>/<triple>/<profile>`) from `.../build/<pkg>-<hash>/out`.

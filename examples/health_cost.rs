@@ -4,17 +4,12 @@
 //! process CPU time (one thread) divided by the bytes checked.
 use std::time::Duration;
 
+use nix::time::{ClockId, clock_gettime};
 use qrypt_fs::health::HealthTests;
-use rand::RngCore;
 
 fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    // CLOCK_PROCESS_CPUTIME_ID always exists on Linux; zero if it ever did not.
+    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 fn per_gib(cpu: Duration, bytes: usize) -> f64 {
@@ -27,7 +22,10 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(256);
     let mut data = vec![0u8; mib << 20];
-    rand::thread_rng().fill_bytes(&mut data);
+    if let Err(e) = getrandom::getrandom(&mut data) {
+        eprintln!("getrandom: {e}");
+        std::process::exit(1);
+    }
     for response in [512usize << 10, 16 << 10] {
         let mut h = HealthTests::new();
         let start = cpu_time();
@@ -54,7 +52,7 @@ fn main() {
         "  of which most-common-value (bytes and differences): {:.3} s CPU per GiB",
         per_gib(cpu_time() - start, data.len())
     );
-    let anchors = qrypt_fs::health::replay::Anchors::new(rand::random());
+    let anchors = qrypt_fs::health::replay::Anchors::new(qrypt_fs::sys::random_u64());
     let mut memory = qrypt_fs::health::replay::ReplayMemory::default();
     let mut found = Vec::new();
     let start = cpu_time();

@@ -3,7 +3,11 @@
 # (see BENCHMARKS.md for what each figure means and what bounds it):
 #
 #   service  40 MiB through a fresh mount against the emulator enforcing 30 requests / 10 s,
-#            vs the ideal schedule (20 s); zero 429 answers. Buffers 4M (default) and 16M.
+#            vs the ideal schedule (20 s); zero 429 answers; requests per 40 MiB (ideal 80).
+#            Buffers 1M, 4M (default) and 16M.
+#   fleet    4 mounts on one token read as fast as they can for 60 s, the emulator enforcing
+#            one 30/10 limit for the token: aggregate throughput vs 30 x 512 KiB / 10 s, share
+#            of 429 answers, busiest vs least busy mount; plot of each mount over time.
 #   local    buffered reads from a full 1 GiB buffer vs /dev/urandom (1 MiB reads) and vs a
 #            null FUSE filesystem (32-byte reads); the read-size sweep and its plot.
 #   e2e      dd-like 1 MiB reads of 256 MiB through the default buffer, emulator unthrottled,
@@ -11,10 +15,11 @@
 #   cost     RSS (1 GiB buffer full, default buffer), idle CPU with a full buffer, time from
 #            `qrypt-fs MOUNTPOINT` to the first 32 bytes vs one API round trip + a null mount.
 #
-# Usage: scripts/bench.sh [service|local|e2e|cost]...      (no argument: all four, ~1.5 min after the build)
+# Usage: scripts/bench.sh [service|fleet|local|e2e|cost]...  (no argument: all five, ~3 min after the build)
 # Environment: ROUNDS (interleaved rounds per comparison, default 5), BENCH_OUT (where the
 # results, trials and logs go, default target/bench), PLOT (PNG path, default
-# BENCHMARKS-read-size.png; the `local` section writes it).
+# BENCHMARKS-read-size.png; the `local` section writes it), FLEET_PLOT (default
+# BENCHMARKS-fleet.png; the `fleet` section writes it).
 #
 # Needs root (or /dev/fuse access and fusermount3), a Rust toolchain, python3 for the plot
 # (matplotlib is installed with pip if missing; the plot is skipped if that fails).
@@ -25,17 +30,18 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(service local e2e cost)
+[ ${#sections[@]} -eq 0 ] && sections=(service fleet local e2e cost)
 for s in "${sections[@]}"; do
   case $s in
-    service | local | e2e | cost) ;;
-    *) echo "usage: $0 [service|local|e2e|cost]..." >&2; exit 2 ;;
+    service | fleet | local | e2e | cost) ;;
+    *) echo "usage: $0 [service|fleet|local|e2e|cost]..." >&2; exit 2 ;;
   esac
 done
 
 ROUNDS=${ROUNDS:-5}
 out=${BENCH_OUT:-$root/target/bench}
 plot_png=${PLOT:-$root/BENCHMARKS-read-size.png}
+fleet_png=${FLEET_PLOT:-$root/BENCHMARKS-fleet.png}
 token=emulator-token
 
 echo "building (release)..." >&2
@@ -165,14 +171,14 @@ median() { "$B" median --trials "$1" --target "$2" --size "$3" --metric "${4:-by
 # ---------------------------------------------------------------------------------------------
 section_service() {
   say "service ceiling: 40 MiB through a fresh mount, emulator enforcing 30/10 (~21 s)"
-  local buf t0 name
-  # Both buffers at once, each against its own emulator (its own rate-limit windows): the
+  local buf t0 name bufs=(1M 4M 16M)
+  # All buffers at once, each against its own emulator (its own rate-limit windows): the
   # figure is bound by the schedule, not the CPU.
-  for buf in 4M 16M; do
+  for buf in "${bufs[@]}"; do
     name=svc$buf
     start_emulator "$name" --rate-limit 30/10
   done
-  for buf in 4M 16M; do
+  for buf in "${bufs[@]}"; do
     name=svc$buf
     url=url_$name
     t0=$(date +%s%N)
@@ -182,13 +188,13 @@ section_service() {
     started+=($!)
     printf -v "reader_$name" %s "$!"
   done
-  for buf in 4M 16M; do
+  for buf in "${bufs[@]}"; do
     name=svc$buf
     reader=reader_$name
     wait "${!reader}" || die "reading 40 MiB from the $buf mount failed"
     forget "${!reader}"
   done
-  for buf in 4M 16M; do
+  for buf in "${bufs[@]}"; do
     name=svc$buf
     url=url_$name
     local secs stats total n429 reqs
@@ -200,11 +206,40 @@ section_service() {
     echo "  buffer $buf: $secs s; emulator saw $total requests ($n429 answered 429); qrypt-fs: $reqs ok" >&2
     row --section service --figure "40 MiB, fresh mount, emulator 30/10, buffer $buf" \
       --value "$secs" --unit s --baseline 20 --baseline-note "(ideal)" --goal "ratio<=1.1"
-    row --section service --figure "  429 answers (buffer $buf, $total requests)" \
+    row --section service --figure "  429 answers (buffer $buf)" \
       --value "$n429" --unit count --goal "value==0"
+    # Requests until the reader had its 40 MiB (the buffer's refill after it included).
+    row --section service --figure "  requests per 40 MiB (buffer $buf)" \
+      --value "$total" --unit count --baseline 80 --baseline-note "(81: one 16 KiB first)" --goal info
   done
-  local f=fs_svc4M g=fs_svc16M e=emu_svc4M h=emu_svc16M
-  stop "${!f}" "${!g}" "${!e}" "${!h}"
+  for buf in "${bufs[@]}"; do
+    local f=fs_svc$buf e=emu_svc$buf
+    stop "${!f}" "${!e}"
+  done
+}
+
+section_fleet() {
+  say "fleet: 4 mounts on one token, emulator enforcing one 30/10 limit, 60 s (~75 s)"
+  local dir=$out/fleet
+  mkdir -p "$dir"
+  # The test starts its own emulator and mounts and unmounts them when it ends.
+  FLEET_OUT=$dir run "$out/fleet.log" cargo test --release --quiet --locked --features fuse-tests --test fleet -- \
+    --ignored --nocapture --test-threads 1 || echo "  (the fleet test reported a missed goal)" >&2
+  [ -f "$dir/fleet-summary.tsv" ] || die "the fleet test wrote no summary (see $out/fleet.log)"
+  val() { awk -F '\t' -v k="$1" '$1 == k { print $2 }' "$dir/fleet-summary.tsv"; }
+  echo "  $(val summary)" >&2
+  row --section fleet --figure "4 mounts, one token, 60 s: aggregate throughput" \
+    --value "$(echo "$(val throughput_share) * 1572864" | bc -l)" --unit B/s --baseline 1572864 \
+    --baseline-note "(30 x 512 KiB / 10 s)" --goal "ratio>=0.85"
+  row --section fleet --figure "  429 answers, % of $(val requests) requests" \
+    --value "$(echo "$(val refused_share) * 100" | bc -l)" --unit % --goal "value<=10"
+  row --section fleet --figure "  bytes of the busiest mount / the least busy" \
+    --value "$(val fairness)" --unit x --goal "value<=2"
+  if python3 "$root/scripts/plot_fleet.py" "$dir/fleet.tsv" "$fleet_png" 2>"$out/plot-fleet.log"; then
+    echo "  plot: $fleet_png" >&2
+  else
+    echo "  fleet plot skipped (python3 with matplotlib needed; see $out/plot-fleet.log)" >&2
+  fi
 }
 
 # The local ceiling's mounts: a 1 GiB buffer (rate limit off) and the null filesystem.

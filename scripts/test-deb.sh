@@ -73,7 +73,7 @@ EMU_OPTS="endpoint=http://127.0.0.1:$PORT,rate_limit=off"       # ... pointed at
 ct apt-get install -y /root/qrypt-fs.deb >"$CT_LOG_DIR/install-1.log" 2>&1
 installed_files() {
     ct test -x /usr/bin/qrypt-fs &&
-        ct test -f /lib/systemd/system/qrypt-fs.service -o -f /usr/lib/systemd/system/qrypt-fs.service &&
+        ct test -f /usr/lib/systemd/system/qrypt-fs.service &&
         ct test -f /usr/share/man/man1/qrypt-fs.1.gz &&
         ct test -f /usr/share/bash-completion/completions/qrypt-fs &&
         ct test -f /usr/share/zsh/vendor-completions/_qrypt-fs &&

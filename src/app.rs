@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
 use crate::cli::Options;
 use crate::daemon::{self, Ready};
 use crate::first_contact::Watched;
@@ -82,7 +83,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     // Printed now, on the terminal that started us; also logged once logging is set up.
-    let warnings: Vec<String> = [
+    let mut warnings: Vec<String> = [
         opts.token_file
             .as_deref()
             .and_then(crate::preflight::token_file_warning),
@@ -102,6 +103,23 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         Some(p) => Some(std::path::absolute(p).with_context(|| p.display().to_string())?),
         None => None,
     };
+    let budget = open_budget(&opts, &shown_endpoint(&endpoint), token_file.as_deref())?;
+    // A spent budget sends nothing, so there is no first answer to wait for.
+    let spent = budget.exhausted_now().map(|e| {
+        let caps = e
+            .caps
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let w = format!(
+            "budget {caps} already spent: mounted, but reads that would wait get EIO until it \
+             renews in {}s",
+            e.renews_at.saturating_sub(budget.now())
+        );
+        eprintln!("qrypt-fs: warning: {w}");
+        warnings.push(w);
+    });
 
     let mut ready = if opts.foreground {
         Ready::foreground()
@@ -123,6 +141,14 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 tracing::warn!("{w}");
             }
         }
+        if opts.reset_budget {
+            if let Some(path) = budget.state_file() {
+                tracing::warn!(
+                    "--reset-budget: the spend recorded in {} starts again from zero",
+                    path.display()
+                );
+            }
+        }
         let client = HttpClient::new(
             &HttpConfig {
                 endpoint: endpoint.clone(),
@@ -135,19 +161,22 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         drop(token);
         let api_url = client.url().to_string();
         let (client, first_answer) = Watched::new(client);
-        let startup = opts.startup_timeout.map(|timeout| StartupCheck {
-            first_answer,
-            timeout,
-            endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
-            api_url,
-            token_source: match &opts.token_file {
-                Some(p) => std::path::absolute(p)
-                    .unwrap_or_else(|_| p.clone())
-                    .display()
-                    .to_string(),
-                None => token::TOKEN_ENV.to_owned(),
-            },
-        });
+        let startup = opts
+            .startup_timeout
+            .filter(|_| spent.is_none())
+            .map(|timeout| StartupCheck {
+                first_answer,
+                timeout,
+                endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
+                api_url,
+                token_source: match &opts.token_file {
+                    Some(p) => std::path::absolute(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string(),
+                    None => token::TOKEN_ENV.to_owned(),
+                },
+            });
         let cfg = MountConfig {
             mountpoint,
             fuse: FuseOptions {
@@ -168,7 +197,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     format!("{}/{}s", r.requests, r.window.as_secs_f64())
                 }),
             },
-            prefetch: prefetch_config(&opts, token_file),
+            prefetch: prefetch_config(&opts, token_file, budget),
             startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
@@ -199,8 +228,45 @@ pub fn message(e: &anyhow::Error) -> String {
     out
 }
 
+/// Opens the budget's state (an unusable one is an error now, on the terminal). Keyed by the
+/// endpoint and where the token comes from (a token file by its canonical path), never by
+/// the token itself.
+fn open_budget(
+    opts: &Options,
+    endpoint: &str,
+    token_file: Option<&Path>,
+) -> anyhow::Result<Arc<Budget>> {
+    if opts.budget.is_empty() {
+        return Ok(Arc::new(Budget::unlimited()));
+    }
+    let state_dir = match &opts.state_dir {
+        Some(d) => std::path::absolute(d).with_context(|| d.display().to_string())?,
+        None => default_state_dir().map_err(anyhow::Error::msg)?,
+    };
+    let token_source = match token_file {
+        Some(p) => format!("file {}", p.display()),
+        None => token::TokenSource::Environment.to_string(),
+    };
+    let budget = Budget::open(
+        &BudgetConfig {
+            caps: opts.budget.clone(),
+            state_dir,
+            endpoint: endpoint.to_owned(),
+            token_source,
+            reset: opts.reset_budget,
+        },
+        system_clock(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(budget))
+}
+
 /// The prefetcher's settings from the command line.
-fn prefetch_config(opts: &Options, token_file: Option<PathBuf>) -> PrefetchConfig {
+fn prefetch_config(
+    opts: &Options,
+    token_file: Option<PathBuf>,
+    budget: Arc<Budget>,
+) -> PrefetchConfig {
     let mut prefetch = PrefetchConfig::for_capacity(opts.buffer_size);
     prefetch.rate_limit = opts.rate_limit;
     prefetch.max_in_flight = opts.max_in_flight;
@@ -209,6 +275,7 @@ fn prefetch_config(opts: &Options, token_file: Option<PathBuf>) -> PrefetchConfi
     prefetch.backoff_base = prefetch.backoff_base.min(opts.max_backoff);
     prefetch.mix_local = opts.mix_local;
     prefetch.token_file = token_file;
+    prefetch.budget = budget;
     prefetch
 }
 

@@ -4,8 +4,8 @@
 //! the tests below drive them directly. Every decision about bytes lives in the pool.
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -69,15 +69,7 @@ fn node(ino: INodeNo) -> Option<Node> {
 
 /// The system's page size: the preferred I/O size (`st_blksize`) of every file.
 pub fn page_size() -> u32 {
-    static PAGE: OnceLock<u32> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .and_then(|n| u32::try_from(n).ok())
-            // sysconf cannot fail for PAGE_SIZE on Linux; the common size if it ever did.
-            .unwrap_or(4096)
-    })
+    u32::try_from(crate::sys::page_size()).unwrap_or(4096)
 }
 
 pub type StatusRenderer = Box<dyn Fn(StatusFormat) -> String + Send + Sync>;

@@ -108,7 +108,7 @@ impl Default for HealthTests {
 impl HealthTests {
     pub fn new() -> HealthTests {
         HealthTests {
-            seed: rand::random(),
+            seed: crate::sys::random_u64(),
             rct_cutoff: rct_cutoff(),
             apt_cutoff: apt_cutoff(),
             seen: FingerprintSet::default(),
@@ -116,7 +116,7 @@ impl HealthTests {
             memory_blocks: DUP_MEMORY_BYTES / BLOCK_LEN,
             tail: None,
             cutoffs: mcv::Cutoffs::default(),
-            anchors: replay::Anchors::new(rand::random()),
+            anchors: replay::Anchors::new(crate::sys::random_u64()),
             replays: replay::ReplayMemory::default(),
         }
     }
@@ -513,7 +513,7 @@ mod tests {
         h.check(&first).expect("fresh");
         // Stand-ins for the anchors of 1 GiB of later traffic (4 Mi anchors, one per 256
         // bytes), injected rather than hashed to keep the test fast.
-        let mut x: u64 = rand::random();
+        let mut x: u64 = crate::sys::random_u64();
         // Generated as consumed: a 30 MB vector freed here would raise malloc's mmap
         // threshold for the whole test process (other tests expect fresh pages).
         let mut filler = |h: &mut HealthTests, n: usize| {

@@ -9,7 +9,7 @@
 //! (`read_folio`, `readahead`) fill `fuse_read_in` without one. See ARCHITECTURE.md.
 use std::time::Duration;
 
-use crate::ratelimit::RateLimit;
+use crate::log_limit::LogLimiter;
 
 /// Where a FUSE READ of `/random` came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl ReadOrigin {
 }
 
 /// A reader can repeat a refused fill as fast as it likes: a few lines a minute at most.
-static REFUSALS: RateLimit = RateLimit::new(3, Duration::from_secs(60));
+static REFUSALS: LogLimiter = LogLimiter::new(3, Duration::from_secs(60));
 
 /// Logs (rate-limited) that a page-cache fill by `pid` was refused.
 pub fn note_refused(pid: u32) {

@@ -3,12 +3,15 @@
 //! state machine's [`View`] (see [`crate::prefetch::state`]) and the daemon says when it stops.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::budget::{Budget, BudgetReport};
+use crate::pacing_wait::PacingWait;
 use crate::pool::Pool;
 use crate::prefetch::state::{UpstreamState, View};
 
@@ -51,6 +54,10 @@ pub struct Status {
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
     pub discarded_bytes: AtomicU64,
+    /// Requests per window the client allows itself now (0: no `--rate-limit`).
+    rate_allowance: AtomicU32,
+    budget: Mutex<Option<Arc<Budget>>>,
+    pacing: Mutex<PacingWait>,
     mutable: Mutex<Mutable>,
 }
 
@@ -78,6 +85,14 @@ pub struct Snapshot {
     pub endpoint: String,
     pub token_source: String,
     pub rate_limit: String,
+    /// Requests per window the client allows itself now; `None` without `--rate-limit`.
+    pub rate_allowance: Option<u32>,
+    /// Unix time until which the client's own pacing holds requests back.
+    pub rate_limited_until: Option<f64>,
+    /// Seconds readers spent waiting while the client's pacing held requests back.
+    pub pacing_wait_seconds: f64,
+    #[serde(flatten)]
+    pub budget: BudgetReport,
     pub uptime_seconds: u64,
 }
 
@@ -96,6 +111,9 @@ impl Status {
             requests_ok: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             discarded_bytes: AtomicU64::new(0),
+            rate_allowance: AtomicU32::new(0),
+            budget: Mutex::new(None),
+            pacing: Mutex::new(PacingWait::default()),
             mutable: Mutex::new(Mutable {
                 upstream: View {
                     state: UpstreamState::Starting,
@@ -150,6 +168,26 @@ impl Status {
         m.last_error = Some((SystemTime::now(), message));
     }
 
+    /// The budget whose caps and spend `/status` shows (it renews with the clock, so it is
+    /// read at each snapshot rather than told).
+    pub fn set_budget(&self, budget: Arc<Budget>) {
+        *self.budget.lock() = Some(budget);
+    }
+
+    pub fn set_rate_allowance(&self, requests: u32) {
+        self.rate_allowance.store(requests, Ordering::SeqCst);
+    }
+
+    /// The client's own pacing holds requests back until `until`.
+    pub fn pacing_hold(&self, now: Instant, until: Instant) {
+        self.pacing.lock().hold(now, until);
+    }
+
+    /// The pacing hold (if any) ended; `waiting_since` as [`Pool::waiting_since`] says.
+    pub fn pacing_release(&self, now: Instant, waiting_since: Option<Instant>) {
+        self.pacing.lock().release(now, waiting_since);
+    }
+
     pub fn consecutive_failures(&self) -> u64 {
         self.mutable.lock().upstream.consecutive_failures
     }
@@ -161,14 +199,41 @@ impl Status {
     /// The snapshot as of `now` (a clock other than the system's in tests).
     pub(crate) fn snapshot_at(&self, pool: &Pool, now: Instant) -> Snapshot {
         let (buffered, served, waiting) = pool.counts();
+        let waiting_since = pool.waiting_since();
+        let (pacing_until, pacing_wait) = {
+            let p = self.pacing.lock();
+            (p.until(now), p.total(now, waiting_since))
+        };
+        let budget = self
+            .budget
+            .lock()
+            .as_ref()
+            .map(|b| b.report())
+            .unwrap_or_default();
+        let wall = SystemTime::now();
+        let unix_at = |t: Instant| {
+            wall.checked_add(t.saturating_duration_since(now))
+                .and_then(|w| w.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as f64 / 1000.0)
+        };
         // Read after the pool: fetched only grows, so served + buffered <= fetched holds.
         let fetched = self.fetched_bytes.load(Ordering::SeqCst);
         let m = self.mutable.lock();
         let capacity = self.info.capacity as u64;
+        let mut next_attempt = m.upstream.next_attempt;
         let state = if m.stopping {
             UpstreamState::Stopping
         } else {
-            m.upstream.shown_at(now)
+            match m.upstream.shown_at(now) {
+                // The client itself is why a reader waits: say so, and until when.
+                UpstreamState::Ok | UpstreamState::Degraded | UpstreamState::Starting
+                    if pacing_until.is_some() && waiting > 0 =>
+                {
+                    next_attempt = pacing_until;
+                    UpstreamState::Pacing
+                }
+                s => s,
+            }
         };
         Snapshot {
             state: state.as_str(),
@@ -181,9 +246,7 @@ impl Status {
             requests_ok: self.requests_ok.load(Ordering::SeqCst),
             requests_failed: self.requests_failed.load(Ordering::SeqCst),
             consecutive_failures: m.upstream.consecutive_failures,
-            next_attempt_in_seconds: m
-                .upstream
-                .next_attempt
+            next_attempt_in_seconds: next_attempt
                 .map(|t| t.saturating_duration_since(now).as_millis() as f64 / 1000.0),
             waiting_readers: waiting as u64,
             failures: m.failures_by_class.clone(),
@@ -195,6 +258,10 @@ impl Status {
             endpoint: self.info.endpoint.clone(),
             token_source: self.info.token_source.clone(),
             rate_limit: self.info.rate_limit.clone(),
+            rate_allowance: Some(self.rate_allowance.load(Ordering::SeqCst)).filter(|&r| r > 0),
+            rate_limited_until: pacing_until.and_then(unix_at),
+            pacing_wait_seconds: pacing_wait.as_millis() as f64 / 1000.0,
+            budget,
             uptime_seconds: SystemTime::now()
                 .duration_since(self.started)
                 .unwrap_or(Duration::ZERO)
@@ -289,7 +356,25 @@ impl Snapshot {
         line("endpoint", &self.endpoint);
         line("token_source", &self.token_source);
         line("rate_limit", &self.rate_limit);
-        line("uptime_seconds", &self.uptime_seconds);
+        line(
+            "rate_allowance",
+            &self
+                .rate_allowance
+                .map_or("none".to_owned(), |r| r.to_string()),
+        );
+        line(
+            "rate_limited_until",
+            &self.rate_limited_until.map_or("none".to_owned(), |t| {
+                let ms = (t * 1000.0) as u64;
+                rfc3339(ms / 1000).replace('Z', &format!(".{:03}Z", ms % 1000))
+            }),
+        );
+        line(
+            "pacing_wait_seconds",
+            &format!("{:.1}", self.pacing_wait_seconds),
+        );
+        self.budget.write_text(&mut s, rfc3339);
+        let _ = writeln!(s, "uptime_seconds: {}", self.uptime_seconds);
         s
     }
 
@@ -410,6 +495,28 @@ impl Snapshot {
             "Seconds since start.",
             self.uptime_seconds.to_string(),
         );
+        metric(
+            "pacing_wait_seconds_total",
+            "counter",
+            "Seconds readers spent waiting while the client's own pacing held requests back.",
+            format!("{:.3}", self.pacing_wait_seconds),
+        );
+        if let Some(r) = self.rate_allowance {
+            metric(
+                "rate_allowance_requests",
+                "gauge",
+                "Requests per rate-limit window the client allows itself now (lower after 429s).",
+                r.to_string(),
+            );
+        }
+        if let Some(t) = self.rate_limited_until {
+            metric(
+                "rate_limited_until_timestamp_seconds",
+                "gauge",
+                "Unix time until which the client's pacing holds requests back (absent otherwise).",
+                format!("{t:.3}"),
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP qrypt_fs_info Configuration, as labels (where the token comes from, never the token)."
@@ -443,6 +550,7 @@ impl Snapshot {
                 u8::from(st.as_str() == self.state)
             );
         }
+        self.budget.write_prometheus(&mut s);
         s
     }
 }

@@ -220,8 +220,7 @@ mod tests {
     use std::time::Duration;
 
     fn tid() -> u32 {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::gettid() as u32 }
+        nix::unistd::gettid().as_raw() as u32
     }
 
     #[test]

@@ -6,13 +6,17 @@
 
 mod common;
 
-use std::os::unix::io::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::select::{FdSet, select};
+use nix::sys::time::TimeVal;
 
 /// A mount whose upstream fails with 503 until `emu.clear_fault()`; retries are quick.
 fn failing(emu: &Emulator, extra: &[&str]) -> Mount {
@@ -23,15 +27,10 @@ fn failing(emu: &Emulator, extra: &[&str]) -> Mount {
         .mount()
 }
 
-fn poll_in(f: &std::fs::File, timeout_ms: i32) -> (i32, i16) {
-    let mut pfd = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    (n, pfd.revents)
+fn poll_in(f: &std::fs::File, timeout_ms: u16) -> (i32, i16) {
+    let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+    let n = poll(&mut pfd, PollTimeout::from(timeout_ms)).expect("poll");
+    (n, pfd[0].revents().map_or(0, |r| r.bits()))
 }
 
 #[test]
@@ -132,8 +131,7 @@ fn handled_signal_ends_the_wait_with_eintr() {
     let f = open_random(&m);
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || {
-        // SAFETY: gettid has no preconditions.
-        let _ = tx.send(unsafe { libc::gettid() });
+        let _ = tx.send(nix::unistd::gettid().as_raw());
         let t = Instant::now();
         (read_once(&f, 64), t)
     });
@@ -255,25 +253,11 @@ fn a_read_the_buffer_can_satisfy_is_answered_at_once() {
 }
 
 fn select_readable(f: &std::fs::File, timeout: Duration) -> bool {
-    // SAFETY: an fd_set holding one descriptor below FD_SETSIZE, and a local timeval.
-    unsafe {
-        assert!((f.as_raw_fd() as usize) < libc::FD_SETSIZE);
-        let mut set: libc::fd_set = std::mem::zeroed();
-        libc::FD_ZERO(&mut set);
-        libc::FD_SET(f.as_raw_fd(), &mut set);
-        let mut tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        let n = libc::select(
-            f.as_raw_fd() + 1,
-            &mut set,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            &mut tv,
-        );
-        n == 1 && libc::FD_ISSET(f.as_raw_fd(), &set)
-    }
+    let mut set = FdSet::new();
+    set.insert(f.as_fd());
+    let mut tv = TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+    let n = select(None, &mut set, None, None, &mut tv).expect("select");
+    n == 1 && set.contains(f.as_fd())
 }
 
 #[test]
@@ -282,20 +266,13 @@ fn select_and_epoll_sleep_then_wake_like_poll() {
     let m = failing(&emu, &[]);
     let f = open_random(&m);
     assert!(!select_readable(&f, Duration::from_millis(300)));
-    // SAFETY: epoll on a descriptor we own; the event array is local.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(epfd >= 0);
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: 7,
-    };
-    // SAFETY: `epfd` and `f` are open descriptors we own; `ev` is a valid local event.
-    let rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, f.as_raw_fd(), &mut ev) };
-    assert_eq!(rc, 0);
-    let epoll_wait = move |ms: i32| -> i32 {
-        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
-        // SAFETY: one-element output array.
-        unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), 1, ms) }
+    let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll_create1"));
+    epoll
+        .add(&f, EpollEvent::new(EpollFlags::EPOLLIN, 7))
+        .expect("epoll_ctl");
+    let epoll_wait = move |ms: u16| -> usize {
+        let mut out = [EpollEvent::empty()];
+        epoll.wait(&mut out, ms).expect("epoll_wait")
     };
     assert_eq!(epoll_wait(300), 0, "not readable while empty");
     let (tx, rx) = mpsc::channel();
@@ -307,8 +284,6 @@ fn select_and_epoll_sleep_then_wake_like_poll() {
     emu.clear_fault();
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("woke"), 1);
     assert!(select_readable(&f, Duration::from_secs(5)));
-    // SAFETY: closing our epoll descriptor.
-    unsafe { libc::close(epfd) };
     assert_eq!(read_once(&f, 256).expect("read").len(), 256);
 }
 

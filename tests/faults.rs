@@ -236,35 +236,27 @@ fn delay_past_the_request_timeout() {
 #[test]
 fn connect_timeout() {
     // A listener whose accept queue is full: the kernel drops further SYNs, so connect hangs.
-    // SAFETY: plain socket calls on descriptors we own.
-    let (fd, port) = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        // So that the service started on this port later can bind it next to the remains of
-        // the connections this one never accepted. CLOEXEC: qrypt-fs must not inherit it.
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of_val(&one) as u32,
-        );
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as u16;
-        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        assert_eq!(
-            libc::bind(
-                fd,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of_val(&addr) as u32
-            ),
-            0
-        );
-        assert_eq!(libc::listen(fd, 0), 0);
-        let mut len = std::mem::size_of_val(&addr) as u32;
-        libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len);
-        (fd, u16::from_be(addr.sin_port))
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen,
+        setsockopt, socket, sockopt,
     };
+    use std::os::fd::AsRawFd;
+    // CLOEXEC: qrypt-fs must not inherit it.
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    // So that the service started on this port later can bind it next to the remains of the
+    // connections this one never accepted.
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind");
+    listen(&fd, Backlog::new(0).expect("backlog")).expect("listen");
+    let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
+        .expect("getsockname")
+        .port();
     let fillers: Vec<_> = (0..2)
         .filter_map(|_| {
             std::net::TcpStream::connect_timeout(
@@ -300,8 +292,7 @@ fn connect_timeout() {
     assert!(!m.log_text().contains(TOKEN));
 
     // The fault clears: the black hole goes and a working service answers on the same port.
-    // SAFETY: closing our own descriptor.
-    unsafe { libc::close(fd) };
+    drop(fd);
     drop(fillers);
     let recovered = Emulator::start(EmulatorConfig {
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], port)),

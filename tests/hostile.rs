@@ -16,6 +16,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, Flock, FlockArg, OFlag};
+use nix::fcntl::{PosixFadviseAdvice, SpliceFFlags, copy_file_range, splice};
+use nix::sys::sendfile::sendfile;
+use nix::sys::signal::{self, Signal};
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+use nix::unistd::{self, AccessFlags, Pid, Whence};
 
 /// A mount with a full buffer; nothing moves `served_bytes` but reads.
 fn full_mount(emu: &Emulator) -> Mount {
@@ -119,9 +126,8 @@ fn readahead_and_fadvise_put_nothing_in_the_page_cache() {
         ra, 0,
         "readahead itself reports no error (fills are asynchronous)"
     );
-    // SAFETY: as above.
-    let fa = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 4096, libc::POSIX_FADV_WILLNEED) };
-    assert_eq!(fa, 0);
+    let fa = nix::fcntl::posix_fadvise(&f, 0, 4096, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+    assert_eq!(fa, Ok(()));
     thread::sleep(Duration::from_millis(200));
     // The kernel may keep the failed folio, but never up to date: it holds no pool byte
     // (none was served) and a mapping still faults.
@@ -144,48 +150,19 @@ fn splice_sendfile_and_copy_file_range_fail_cleanly_and_serve_nothing() {
     let m = full_mount(&emu);
     let served = m.status_u64("served_bytes");
     let f = open_random(&m);
-    let (mut p, tmp) = ([0i32; 2], tempfile::tempfile().expect("tempfile"));
-    // SAFETY: a two-int array for pipe(2).
-    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
-    let fd = f.as_raw_fd();
+    let tmp = tempfile::tempfile().expect("tempfile");
+    let (_pipe_r, pipe_w) = nix::unistd::pipe().expect("pipe");
     // splice and sendfile go through the page cache (filemap_splice_read): refused.
-    // SAFETY: valid descriptors, null offsets (the file is a stream).
-    let r = unsafe {
-        libc::splice(
-            fd,
-            std::ptr::null_mut(),
-            p[1],
-            std::ptr::null_mut(),
-            4096,
-            0,
-        )
-    };
-    assert_eq!(errno_of(r), Some(libc::EIO), "splice");
-    // SAFETY: as above.
-    let r = unsafe { libc::sendfile(p[1], fd, std::ptr::null_mut(), 4096) };
-    assert_eq!(errno_of(r), Some(libc::EIO), "sendfile to a pipe");
+    let r = splice(&f, None, &pipe_w, None, 4096, SpliceFFlags::empty());
+    assert_eq!(r.err(), Some(Errno::EIO), "splice");
+    let r = sendfile(&pipe_w, &f, None, 4096);
+    assert_eq!(r.err(), Some(Errno::EIO), "sendfile to a pipe");
     // To a regular file the kernel refuses before asking us; across filesystems
     // copy_file_range is EXDEV (callers fall back to read(2)).
-    // SAFETY: as above.
-    let r = unsafe { libc::sendfile(tmp.as_raw_fd(), fd, std::ptr::null_mut(), 4096) };
-    assert_eq!(errno_of(r), Some(libc::EINVAL), "sendfile to a file");
-    // SAFETY: as above.
-    let r = unsafe {
-        libc::copy_file_range(
-            fd,
-            std::ptr::null_mut(),
-            tmp.as_raw_fd(),
-            std::ptr::null_mut(),
-            4096,
-            0,
-        )
-    };
-    assert_eq!(errno_of(r), Some(libc::EXDEV), "copy_file_range");
-    // SAFETY: closing our own pipe.
-    unsafe {
-        libc::close(p[0]);
-        libc::close(p[1]);
-    }
+    let r = sendfile(&tmp, &f, None, 4096);
+    assert_eq!(r.err(), Some(Errno::EINVAL), "sendfile to a file");
+    let r = copy_file_range(&f, None, &tmp, None, 4096);
+    assert_eq!(r.err(), Some(Errno::EXDEV), "copy_file_range");
     assert_eq!(tmp.metadata().expect("stat").len(), 0);
     assert_eq!(m.status_u64("served_bytes"), served);
 }
@@ -282,10 +259,9 @@ fn every_unsupported_operation_gets_its_errno_and_no_log_line() {
     let name = c"user.qrypt";
     for _ in 0..100 {
         let f = File::open(m.random()).expect("open");
-        let fd = f.as_raw_fd();
         let mut buf = [0u8; 64];
-        // SAFETY: (all calls below) valid NUL-terminated paths, buffers of the stated
-        // sizes and descriptors we own.
+        // nix has no xattr calls.
+        // SAFETY: valid NUL-terminated paths and buffers of the stated sizes.
         unsafe {
             let xattr = |r: isize| errno_of(r);
             assert_eq!(
@@ -318,37 +294,49 @@ fn every_unsupported_operation_gets_its_errno_and_no_log_line() {
                 libc::EROFS,
                 "setxattr"
             );
-            assert_eq!(errno_of_int(libc::fsync(fd)), 0, "fsync");
-            assert_eq!(errno_of_int(libc::fdatasync(fd)), 0, "fdatasync");
-            assert_eq!(errno_of_int(libc::flock(fd, libc::LOCK_SH)), 0, "flock");
-            assert_eq!(errno_of_int(libc::access(random.as_ptr(), libc::R_OK)), 0);
-            assert_eq!(
-                errno_of_int(libc::access(random.as_ptr(), libc::W_OK)),
-                libc::EROFS
-            );
-            assert_eq!(
-                errno_of_int(libc::mkdir(newdir.as_ptr(), 0o700)),
-                libc::EROFS
-            );
-            assert_eq!(errno_of_int(libc::unlink(random.as_ptr())), libc::EROFS);
-            assert_eq!(
-                errno_of_int(libc::chmod(random.as_ptr(), 0o666)),
-                libc::EROFS
-            );
-            assert_eq!(
-                errno_of_int(libc::truncate(random.as_ptr(), 0)),
-                libc::EROFS
-            );
-            assert_eq!(
-                errno_of_int(libc::open(random.as_ptr(), libc::O_WRONLY)),
-                libc::EROFS
-            );
-            assert_eq!(libc::lseek(fd, 0, libc::SEEK_DATA), -1);
-            assert_eq!(errno_of_int(-1), libc::ESPIPE, "SEEK_DATA on /random");
-            let s = File::open(&status).expect("open status");
-            assert_eq!(libc::lseek(s.as_raw_fd(), 0, libc::SEEK_DATA), -1);
-            assert_eq!(errno_of_int(-1), libc::ENXIO, "SEEK_DATA on /status");
         }
+        assert_eq!(unistd::fsync(&f), Ok(()), "fsync");
+        assert_eq!(unistd::fdatasync(&f), Ok(()), "fdatasync");
+        let f = match Flock::lock(f, FlockArg::LockShared) {
+            Ok(locked) => locked.unlock().map_err(|(_, e)| e),
+            Err((_, e)) => Err(e),
+        }
+        .expect("flock");
+        assert_eq!(unistd::access(random.as_c_str(), AccessFlags::R_OK), Ok(()));
+        assert_eq!(
+            unistd::access(random.as_c_str(), AccessFlags::W_OK),
+            Err(Errno::EROFS)
+        );
+        assert_eq!(
+            unistd::mkdir(newdir.as_c_str(), Mode::from_bits_truncate(0o700)),
+            Err(Errno::EROFS)
+        );
+        assert_eq!(unistd::unlink(random.as_c_str()), Err(Errno::EROFS));
+        assert_eq!(
+            fchmodat(
+                AT_FDCWD,
+                random.as_c_str(),
+                Mode::from_bits_truncate(0o666),
+                FchmodatFlags::FollowSymlink
+            ),
+            Err(Errno::EROFS)
+        );
+        assert_eq!(unistd::truncate(random.as_c_str(), 0), Err(Errno::EROFS));
+        assert_eq!(
+            nix::fcntl::open(random.as_c_str(), OFlag::O_WRONLY, Mode::empty()).err(),
+            Some(Errno::EROFS)
+        );
+        assert_eq!(
+            unistd::lseek(&f, 0, Whence::SeekData),
+            Err(Errno::ESPIPE),
+            "SEEK_DATA on /random"
+        );
+        let s = File::open(&status).expect("open status");
+        assert_eq!(
+            unistd::lseek(&s, 0, Whence::SeekData),
+            Err(Errno::ENXIO),
+            "SEEK_DATA on /status"
+        );
     }
     thread::sleep(Duration::from_millis(200));
     let log = m.log_text();
@@ -373,8 +361,8 @@ fn wait_waiting(m: &Mount, n: u64) {
 }
 
 fn kill(pid: u32, sig: i32) {
-    // SAFETY: signalling a child we spawned.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    let sig = Signal::try_from(sig).expect("a signal");
+    assert_eq!(signal::kill(Pid::from_raw(pid as i32), sig), Ok(()));
 }
 
 /// A reader thread that unblocks `SIGS` and calls libc `read(fd, 32)` (no retry on EINTR, as

@@ -81,10 +81,33 @@ fn version_names_the_git_commit_it_was_built_from() {
         git.status.success() && !commit.is_empty(),
         "not a git checkout?"
     );
-    assert_eq!(
-        text,
-        format!("qrypt-fs {} (commit {commit})\n", env!("CARGO_PKG_VERSION"))
+    let clean = format!("qrypt-fs {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
+    let dirty = format!(
+        "qrypt-fs {} (commit {commit}-dirty)\n",
+        env!("CARGO_PKG_VERSION")
     );
+    // Tracked files that differ from HEAD; those that make the binary rerun build.rs.
+    let status = Command::new("git")
+        .args(["-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .expect("git status");
+    assert!(status.status.success());
+    let changed: Vec<String> = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .map(|l| l.get(3..).unwrap_or_default().to_owned())
+        .collect();
+    let builds = ["src/", "build.rs", "Cargo.toml", "Cargo.lock", "qrypt-api/"];
+    if changed.is_empty() {
+        assert_eq!(text, clean, "a clean tree is not flagged");
+    } else if changed
+        .iter()
+        .any(|f| builds.iter().any(|b| f.starts_with(b)))
+    {
+        assert_eq!(text, dirty, "modified sources are flagged: {changed:?}");
+    } else {
+        // Only files the build does not watch changed: flagged if build.rs ran since.
+        assert!(text == clean || text == dirty, "{text}");
+    }
 }
 
 #[test]
@@ -248,6 +271,42 @@ fn maintainer_scripts_are_valid_sh_and_never_write_the_token() {
                     || l.starts_with("if [ -s /etc/qrypt/token ]")
                     || !l.contains('>'),
                 "{script} may write the token: {l}"
+            );
+        }
+    }
+}
+
+/// prerm unmounts by the paths of /proc/self/mounts, where the kernel writes space, tab,
+/// newline and backslash as octal escapes: its decoder must give back the real path, byte for
+/// byte, under /bin/sh (dpkg's) and bash.
+#[test]
+fn prerm_decodes_mount_paths_as_the_kernel_escapes_them() {
+    let text = read(&format!("{ROOT}/contrib/debian/prerm"));
+    let start = text
+        .find("unescape_mount_path() {")
+        .expect("prerm defines unescape_mount_path");
+    let end = start + text[start..].find("\n}\n").expect("function end") + 3;
+    let function = &text[start..end];
+    let cases: [(&str, &[u8]); 6] = [
+        ("/mnt/qrypt", b"/mnt/qrypt"),
+        (r"/mnt/with\040space", b"/mnt/with space"),
+        (r"/mnt/back\134slash", b"/mnt/back\\slash"),
+        (r"/mnt/\134040\1340", b"/mnt/\\040\\0"),
+        (r"/mnt/tab\011and\012newline", b"/mnt/tab\tand\nnewline"),
+        (r"/mnt/ends\012", b"/mnt/ends\n"),
+    ];
+    for shell in ["sh", "bash"] {
+        for (escaped, want) in cases {
+            let script = format!("{function}unescape_mount_path \"$1\"; printf '%s' \"$mnt\"");
+            let out = Command::new(shell)
+                .args(["-c", &script, "prerm", escaped])
+                .output()
+                .unwrap_or_else(|e| panic!("{shell}: {e}"));
+            assert!(out.status.success(), "{shell} {escaped}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(want),
+                "{shell}: {escaped}"
             );
         }
     }

@@ -37,7 +37,15 @@ fn readme_fields() -> [BTreeSet<String>; 3] {
 /// The fields one snapshot of each file shows.
 fn shown(m: &Mount) -> [BTreeSet<String>; 3] {
     let read = |f: &str| std::fs::read_to_string(m.path().join(f)).expect("read");
-    let text = parse_status(&read("status")).into_keys().collect();
+    // Per-cap keys are listed once, as budget_PERIOD_...
+    let text = parse_status(&read("status"))
+        .into_keys()
+        .map(|k| {
+            ["hour", "day", "month"].iter().fold(k, |k, p| {
+                k.replace(&format!("budget_{p}_"), "budget_PERIOD_")
+            })
+        })
+        .collect();
     let json: serde_json::Value = serde_json::from_str(&read("status.json")).expect("json");
     let json = json
         .as_object()
@@ -58,8 +66,19 @@ fn shown(m: &Mount) -> [BTreeSet<String>; 3] {
 fn the_readme_lists_every_status_field_and_only_those() {
     let listed = readme_fields();
     let emu = emulator();
+    let state = tempfile::tempdir().expect("tempdir");
+    // With a budget and pacing, so their fields show too.
     let m = MountBuilder::new(&emu)
-        .args(["--max-backoff", "60"])
+        .rate_limit("30/10")
+        .args([
+            "--max-backoff",
+            "60",
+            "--budget",
+            "1G/month",
+            "--buffer-size",
+            "32K",
+        ])
+        .args(["--state-dir", state.path().to_str().expect("utf8")])
         .mount();
     // Two states between them show every field: serving, and backing off after a failure
     // (next attempt, last error and failures by class appear only then in /metrics).

@@ -2,13 +2,15 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use super::ledger::GaugeGuard;
 
@@ -24,14 +26,13 @@ enum Piece {
     Spaces(usize),
 }
 
-#[derive(Clone, Copy)]
 enum Ending {
     Complete,
     /// End before the announced `Content-Length`: hyper closes the connection.
     Early,
     /// Fail: hyper drops the connection; with the socket's linger set to zero that is a TCP
     /// reset rather than a clean close.
-    Reset(Option<RawFd>),
+    Reset(Option<Arc<OwnedFd>>),
 }
 
 pub(super) struct ScriptedBody {
@@ -70,7 +71,7 @@ impl ScriptedBody {
     }
 
     /// The first half of `data`, then a reset of the connection (`fd`: its socket).
-    pub fn reset_after_half(data: Bytes, fd: Option<RawFd>) -> ScriptedBody {
+    pub fn reset_after_half(data: Bytes, fd: Option<Arc<OwnedFd>>) -> ScriptedBody {
         let half = data.slice(..data.len() / 2);
         ScriptedBody::new(VecDeque::from([Piece::Data(half)]), Ending::Reset(fd), None)
     }
@@ -164,7 +165,7 @@ impl Body for ScriptedBody {
         match std::mem::replace(&mut this.ending, Ending::Complete) {
             Ending::Reset(fd) => {
                 if let Some(fd) = fd {
-                    set_zero_linger(fd);
+                    set_zero_linger(&fd);
                 }
                 Poll::Ready(Some(Err(io::Error::other("emulated connection reset"))))
             }
@@ -182,24 +183,14 @@ impl Body for ScriptedBody {
     }
 }
 
-/// Makes the next close of `fd` send a TCP RST instead of a FIN.
-fn set_zero_linger(fd: RawFd) {
-    let linger = libc::linger {
+/// Makes the socket's last close send a TCP RST instead of a FIN (`fd`: a duplicate of the
+/// connection's socket, which shares its options).
+fn set_zero_linger(fd: &OwnedFd) {
+    let linger = nix::libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `fd` is the socket of the connection that is polling this body, so it is open;
-    // setsockopt only reads `linger`, whose size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!("emulator: SO_LINGER failed: {}", io::Error::last_os_error());
+    if let Err(e) = setsockopt(fd, sockopt::Linger, &linger) {
+        tracing::debug!("emulator: SO_LINGER failed: {e}");
     }
 }

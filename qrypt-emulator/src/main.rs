@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::Parser;
 use qrypt_emulator::{Emulator, EmulatorConfig, RateLimit};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -78,16 +79,16 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qrypt-emulator: {e}");
+            eprintln!("qrypt-emulator: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> anyhow::Result<()> {
     let mut tokens = args.token;
     if let Some(p) = &args.token_file {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
         tokens.extend(
             text.lines()
                 .map(str::trim)
@@ -95,7 +96,7 @@ fn run(args: Args) -> Result<(), String> {
                 .map(str::to_owned),
         );
         if tokens.is_empty() {
-            return Err(format!("{}: no token in the file", p.display()));
+            bail!("{}: no token in the file", p.display());
         }
     }
     if tokens.is_empty() {
@@ -109,7 +110,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     // Registered before serving, so a signal right after the ready line is not missed.
     let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("signal handlers")?;
     let emu = Emulator::start(EmulatorConfig {
         bind: args.listen,
         tokens,
@@ -118,9 +119,9 @@ fn run(args: Args) -> Result<(), String> {
         tls: args.tls,
         record: args.record,
     })
-    .map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
+    .with_context(|| format!("cannot serve on {}", args.listen))?;
     if let (Some(path), Some(pem)) = (&args.cert_out, emu.ca_cert_pem()) {
-        std::fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(path, pem).with_context(|| path.display().to_string())?;
     }
     // Said on every start, so INFO: a warning that every clean run logs teaches operators to
     // ignore warnings (and try-it.sh reports any WARN as a problem).
@@ -128,7 +129,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}", emu.url())
         .and_then(|()| out.flush())
-        .map_err(|e| format!("stdout: {e}"))?;
+        .context("stdout")?;
     drop(out);
     if let Some(sig) = signals.forever().next() {
         tracing::info!("signal {sig}: stopping");

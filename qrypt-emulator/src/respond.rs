@@ -1,6 +1,7 @@
 //! The entropy endpoint: token, `size`, rate limit, quota, the armed fault, then the body.
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -69,7 +70,7 @@ pub(super) async fn entropy(
     headers: &HeaderMap,
     query: Option<&str>,
     seq: u64,
-    fd: Option<RawFd>,
+    fd: Option<Arc<OwnedFd>>,
 ) -> Reply {
     let (kib, fault) = match admit(state, headers, query) {
         Admission::Refused(status, kib, r) => {

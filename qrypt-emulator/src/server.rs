@@ -1,6 +1,6 @@
 //! Accepting connections (optionally TLS), counting them, and routing each request to the API,
 //! the admin API or a 404.
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +35,12 @@ pub(super) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state
         let tls = tls.clone();
         tokio::spawn(async move {
             let _open = state.connections.enter();
-            let fd = stream.as_raw_fd();
+            // A duplicate of the socket, for the reset fault's SO_LINGER (hyper owns the
+            // stream); it lives as long as the connection's service.
+            let fd = stream.as_fd().try_clone_to_owned().ok().map(Arc::new);
             let service = service_fn(move |req| {
                 let state = state.clone();
+                let fd = fd.clone();
                 async move { route(&state, req, fd).await }
             });
             let mut builder = http1::Builder::new();
@@ -68,7 +71,7 @@ pub(super) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state
     }
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>, fd: RawFd) -> Reply {
+async fn route(state: &Arc<State>, req: Request<Incoming>, fd: Option<Arc<OwnedFd>>) -> Reply {
     if req.uri().path().starts_with(admin::PREFIX) {
         return Ok(admin::handle(state, req).await);
     }
@@ -86,7 +89,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, fd: RawFd) -> Reply {
         );
         Ok(r)
     } else {
-        respond::entropy(state, req.headers(), req.uri().query(), seq, Some(fd)).await
+        respond::entropy(state, req.headers(), req.uri().query(), seq, fd).await
     };
     // The request stays in flight until hyper is done with its body.
     reply.map(|r| r.map(|body| body.with_guard(guard)))

@@ -27,7 +27,8 @@ FILES IN THE MOUNT
   random       Entropy. Every byte is handed out once, then wiped. Reads of up to 256 bytes
                are never short; larger reads may return what is buffered (use dd iflag=fullblock).
                A read waits while the buffer is empty (Ctrl-C ends the wait); O_NONBLOCK gets
-               EAGAIN; EIO when the token is rejected or the quota is used up and nothing is left.
+               EAGAIN; EIO when the token is rejected, the quota is used up or a --budget cap is
+               reached, and nothing is left.
   status       One consistent snapshot (taken at open) as `key: value` lines.
   status.json  The same as a JSON object.
   metrics      The same in Prometheus text format (qrypt_fs_*).
@@ -40,8 +41,8 @@ MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
   Every option above except --foreground has one, spelt with underscores: endpoint=URL
   token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S max_in_flight=N
   read_timeout=SECS connect_timeout=SECS request_timeout=SECS startup_timeout=SECS
-  quota_retry=SECS
-  max_backoff=SECS mix_local allow_other allow_root log_file=PATH verbose (repeatable).
+  quota_retry=SECS max_backoff=SECS budget=SIZE/PERIOD (repeatable) state_dir=PATH
+  reset_budget mix_local allow_other allow_root log_file=PATH verbose (repeatable).
   default_permissions and ro are always on; rw, dev, suid, exec, atime (and no*), relatime,
   defaults, async, sync, _netdev, nofail, auto, noauto, user, users, fsname, subtype and x-*
   are accepted and ignored.
@@ -128,6 +129,21 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub max_backoff: Duration,
 
+    /// Spend at most SIZE per calendar PERIOD (hour, day or month, in UTC), e.g. 200M/day;
+    /// repeatable (each cap holds); `off` drops the caps given before it. The spend (bytes
+    /// requested, rejected ones included) is recorded in --state-dir before each request, so
+    /// it holds across restarts and crashes. Default: off.
+    // Checked where it becomes a cap (cli/mod.rs), which keeps this file free of crate types.
+    #[arg(long, value_name = "SIZE/PERIOD", action = clap::ArgAction::Append, allow_hyphen_values = true)]
+    pub budget: Vec<String>,
+    /// Where the budget's spend is recorded. Default: /var/lib/qrypt-fs for root, else
+    /// $XDG_STATE_HOME/qrypt-fs or ~/.local/state/qrypt-fs.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Start the budget's count from zero, whatever the state file holds (also the way past
+    /// a damaged state file). SIGHUP never resets it.
+    #[arg(long)]
+    pub reset_budget: bool,
     /// XOR every byte with the OS CSPRNG (getrandom): unpredictable if either source is good.
     /// Off by default: by default every byte is Qrypt's.
     #[arg(long)]

@@ -44,9 +44,13 @@ pub const SECTIONS: &[Section] = &[
                 "Entropy (mode 0444, st_size 4096, never in the page cache; offsets are ignored). \
                  Every byte is handed out once, to one reader, then wiped. Reads of up to 256 \
                  bytes are never short; larger reads may return what is buffered (use \
-                 dd iflag=fullblock). A read waits while the buffer is empty and any signal ends \
-                 the wait (EINTR); O_NONBLOCK gets EAGAIN; EIO when the upstream cannot recover \
-                 by itself (token rejected, quota used up) and nothing is buffered.",
+                 dd iflag=fullblock). A read waits while the buffer is empty. A signal that is \
+                 caught (a handler) or fatal by default ends the wait (EINTR, or the process \
+                 dies); stop, continue, ignored and blocked signals do not. SA_RESTART is \
+                 invisible to a filesystem: a caught signal always gives EINTR (README, section \
+                 Signals while a read waits). O_NONBLOCK gets EAGAIN; EIO when the upstream \
+                 cannot recover by itself (token rejected, quota used up, a --budget cap \
+                 reached) and nothing is buffered.",
             ),
             Item(
                 "MOUNTPOINT/status",
@@ -55,8 +59,11 @@ pub const SECTIONS: &[Section] = &[
             Item(
                 "state",
                 "starting, ok, degraded (working, but a request failed in the last minute), \
-                 backing off, unauthorized (401), quota exhausted (403), bad request (400) or \
-                 stopping.",
+                 pacing (a reader waits because the client's own pacing holds the next request \
+                 back), backing off, budget state unwritable (the budget cannot be recorded: \
+                 nothing is requested, readers wait), budget exhausted (a --budget cap is \
+                 reached until it renews: readers on an empty buffer get EIO), unauthorized \
+                 (401), quota exhausted (403), bad request (400) or stopping.",
             ),
             Item(
                 "buffered_bytes, capacity_bytes, buffer_fill_percent",
@@ -99,6 +106,26 @@ pub const SECTIONS: &[Section] = &[
                 "The API base URL, where the token came from (a path or the environment, never \
                  the token), and the client-side pacing.",
             ),
+            Item(
+                "rate_allowance, rate_limited_until, pacing_wait_seconds",
+                "Requests per window the client allows itself now (lower than --rate-limit \
+                 after 429s from a token shared with others), the UTC time until which its \
+                 pacing holds requests back (or none), and the seconds readers spent waiting \
+                 on that pacing.",
+            ),
+            Item(
+                "budget, budget_PERIOD_limit_bytes, budget_PERIOD_spent_bytes, \
+                 budget_PERIOD_remaining_bytes, budget_PERIOD_renews_at",
+                "The --budget caps (or off) and, for each capped PERIOD (hour, day, month): \
+                 its limit, what was spent in the current period (UTC), what is left, and when \
+                 it renews.",
+            ),
+            Item(
+                "spent_day_bytes, spent_month_bytes, budget_state_file",
+                "Bytes requested from the upstream today and this month (UTC), with or without \
+                 a cap (without one, since start), and the file that records the spend (or \
+                 none without a cap).",
+            ),
             Item("uptime_seconds", "Seconds since the mount started."),
             Item(
                 "MOUNTPOINT/status.json",
@@ -115,12 +142,16 @@ pub const SECTIONS: &[Section] = &[
                  creates the directory, never the token.",
             ),
             Item(
-                "/lib/systemd/system/qrypt-fs.service",
+                "/usr/lib/systemd/system/qrypt-fs.service",
                 "The systemd unit: mounts /mnt/qrypt once /etc/qrypt/token exists.",
             ),
             Item(
                 "/var/lib/qrypt-fs",
-                "State directory (mode 0700) kept across restarts.",
+                "State directory (mode 0700) kept across restarts: budget-DIGEST.json (mode \
+                 0600) records the --budget spend per endpoint and token source, written before \
+                 each request; budget-DIGEST.lock serializes daemons sharing it. The default \
+                 --state-dir for root; others use $XDG_STATE_HOME/qrypt-fs or \
+                 ~/.local/state/qrypt-fs.",
             ),
         ],
     },

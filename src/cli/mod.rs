@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::budget::{Cap, merge_caps};
 use crate::prefetch::pacer::RateLimit;
 
 pub mod args;
@@ -35,6 +36,10 @@ pub struct Options {
     pub startup_timeout: Option<Duration>,
     pub quota_retry: Duration,
     pub max_backoff: Duration,
+    /// The `--budget` caps in force (none: spend without a cap).
+    pub budget: Vec<Cap>,
+    pub state_dir: Option<PathBuf>,
+    pub reset_budget: bool,
     pub mix_local: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -104,6 +109,14 @@ impl Options {
             startup_timeout: Some(cli.startup_timeout).filter(|t| !t.is_zero()),
             quota_retry: cli.quota_retry,
             max_backoff: cli.max_backoff,
+            budget: merge_caps(cli.budget.iter().map(String::as_str)).map_err(|e| {
+                Cli::command().error(
+                    ErrorKind::ValueValidation,
+                    format!("invalid value for '--budget <SIZE/PERIOD>': {e}"),
+                )
+            })?,
+            state_dir: cli.state_dir,
+            reset_budget: cli.reset_budget,
             mix_local: cli.mix_local,
             allow_other: cli.allow_other,
             allow_root: cli.allow_root,
@@ -182,6 +195,8 @@ mod tests {
             "buffer_size" => "1M",
             "rate_limit" => "off",
             "max_in_flight" => "2",
+            "budget" => "1M/day",
+            "state_dir" => "/x",
             "token_file" | "ca_cert" | "log_file" => "/x",
             _ => "5",
         };
@@ -231,6 +246,45 @@ mod tests {
     }
 
     #[test]
+    fn budgets_accumulate_flags_first_then_mount_options() {
+        use crate::budget::Period;
+        let o = parse(&[
+            "qrypt-fs",
+            "/m",
+            "--budget",
+            "50M/hour",
+            "-o",
+            "budget=1G/month,state_dir=/var/q,reset_budget",
+            "--budget",
+            "60M/hour",
+        ])
+        .expect("ok");
+        assert_eq!(
+            o.budget,
+            vec![
+                Cap {
+                    limit: 50 << 20,
+                    period: Period::Hour
+                },
+                Cap {
+                    limit: 1 << 30,
+                    period: Period::Month
+                },
+            ]
+        );
+        assert_eq!(o.state_dir, Some(PathBuf::from("/var/q")));
+        assert!(o.reset_budget);
+        let o = parse(&["qrypt-fs", "/m", "-o", "budget=1M/day", "--budget", "off"]).expect("ok");
+        assert_eq!(
+            o.budget.len(),
+            1,
+            "-o comes after the flags: {:?}",
+            o.budget
+        );
+        assert!(parse(&["qrypt-fs", "/m"]).expect("ok").budget.is_empty());
+    }
+
+    #[test]
     fn help_shows_one_mount_point() {
         let usage = Cli::command().render_usage().to_string();
         assert_eq!(usage, "Usage: qrypt-fs [OPTIONS] <MOUNTPOINT>");
@@ -263,6 +317,8 @@ mod tests {
         assert!(e.contains("token_file") && !e.contains("abc"), "{e}");
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "0/1"]).contains("rate-limit"));
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "fast"]).contains("REQUESTS/SECONDS"));
+        assert!(err(&["qrypt-fs", "/m", "--budget", "1M/week"]).contains("unknown period"));
+        assert!(err(&["qrypt-fs", "/m", "-o", "budget=0M/day"]).contains("zero"));
         assert!(parse(&["qrypt-fs"]).is_err());
         let e = err(&["qrypt-fs", "--token=abc", "/m"]);
         assert!(e.contains("QRYPT_TOKEN") && !e.contains("abc"), "{e}");

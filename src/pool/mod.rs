@@ -8,15 +8,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
-use zeroize::Zeroizing;
-
 mod ring;
-pub use ring::Ring;
+pub use ring::{LockedBuf, Ring};
 
 /// Reads up to this size are never short: key generators read 16–64 bytes once and trust the
 /// count, as `getrandom(2)` promises for up to 256 bytes. Larger reads take what is buffered
 /// once at least this much is.
 pub const SMALL_READ_MAX: usize = 256;
+
+/// The most one read is served at once: the largest FUSE READ (1 MiB on Linux). Larger reads
+/// get this much (a short read), so the scratch buffer for reads that wrap the ring has a
+/// fixed size and is never reallocated.
+pub const MAX_READ: usize = 1 << 20;
 
 /// Why a read got no bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +93,8 @@ enum Availability {
 
 struct Waiter {
     id: u64,
+    /// When it started waiting.
+    since: Instant,
     req: ReadRequest,
     sink: Box<dyn QueuedSink>,
 }
@@ -98,7 +103,9 @@ type Waker = Box<dyn FnOnce() + Send>;
 
 struct Inner {
     ring: Ring,
-    scratch: Zeroizing<Vec<u8>>,
+    /// Where reads that wrap around the ring's end are gathered: [`MAX_READ`] bytes (or the
+    /// capacity if smaller), allocated and locked once, wiped after each delivery.
+    scratch: LockedBuf,
     waiters: VecDeque<Waiter>,
     /// One waker per open file that polled while nothing was ready: a program that polls in
     /// a loop replaces its waker instead of piling up new ones.
@@ -128,7 +135,7 @@ impl Pool {
         Pool {
             inner: Mutex::new(Inner {
                 ring: Ring::new(capacity),
-                scratch: Zeroizing::new(Vec::new()),
+                scratch: LockedBuf::new(capacity.min(MAX_READ)),
                 waiters: VecDeque::new(),
                 pollers: HashMap::new(),
                 availability: Availability::Open,
@@ -150,7 +157,8 @@ impl Pool {
     }
 
     pub fn memory_locked(&self) -> bool {
-        self.inner.lock().ring.is_locked()
+        let g = self.inner.lock();
+        g.ring.is_locked() && g.scratch.is_locked()
     }
 
     /// Faults the whole buffer in now (without the lock held: this can take a while for a big
@@ -211,6 +219,7 @@ impl Pool {
         g.next_id += 1;
         g.waiters.push_back(Waiter {
             id,
+            since: Instant::now(),
             req,
             sink: Box::new(sink),
         });
@@ -218,9 +227,9 @@ impl Pool {
         self.waiting.notify_all();
     }
 
-    /// Hands the oldest `min(len, buffered)` bytes to `deliver`, then wipes them.
+    /// Hands the oldest `min(len, buffered, MAX_READ)` bytes to `deliver`, then wipes them.
     fn serve(&self, g: &mut Inner, len: usize, deliver: impl FnOnce(&[u8])) {
-        let n = len.min(g.ring.len());
+        let n = len.min(g.ring.len()).min(MAX_READ);
         let Inner { ring, scratch, .. } = g;
         ring.consume(n, scratch, deliver);
         self.served.fetch_add(n as u64, Ordering::SeqCst);
@@ -340,6 +349,12 @@ impl Pool {
     #[cfg(test)]
     fn pollers(&self) -> usize {
         self.inner.lock().pollers.len()
+    }
+
+    /// When the longest-waiting read now waiting started to wait (reads are served in order,
+    /// so it is the oldest), or `None` if no read waits.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.inner.lock().waiters.front().map(|w| w.since)
     }
 
     /// The reads waiting now.

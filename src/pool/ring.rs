@@ -6,6 +6,8 @@ use std::sync::atomic::{Ordering, compiler_fence};
 use nix::sys::mman::{MmapAdvise, madvise, mlock, munlock};
 use zeroize::Zeroize;
 
+use crate::sys::page_size;
+
 /// Zeroes bytes that stay allocated (the ring, the scratch buffer). A plain `fill` is a memset
 /// at memory speed; the stores cannot be elided because the memory is read again later, and
 /// the fence keeps them from being reordered past the hand-out. (`zeroize` writes byte by byte
@@ -15,24 +17,64 @@ fn wipe(bytes: &mut [u8]) {
     compiler_fence(Ordering::SeqCst);
 }
 
-pub struct Ring {
+/// A fixed-size buffer for entropy: allocated once and never moved (a `Box<[u8]>` cannot grow,
+/// so no reallocation ever frees a copy unwiped), locked in memory where allowed, left out of
+/// core dumps, wiped and unlocked when dropped.
+pub struct LockedBuf {
     buf: Box<[u8]>,
-    head: usize,
-    len: usize,
     locked: bool,
 }
 
-impl Ring {
-    /// Allocates `capacity` bytes, tries to `mlock` them (so entropy never reaches swap) and
-    /// excludes them from core dumps.
-    pub fn new(capacity: usize) -> Ring {
-        let buf = vec![0u8; capacity.max(1)].into_boxed_slice();
+impl LockedBuf {
+    /// Allocates `len` zeroed bytes (at least one), tries to `mlock` them (so entropy never
+    /// reaches swap) and excludes them from core dumps.
+    pub fn new(len: usize) -> LockedBuf {
+        let buf = vec![0u8; len.max(1)].into_boxed_slice();
         let locked = lock_memory(&buf);
+        LockedBuf { buf, locked }
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+}
+
+impl std::ops::Deref for LockedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for LockedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl Drop for LockedBuf {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+        if self.locked {
+            // SAFETY: the range is our own live allocation; unlocking changes no byte.
+            let _ = unsafe { munlock(NonNull::from(&mut *self.buf).cast(), self.buf.len()) };
+        }
+    }
+}
+
+pub struct Ring {
+    buf: LockedBuf,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    /// Allocates `capacity` bytes as a [`LockedBuf`].
+    pub fn new(capacity: usize) -> Ring {
         Ring {
-            buf,
+            buf: LockedBuf::new(capacity),
             head: 0,
             len: 0,
-            locked,
         }
     }
 
@@ -53,7 +95,7 @@ impl Ring {
     }
 
     pub fn is_locked(&self) -> bool {
-        self.locked
+        self.buf.is_locked()
     }
 
     /// The buffer's address and length, for prefaulting it ([`crate::pool::Pool::prefault`]);
@@ -75,8 +117,9 @@ impl Ring {
     }
 
     /// Hands the oldest `n` bytes (n <= len) to `f` as one slice, then wipes and drops them.
-    /// When they wrap around the end, they are gathered in `scratch`, which is wiped too.
-    pub fn consume<R>(&mut self, n: usize, scratch: &mut Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> R {
+    /// When they wrap around the end, they are gathered in `scratch` (at least `n` bytes long:
+    /// it is never grown), whose used part is wiped too.
+    pub fn consume<R>(&mut self, n: usize, scratch: &mut [u8], f: impl FnOnce(&[u8]) -> R) -> R {
         assert!(n <= self.len, "consume past end of ring");
         let cap = self.capacity();
         let first = n.min(cap - self.head);
@@ -85,11 +128,12 @@ impl Ring {
             wipe(&mut self.buf[self.head..self.head + n]);
             r
         } else {
-            scratch.clear();
-            scratch.extend_from_slice(&self.buf[self.head..]);
-            scratch.extend_from_slice(&self.buf[..n - first]);
-            let r = f(scratch);
-            wipe(scratch);
+            assert!(n <= scratch.len(), "scratch smaller than a wrapped read");
+            let gathered = &mut scratch[..n];
+            gathered[..first].copy_from_slice(&self.buf[self.head..]);
+            gathered[first..].copy_from_slice(&self.buf[..n - first]);
+            let r = f(gathered);
+            wipe(gathered);
             wipe(&mut self.buf[self.head..]);
             wipe(&mut self.buf[..n - first]);
             r
@@ -109,26 +153,6 @@ impl Ring {
         self.head = 0;
         self.len = 0;
     }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        self.wipe();
-        if self.locked {
-            // SAFETY: the range is our own live allocation; unlocking changes no byte.
-            let _ = unsafe { munlock(NonNull::from(&mut *self.buf).cast(), self.buf.len()) };
-        }
-    }
-}
-
-/// The system's page size (`sysconf(_SC_PAGESIZE)`), 4096 if it cannot say.
-pub fn page_size() -> usize {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|&n| n.is_power_of_two())
-        .unwrap_or(4096)
 }
 
 fn lock_memory(buf: &[u8]) -> bool {
@@ -189,7 +213,7 @@ mod tests {
     #[test]
     fn wraps_and_wipes() {
         let mut r = Ring::new(8);
-        let mut scratch = Vec::new();
+        let mut scratch = LockedBuf::new(8);
         assert_eq!(r.push(&[1, 2, 3, 4, 5, 6]), 6);
         assert_eq!(r.consume(4, &mut scratch, |b| b.to_vec()), vec![1, 2, 3, 4]);
         assert_eq!(r.push(&[7, 8, 9, 10, 11, 12]), 6);
@@ -201,5 +225,31 @@ mod tests {
         assert!(r.is_empty());
         assert!(r.buf.iter().all(|&b| b == 0), "consumed bytes wiped");
         assert!(scratch.iter().all(|&b| b == 0));
+    }
+
+    /// A wrapped read is gathered in the scratch buffer in place: no reallocation (which would
+    /// free a copy of the read's first part unwiped), and nothing left in it afterwards.
+    #[test]
+    fn a_wrapped_read_stays_in_place_in_scratch_and_is_wiped() {
+        let mut r = Ring::new(8);
+        let mut scratch = LockedBuf::new(8);
+        let (ptr, len) = (scratch.as_ptr(), scratch.len());
+        r.push(&[1, 2, 3, 4, 5, 6]);
+        r.consume(5, &mut scratch, |_| ());
+        r.push(&[7, 8, 9, 10, 11, 12]);
+        let mut seen = (std::ptr::null(), Vec::new());
+        r.consume(7, &mut scratch, |b| seen = (b.as_ptr(), b.to_vec()));
+        assert_eq!(seen.1, vec![6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(seen.0, ptr, "delivered from scratch itself");
+        assert_eq!(
+            (scratch.as_ptr(), scratch.len()),
+            (ptr, len),
+            "scratch not moved"
+        );
+        assert!(
+            scratch.iter().all(|&b| b == 0),
+            "scratch wiped after delivery"
+        );
+        assert!(r.buf.iter().all(|&b| b == 0), "ring wiped");
     }
 }

@@ -170,7 +170,7 @@ fn a_file_polling_in_a_loop_keeps_one_waker() {
 /// Pages of `[ptr, ptr + len)` that are resident, by mincore(2).
 fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
     let (start, end) = ring::pages_covering(ptr, len);
-    let mut vec = vec![0u8; (end - start) / ring::page_size()];
+    let mut vec = vec![0u8; (end - start) / crate::sys::page_size()];
     // SAFETY: a mapped range (the pool's buffer, rounded out to its pages) and a vector with
     // one byte per page; nix has no mincore.
     let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
@@ -190,4 +190,51 @@ fn prefault_makes_the_whole_buffer_resident_without_changing_it() {
     let log: Log = Default::default();
     pool.read(req(1000), Sink(1, log.clone()));
     assert_eq!(log.lock().clone(), vec![(1, Ok(seq(0, 1000)))]);
+}
+
+/// The largest read the pool serves wraps the ring's end: it is gathered in the scratch buffer
+/// allocated (and locked) up front, which neither moves nor keeps a byte of it afterwards.
+#[test]
+fn a_wrapped_max_read_is_gathered_in_place_and_wiped() {
+    let pool = Pool::new(2 * MAX_READ);
+    let (ptr, len) = {
+        let g = pool.inner.lock();
+        (g.scratch.as_ptr(), g.scratch.len())
+    };
+    assert_eq!(len, MAX_READ);
+    let log: Log = Default::default();
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 251) as u8 + 1).collect() };
+    pool.push(&pattern(2 * MAX_READ));
+    pool.read(req(MAX_READ + 100), Sink(1, log.clone()));
+    pool.read(req(1000), Sink(2, log.clone()));
+    pool.push(&pattern(MAX_READ));
+    // MAX_READ - 1000 bytes left at the ring's end, the rest at its start: this read wraps.
+    pool.read(req(2 * MAX_READ), Sink(3, log.clone()));
+    let got = log.lock().clone();
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        got[0].1.as_ref().map(Vec::len),
+        Ok(MAX_READ),
+        "capped at MAX_READ"
+    );
+    let mut want = pattern(2 * MAX_READ)[MAX_READ + 1000..].to_vec();
+    want.extend_from_slice(&pattern(1000));
+    assert_eq!(got[2].1.as_ref().map(Vec::len), Ok(MAX_READ));
+    assert!(got[2].1 == Ok(want), "the wrapped read's bytes, in order");
+    let g = pool.inner.lock();
+    assert_eq!(
+        (g.scratch.as_ptr(), g.scratch.len()),
+        (ptr, len),
+        "scratch never moves"
+    );
+    assert!(
+        g.scratch.iter().all(|&b| b == 0),
+        "scratch wiped after delivery"
+    );
+}
+
+#[test]
+fn scratch_is_no_larger_than_a_small_pool() {
+    let pool = Pool::new(4096);
+    assert_eq!(pool.inner.lock().scratch.len(), 4096);
 }

@@ -2,8 +2,6 @@
 //! random time in [0, min(cap, base * 2^n)], so many clients never retry in lockstep.
 use std::time::Duration;
 
-use rand::Rng;
-
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -31,7 +29,9 @@ impl Backoff {
         let ceiling = self.ceiling();
         self.failures = self.failures.saturating_add(1);
         let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(0..=ms))
+        // Uniform enough: the modulo bias of a 64-bit draw over at most a few million values
+        // is far below what spreading retries needs.
+        Duration::from_millis(crate::sys::random_u64() % (ms + 1))
     }
 
     /// Records a failure whose wait is decided elsewhere (Retry-After, quota).

@@ -3,7 +3,7 @@
 //! pass the `intake` (health tests, `--mix-local`); what the answer means for the upstream's
 //! state (each HTTP status's policy, backoff, epochs) is decided by the state machine in
 //! [`state`], which the worker then publishes to `/status` and the pool.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,19 +12,28 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::budget::{Budget, Grant, Refusal, human_bytes};
 use crate::pool::Pool;
 use crate::status::{Status, bounded};
 use crate::token::TokenFile;
-use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
+use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError};
+use adaptive::AdaptiveRate;
 use intake::{Intake, Refused};
 use outage_log::OutageLog;
 use pacer::{Pacer, RateLimit, Wait};
-use state::{Decision, Epoch, Gate, Machine, Outcome, Policy, UpstreamState};
+use request_size::{Need, request_kib};
+use state::{Decision, Epoch, Gate, Machine, Outcome, Policy, UpstreamState, after};
 
+pub use request_size::FIRST_REQUEST_KIB;
+
+pub mod adaptive;
 mod backoff;
+#[cfg(test)]
+mod fleet_model;
 mod intake;
 mod outage_log;
 pub mod pacer;
+pub mod request_size;
 pub mod state;
 
 #[derive(Debug, Clone)]
@@ -44,6 +53,10 @@ pub struct PrefetchConfig {
     pub token_file: Option<PathBuf>,
     /// How often to look at the token file while the token is rejected.
     pub token_poll: Duration,
+    /// What may be spent; every request is recorded in it before it is sent.
+    pub budget: Arc<Budget>,
+    /// How long to wait before trying again to record the budget after a write failed.
+    pub budget_retry: Duration,
 }
 
 impl PrefetchConfig {
@@ -58,6 +71,8 @@ impl PrefetchConfig {
             mix_local: false,
             token_file: None,
             token_poll: Duration::from_secs(2),
+            budget: Arc::new(Budget::unlimited()),
+            budget_retry: Duration::from_secs(5),
         }
     }
 
@@ -76,14 +91,15 @@ pub enum Control {
     Reload,
 }
 
-/// Size of the requests made before the first success.
-pub const FIRST_REQUEST_KIB: u32 = 16;
-
 /// A request in flight: its size, its pacer slot and the epoch it was sent in.
 struct InFlight {
     kib: u32,
     slot: u64,
     sent: Epoch,
+    /// When it was sent.
+    at: Instant,
+    /// What the budget recorded for it, given back if the service refuses it outright.
+    grant: Grant,
 }
 
 type FetchResult = (u32, Result<Entropy, FetchError>);
@@ -100,6 +116,16 @@ pub struct Prefetcher<C: EntropyClient> {
     status: Arc<Status>,
     cfg: PrefetchConfig,
     pacer: Pacer,
+    /// The allowance under a rate limit that unknown others may share (None: no limit).
+    rate: Option<AdaptiveRate>,
+    /// When each of our requests the service accepted (any answer but 429) in the last
+    /// window was sent: our share of the window.
+    accepted: VecDeque<Instant>,
+    /// Why the budget stops requests, if it does: each refusal is logged once per episode.
+    budget_block: Option<Refusal>,
+    /// No request before this, by the budget's word. The state says so only once nothing is
+    /// in flight: until the last granted bytes land, readers wait for them.
+    budget_until: Option<Instant>,
     intake: Intake,
     upstream: Machine,
     token_file: Option<TokenFile>,
@@ -116,8 +142,17 @@ pub struct Prefetcher<C: EntropyClient> {
 impl<C: EntropyClient> Prefetcher<C> {
     pub fn new(client: Arc<C>, pool: Arc<Pool>, status: Arc<Status>, cfg: PrefetchConfig) -> Self {
         let now = now();
+        let rate = cfg.rate_limit.map(|l| AdaptiveRate::new(l, pacer::MARGIN));
+        if let Some(r) = &rate {
+            status.set_rate_allowance(r.current());
+        }
+        status.set_budget(cfg.budget.clone());
         Prefetcher {
             pacer: Pacer::new(cfg.rate_limit),
+            rate,
+            accepted: VecDeque::new(),
+            budget_block: None,
+            budget_until: None,
             intake: Intake::new(cfg.mix_local),
             upstream: Machine::new(cfg.policy(), now),
             token_file: cfg.token_file.clone().map(TokenFile::new),
@@ -152,13 +187,21 @@ impl<C: EntropyClient> Prefetcher<C> {
             tokio::select! {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
-                        Ok((id, (kib, result))) => match self.finished(id) {
-                            Some(sent) => self.complete(kib, result, sent),
-                            None => error!("an unknown fetch task finished"),
-                        },
+                        Ok((id, (kib, result))) => {
+                            let code = match &result {
+                                Err(FetchError::Status { code, .. }) => Some(*code),
+                                _ => None,
+                            };
+                            match self.finished(id, code) {
+                                Some(sent) => self.complete(kib, result, sent),
+                                None => error!("an unknown fetch task finished"),
+                            }
+                            self.show_budget_block();
+                        }
                         Err(e) => {
-                            self.finished(e.id());
+                            self.finished(e.id(), None);
                             error!("fetch task failed: {e}");
+                            self.show_budget_block();
                         }
                     }
                 }
@@ -191,9 +234,12 @@ impl<C: EntropyClient> Prefetcher<C> {
             }
             Gate::Halted => return None,
         }
+        if let Some(t) = self.budget_until.filter(|t| now < *t) {
+            return Some(t);
+        }
         let capacity = self.pool.capacity();
-        let buffered = self.pool.buffered();
-        if buffered + self.reserved < self.cfg.low_watermark {
+        let (buffered, _, waiting) = self.pool.counts();
+        if buffered + self.reserved < self.cfg.low_watermark || waiting > 0 {
             self.filling = true;
         }
         while self.filling {
@@ -203,26 +249,73 @@ impl<C: EntropyClient> Prefetcher<C> {
                 release_freed_memory();
                 break;
             }
-            let (max_in_flight, largest) = if self.started {
-                (self.cfg.max_in_flight, MAX_KIB_PER_REQUEST)
+            let max_in_flight = if self.started {
+                self.cfg.max_in_flight
             } else {
-                (1, FIRST_REQUEST_KIB)
+                1
             };
             if tasks.len() >= max_in_flight {
                 break;
             }
+            let Some(kib) = request_kib(Need {
+                free,
+                capacity,
+                reader_waiting: waiting > 0,
+                in_flight: tasks.len(),
+                started: self.started,
+                paced: self.cfg.rate_limit.is_some(),
+            }) else {
+                // Less room than a whole request: a slot is worth more than a partial one.
+                // A request in flight wakes us when it lands; below the watermark, the pool.
+                self.filling = false;
+                break;
+            };
             let slot = match self.pacer.try_acquire(now) {
                 Ok(slot) => slot,
-                Err(Wait::Until(at)) => return Some(at),
-                Err(Wait::ForCompletion) => break,
+                Err(wait) => {
+                    if self.rate.as_mut().is_some_and(|r| r.on_held_back(now)) {
+                        self.allowance_changed();
+                        continue;
+                    }
+                    match wait {
+                        Wait::Until(at) => {
+                            self.status.pacing_hold(now, at);
+                            return Some(at);
+                        }
+                        Wait::ForCompletion => break,
+                    }
+                }
             };
-            let kib = (free / BLOCK_LEN).min(largest as usize) as u32;
+            // Recorded before it is sent: a crash can only over-count. With a cap this is a
+            // locked write and two fsyncs on this task, at most once per request (3/s under
+            // Qrypt's limit); readers never wait on it, only the next request does.
+            let grant = match self.cfg.budget.reserve(u64::from(kib) * 1024, 1024) {
+                Ok(grant) => grant,
+                Err(refusal) => {
+                    self.pacer.cancel(slot);
+                    return Some(self.budget_refused(refusal, now));
+                }
+            };
+            self.status.pacing_release(now, self.pool.waiting_since());
+            if self.budget_block.is_some() {
+                self.budget_allows(now);
+            }
+            // The budget may grant less than asked: what is left of a cap.
+            let kib = (grant.bytes / 1024) as u32;
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
             let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
             let sent = self.upstream.epoch();
-            self.in_flight
-                .insert(handle.id(), InFlight { kib, slot, sent });
+            self.in_flight.insert(
+                handle.id(),
+                InFlight {
+                    kib,
+                    slot,
+                    sent,
+                    at: now,
+                    grant,
+                },
+            );
         }
         if !self.filling
             && self.reserved == 0
@@ -234,12 +327,123 @@ impl<C: EntropyClient> Prefetcher<C> {
         None
     }
 
-    /// Releases what a finished request held: its reservation and, from now, its pacer slot.
-    /// Returns the epoch it was sent in.
-    fn finished(&mut self, id: tokio::task::Id) -> Option<Epoch> {
+    /// The budget refused a request: no request until it renews (or can be recorded), and
+    /// the log says so once per episode. Returns when to try again.
+    fn budget_refused(&mut self, refusal: Refusal, now: Instant) -> Instant {
+        let first = self.budget_block.as_ref().map(std::mem::discriminant)
+            != Some(std::mem::discriminant(&refusal));
+        let until = match &refusal {
+            Refusal::Exhausted(e) => {
+                // Whole seconds of the wall clock: waking up to a second late is fine, early
+                // would only be refused again.
+                let wait = Duration::from_secs(e.renews_at.saturating_sub(self.cfg.budget.now()));
+                if first {
+                    let caps = e
+                        .caps
+                        .iter()
+                        .map(|c| format!("budget {}/{} reached", human_bytes(c.limit), c.period))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    warn!(
+                        "{caps}: no request until it renews in {}s; buffered bytes are still \
+                         served, reads that would wait get EIO",
+                        wait.as_secs()
+                    );
+                }
+                after(now, wait)
+            }
+            Refusal::Unwritable(why) => {
+                if first {
+                    warn!(
+                        "cannot record the budget ({why}); stopped requesting (a request must \
+                         be recorded before it is sent), retrying every {}s",
+                        self.cfg.budget_retry.as_secs()
+                    );
+                }
+                after(now, self.cfg.budget_retry)
+            }
+        };
+        self.budget_block = Some(refusal);
+        self.budget_until = Some(until);
+        self.status.pacing_release(now, self.pool.waiting_since());
+        self.show_budget_block();
+        until
+    }
+
+    /// Puts the budget's refusal into the state once nothing is in flight any more.
+    fn show_budget_block(&mut self) {
+        let (Some(block), Some(until)) = (&self.budget_block, self.budget_until) else {
+            return;
+        };
+        if !self.in_flight.is_empty() {
+            return;
+        }
+        let exhausted = matches!(block, Refusal::Exhausted(_));
+        if self.upstream.budget_refused(exhausted, until) {
+            self.publish();
+        }
+    }
+
+    /// The budget allowed a request again after refusing.
+    fn budget_allows(&mut self, now: Instant) {
+        self.budget_until = None;
+        match self.budget_block.take() {
+            Some(Refusal::Exhausted(_)) => info!("budget renewed: requesting again"),
+            Some(Refusal::Unwritable(_)) => info!("budget state recorded again: requesting again"),
+            None => return,
+        }
+        if self.upstream.budget_allows(now) {
+            self.publish();
+        }
+    }
+
+    fn allowance_changed(&mut self) {
+        if let Some(r) = &self.rate {
+            self.pacer.set_allowance(r.current());
+            self.status.set_rate_allowance(r.current());
+        }
+    }
+
+    /// Releases what a finished request held: its reservation and, from now (plus jitter
+    /// once the token is shared), its pacer slot. A 429 (`code`) lowers the allowance; a
+    /// request the service refused outright is given back to the budget. Returns the epoch it
+    /// was sent in.
+    fn finished(&mut self, id: tokio::task::Id, code: Option<u16>) -> Option<Epoch> {
         let r = self.in_flight.remove(&id)?;
+        let now = now();
         self.reserved -= r.kib as usize * BLOCK_LEN;
-        self.pacer.complete(r.slot, now());
+        let jitter = self
+            .rate
+            .as_ref()
+            .map_or(Duration::ZERO, |a| a.jitter(crate::sys::random_unit()));
+        self.pacer.complete(r.slot, now + jitter);
+        if let Some(limit) = self.cfg.rate_limit {
+            while self
+                .accepted
+                .front()
+                .is_some_and(|&t| now.saturating_duration_since(t) >= limit.window)
+            {
+                self.accepted.pop_front();
+            }
+            if code == Some(429) {
+                let share = self.accepted.len() as u32;
+                if self
+                    .rate
+                    .as_mut()
+                    .is_some_and(|a| a.on_rate_limited(r.at, share, now))
+                {
+                    self.allowance_changed();
+                }
+            } else {
+                self.accepted.push_back(r.at);
+            }
+        }
+        if matches!(code, Some(400 | 401 | 403 | 429)) {
+            // Refused before any entropy was served: Qrypt bills nothing for it.
+            if let Err(e) = self.cfg.budget.refund(r.grant) {
+                warn!("could not give a refused request back to the budget: {e}");
+            }
+        }
         Some(r.sent)
     }
 
@@ -290,6 +494,9 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// Retries at once after an outside change (a new token, SIGHUP).
     fn resume(&mut self) {
+        // Asks the budget again at once too (it says the same until it renews: SIGHUP never
+        // resets it).
+        self.budget_until = None;
         self.upstream.resume(now());
         self.publish();
     }

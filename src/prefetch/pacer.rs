@@ -4,6 +4,9 @@ use std::time::{Duration, Instant};
 /// One type and one syntax (`30/10`) for the client's pacer and the emulator's limit.
 pub use qrypt_api::RateLimit;
 
+/// Added to the window a slot is held after its request completed (clock granularity).
+pub const MARGIN: Duration = Duration::from_millis(100);
+
 /// A sliding-window gate that never lets the server see more than `requests` in a `window`.
 ///
 /// The server counts a request somewhere between our send and its answer, so a slot is held
@@ -12,6 +15,8 @@ pub use qrypt_api::RateLimit;
 /// absorbs clock granularity. Bursts up to the full allowance go at once.
 pub struct Pacer {
     limit: Option<RateLimit>,
+    /// Requests per window allowed now, at most `limit.requests` (see `AdaptiveRate`).
+    allowance: u32,
     margin: Duration,
     next_id: u64,
     /// (slot id, completion time; `None` while in flight).
@@ -31,7 +36,8 @@ impl Pacer {
     pub fn new(limit: Option<RateLimit>) -> Pacer {
         Pacer {
             limit,
-            margin: Duration::from_millis(100),
+            allowance: limit.map_or(u32::MAX, |l| l.requests),
+            margin: MARGIN,
             next_id: 0,
             slots: Vec::new(),
         }
@@ -45,7 +51,7 @@ impl Pacer {
         let span = limit.window + self.margin;
         self.slots
             .retain(|(_, done)| done.is_none_or(|t| now.saturating_duration_since(t) < span));
-        if self.slots.len() < limit.requests as usize {
+        if self.slots.len() < limit.requests.min(self.allowance) as usize {
             self.next_id += 1;
             self.slots.push((self.next_id, None));
             return Ok(self.next_id);
@@ -54,6 +60,23 @@ impl Pacer {
             Some(t) => Err(Wait::Until(t + span)),
             None => Err(Wait::ForCompletion),
         }
+    }
+
+    /// Lowers (or raises, never above the configured limit) the requests allowed per window.
+    /// Slots already taken stay taken: a lower allowance only delays the next request.
+    pub fn set_allowance(&mut self, requests: u32) {
+        self.allowance = requests.max(1);
+    }
+
+    /// Gives back a slot whose request was never sent (the budget refused it).
+    pub fn cancel(&mut self, slot: u64) {
+        self.slots.retain(|(id, _)| *id != slot);
+    }
+
+    /// Requests started in the current window (in flight, or completed less than a window
+    /// and the margin ago), as of the last acquisition.
+    pub fn held(&self) -> usize {
+        self.slots.len()
     }
 
     /// The request holding `slot` completed (successfully or not) at `now`.
@@ -96,6 +119,31 @@ mod tests {
         assert!(p.try_acquire(at).is_ok());
         assert!(p.try_acquire(at).is_err(), "second slot frees at 12.1 s");
         assert!(p.try_acquire(t0 + Duration::from_millis(12_100)).is_ok());
+    }
+
+    #[test]
+    fn a_lower_allowance_delays_the_next_request() {
+        let mut p = Pacer::new(Some(RateLimit::QRYPT));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            let id = p.try_acquire(t0).expect("slot");
+            p.complete(id, t0);
+        }
+        p.set_allowance(3);
+        let at = t0 + Duration::from_millis(10_100);
+        assert_eq!(p.try_acquire(t0), Err(Wait::Until(at)));
+        p.set_allowance(4);
+        let id = p.try_acquire(t0).expect("a fourth");
+        assert!(p.try_acquire(t0).is_err());
+        p.cancel(id);
+        let id = p.try_acquire(t0).expect("a cancelled slot is free at once");
+        p.complete(id, t0);
+        p.set_allowance(0);
+        assert!(
+            p.try_acquire(at).is_ok(),
+            "never below one request per window"
+        );
+        assert!(p.try_acquire(at).is_err());
     }
 
     #[test]

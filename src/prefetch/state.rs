@@ -38,8 +38,16 @@ pub enum UpstreamState {
     /// The last request succeeded, but one failed in the last [`DEGRADED_WINDOW`]: the
     /// upstream is flaky. Derived when shown ([`View::shown_at`]), never stored.
     Degraded,
+    /// Working, but the client's own pacing holds the next request back while a reader
+    /// waits. Derived when shown (by `/status`, which sees the readers), never stored.
+    Pacing,
     /// Failing; waiting before the next attempt.
     BackingOff,
+    /// The budget's state file cannot be written: nothing is requested until it can be
+    /// (an unrecorded request could exceed the budget). Readers wait.
+    BudgetUnwritable,
+    /// A `--budget` cap is reached: nothing is requested until it renews.
+    BudgetExhausted,
     /// 401: the token was rejected; waiting for a new token (file change or SIGHUP).
     Unauthorized,
     /// 403: the monthly quota is used up; retrying rarely.
@@ -52,11 +60,14 @@ pub enum UpstreamState {
 
 impl UpstreamState {
     /// Every state, in the order `/metrics` lists them.
-    pub const ALL: [UpstreamState; 8] = [
+    pub const ALL: [UpstreamState; 11] = [
         UpstreamState::Starting,
         UpstreamState::Ok,
         UpstreamState::Degraded,
+        UpstreamState::Pacing,
         UpstreamState::BackingOff,
+        UpstreamState::BudgetUnwritable,
+        UpstreamState::BudgetExhausted,
         UpstreamState::Unauthorized,
         UpstreamState::QuotaExhausted,
         UpstreamState::BadRequest,
@@ -68,7 +79,10 @@ impl UpstreamState {
             UpstreamState::Starting => "starting",
             UpstreamState::Ok => "ok",
             UpstreamState::Degraded => "degraded",
+            UpstreamState::Pacing => "pacing",
             UpstreamState::BackingOff => "backing off",
+            UpstreamState::BudgetUnwritable => "budget state unwritable",
+            UpstreamState::BudgetExhausted => "budget exhausted",
             UpstreamState::Unauthorized => "unauthorized",
             UpstreamState::QuotaExhausted => "quota exhausted",
             UpstreamState::BadRequest => "bad request",
@@ -76,13 +90,22 @@ impl UpstreamState {
         }
     }
 
-    /// A stop: only an outside change or a long wait ends it (400, 401, 403). Readers on an
-    /// empty buffer get `EIO` instead of waiting.
+    /// A stop: only an outside change or a long wait ends it (400, 401, 403, a spent
+    /// budget). Readers on an empty buffer get `EIO` instead of waiting.
     pub fn is_stop(self) -> bool {
         matches!(
             self,
-            UpstreamState::Unauthorized | UpstreamState::QuotaExhausted | UpstreamState::BadRequest
+            UpstreamState::Unauthorized
+                | UpstreamState::QuotaExhausted
+                | UpstreamState::BadRequest
+                | UpstreamState::BudgetExhausted
         )
+    }
+
+    /// A state no answer to a request sent before it may end: the stops, and a budget that
+    /// cannot be recorded (readers wait there, but a late 200 does not make it `ok`).
+    pub fn holds(self) -> bool {
+        self.is_stop() || self == UpstreamState::BudgetUnwritable
     }
 }
 
@@ -183,7 +206,7 @@ pub enum Gate {
 }
 
 /// `now + d`, saturating instead of panicking far in the future.
-fn after(now: Instant, d: Duration) -> Instant {
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
@@ -257,7 +280,7 @@ impl Machine {
     /// set aside only while stopped: otherwise a fill in flight at a SIGHUP would leave the
     /// state at `starting`.
     pub fn is_current(&self, sent: Epoch) -> bool {
-        sent.0 == self.epoch || !self.state.is_stop()
+        sent.0 == self.epoch || !self.state.holds()
     }
 
     /// Takes a finished request's outcome. Returns whether it was current (see
@@ -286,7 +309,7 @@ impl Machine {
         self.backoff.reset();
         self.next_attempt = now;
         self.consecutive_failures = 0;
-        if self.state.is_stop() {
+        if self.state.holds() {
             self.epoch += 1;
         }
         self.state = UpstreamState::Ok;
@@ -343,6 +366,38 @@ impl Machine {
         decision
     }
 
+    /// The budget refused the next request: no request until `until` (its renewal, or the
+    /// next try to record it). Returns whether this entered the state (false: already there).
+    pub fn budget_refused(&mut self, exhausted: bool, until: Instant) -> bool {
+        let state = if exhausted {
+            UpstreamState::BudgetExhausted
+        } else {
+            UpstreamState::BudgetUnwritable
+        };
+        let entered = self.state != state;
+        if entered {
+            // Answers to requests sent before this do not end it.
+            self.epoch += 1;
+        }
+        self.state = state;
+        self.next_attempt = until;
+        entered
+    }
+
+    /// The budget allowed a request again. Returns whether a budget state ended.
+    pub fn budget_allows(&mut self, now: Instant) -> bool {
+        if !matches!(
+            self.state,
+            UpstreamState::BudgetExhausted | UpstreamState::BudgetUnwritable
+        ) {
+            return false;
+        }
+        self.epoch += 1;
+        self.next_attempt = now;
+        self.state = UpstreamState::Starting;
+        true
+    }
+
     /// Retries at once after an outside change (a new token, SIGHUP). Readers wait for the
     /// answer again instead of failing; a new refusal fails them again.
     pub fn resume(&mut self, now: Instant) {
@@ -356,6 +411,38 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_states_hold_until_the_budget_allows() {
+        let t0 = Instant::now();
+        let mut m = machine(t0);
+        let sent = m.epoch();
+        let renews = t0 + Duration::from_secs(3600);
+        assert!(m.budget_refused(true, renews));
+        assert!(!m.budget_refused(true, renews), "entered once");
+        let v = m.view();
+        assert_eq!(
+            (v.state, v.next_attempt),
+            (UpstreamState::BudgetExhausted, Some(renews))
+        );
+        assert!(v.readers_fail_fast());
+        assert_eq!(m.gate(t0), Gate::At(renews));
+        // A 200 sent before the cap was reached delivers, but the state stays.
+        assert_eq!(m.on_outcome(sent, Outcome::Delivered, t0), (false, None));
+        assert_eq!(m.state(), UpstreamState::BudgetExhausted);
+        assert!(m.budget_allows(renews));
+        assert_eq!(
+            (m.state(), m.gate(renews)),
+            (UpstreamState::Starting, Gate::Open)
+        );
+        assert!(!m.budget_allows(renews));
+        // Unwritable: readers wait, and late answers do not end it either.
+        let sent = m.epoch();
+        assert!(m.budget_refused(false, t0 + Duration::from_secs(5)));
+        assert!(!m.view().readers_fail_fast());
+        assert_eq!(m.on_outcome(sent, Outcome::Delivered, t0), (false, None));
+        assert_eq!(m.state(), UpstreamState::BudgetUnwritable);
+    }
 
     const BASE: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(2);

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::*;
+use crate::budget::Budget;
 use crate::status::{Snapshot, StaticInfo};
 use crate::upstream::mock::{MockClient, Step};
 
@@ -158,15 +159,21 @@ fn drain(pool: &Pool, n: usize) {
         fn deliver(self, _: &[u8]) {}
         fn fail(self, _: crate::pool::ReadError) {}
     }
-    pool.read(
-        crate::pool::ReadRequest {
-            len: n,
-            nonblocking: true,
-            pid: 0,
-            deadline: None,
-        },
-        Discard,
-    );
+    // One read serves at most MAX_READ bytes, as one FUSE READ.
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(crate::pool::MAX_READ);
+        pool.read(
+            crate::pool::ReadRequest {
+                len,
+                nonblocking: true,
+                pid: 0,
+                deadline: None,
+            },
+            Discard,
+        );
+        left -= len;
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -291,4 +298,152 @@ async fn a_new_token_in_the_token_file_ends_an_unauthorized_stop() {
         start.elapsed()
     );
     assert_eq!(status.state(), UpstreamState::Ok);
+}
+
+/// A budget of `cap` on a wall clock the test sets.
+fn budget_on(
+    dir: &std::path::Path,
+    cap: &str,
+    wall: &Arc<std::sync::atomic::AtomicU64>,
+) -> Arc<Budget> {
+    let w = wall.clone();
+    let clock: crate::budget::Clock = Arc::new(move || w.load(Ordering::SeqCst));
+    let cfg = crate::budget::BudgetConfig {
+        caps: crate::budget::merge_caps([cap]).expect("cap"),
+        state_dir: dir.to_owned(),
+        endpoint: "mock".into(),
+        token_source: "test".into(),
+        reset: false,
+    };
+    Arc::new(Budget::open(&cfg, clock).expect("budget"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_renews_at_the_period_boundary() {
+    let (client, pool, status, mut cfg) = setup(1024 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 2026-11-30T00:00:00Z, and the wall clock 30 s before it.
+    const MIDNIGHT: u64 = 1_795_910_400;
+    let wall = Arc::new(std::sync::atomic::AtomicU64::new(MIDNIGHT - 30));
+    cfg.budget = budget_on(dir.path(), "64K/day", &wall);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.state() == UpstreamState::BudgetExhausted).await;
+    assert_eq!(status.fetched_bytes.load(Ordering::SeqCst), 64 * 1024);
+    let requests = client.requests.load(Ordering::SeqCst);
+    let snap = snapshot(&status, &pool);
+    assert_eq!(snap.state, "budget exhausted");
+    let next = snap.next_attempt_in_seconds.expect("a countdown");
+    assert!((29.9..=30.0).contains(&next), "{next}");
+    assert_eq!(snap.budget.caps[0].remaining_bytes, 0);
+    assert_eq!(snap.budget.caps[0].renews_at, MIDNIGHT);
+    // The buffer is still served; a read that would wait fails at once.
+    drain(&pool, 64 * 1024);
+    assert_eq!(pool.buffered(), 0);
+    // One second before midnight nothing has changed.
+    wall.store(MIDNIGHT - 1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(status.state(), UpstreamState::BudgetExhausted);
+    assert_eq!(client.requests.load(Ordering::SeqCst), requests);
+    // At midnight the next day's 64 KiB is fetched, and then that day's cap holds.
+    wall.store(MIDNIGHT, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(|| status.fetched_bytes.load(Ordering::SeqCst) == 128 * 1024).await;
+    wait_until(|| status.state() == UpstreamState::BudgetExhausted).await;
+    let snap = snapshot(&status, &pool);
+    assert_eq!(snap.budget.caps[0].spent_bytes, 64 * 1024);
+    assert_eq!(
+        snap.budget.spent_month_bytes,
+        128 * 1024,
+        "the month counts both days"
+    );
+    assert_eq!(snap.budget.caps[0].renews_at, MIDNIGHT + 86_400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_is_given_back_to_the_budget() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wall = Arc::new(std::sync::atomic::AtomicU64::new(1_795_867_200));
+    cfg.budget = budget_on(dir.path(), "1M/day", &wall);
+    let budget = cfg.budget.clone();
+    client.fail_next([FetchError::Status {
+        code: 429,
+        retry_after: Some(Duration::from_secs(1)),
+    }]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    // The 429 cost nothing: spent is exactly what arrived.
+    assert_eq!(budget.report().caps[0].spent_bytes, 64 * 1024);
+    assert_eq!(status.requests_failed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_held_back_by_the_clients_own_pacing_sees_pacing() {
+    let (client, pool, status, mut cfg) = setup(64 * 1024);
+    cfg.rate_limit = Some(RateLimit {
+        requests: 2,
+        window: Duration::from_secs(10),
+    });
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| pool.buffered() == pool.capacity()).await;
+    // 16 KiB, then 48 KiB: both slots of the window are taken.
+    assert_eq!(client.requests.load(Ordering::SeqCst), 2);
+    drain(&pool, 64 * 1024);
+    struct Keep;
+    impl crate::pool::ReadSink for Keep {
+        fn deliver(self, _: &[u8]) {}
+        fn fail(self, _: crate::pool::ReadError) {}
+    }
+    pool.read(
+        crate::pool::ReadRequest {
+            len: 1024,
+            nonblocking: false,
+            pid: 0,
+            deadline: None,
+        },
+        Keep,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let snap = snapshot(&status, &pool);
+    assert_eq!(snap.state, "pacing");
+    assert_eq!(snap.waiting_readers, 1);
+    assert_eq!(snap.rate_allowance, Some(2));
+    assert!(snap.rate_limited_until.is_some());
+    let next = snap.next_attempt_in_seconds.expect("a countdown");
+    assert!((8.0..=9.2).contains(&next), "{next}");
+    assert!(
+        snap.to_prometheus()
+            .contains("qrypt_fs_pacing_wait_seconds_total ")
+    );
+    // When the slot frees, the reader is served and the state is ok again.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.counts().2, 0, "the reader was served");
+    let snap = snapshot(&status, &pool);
+    assert_eq!(snap.state, "ok");
+    assert_eq!(snap.rate_limited_until, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_lowers_the_allowance_to_the_share_got() {
+    let (client, pool, status, mut cfg) = setup(4 * 1024 * 1024);
+    cfg.rate_limit = Some(RateLimit::QRYPT);
+    // The first request and two more succeed; the fourth is refused: the token is shared.
+    client.script([
+        Step::ok_after(Duration::ZERO),
+        Step::ok_after(Duration::ZERO),
+        Step::ok_after(Duration::ZERO),
+        Step::fail(FetchError::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(5)),
+        }),
+    ]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Prefetcher::new(client.clone(), pool.clone(), status.clone(), cfg).run(rx));
+    wait_until(|| status.requests_failed.load(Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let snap = snapshot(&status, &pool);
+    assert_eq!(snap.rate_allowance, Some(3), "three accepted in the window");
 }

@@ -288,12 +288,9 @@ pub fn parse_status(text: &str) -> HashMap<String, String> {
 /// One `read(2)` of up to `len` bytes.
 pub fn read_once(f: &File, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    // SAFETY: buf is valid for len bytes.
-    let n = unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), len) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
+    // std's File::read is one read(2), EINTR included (no retry).
+    let n = std::io::Read::read(&mut &*f, &mut buf)?;
+    buf.truncate(n);
     Ok(buf)
 }
 

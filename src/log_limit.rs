@@ -1,12 +1,13 @@
 //! Rate limits for log lines that a reader can trigger at will: without one, any local user
-//! could fill the disk or the journal by repeating a refused operation.
+//! could fill the disk or the journal by repeating a refused operation. (Requests to the API
+//! are paced by `qrypt_api::RateLimit`, a different thing.)
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Allows `burst` events per `interval`, like the kernel's `printk_ratelimit`; counts the
 /// events it suppressed so the next allowed line can say how many were dropped.
-pub struct RateLimit {
+pub struct LogLimiter {
     burst: u32,
     interval: Duration,
     state: Mutex<State>,
@@ -18,9 +19,9 @@ struct State {
     suppressed: u64,
 }
 
-impl RateLimit {
+impl LogLimiter {
     pub const fn new(burst: u32, interval: Duration) -> Self {
-        RateLimit {
+        LogLimiter {
             burst,
             interval,
             state: Mutex::new(State {
@@ -56,7 +57,7 @@ impl RateLimit {
     }
 }
 
-/// Logs a warning through `$limit` (a `static RateLimit`), adding how many were dropped.
+/// Logs a warning through `$limit` (a `static LogLimiter`), adding how many were dropped.
 #[macro_export]
 macro_rules! warn_limited {
     ($limit:expr, $($arg:tt)+) => {
@@ -76,7 +77,7 @@ mod tests {
 
     #[test]
     fn allows_a_burst_per_interval_and_counts_the_rest() {
-        let limit = RateLimit::new(3, Duration::from_secs(10));
+        let limit = LogLimiter::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
         let allowed: Vec<_> = (0..10_000).map(|_| limit.check_at(t0)).collect();
         assert_eq!(allowed.iter().filter(|a| a.is_some()).count(), 3);

@@ -1,0 +1,182 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+
+// 2026-11-28T12:00:00Z; the next midnight is 12 h later.
+const T: u64 = 1_795_867_200;
+const MIDNIGHT: u64 = T + 12 * 3600;
+const KIB: u64 = 1024;
+
+fn clock() -> (Arc<AtomicU64>, Clock) {
+    let t = Arc::new(AtomicU64::new(T));
+    let c = t.clone();
+    (t, Arc::new(move || c.load(Ordering::SeqCst)))
+}
+
+fn config(dir: &std::path::Path, caps: &[&str]) -> BudgetConfig {
+    BudgetConfig {
+        caps: merge_caps(caps.iter().copied()).expect("caps"),
+        state_dir: dir.to_owned(),
+        endpoint: "https://api.example/".into(),
+        token_source: "environment (QRYPT_TOKEN)".into(),
+        reset: false,
+    }
+}
+
+fn exhausted(r: Result<Grant, Refusal>) -> Exhausted {
+    match r {
+        Err(Refusal::Exhausted(e)) => e,
+        other => panic!("expected exhaustion, got {other:?}"),
+    }
+}
+
+#[test]
+fn reached_exactly_then_renews_at_midnight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (t, clock) = clock();
+    let b = Budget::open(&config(dir.path(), &["1M/day"]), clock).expect("open");
+    assert_eq!(b.reserve(16 * KIB, KIB).map(|g| g.bytes), Ok(16 * KIB));
+    assert_eq!(b.reserve(512 * KIB, KIB).map(|g| g.bytes), Ok(512 * KIB));
+    // What is left, not the whole request: the cap is spent exactly.
+    assert_eq!(b.reserve(512 * KIB, KIB).map(|g| g.bytes), Ok(496 * KIB));
+    let e = exhausted(b.reserve(512 * KIB, KIB));
+    assert_eq!(e.renews_at, MIDNIGHT);
+    assert_eq!(
+        e.caps,
+        vec![Cap {
+            limit: 1 << 20,
+            period: Period::Day
+        }]
+    );
+    let r = b.report();
+    assert_eq!(r.caps[0].spent_bytes, 1 << 20);
+    assert_eq!(r.caps[0].remaining_bytes, 0);
+    assert_eq!(r.caps[0].renews_at, MIDNIGHT);
+    t.store(MIDNIGHT - 1, Ordering::SeqCst);
+    assert!(b.reserve(KIB, KIB).is_err(), "one second before midnight");
+    t.store(MIDNIGHT, Ordering::SeqCst);
+    assert_eq!(
+        b.report().caps[0].spent_bytes,
+        0,
+        "the report renews by itself"
+    );
+    assert_eq!(b.reserve(512 * KIB, KIB).map(|g| g.bytes), Ok(512 * KIB));
+    assert_eq!(b.report().spent_month_bytes, (1 << 20) + 512 * KIB);
+}
+
+#[test]
+fn carried_over_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let cfg = config(dir.path(), &["1M/day"]);
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    b.reserve(600 * KIB, KIB).expect("grant");
+    // No completion, no clean shutdown: the record was written before the request.
+    drop(b);
+    let b = Budget::open(&cfg, clock.clone()).expect("reopen");
+    assert_eq!(b.report().caps[0].spent_bytes, 600 * KIB);
+    assert_eq!(b.reserve(512 * KIB, KIB).map(|g| g.bytes), Ok(424 * KIB));
+    // A second daemon on the same file sees the same count.
+    let other = Budget::open(&cfg, clock).expect("second daemon");
+    assert!(other.reserve(KIB, KIB).is_err());
+}
+
+#[test]
+fn two_caps_each_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (t, clock) = clock();
+    let b = Budget::open(&config(dir.path(), &["2K/hour", "5K/month"]), clock).expect("open");
+    assert_eq!(b.reserve(4 * KIB, KIB).map(|g| g.bytes), Ok(2 * KIB));
+    assert_eq!(exhausted(b.reserve(KIB, KIB)).renews_at, T + 3600);
+    t.store(T + 3600, Ordering::SeqCst);
+    assert_eq!(b.reserve(4 * KIB, KIB).map(|g| g.bytes), Ok(2 * KIB));
+    t.store(T + 7200, Ordering::SeqCst);
+    assert_eq!(
+        b.reserve(4 * KIB, KIB).map(|g| g.bytes),
+        Ok(KIB),
+        "month: 1K left"
+    );
+    let e = exhausted(b.reserve(KIB, KIB));
+    assert_eq!(e.renews_at, Period::Month.next_start(T));
+    assert_eq!(e.caps.len(), 1, "only the month is spent: {e:?}");
+    let r = b.report();
+    assert_eq!(
+        r.caps
+            .iter()
+            .map(|c| (c.period, c.spent_bytes))
+            .collect::<Vec<_>>(),
+        vec![(Period::Hour, KIB), (Period::Month, 5 * KIB)]
+    );
+}
+
+#[test]
+fn refunds_what_the_service_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let b = Budget::open(&config(dir.path(), &["1M/day"]), clock).expect("open");
+    let g = b.reserve(512 * KIB, KIB).expect("grant");
+    b.refund(g).expect("refund");
+    assert_eq!(b.report().caps[0].spent_bytes, 0);
+}
+
+#[test]
+fn corrupt_state_is_an_error_unless_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let mut cfg = config(dir.path(), &["1M/day"]);
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    b.reserve(KIB, KIB).expect("grant");
+    let path = b.state_file().expect("file").to_owned();
+    drop(b);
+    std::fs::write(&path, b"{\"format\": \"qrypt-fs budget v1\", \"spend\": 7").expect("damage");
+    let err = Budget::open(&cfg, clock.clone()).expect_err("refused");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("not valid JSON") && err.contains("--reset-budget"),
+        "{err}"
+    );
+    cfg.reset = true;
+    let b = Budget::open(&cfg, clock.clone()).expect("reset");
+    assert_eq!(b.report().caps[0].spent_bytes, 0);
+    cfg.reset = false;
+    assert!(Budget::open(&cfg, clock).is_ok(), "the reset was written");
+}
+
+#[test]
+fn an_unusable_state_dir_is_an_error_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").expect("file");
+    let (_, clock) = clock();
+    let err = Budget::open(&config(&not_a_dir, &["1M/day"]), clock).expect_err("refused");
+    assert!(err.contains(&not_a_dir.display().to_string()), "{err}");
+}
+
+#[test]
+fn without_a_cap_counts_in_memory_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (t, clock) = clock();
+    let b = Budget::open(&config(dir.path(), &[]), clock).expect("open");
+    assert_eq!(b.reserve(512 * KIB, KIB).map(|g| g.bytes), Ok(512 * KIB));
+    assert_eq!(b.state_file(), None);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    let r = b.report();
+    assert!(r.caps.is_empty());
+    assert_eq!(
+        (r.spent_day_bytes, r.spent_month_bytes),
+        (512 * KIB, 512 * KIB)
+    );
+    assert_eq!(r.day_renews_at, MIDNIGHT);
+    t.store(MIDNIGHT, Ordering::SeqCst);
+    let r = b.report();
+    assert_eq!((r.spent_day_bytes, r.spent_month_bytes), (0, 512 * KIB));
+}
+
+#[test]
+fn human_sizes() {
+    assert_eq!(human_bytes(1 << 20), "1M");
+    assert_eq!(human_bytes(1536 << 10), "1536K");
+    assert_eq!(human_bytes(3 << 30), "3G");
+    assert_eq!(human_bytes(1000), "1000B");
+    assert_eq!(human_bytes(0), "0B");
+}
