@@ -33,8 +33,8 @@ fn filter(verbose: u8) -> EnvFilter {
 /// A reader can cause that at will (a caught signal during a paced page-cache refusal makes
 /// every one of them fail), so fuser's reply errors pass a few a minute at most.
 fn reply_errors_limited<S: tracing::Subscriber>() -> impl Layer<S> {
-    static REPLY_ERRORS: crate::ratelimit::RateLimit =
-        crate::ratelimit::RateLimit::new(3, std::time::Duration::from_secs(60));
+    static REPLY_ERRORS: crate::log_limit::LogLimiter =
+        crate::log_limit::LogLimiter::new(3, std::time::Duration::from_secs(60));
     const TARGET: &str = "fuser::reply";
     tracing_subscriber::filter::dynamic_filter_fn(|meta: &Metadata<'_>, _| {
         meta.target() != TARGET || REPLY_ERRORS.check().is_some()
