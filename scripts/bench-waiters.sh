@@ -5,7 +5,7 @@
 # LATENCY_SAMPLES readers (default 20), one at a time, and each one's time to exit is measured.
 #
 # Readers: `head` (coreutils head -c 32: no signal handlers, so the watchdog's cheap path) and
-# `dd` (coreutils dd: handlers for SIGINT and SIGUSR1, so full status checks every 350 ms).
+# `dd` (coreutils dd: handlers for SIGINT and SIGUSR1, so full status checks every second 225 ms tick, 450 ms).
 #
 # Usage: scripts/bench-waiters.sh [head|dd]...      (no argument: both)
 # Environment: WAITERS, SAMPLE_SECONDS, LATENCY_SAMPLES, QRYPT_FS (binary to measure; default

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::pool::{Pool, ReadError, ReadRequest, ReadSink};
 use crate::read_origin::{self, ReadOrigin};
+use crate::refusal_pacer::RefusalPacer;
 
 /// `st_size` of `/random`. Programs that read a regular file "to its size" (`openssl rand
 /// -rand FILE`) read this much and stop; a size of 0 would make them read until EOF, i.e.
@@ -135,6 +136,7 @@ pub struct EntropyFs {
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
+    refusals: Arc<RefusalPacer>,
 }
 
 impl EntropyFs {
@@ -152,7 +154,13 @@ impl EntropyFs {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             mounted_at: SystemTime::now(),
+            refusals: Arc::new(RefusalPacer::new()),
         }
+    }
+
+    /// The paced refusals of page-cache fills; the session shuts them down with the pool.
+    pub fn refusals(&self) -> Arc<RefusalPacer> {
+        self.refusals.clone()
     }
 
     fn attr(&self, ino: INodeNo, node: Node) -> FileAttr {
@@ -253,10 +261,12 @@ impl EntropyFs {
     /// bytes arrive) for `/random`.
     pub fn read<R: DataReply>(&self, read: Read, reply: R) {
         match node(read.ino) {
-            // No pool byte may enter the page cache.
+            // No pool byte may enter the page cache. Refused slowly: the kernel may re-send it
+            // in a loop (see refusal_pacer).
             Some(Node::Random) if read.origin == ReadOrigin::PageCache => {
                 read_origin::note_refused(read.pid);
-                reply.error(Errno::EIO);
+                self.refusals
+                    .refuse(read.pid, Box::new(move || reply.error(Errno::EIO)));
             }
             Some(Node::Random) => self.pool.read(
                 ReadRequest {

@@ -20,6 +20,7 @@ pub mod pool;
 pub mod prefetch;
 pub mod preflight;
 pub mod read_origin;
+pub mod refusal_pacer;
 pub mod session;
 pub mod signals;
 pub mod size;

@@ -6,9 +6,12 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use nix::syslog::{self, Facility, LogFlags, Priority, Severity};
+use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 pub enum LogTarget {
     Stderr,
@@ -79,6 +82,27 @@ fn filter(verbose: u8) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
+/// fuser logs an error for each reply the kernel no longer waits for (its reader was
+/// interrupted or killed meanwhile: `Failed to send FUSE reply: No such file or directory`).
+/// A reader can cause that at will (a caught signal during a paced page-cache refusal makes
+/// every one of them fail), so fuser's reply errors pass a few a minute at most.
+fn reply_errors_limited<S: tracing::Subscriber>() -> impl Layer<S> {
+    static REPLY_ERRORS: crate::log_limit::LogLimiter =
+        crate::log_limit::LogLimiter::new(3, std::time::Duration::from_secs(60));
+    const TARGET: &str = "fuser::reply";
+    tracing_subscriber::filter::dynamic_filter_fn(|meta: &Metadata<'_>, _| {
+        meta.target() != TARGET || REPLY_ERRORS.check().is_some()
+    })
+    .with_callsite_filter(|meta| {
+        if meta.target() == TARGET {
+            // Decided event by event.
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    })
+}
+
 pub fn init(target: LogTarget, verbose: u8) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter(verbose));
     let result = match target {
@@ -88,14 +112,20 @@ pub fn init(target: LogTarget, verbose: u8) -> anyhow::Result<()> {
             let ansi = io::IsTerminal::is_terminal(&io::stderr());
             let builder = builder.with_ansi(ansi).with_writer(io::stderr);
             if stderr_is_the_journal() {
-                builder.without_time().try_init()
+                builder
+                    .without_time()
+                    .finish()
+                    .with(reply_errors_limited())
+                    .try_init()
             } else {
-                builder.try_init()
+                builder.finish().with(reply_errors_limited()).try_init()
             }
         }
         LogTarget::File(file) => builder
             .with_ansi(false)
             .with_writer(Mutex::new(file))
+            .finish()
+            .with(reply_errors_limited())
             .try_init(),
         LogTarget::Syslog => {
             syslog::openlog(Some(c"qrypt-fs"), LogFlags::LOG_PID, Facility::LOG_DAEMON)
@@ -105,6 +135,8 @@ pub fn init(target: LogTarget, verbose: u8) -> anyhow::Result<()> {
                 .without_time()
                 .with_target(false)
                 .with_writer(Syslog)
+                .finish()
+                .with(reply_errors_limited())
                 .try_init()
         }
     };

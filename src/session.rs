@@ -4,7 +4,8 @@
 //! session and the threads that turn signals and an outside unmount into events;
 //! [`Session::run`] waits for the first event and shuts down in a fixed order: status says
 //! stopping; the pool answers waiting readers (EIO) and wipes the buffer; the filesystem is
-//! unmounted (unless that was the event); the runtime, and with it the prefetcher, stops.
+//! unmounted (unless that was the event); the runtime, and with it the prefetcher, stops; the
+//! session's threads are joined (bounded: see [`Threads::join`]).
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -22,6 +23,7 @@ use crate::fuse::FuseAdapter;
 use crate::fuse::config::{FuseOptions, fuse_config};
 use crate::pool::Pool;
 use crate::prefetch::{Control, PrefetchConfig, Prefetcher};
+use crate::refusal_pacer::RefusalPacer;
 use crate::status::{StaticInfo, Status};
 use crate::upstream::EntropyClient;
 
@@ -82,7 +84,20 @@ pub struct Session {
     runtime: tokio::runtime::Runtime,
     pool: Arc<Pool>,
     status: Arc<Status>,
+    refusals: Arc<RefusalPacer>,
     events: mpsc::Receiver<Event>,
+    threads: Threads,
+}
+
+/// The session's own threads, joined on the way out (see [`Threads::join`]).
+struct Threads {
+    /// Ends once the pool is shut down (within one tick, 225 ms).
+    watchdog: thread::JoinHandle<()>,
+    /// Ends after the first SIGINT/SIGTERM; woken by the session itself otherwise.
+    signals: thread::JoinHandle<()>,
+    signals_handle: signal_hook::iterator::Handle,
+    /// Ends when the FUSE session ends, i.e. after the unmount.
+    session: thread::JoinHandle<()>,
 }
 
 impl Session {
@@ -128,9 +143,10 @@ impl Session {
                 }
             });
         }
-        crate::watchdog::spawn(pool.clone()).context("watchdog thread")?;
+        let watchdog = crate::watchdog::spawn(pool.clone()).context("watchdog thread")?;
 
         let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
+        let refusals = fs.refusals();
         let mut fuse =
             fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
                 .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
@@ -152,7 +168,8 @@ impl Session {
                 error!("{why}");
                 status.set_stopping();
                 pool.shutdown();
-                unmount(&cfg.mountpoint);
+                refusals.shutdown();
+                let _ = unmount(&cfg.mountpoint);
                 std::mem::forget(fuse);
                 runtime.shutdown_timeout(Duration::from_millis(500));
                 return Err(anyhow!(why));
@@ -160,7 +177,7 @@ impl Session {
         };
         ready.succeeded(&warnings);
         info!("mounted on {}", cfg.mountpoint.display());
-        {
+        let session = {
             let events = events.clone();
             thread::Builder::new()
                 .name("qrypt-session".into())
@@ -172,16 +189,24 @@ impl Session {
                     }
                     let _ = events.send(Event::Unmounted);
                 })
-                .context("session thread")?;
-        }
-        spawn_signal_thread(signals, control, events)?;
+                .context("session thread")?
+        };
+        let signals_handle = signals.handle();
+        let signals = spawn_signal_thread(signals, control, events)?;
         Ok(Session {
             mountpoint: cfg.mountpoint,
             fuse,
             runtime,
             pool,
             status,
+            refusals,
             events: event_rx,
+            threads: Threads {
+                watchdog,
+                signals,
+                signals_handle,
+                session,
+            },
         })
     }
 
@@ -191,29 +216,65 @@ impl Session {
         let event = self.events.recv().unwrap_or(Event::Unmounted);
         self.status.set_stopping();
         self.pool.shutdown();
-        let outcome = match event {
+        self.refusals.shutdown();
+        let (outcome, unmounted) = match event {
             Event::Signal(sig) => {
                 info!("signal {sig}: unmounting {}", self.mountpoint.display());
-                unmount(&self.mountpoint);
-                Ok(())
+                (Ok(()), unmount(&self.mountpoint))
             }
             Event::Unmounted => {
                 info!("{} was unmounted", self.mountpoint.display());
-                Ok(())
+                (Ok(()), Unmounted::Done)
             }
             Event::WorkerDied(why) => {
                 error!(
                     "{why}: unmounting {} and exiting",
                     self.mountpoint.display()
                 );
-                unmount(&self.mountpoint);
-                Err(anyhow!(why))
+                let unmounted = unmount(&self.mountpoint);
+                (Err(anyhow!(why)), unmounted)
             }
         };
         self.runtime.shutdown_timeout(Duration::from_millis(500));
         std::mem::forget(self.fuse);
+        self.threads.join(unmounted);
         info!("stopped");
         outcome
+    }
+}
+
+/// How long the exit waits for the session's threads in all. Each of them ends on its own
+/// once the pool is shut down and the filesystem unmounted; the bound is there only so that a
+/// thread stuck in the kernel (a lazy unmount whose FUSE session never ends while a reader
+/// holds the file open) cannot hold the exit: such a thread is left to end with the process.
+const JOIN_WITHIN: Duration = Duration::from_secs(2);
+
+impl Threads {
+    fn join(self, unmounted: Unmounted) {
+        // The signal thread waits for signals forever unless told to stop.
+        self.signals_handle.close();
+        let deadline = std::time::Instant::now() + JOIN_WITHIN;
+        // After a lazy or failed unmount the FUSE session (and the thread watching it) ends
+        // only when a reader closes its file, maybe never: not waited for; the exit ends it.
+        let session = (unmounted == Unmounted::Done).then_some(self.session);
+        let named = [
+            ("watchdog", Some(self.watchdog)),
+            ("signals", Some(self.signals)),
+            ("session", session),
+        ];
+        for (name, handle) in named {
+            let Some(handle) = handle else { continue };
+            while !handle.is_finished() && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if !handle.is_finished() {
+                warn!("the {name} thread did not end within {JOIN_WITHIN:?}; exiting without it");
+                continue;
+            }
+            if handle.join().is_err() {
+                warn!("the {name} thread panicked");
+            }
+        }
     }
 }
 
@@ -235,7 +296,7 @@ fn spawn_signal_thread(
     mut signals: Signals,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     events: mpsc::Sender<Event>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("qrypt-signals".into())
         .spawn(move || {
@@ -248,22 +309,74 @@ fn spawn_signal_thread(
                 }
             }
         })
-        .context("signal thread")?;
-    Ok(())
+        .context("signal thread")
+}
+
+/// How an unmount ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmounted {
+    /// Gone: the FUSE session ends now.
+    Done,
+    /// Detached lazily (the FUSE session ends only when the last open file is closed), or
+    /// failed (logged; it ends when the process exits).
+    Pending,
 }
 
 /// Unmounts; lazily if a reader still holds a file open (the kernel finishes the job when the
-/// last file is closed, and our exit makes any later read fail with ENOTCONN).
-fn unmount(path: &Path) {
+/// last file is closed, and our exit makes any later read fail with ENOTCONN). Without
+/// privilege, `umount2` gets EPERM for a mount made through fusermount: fusermount unmounts it.
+fn unmount(path: &Path) -> Unmounted {
     use nix::mount::{MntFlags, umount2};
     match umount2(path, MntFlags::empty()) {
-        Ok(()) => {}
+        Ok(()) => Unmounted::Done,
         Err(nix::errno::Errno::EBUSY) => {
             info!("mount busy: detaching lazily");
             if let Err(e) = umount2(path, MntFlags::MNT_DETACH) {
                 warn!("lazy unmount of {} failed: {e}", path.display());
             }
+            Unmounted::Pending
         }
-        Err(e) => warn!("unmount of {} failed: {e}", path.display()),
+        Err(nix::errno::Errno::EPERM) => fusermount_unmount(path),
+        Err(e) => {
+            warn!("unmount of {} failed: {e}", path.display());
+            Unmounted::Pending
+        }
     }
+}
+
+/// Unmounts through the setuid helper, the way an unprivileged mount is undone: `fusermount3
+/// -u`, then the older `fusermount -u`; lazily (`-z`) if the mount is busy.
+fn fusermount_unmount(path: &Path) -> Unmounted {
+    info!("unmount not permitted: asking fusermount");
+    let mut failures = Vec::new();
+    for helper in ["fusermount3", "fusermount"] {
+        for (flags, how) in [("-u", Unmounted::Done), ("-uz", Unmounted::Pending)] {
+            match std::process::Command::new(helper)
+                .arg(flags)
+                .arg("--")
+                .arg(path)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .output()
+            {
+                Ok(out) if out.status.success() => return how,
+                Ok(out) => failures.push(format!(
+                    "{helper} {flags}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                // Not installed: try the next helper.
+                Err(e) => {
+                    failures.push(format!("{helper}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    warn!(
+        "unmount of {} failed: not permitted, and fusermount failed too ({})",
+        path.display(),
+        failures.join("; ")
+    );
+    Unmounted::Pending
 }

@@ -11,9 +11,18 @@ use std::time::{Duration, Instant};
 
 use crate::pool::{Pool, ReadError};
 
-/// How often waiting readers are looked at (cheaply, see waitwatch); with
-/// `signals::FULL_CHECK_CATCHING` it keeps a Ctrl-C under half a second.
-const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How often waiting readers are looked at (cheaply, see waitwatch). Ticks are at a fixed
+/// rate. A process with handlers is read in full every second tick
+/// (`signals::FULL_CHECK_CATCHING` lies between one and two ticks): 2.2 status reads a second
+/// each, and a Ctrl-C that lands just after its check is seen two ticks later, 450 ms, plus
+/// the time the tick takes to reach it (about 5 ms for 1000 waiters): under half a second.
+pub const CHECK_EVERY: Duration = Duration::from_millis(225);
+
+const _: () = {
+    let catching = crate::signals::FULL_CHECK_CATCHING.as_millis();
+    let tick = CHECK_EVERY.as_millis();
+    assert!(catching > tick && catching <= 2 * tick && 2 * tick <= 460);
+};
 
 /// Starts the watchdog thread; it ends when the pool shuts down.
 pub fn spawn(pool: Arc<Pool>) -> std::io::Result<thread::JoinHandle<()>> {
@@ -21,11 +30,13 @@ pub fn spawn(pool: Arc<Pool>) -> std::io::Result<thread::JoinHandle<()>> {
         .name("qrypt-watchdog".into())
         .spawn(move || {
             let mut watch = crate::waitwatch::WaitWatch::new();
+            let mut tick = Instant::now();
             while !pool.is_shut_down() {
                 let waiting = pool.waiting_reads();
                 if waiting.is_empty() {
                     watch.retain(|_| false);
                     pool.wait_for_waiters(Duration::from_secs(1));
+                    tick = Instant::now();
                     continue;
                 }
                 let now = Instant::now();
@@ -38,7 +49,9 @@ pub fn spawn(pool: Arc<Pool>) -> std::io::Result<thread::JoinHandle<()>> {
                         pool.cancel(w.id, ReadError::Interrupted);
                     }
                 }
-                thread::sleep(CHECK_EVERY);
+                // A fixed rate: the time a pass takes does not stretch the period.
+                tick = (tick + CHECK_EVERY).max(Instant::now());
+                thread::sleep(tick.saturating_duration_since(Instant::now()));
             }
         })
 }

@@ -635,3 +635,111 @@ fn two_hundred_waiting_threads_each_get_eintr_from_their_own_caught_signal() {
     );
     assert!(wait_timeout(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+/// Maps 4 pages of `/random` MAP_PRIVATE with `MAP_POPULATE` (argv[2] `populate`) or maps
+/// them and `mlock`s them (`mlock`), catching SIGINT as an interactive program would; says
+/// `start` before and `returned` after the call.
+const POPULATOR: &str = "
+import ctypes, mmap, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+signal.signal(signal.SIGINT, lambda *a: None)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+populate = mmap.MAP_POPULATE if sys.argv[2] == 'populate' else 0
+sys.stdout.write('start\\n')
+sys.stdout.flush()
+addr = libc.mmap(None, 16384, mmap.PROT_READ, mmap.MAP_PRIVATE | populate, fd, 0)
+if sys.argv[2] == 'mlock':
+    libc.mlock(addr, 16384)
+sys.stdout.write('returned\\n')
+sys.stdout.flush()
+";
+
+/// utime + stime of process `pid`, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// MAP_POPULATE and mlock make the kernel fault a private mapping in a loop that re-sends
+/// each refused page-cache fill as soon as it fails; only a fatal signal ends it (a caught
+/// SIGINT does not). The loop must cost the daemon almost nothing, serve nothing, log almost
+/// nothing, and leave real readers served promptly.
+fn a_faulting_loop_costs_the_daemon_nothing(mode: &str) {
+    require_program("python3");
+    let emu = emulator();
+    let m = mount_with_default_logging(&emu);
+    let served = m.status_u64("served_bytes");
+    let lines = log_lines(&m);
+    let mut child = Command::new("python3")
+        .args(["-c", POPULATOR])
+        .arg(m.random())
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    assert_eq!(line(&mut out), "start");
+    let cpu0 = cpu_seconds(m.pid());
+    let t0 = Instant::now();
+    // A reader meanwhile: its bytes come as promptly as ever.
+    let f = open_random(&m);
+    let mut read = 0;
+    let mut slowest = Duration::ZERO;
+    let mut interrupted = false;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let t = Instant::now();
+        let data = read_once(&f, 32).expect("read");
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(data.len(), 32);
+        read += 32;
+        if !interrupted && t0.elapsed() >= Duration::from_secs(1) {
+            // A caught signal does not end the kernel's loop.
+            kill(child.id(), libc::SIGINT);
+            interrupted = true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let cpu = (cpu_seconds(m.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        wait_timeout(&mut child, Duration::ZERO).is_none(),
+        "{mode}: the call returned on its own"
+    );
+    kill(child.id(), libc::SIGKILL);
+    let st = wait_timeout(&mut child, Duration::from_secs(5)).expect("SIGKILL ends it");
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    assert!(
+        cpu < 0.2,
+        "{mode}: the daemon used {:.1}% of a core",
+        cpu * 100.0
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "{mode}: a read took {slowest:?}"
+    );
+    assert_eq!(m.status_u64("served_bytes"), served + read);
+    let new = log_lines(&m) - lines;
+    assert!(new <= 10, "{mode}: {new} new log lines: {}", m.log_text());
+    // Nothing the loop left behind keeps a reader from the file.
+    assert_eq!(read_once(&f, 32).expect("read").len(), 32);
+}
+
+#[test]
+fn map_populate_of_random_costs_the_daemon_nothing() {
+    a_faulting_loop_costs_the_daemon_nothing("populate");
+}
+
+#[test]
+fn mlock_of_a_mapping_of_random_costs_the_daemon_nothing() {
+    a_faulting_loop_costs_the_daemon_nothing("mlock");
+}

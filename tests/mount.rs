@@ -592,3 +592,76 @@ fn a_clean_stop_logs_no_failed_unmount() {
         }
     }
 }
+
+/// A user other than root mounts through fusermount3, and `umount2` is not permitted to
+/// undo that: a SIGTERM must still leave no mount behind (it used to leave a dead one,
+/// ENOTCONN). Run in a private mount namespace with a /dev/fuse open to all (the system's
+/// is root-only here), as user nobody; the namespace's mounts end with it.
+#[test]
+fn a_stop_by_a_user_other_than_root_unmounts_through_fusermount() {
+    require_program("setpriv");
+    require_program("unshare");
+    require_program("fusermount3");
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let log = dir.path().join("log");
+    let script = format!(
+        r#"set -u
+mknod -m 666 {dir}/fuse c 10 229 && mount --bind {dir}/fuse /dev/fuse || exit 10
+setpriv --reuid=65534 --regid=65534 --clear-groups env QRYPT_TOKEN={TOKEN} RUST_LOG=info \
+  {BIN} -f --rate-limit off --endpoint {url} {mnt} 2>{log} &
+pid=$!
+i=0
+until grep -q " {mnt} fuse" /proc/self/mounts; do
+  i=$((i + 1)); [ $i -lt 500 ] || exit 11; sleep 0.02
+done
+setpriv --reuid=65534 --regid=65534 --clear-groups head -c 32 {mnt}/random | wc -c
+kill -TERM $pid
+wait $pid; echo "exit $?"
+if grep -q " {mnt} fuse" /proc/self/mounts; then echo "still mounted"; fi
+"#,
+        dir = dir.path().display(),
+        url = emu.url(),
+        mnt = mnt.display(),
+        log = log.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("QRYPT_TOKEN")
+        .output()
+        .expect("unshare");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "32\nexit 0\n",
+        "stderr: {}\nlog: {log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("asking fusermount"), "{log}");
+    assert!(!log.contains("failed"), "{log}");
+}
+
+/// The exit joins the session's threads, but never waits on one that cannot end: with a
+/// reader holding `/random` open the unmount is lazy and the FUSE session lives on until that
+/// file is closed, yet SIGTERM still ends the daemon at once, and cleanly.
+#[test]
+fn a_stop_with_a_file_held_open_exits_at_once() {
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu).mount();
+    let f = open_random(&m);
+    assert_eq!(read_once(&f, 32).expect("read").len(), 32);
+    let t = std::time::Instant::now();
+    let st = m.stop();
+    let took = t.elapsed();
+    assert!(st.success(), "{st:?}");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    let log = m.log_text();
+    assert!(log.contains("detaching lazily"), "{log}");
+    assert!(!log.contains("did not end"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    drop(f);
+}
