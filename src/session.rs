@@ -5,7 +5,7 @@
 //! [`Session::run`] waits for the first event and shuts down in a fixed order: status says
 //! stopping; the pool answers waiting readers (EIO) and wipes the buffer; the filesystem is
 //! unmounted (unless that was the event); the runtime, and with it the prefetcher, stops; the
-//! session's threads are joined (bounded: see [`Threads::join`]).
+//! session's threads are joined (bounded: see `Threads::join`).
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread;
