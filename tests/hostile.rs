@@ -494,8 +494,10 @@ fn a_caught_signal_interrupts_with_eintr() {
 }
 
 fn spawn_head(m: &Mount) -> std::process::Child {
-    Command::new("head")
-        .args(["-c", "32"])
+    // Default dispositions for every signal: a test run under nohup (SIGHUP ignored, and
+    // inherited through exec) must not make SIGHUP a signal that rightly ends no wait.
+    Command::new("env")
+        .args(["--default-signal", "head", "-c", "32"])
         .arg(m.random())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -96,9 +96,12 @@ impl Ring {
     /// Allocates `capacity` bytes (untouched: the pages come as the ring fills), excludes them
     /// from core dumps, and locks the first chunk, which tells whether locking works.
     pub fn new(capacity: usize) -> Ring {
-        // Large zeroed allocations are fresh anonymous mappings: nothing resident yet.
+        // Large zeroed allocations are usually fresh anonymous mappings, but the allocator may
+        // hand back memory that is already resident: give those pages back too, so nothing is
+        // resident (or locked) before the ring reaches it.
         let buf = vec![0u8; capacity.max(1)].into_boxed_slice();
         exclude_from_core_dumps(&buf);
+        release_pages(&buf);
         let mut ring = Ring {
             buf,
             head: 0,
@@ -257,6 +260,21 @@ fn exclude_from_core_dumps(buf: &[u8]) {
         // SAFETY: [start, end) lies inside the ring's own live allocation; MADV_DONTDUMP
         // changes only what a core dump includes, never the memory's contents or mapping.
         let _ = unsafe { madvise(p, end - start, MmapAdvise::MADV_DONTDUMP) };
+    }
+}
+
+/// Drops the whole pages inside `buf` from memory (best effort). Only for a buffer fresh from
+/// `vec![0; n]`: all zeros, in private anonymous memory (the allocator's), where a dropped
+/// page reads back as zeros.
+fn release_pages(buf: &[u8]) {
+    let page = crate::sys::page_size();
+    let start = (buf.as_ptr() as usize).div_ceil(page) * page;
+    let end = (buf.as_ptr() as usize + buf.len()) / page * page;
+    if let Some(p) = NonNull::new(start as *mut c_void).filter(|_| end > start) {
+        // SAFETY: [start, end) lies inside the ring's own live allocation, which holds only
+        // zeros; MADV_DONTNEED on private anonymous memory makes those pages read back as
+        // zeros when next touched, so no byte the program sees changes.
+        let _ = unsafe { madvise(p, end - start, MmapAdvise::MADV_DONTNEED) };
     }
 }
 
