@@ -19,11 +19,35 @@ pub const TOKEN: &str = "emulator-token";
 pub const BIN: &str = env!("CARGO_BIN_EXE_qrypt-fs");
 
 pub fn emulator() -> Emulator {
+    default_signal_dispositions();
     Emulator::start(EmulatorConfig {
         record: true,
         ..EmulatorConfig::default()
     })
     .expect("start emulator")
+}
+
+/// Gives every signal its default action in the test process, once, so the readers the tests
+/// start inherit defaults. A test run started in the background by a shell (SIGINT and SIGQUIT
+/// ignored) or under nohup (SIGHUP ignored) would otherwise pass those ignored dispositions on
+/// through exec, and a reader that ignores a signal rightly keeps waiting when it gets one.
+pub fn default_signal_dispositions() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGTERM,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+        ] {
+            // SAFETY: SIG_DFL installs no handler code; only an ignored disposition is reset
+            // (the test harness installs no handlers for these).
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        }
+    });
 }
 
 /// A running `qrypt-fs -f` on a temporary directory. Drop stops it and makes sure nothing stays
@@ -45,6 +69,7 @@ pub struct MountBuilder {
 
 impl MountBuilder {
     pub fn new(emu: &Emulator) -> MountBuilder {
+        default_signal_dispositions();
         MountBuilder {
             args: vec!["--endpoint".into(), emu.url()],
             env_token: Some(TOKEN.into()),
