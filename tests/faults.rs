@@ -33,14 +33,7 @@ fn mount_with(emu: &Emulator, extra: &[&str]) -> Mount {
 
 /// Reads `n` bytes in reads of 4 KiB, checking the provenance of every read.
 fn read_and_check(emu: &Emulator, m: &Mount, n: usize) -> Vec<Vec<u8>> {
-    let f = open_random(m);
-    let mut reads = Vec::new();
-    let mut total = 0;
-    while total < n {
-        let r = read_once(&f, 4096).expect("read");
-        total += r.len();
-        reads.push(r);
-    }
+    let reads = read_in_4k(m, n);
     let prov = Provenance::from(emu);
     reads.iter().for_each(|r| prov.check_run(r));
     assert_disjoint(&reads);

@@ -21,19 +21,6 @@ fn mount_with(emu: &Emulator) -> Mount {
         .mount()
 }
 
-/// Reads `n` bytes in reads of 4 KiB.
-fn read_n(m: &Mount, n: usize) -> Vec<Vec<u8>> {
-    let f = open_random(m);
-    let mut reads = Vec::new();
-    let mut total = 0;
-    while total < n {
-        let r = read_once(&f, 4096).expect("read");
-        total += r.len();
-        reads.push(r);
-    }
-    reads
-}
-
 /// Bytes of the responses the emulator sent with `fault`.
 fn faulty_bytes(emu: &Emulator, fault: &str) -> Vec<u8> {
     emu.records()
@@ -49,7 +36,7 @@ fn blocks_of_arithmetic_progressions_are_discarded() {
     emu.set_fault(Fault::Progression, Some(3));
     let m = mount_with(&emu);
     m.wait_full();
-    let reads = read_n(&m, 256 * 1024);
+    let reads = read_in_4k(&m, 256 * 1024);
     let prov = Provenance::from(&emu);
     reads.iter().for_each(|r| prov.check_run(r));
     assert_disjoint(&reads);
@@ -71,7 +58,7 @@ fn a_response_that_replays_the_previous_one_shifted_by_a_byte_is_discarded() {
     m.wait_full();
     // The buffer holds the newest good bytes, which the fault replays shifted by one.
     emu.set_fault(Fault::ShiftedReplay, Some(2));
-    let reads = read_n(&m, 256 * 1024);
+    let reads = read_in_4k(&m, 256 * 1024);
     m.wait_status("two discards", Duration::from_secs(10), |s| {
         s["failures"] == "health=2"
     });

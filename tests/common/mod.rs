@@ -331,6 +331,20 @@ pub fn open_nonblocking(path: &Path) -> File {
         .expect("open O_NONBLOCK")
 }
 
+/// Reads at least `n` bytes from the mount's `/random` in reads of 4 KiB, keeping each read
+/// apart (provenance checks take them one by one).
+pub fn read_in_4k(m: &Mount, n: usize) -> Vec<Vec<u8>> {
+    let f = open_random(m);
+    let mut reads = Vec::new();
+    let mut total = 0;
+    while total < n {
+        let r = read_once(&f, 4096).expect("read");
+        total += r.len();
+        reads.push(r);
+    }
+    reads
+}
+
 /// Reads exactly `n` bytes with as many reads as it takes.
 pub fn read_exact(path: &Path, n: usize) -> Vec<u8> {
     let mut f = File::open(path).expect("open");
