@@ -58,6 +58,8 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 now_ns() { date +%s%N; }
 status_field() { sed -n "s/^$1: //p" "$work/mnt/status"; }
 
+# Made before the launch: the job opens its redirection only once it runs (set -e).
+: >"$work/emu.out"
 "$emulator_bin" --listen 127.0.0.1:0 >"$work/emu.out" 2>"$work/emu.log" &
 emu_pid=$!
 for _ in $(seq 100); do grep -q '^listening on ' "$work/emu.out" && break; sleep 0.05; done

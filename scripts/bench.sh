@@ -90,6 +90,8 @@ die() { echo "bench.sh: $*" >&2; exit 2; }
 start_emulator() {
   local name=$1 url=""
   shift
+  # Made before the launch: the job opens its redirection only once it runs (set -e).
+  : >"$work/$name.url"
   "$bin/qrypt-emulator" --listen 127.0.0.1:0 "$@" >"$work/$name.url" 2>"$out/$name.emulator.log" &
   started+=($!)
   printf -v "emu_$name" %s "$!"

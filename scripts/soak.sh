@@ -74,6 +74,8 @@ trap cleanup EXIT
 trap 'exit 2' INT TERM
 
 # The emulator, unthrottled; the daemon paces itself with its default 30/10.
+# Made before the launch: the job opens its redirection only once it runs (set -e).
+: >"$work/emu.url"
 "$bin/qrypt-emulator" --listen 127.0.0.1:0 >"$work/emu.url" 2>"$out/emulator.log" &
 started+=($!)
 url=""

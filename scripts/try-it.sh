@@ -74,6 +74,10 @@ stop() {
 trap cleanup EXIT
 trap stop INT TERM
 
+# Made before the launch: a background job opens its redirections only once it runs, and a
+# read of a file not yet there would end this `set -e` script.
+: >"$work/emu.out"
+: >"$work/fs.log"
 "$bin/qrypt-emulator" --listen 127.0.0.1:0 >"$work/emu.out" 2>"$work/emu.log" &
 emu_pid=$!
 url=''
