@@ -245,6 +245,10 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     match result {
         Ok(session) => session.run(),
         Err(e) => {
+            // Kept in the log too, unless the log is the terminal that prints it below.
+            if !(opts.foreground && opts.log_file.is_none()) {
+                tracing::error!("{}", message(&e));
+            }
             ready.failed(&message(&e));
             Err(e)
         }

@@ -164,8 +164,8 @@ impl Session {
                 vec![w]
             }
             Some(Verdict::Fatal(why)) => {
-                // Logged for syslog; the caller reports it on the terminal and exits 1.
-                error!("{why}");
+                // The caller logs it (for syslog or a log file), reports it on the terminal and
+                // exits 1.
                 status.set_stopping();
                 pool.shutdown();
                 refusals.shutdown();

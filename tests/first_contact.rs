@@ -175,8 +175,43 @@ fn a_rejected_token_fails_the_start_in_the_foreground_too() {
         Some("qrypt-fs: token rejected (HTTP 401): check QRYPT_TOKEN"),
         "{err}"
     );
+    // Said once: the log on the terminal does not repeat what the last line says.
+    assert_eq!(err.matches("token rejected (HTTP 401)").count(), 1, "{err}");
     assert!(!is_mounted(mnt.path()));
     assert_eq!(processes_naming(mnt.path()), Vec::<i32>::new());
+
+    // With a log file, the terminal gets the sentence and the log keeps it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("qrypt-fs.log");
+    let out = start(
+        mnt.path(),
+        Some("not-the-token"),
+        &[
+            "-f",
+            "--endpoint",
+            &emu.url(),
+            "--log-file",
+            log.to_str().expect("utf8"),
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "qrypt-fs: token rejected (HTTP 401): check QRYPT_TOKEN",
+        "{err}"
+    );
+    let logged = std::fs::read_to_string(&log).expect("log file");
+    assert_eq!(
+        logged
+            .lines()
+            .filter(|l| l.contains(" ERROR ")
+                && l.ends_with("token rejected (HTTP 401): check QRYPT_TOKEN"))
+            .count(),
+        1,
+        "{logged}"
+    );
+    assert!(!is_mounted(mnt.path()));
 }
 
 #[test]
