@@ -20,7 +20,7 @@
 //! shift) of the same values, doubled as it fills, up to 2^23 slots (load at most 0.52).
 //! `CAPACITY` is 2^22 + 2^17: 1 GiB of full-entropy input has 2^22 anchors on average with a
 //! standard deviation of 2^11, so 1 GiB of history is kept unless the count runs 64 standard
-//! deviations high. RAM: 8 bytes per ring entry and per slot, 34.6 MB + 64 MiB = about 99 MiB
+//! deviations high. RAM: 8 bytes per ring entry and per slot, 33 MiB + 64 MiB = 97 MiB
 //! at full history, reached as the history grows: both are allocated once at full size,
 //! zeroed, and their pages become resident as they are used (the ring as it fills, the set as
 //! the slots in use double from 2^16).
