@@ -10,7 +10,7 @@ use signal_hook::iterator::Signals;
 use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
 use crate::cli::Options;
 use crate::daemon::{self, Ready};
-use crate::first_contact::Watched;
+use crate::first_contact::FirstAnswerCell;
 use crate::fuse::config::FuseOptions;
 use crate::logging::{self, LogTarget};
 use crate::prefetch::PrefetchConfig;
@@ -200,12 +200,12 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         )?;
         drop(token);
         let api_url = client.url().to_string();
-        let (client, first_answer) = Watched::new(client);
+        let first_answer = Arc::new(FirstAnswerCell::default());
         let startup = opts
             .startup_timeout
             .filter(|_| spent.is_none())
             .map(|timeout| StartupCheck {
-                first_answer,
+                first_answer: first_answer.clone(),
                 timeout,
                 endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
                 api_url,
@@ -237,7 +237,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     format!("{}/{}s", r.requests, r.window.as_secs_f64())
                 }),
             },
-            prefetch: prefetch_config(&opts, token_file, budget),
+            prefetch: prefetch_config(&opts, token_file, budget, first_answer.clone()),
             startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
@@ -310,6 +310,7 @@ fn prefetch_config(
     opts: &Options,
     token_file: Option<PathBuf>,
     budget: Arc<Budget>,
+    first_answer: Arc<FirstAnswerCell>,
 ) -> PrefetchConfig {
     let mut prefetch = PrefetchConfig::for_capacity(opts.buffer_size);
     prefetch.rate_limit = opts.rate_limit;
@@ -320,6 +321,7 @@ fn prefetch_config(
     prefetch.mix_local = opts.mix_local;
     prefetch.token_file = token_file;
     prefetch.budget = budget;
+    prefetch.first_answer = Some(first_answer);
     prefetch
 }
 

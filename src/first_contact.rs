@@ -6,34 +6,39 @@
 //! quota used up, a wrong endpoint, an untrusted certificate, a body that is not the API's)
 //! ends the start with one sentence saying what to do. No answer, or a failure the network
 //! may cure later (a timeout, a refused connection, a 5xx), mounts anyway (`_netdev`: the
-//! network may come later) with a warning: the prefetcher keeps retrying.
+//! network may come later) with a warning: the prefetcher keeps retrying. So does a first
+//! answer that failed a health test: its bytes were discarded, so nothing is ready to serve,
+//! and the user is told why.
 //!
-//! [`Watched`] wraps any [`EntropyClient`] and records its first answer; [`verdict`] turns
-//! that answer into a [`Verdict`].
-use std::sync::{Arc, Condvar, Mutex};
+//! The prefetcher records the first answer in a [`FirstAnswerCell`] once it has passed (or
+//! failed) everything a response must pass to enter the pool, health tests included;
+//! [`verdict`] turns that answer into a [`Verdict`].
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::token::Token;
+use crate::upstream::FetchError;
 use crate::upstream::http::DEFAULT_ENDPOINT;
-use crate::upstream::{Entropy, EntropyClient, FetchError};
 
 /// How the first request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirstAnswer {
-    /// Valid entropy arrived.
+    /// Valid entropy arrived and entered the pool.
     Delivered,
     Failed(FetchError),
+    /// The answer was good, but a local step it needs failed (`--mix-local`'s RNG).
+    LocalFailure(String),
 }
 
 /// Where the first answer is kept until the starter looks.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct FirstAnswerCell {
     answer: Mutex<Option<FirstAnswer>>,
     arrived: Condvar,
 }
 
 impl FirstAnswerCell {
-    fn record(&self, answer: FirstAnswer) {
+    /// Keeps `answer` if it is the first; later ones are ignored.
+    pub fn record(&self, answer: FirstAnswer) {
         let mut slot = self.answer.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(answer);
@@ -57,40 +62,6 @@ impl FirstAnswerCell {
                 .0;
         }
         slot.clone()
-    }
-}
-
-/// An [`EntropyClient`] that notes its first answer in a [`FirstAnswerCell`].
-pub struct Watched<C> {
-    inner: C,
-    cell: Arc<FirstAnswerCell>,
-}
-
-impl<C: EntropyClient> Watched<C> {
-    pub fn new(inner: C) -> (Watched<C>, Arc<FirstAnswerCell>) {
-        let cell = Arc::new(FirstAnswerCell::default());
-        (
-            Watched {
-                inner,
-                cell: cell.clone(),
-            },
-            cell,
-        )
-    }
-}
-
-impl<C: EntropyClient> EntropyClient for Watched<C> {
-    async fn fetch(&self, kib: u32) -> Result<Entropy, FetchError> {
-        let result = self.inner.fetch(kib).await;
-        self.cell.record(match &result {
-            Ok(_) => FirstAnswer::Delivered,
-            Err(e) => FirstAnswer::Failed(e.clone()),
-        });
-        result
-    }
-
-    fn replace_token(&self, token: Token) {
-        self.inner.replace_token(token);
     }
 }
 
@@ -135,6 +106,9 @@ pub fn verdict(answer: Option<&FirstAnswer>, ctx: &Context<'_>) -> Verdict {
     };
     let err = match answer {
         FirstAnswer::Delivered => return Verdict::Ready,
+        FirstAnswer::LocalFailure(detail) => {
+            return Verdict::Warn(format!("{detail}; {keeps_retrying}"));
+        }
         FirstAnswer::Failed(e) => e,
     };
     match err {
@@ -172,8 +146,14 @@ pub fn verdict(answer: Option<&FirstAnswer>, ctx: &Context<'_>) -> Verdict {
              base URL of Qrypt's API, e.g. {DEFAULT_ENDPOINT}",
             ctx.api_url
         )),
-        FetchError::Transport(detail) | FetchError::Health(detail) => Verdict::Warn(format!(
+        FetchError::Transport(detail) => Verdict::Warn(format!(
             "no answer from {} ({detail}); {keeps_retrying}",
+            ctx.endpoint
+        )),
+        // The service's fault, not a setting: it may answer well next time.
+        FetchError::Health(detail) => Verdict::Warn(format!(
+            "the first answer from {} failed a health test and was discarded ({detail}); \
+             {keeps_retrying}",
             ctx.endpoint
         )),
         // Never sent (a bug of ours, not the service's answer): nothing to judge it by.
@@ -187,8 +167,8 @@ pub fn verdict(answer: Option<&FirstAnswer>, ctx: &Context<'_>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::mock::MockClient;
     use crate::upstream::validate::ValidationError;
+    use std::sync::Arc;
 
     fn ctx() -> Context<'static> {
         Context {
@@ -273,18 +253,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_first_answer_is_kept_and_later_ones_ignored() {
-        let mock = MockClient::new();
-        mock.fail_next([FetchError::Status {
-            code: 401,
-            retry_after: None,
-        }]);
-        let (client, cell) = Watched::new(mock);
+    #[test]
+    fn the_first_answer_is_kept_and_later_ones_ignored() {
+        let cell = FirstAnswerCell::default();
         assert_eq!(cell.wait(Duration::from_millis(10)), None);
-        assert!(client.fetch(1).await.is_err());
-        assert!(client.fetch(1).await.is_ok());
+        cell.record(status(401).expect("answer"));
+        cell.record(FirstAnswer::Delivered);
         assert_eq!(cell.wait(Duration::ZERO), status(401));
+    }
+
+    #[test]
+    fn a_first_answer_that_fails_a_health_test_mounts_with_the_reason() {
+        let c = ctx();
+        let unhealthy = Some(FirstAnswer::Failed(FetchError::Health(
+            "repetition count test: 7 equal bytes in a row".into(),
+        )));
+        assert_eq!(
+            warn(verdict(unhealthy.as_ref(), &c)),
+            "the first answer from https://host.example failed a health test and was \
+             discarded (repetition count test: 7 equal bytes in a row); mounted anyway; \
+             qrypt-fs keeps retrying and readers wait"
+        );
+        let local = Some(FirstAnswer::LocalFailure(
+            "local RNG for --mix-local: unavailable".into(),
+        ));
+        assert_eq!(
+            warn(verdict(local.as_ref(), &c)),
+            "local RNG for --mix-local: unavailable; mounted anyway; qrypt-fs keeps retrying \
+             and readers wait"
+        );
     }
 
     #[test]

@@ -380,6 +380,40 @@ fn a_server_error_mounts_with_a_warning() {
 }
 
 #[test]
+fn a_first_answer_that_fails_a_health_test_mounts_with_the_reason() {
+    // Well-formed answers whose bytes are predictable: each kind fails another test.
+    for fault in [Fault::AllZeroBlocks, Fault::Progression] {
+        let emu = emulator();
+        emu.set_fault(fault.clone(), Some(1));
+        let mnt = MountPoint::new();
+        let out = start(
+            mnt.path(),
+            Some(TOKEN),
+            &["--endpoint", &emu.url(), "--max-backoff", "0.2"],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{fault:?}: {err}");
+        let prefix = format!(
+            "qrypt-fs: warning: the first answer from {} failed a health test and was \
+             discarded (",
+            emu.url()
+        );
+        let suffix = "); mounted anyway; qrypt-fs keeps retrying and readers wait\n";
+        assert!(
+            err.starts_with(&prefix) && err.ends_with(suffix) && err.lines().count() == 1,
+            "{fault:?}: {err}"
+        );
+        assert!(is_mounted(mnt.path()));
+        // The next answer is good and served; the first one's bytes never were.
+        assert_eq!(read_exact(&mnt.path().join("random"), 32).len(), 32);
+        let status =
+            parse_status(&std::fs::read_to_string(mnt.path().join("status")).expect("status"));
+        assert_eq!(status["discarded_bytes"], "16384", "{fault:?}");
+        unmount_and_wait(mnt.path());
+    }
+}
+
+#[test]
 fn startup_timeout_zero_skips_the_check() {
     let emu = emulator();
     let mnt = MountPoint::new();

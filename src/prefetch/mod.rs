@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::budget::{Budget, Grant, Refusal, human_bytes};
+use crate::first_contact::{FirstAnswer, FirstAnswerCell};
 use crate::pool::Pool;
 use crate::status::{Status, bounded};
 use crate::token::{Token, TokenError, TokenFile};
@@ -59,6 +60,9 @@ pub struct PrefetchConfig {
     pub budget: Arc<Budget>,
     /// How long to wait before trying again to record the budget after a write failed.
     pub budget_retry: Duration,
+    /// Where the first finished request's fate goes (the start's check waits for it): told
+    /// after the health tests, so a first answer they discard is not "delivered".
+    pub first_answer: Option<Arc<FirstAnswerCell>>,
 }
 
 impl PrefetchConfig {
@@ -75,6 +79,7 @@ impl PrefetchConfig {
             token_poll: Duration::from_secs(2),
             budget: Arc::new(Budget::unlimited()),
             budget_retry: Duration::from_secs(5),
+            first_answer: None,
         }
     }
 
@@ -470,7 +475,15 @@ impl<C: EntropyClient> Prefetcher<C> {
     /// Handles a finished request sent in epoch `sent`: good bytes always go to the pool; the
     /// state machine decides whether the answer changes the state.
     fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>, sent: Epoch) {
-        let bytes = match self.intake.accept(result) {
+        let accepted = self.intake.accept(result);
+        if let Some(cell) = &self.cfg.first_answer {
+            cell.record(match &accepted {
+                Ok(_) => FirstAnswer::Delivered,
+                Err((Refused::Fetch(e), _)) => FirstAnswer::Failed(e.clone()),
+                Err((local, _)) => FirstAnswer::LocalFailure(local.to_string()),
+            });
+        }
+        let bytes = match accepted {
             Ok(bytes) => bytes,
             Err((refused, discarded)) => return self.failed(refused, discarded, sent),
         };
