@@ -4,6 +4,7 @@ use zeroize::Zeroizing;
 
 use super::state::Outcome;
 use crate::health::HealthTests;
+use crate::upstream::buffers::Buffer;
 use crate::upstream::{Entropy, FetchError};
 
 /// Why a finished request put nothing in the pool.
@@ -53,7 +54,7 @@ impl Intake {
     pub fn accept(
         &mut self,
         result: Result<Entropy, FetchError>,
-    ) -> Result<Zeroizing<Vec<u8>>, (Refused, usize)> {
+    ) -> Result<Buffer, (Refused, usize)> {
         let entropy = result.map_err(|e| (e.into(), 0))?;
         let len = entropy.bytes().len();
         if let Err(h) = self.health.check(entropy.bytes()) {
@@ -79,14 +80,14 @@ mod tests {
 
     #[test]
     fn mixing_changes_every_answer_and_a_failed_health_test_discards_it() {
-        let good = || Entropy(Zeroizing::new(MockClient::expected(0, 4096)));
+        let good = || Entropy(MockClient::expected(0, 4096).into());
         let plain = Intake::new(false).accept(Ok(good())).expect("passes");
         assert_eq!(*plain, MockClient::expected(0, 4096));
         let mixed = Intake::new(true).accept(Ok(good())).expect("passes");
         assert_eq!(mixed.len(), 4096);
         assert_ne!(*mixed, *plain);
         let (refused, discarded) = Intake::new(false)
-            .accept(Ok(Entropy(Zeroizing::new(vec![0; 1024]))))
+            .accept(Ok(Entropy(vec![0; 1024].into())))
             .expect_err("all zeros");
         assert_eq!((refused.class().as_str(), discarded), ("health", 1024));
         assert_eq!(refused.outcome(), Outcome::Failed);

@@ -15,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use url::Url;
 use zeroize::Zeroizing;
 
+use super::buffers::Buffers;
 use super::validate::{self, ValidationError};
 use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
 use crate::token::Token;
@@ -167,6 +168,8 @@ pub struct HttpClient {
     url: Url,
     auth: RwLock<HeaderValue>,
     residue: Arc<Residue>,
+    /// Body and decode buffers, reused (see [`super::buffers`]).
+    buffers: Arc<Buffers>,
     sweeper: std::sync::Once,
 }
 
@@ -281,6 +284,8 @@ impl HttpClient {
             url,
             auth: RwLock::new(bearer(token)),
             residue: Arc::default(),
+            // Two per request in flight (a body and its decoded bytes), for up to 8 at once.
+            buffers: Buffers::new(validate::body_limit(MAX_KIB_PER_REQUEST), 16),
             sweeper: std::sync::Once::new(),
         })
     }
@@ -371,12 +376,12 @@ impl HttpClient {
         }
         // Read with a cap: a misbehaving server must not make us allocate without bound.
         // Sized once up front: growing would free copies of the body without wiping them.
-        let mut body = Zeroizing::new(Vec::with_capacity(limit));
+        let mut body = self.buffers.take(limit);
         let read = self.read_body(&mut resp, &mut body, limit).await;
         drop(resp);
         self.residue.sweep();
         read?;
-        let mut out = Zeroizing::new(Vec::with_capacity(kib as usize * BLOCK_LEN));
+        let mut out = self.buffers.take(kib as usize * BLOCK_LEN);
         // `body` (the base64 text) is wiped when it drops, whatever decoding says.
         validate::decode_body(&body, kib, &mut out)?;
         Ok(Entropy(out))

@@ -6,10 +6,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use crate::token::Token;
 
+pub mod buffers;
 pub mod http;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
@@ -19,7 +18,7 @@ pub mod validate;
 pub use qrypt_api::{BLOCK_LEN, MAX_KIB_PER_REQUEST};
 
 /// Entropy that passed response validation: `kib * 1024` bytes, wiped on drop.
-pub struct Entropy(pub Zeroizing<Vec<u8>>);
+pub struct Entropy(pub buffers::Buffer);
 
 impl Entropy {
     pub fn bytes(&self) -> &[u8] {
