@@ -109,16 +109,18 @@ pub fn harden_process() {
 }
 
 /// Large allocations at or above this size get their own mapping from glibc, returned to the
-/// kernel when freed.
-const MMAP_THRESHOLD: i32 = 128 << 10;
+/// kernel when freed: the ring and the replay memory, nothing that comes and goes.
+const MMAP_THRESHOLD: i32 = 1 << 20;
 
-/// Keeps resident memory flat under a steady load. glibc raises its mmap threshold each time a
-/// mapped chunk is freed (up to 32 MiB), so after the first response body (about 700 KB of
-/// JSON, then 512 KiB decoded) every later one comes from a per-thread arena, which keeps its
-/// high-water mark: each thread that handles bodies grows its arena to the most bodies it ever
-/// held at once, and RSS creeps up for minutes (BENCHMARKS.md, soak). A fixed threshold keeps
-/// bodies in their own mappings, unmapped on free (their bytes leave with them), and stops the
-/// creep; the cost is one mmap/munmap per body, noise beside the request.
+/// Keeps resident memory flat under a steady load without paying page faults per response.
+/// Left alone, glibc raises its mmap threshold each time a mapped chunk is freed (up to
+/// 32 MiB), so what is allocated and freed per response moves between mappings and
+/// per-thread arenas, and each arena keeps its high-water mark: RSS crept up for minutes
+/// (BENCHMARKS.md, soak). A fixed threshold stops that. It is 1 MiB, not lower, because the
+/// big per-response buffers are reused (`upstream::buffers`) and hyper's read buffers (at most
+/// ~400 KiB per connection) are bounded: from the arenas they cost nothing more per response,
+/// while as mappings each one was faulted in, zeroed and unmapped again (with 128 KiB, a
+/// fifth of the daemon's CPU at full speed).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes no pointers and only changes allocator parameters; called first
