@@ -111,6 +111,7 @@ pub fn harden_process() {
 /// Large allocations at or above this size get their own mapping from glibc, returned to the
 /// kernel when freed: the ring and the replay memory, nothing that comes and goes.
 const MMAP_THRESHOLD: i32 = 1 << 20;
+const _: () = assert!(MMAP_THRESHOLD as usize <= crate::upstream::buffers::CAPACITY);
 
 /// Keeps resident memory flat under a steady load without paying page faults per response.
 /// Left alone, glibc raises its mmap threshold each time a mapped chunk is freed (up to

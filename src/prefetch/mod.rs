@@ -518,10 +518,10 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.log.failure(&class, &message, decision, token_file);
     }
 
-    /// Hands freed memory back after a response, at most every [`TRIM_EVERY`]: what a body
-    /// leaves below the mmap threshold (hyper's chunks and read buffers, at most 128 KiB each)
-    /// fragments the arenas of the threads that receive it, and under a steady demand no fill
-    /// ever ends to trim them.
+    /// Hands freed memory back after a response, at most every [`TRIM_EVERY`]: what a response
+    /// leaves below the mmap threshold (hyper's read buffers, up to ~400 KiB each, and the
+    /// parser's temporaries) fragments the arenas of the threads that receive it, and under a
+    /// steady demand no fill ever ends to trim them.
     fn trim_now_and_then(&mut self) {
         let now = now();
         if now.duration_since(self.last_trim) >= TRIM_EVERY {

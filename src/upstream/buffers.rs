@@ -14,6 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroize;
 
+/// Capacity of a kept buffer: at least the largest body (~720 KiB), and no less than the
+/// allocator's mmap threshold (`daemon::tune_allocator`), so each buffer is a mapping of its
+/// own: kept ones stay put, and one freed is unmapped, never a hole in a thread's arena for
+/// later allocations to fragment around.
+pub const CAPACITY: usize = 1 << 20;
+
 /// Buffers kept for reuse, each of the same capacity.
 #[derive(Debug)]
 pub struct Buffers {
@@ -23,7 +29,7 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    /// Keeps up to `keep` free buffers of `capacity` bytes each.
+    /// Keeps up to `keep` free buffers of `capacity` bytes each ([`CAPACITY`] in the client).
     pub fn new(capacity: usize, keep: usize) -> Arc<Buffers> {
         Arc::new(Buffers {
             free: Mutex::new(Vec::new()),
@@ -122,6 +128,12 @@ mod tests {
         // capacity, and we read only the first 3000).
         let spare = unsafe { std::slice::from_raw_parts(b.as_ptr(), 3000) };
         assert!(spare.iter().all(|&x| x == 0), "wiped before reuse");
+    }
+
+    #[test]
+    fn the_largest_body_fits_a_kept_buffer() {
+        use crate::upstream::{MAX_KIB_PER_REQUEST, validate::body_limit};
+        assert!(body_limit(MAX_KIB_PER_REQUEST) <= CAPACITY);
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl HttpClient {
             auth: RwLock::new(bearer(token)),
             residue: Arc::default(),
             // Two per request in flight (a body and its decoded bytes), for up to 8 at once.
-            buffers: Buffers::new(validate::body_limit(MAX_KIB_PER_REQUEST), 16),
+            buffers: Buffers::new(super::buffers::CAPACITY, 16),
             sweeper: std::sync::Once::new(),
         })
     }
