@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use crate::pool::{Pool, ReadError};
 
 /// How often waiting readers are looked at (cheaply, see waitwatch). Ticks are at a fixed
-/// rate. A process with handlers is read in full every second tick
-/// (`signals::FULL_CHECK_CATCHING` lies between one and two ticks): 2.2 status reads a second
-/// each, and a Ctrl-C that lands just after its check is seen two ticks later, 450 ms, plus
-/// the time the tick takes to reach it (about 5 ms for 1000 waiters): under half a second.
+/// rate. For processes with handlers one status a tick per user shows whether any signal is
+/// queued (waitwatch, "probe"): a Ctrl-C is seen at the next tick, 225 ms, plus the time the
+/// pass takes to reach the reader (about 10 ms for 1000 waiters). While a user's count stays
+/// above 0 (some signal of theirs is pending, e.g. one a reader blocks), that user's readers
+/// with handlers are read in full every second tick (`signals::FULL_CHECK_CATCHING` lies
+/// between one and two ticks): a signal that lands just after a read is seen two ticks later,
+/// 450 ms plus the pass: still under half a second.
 pub const CHECK_EVERY: Duration = Duration::from_millis(225);
 
 const _: () = {
