@@ -13,15 +13,19 @@
 //!   for a process without handlers (only SIGQUIT and other core-dumping signals need it);
 //! - a caught signal wakes nothing, so for processes with handlers the kernel's count of queued
 //!   signals decides: it is kept per user (real uid and user namespace: one `ucounts`) and
-//!   every status file shows it (`SigQ`). Each tick one waiter of each such group is read in
-//!   full (the probe); while its count is 0 no process of that user has a queued signal, and
-//!   the group's waiters are read only every [`FULL_CHECK_PLAIN`]. Once it is not, every
-//!   waiter of the group is read at once and then every [`FULL_CHECK_CATCHING`], as long as
-//!   the count stays up. A Ctrl-C is so seen within one tick plus one pass, and 1000 quiet
-//!   waiters with handlers cost one status read a tick instead of 2.2 a second each.
-//!   Signals the kernel does not count (a SIGKILL, which the switch count shows; a signal sent
-//!   while the user is over RLIMIT_SIGPENDING or the kernel is out of memory) wait for the
-//!   [`FULL_CHECK_PLAIN`] read.
+//!   every status file shows it (`SigQ`). A signal queued for a waiting reader stays counted
+//!   until the reader returns. Each tick one waiter of each such group is read in full (the
+//!   probe). While the count holds at its baseline (the value once every waiter had been read
+//!   and none had a signal: often 0, or one per POSIX timer the user's processes hold) the
+//!   group's waiters are read only every [`FULL_CHECK_PLAIN`]. When it moves, every waiter of
+//!   the group is read at once and then every [`FULL_CHECK_CATCHING`] until it holds still
+//!   again. A Ctrl-C is so seen within one tick plus one pass, and 1000 quiet waiters with
+//!   handlers cost one status read a tick and one every 2 s each, instead of 2.2 a second.
+//!   What the count misses waits for the [`FULL_CHECK_PLAIN`] read, at most 2 s: a SIGKILL
+//!   (the switch count shows it first), a signal sent while the user is over
+//!   RLIMIT_SIGPENDING or the kernel is out of memory, and a signal whose +1 lands in the
+//!   same tick as an unrelated -1 of the same user (another process taking a signal that was
+//!   already pending at the last probe, or ending with a timer).
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -78,10 +82,48 @@ struct Group {
 
 #[derive(Debug, Default)]
 struct GroupState {
-    /// The pass in which a waiter of the group was last read in full.
+    /// The pass in which the group was last probed (its first waiter read in full).
     probed: Option<Instant>,
-    /// The pass since which the group's count of queued signals has not been 0.
+    /// The count that holds no signal for any of the group's waiters: the one a probe saw
+    /// after every waiter with handlers had been read since it first appeared. (A POSIX
+    /// timer holds one queued signal for as long as it exists, so it is not always 0.)
+    baseline: Option<u64>,
+    /// The pass since which the count has differed from `baseline` (`None`: it has not).
     loud_since: Option<Instant>,
+    /// The count while loud, and the pass that first saw it.
+    candidate: Option<(u64, Instant)>,
+}
+
+impl GroupState {
+    /// Takes a probe's reading of the count. `settled`: every waiter with handlers of the
+    /// group has been read in full since the candidate count first appeared, and none had a
+    /// signal that ends its wait (it would be gone).
+    fn probe(&mut self, queued: Option<u64>, now: Instant, settled: bool) {
+        self.probed = Some(now);
+        let Some(q) = queued else {
+            // No count shown: never quiet.
+            self.baseline = None;
+            self.candidate = None;
+            self.loud_since.get_or_insert(now);
+            return;
+        };
+        match (self.loud_since, self.candidate) {
+            (None, _) if self.baseline == Some(q) => {}
+            // It moved: read everyone now, then on the catching cadence until it settles.
+            (None, _) => {
+                self.loud_since = Some(now);
+                self.candidate = Some((q, now));
+            }
+            (Some(_), Some((c, _))) if c == q => {
+                if settled {
+                    self.baseline = Some(q);
+                    self.loud_since = None;
+                    self.candidate = None;
+                }
+            }
+            (Some(_), _) => self.candidate = Some((q, now)),
+        }
+    }
 }
 
 /// What reading a thread's files showed.
@@ -159,15 +201,27 @@ impl WaitWatch {
         if reader.group.is_none() {
             reader.group = Some(group_of(reader.tid, status.uid, self.overflow_uid));
         }
-        if let Some(g) = reader.group.as_ref().and_then(Option::as_ref) {
-            let state = self.groups.entry(g.clone()).or_default();
-            state.probed = Some(now);
-            state.loud_since = match status.queued {
-                Some(0) => None,
-                _ => state.loud_since.or(Some(now)),
-            };
+        if let Some(g) = reader.group.clone().flatten() {
+            let state = self.groups.get(&g);
+            if state.is_none_or(|s| s.probed != Some(now)) {
+                let settled = state
+                    .and_then(|s| s.candidate)
+                    .is_some_and(|(_, since)| self.all_read_since(&g, since));
+                self.groups
+                    .entry(g)
+                    .or_default()
+                    .probe(status.queued, now, settled);
+            }
         }
         false
+    }
+
+    /// Whether every waiter with handlers in group `g` was read in full at or after `since`.
+    fn all_read_since(&self, g: &Group, since: Instant) -> bool {
+        self.readers
+            .values()
+            .filter(|r| r.catches && r.group.as_ref().and_then(Option::as_ref) == Some(g))
+            .all(|r| r.last_full.is_some_and(|l| l >= since))
     }
 
     /// Drops what is kept for reads that no longer wait (answered, cancelled).
@@ -416,11 +470,13 @@ mod tests {
         let at = |n: u32| t0 + tick * n;
         let quiet = |pass| GroupState {
             probed: Some(pass),
-            loud_since: None,
+            baseline: Some(1),
+            ..GroupState::default()
         };
         let loud = |pass, since| GroupState {
             probed: Some(pass),
             loud_since: Some(since),
+            ..GroupState::default()
         };
         let unprobed = GroupState::default();
         // Never read: read now, whatever its kind.
@@ -444,6 +500,40 @@ mod tests {
         assert!(due(Some(at(1)), true, None, at(3)));
         assert!(!due(Some(at(1)), false, Some(&unprobed), at(9)));
         assert!(due(Some(at(1)), false, None, at(10)));
+    }
+
+    #[test]
+    fn a_group_is_quiet_once_its_count_holds_still_after_everyone_was_read() {
+        let t0 = Instant::now();
+        let at = |n: u32| t0 + crate::watchdog::CHECK_EVERY * n;
+        let mut g = GroupState::default();
+        // First reading (1: a `timeout` process's timer, say): loud until all were read.
+        g.probe(Some(1), at(1), false);
+        assert_eq!((g.loud_since, g.baseline), (Some(at(1)), None));
+        g.probe(Some(1), at(2), false);
+        assert!(g.loud_since.is_some(), "not everyone read yet");
+        g.probe(Some(1), at(3), true);
+        assert_eq!((g.loud_since, g.baseline), (None, Some(1)));
+        // Quiet while it holds.
+        g.probe(Some(1), at(4), false);
+        assert_eq!((g.loud_since, g.baseline), (None, Some(1)));
+        // A Ctrl-C queues one more: loud at once.
+        g.probe(Some(2), at(5), false);
+        assert_eq!(g.loud_since, Some(at(5)));
+        // It moves again while loud: a new candidate, the same loud pass.
+        g.probe(Some(3), at(6), true);
+        assert_eq!((g.loud_since, g.candidate), (Some(at(5)), Some((3, at(6)))));
+        // Settled: a waiter's own blocked signal, say, is part of the quiet count now.
+        g.probe(Some(3), at(8), true);
+        assert_eq!((g.loud_since, g.baseline), (None, Some(3)));
+        // Down is a move too (the signal's process dequeued it, or a timer went).
+        g.probe(Some(2), at(9), true);
+        assert_eq!(g.loud_since, Some(at(9)));
+        // No count shown: never quiet.
+        let mut h = GroupState::default();
+        h.probe(None, at(1), true);
+        h.probe(None, at(2), true);
+        assert!(h.loud_since.is_some() && h.baseline.is_none());
     }
 
     #[test]
