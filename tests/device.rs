@@ -152,6 +152,79 @@ fn handled_signal_ends_the_wait_with_eintr() {
     );
 }
 
+/// `dd` (which catches SIGINT) reading 32 bytes under `timeout(1)`, which holds a POSIX timer:
+/// one queued signal counted for the user all along (`SigQ`, what the watchdog judges).
+fn dd_under_timeout(m: &Mount) -> std::process::Child {
+    Command::new("timeout")
+        .args([
+            "30",
+            "dd",
+            "bs=32",
+            "count=1",
+            "status=none",
+            "of=/dev/null",
+        ])
+        .arg(format!("if={}", m.random().display()))
+        .spawn()
+        .expect("timeout dd")
+}
+
+#[test]
+fn ctrl_c_frees_a_reader_with_handlers_within_half_a_second_while_its_user_holds_a_timer() {
+    let emu = emulator();
+    let m = failing(&emu, &[]);
+    for round in 0..3 {
+        // Round 0 is the mount's first interrupted request: the kernel then stops sending
+        // interrupts (fuser answers ENOSYS), and later waits wake nothing on a caught signal.
+        let mut waiting: Vec<_> = (0..5).map(|_| dd_under_timeout(&m)).collect();
+        m.wait_status("5 waiting readers", Duration::from_secs(5), |s| {
+            s["waiting_readers"] == "5"
+        });
+        // Long enough for the watchdog to settle on a quiet count.
+        thread::sleep(Duration::from_millis(1500));
+        let mut first = waiting.remove(0);
+        let dd = children_of(first.id() as i32);
+        assert_eq!(dd.len(), 1, "{dd:?}");
+        let t = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(dd[0]),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("kill");
+        let st = wait_timeout(&mut first, Duration::from_secs(3)).expect("dd ended");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "round {round}: {:?}",
+            t.elapsed()
+        );
+        assert!(!st.success());
+        // The others still wait: nothing but the signalled one was answered.
+        assert_eq!(m.status_u64("waiting_readers"), 4);
+        // The readers first: once `timeout` is gone they are no longer its children.
+        for mut c in waiting {
+            for p in children_of(c.id() as i32) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = c.wait();
+        }
+        m.wait_status("no waiting reader", Duration::from_secs(5), |s| {
+            s["waiting_readers"] == "0"
+        });
+    }
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 #[test]
 fn status_and_ls_answer_while_a_reader_waits() {
     let emu = emulator();
