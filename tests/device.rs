@@ -216,15 +216,6 @@ fn ctrl_c_frees_a_reader_with_handlers_within_half_a_second_while_its_user_holds
     }
 }
 
-/// The pids whose parent is `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 #[test]
 fn status_and_ls_answer_while_a_reader_waits() {
     let emu = emulator();

@@ -157,15 +157,6 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-/// The live child processes of `pid` (the script's qrypt-fs and emulator).
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 fn alive(pid: i32) -> bool {
     // A zombie is gone for our purposes; the script reaps its children.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -193,7 +184,7 @@ fn a_second_copy_on_the_same_mount_point_leaves_the_first_alone() {
     let mut first = TryIt::start(&mnt);
     first.wait_line("--- serving on", Duration::from_secs(60));
     assert!(is_mounted(&mnt));
-    let mut kids: Vec<(i32, String)> = children(first.pid())
+    let mut kids: Vec<(i32, String)> = children_of(first.pid())
         .into_iter()
         .map(|p| (p, comm(p)))
         .collect();

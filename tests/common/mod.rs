@@ -509,3 +509,12 @@ pub fn require_program(program: &str) {
         "{program} is missing: run scripts/install-test-deps.sh"
     );
 }
+
+/// The live child processes of `pid` (from its main thread's `children` list).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
