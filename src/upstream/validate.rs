@@ -132,17 +132,26 @@ pub fn check_content_type(value: Option<&str>) -> Result<(), ValidationError> {
 }
 
 /// Parses and validates a 200 body for a request of `kib` KiB, decoding into `out`
-/// (cleared first). On error `out` is wiped and left empty.
+/// (wiped and cleared first). On error `out` is wiped and left empty.
+///
+/// Only `out[..len]` is ever written, so only that is wiped: wiping the whole capacity would
+/// fault in pages of a kept buffer that were never used (`upstream::buffers`), and each
+/// response that failed would add them to the daemon's resident memory.
 pub fn decode_body(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), ValidationError> {
+    wipe(out);
     let result = decode_inner(body, kib, out);
     if result.is_err() {
-        zeroize::Zeroize::zeroize(out);
+        wipe(out);
     }
     result
 }
 
-fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), ValidationError> {
+fn wipe(out: &mut Vec<u8>) {
+    zeroize::Zeroize::zeroize(out.as_mut_slice());
     out.clear();
+}
+
+fn decode_inner(body: &[u8], kib: u32, out: &mut Vec<u8>) -> Result<(), ValidationError> {
     if body.len() > body_limit(kib) {
         return Err(ValidationError::TooLarge(body_limit(kib)));
     }
