@@ -67,6 +67,18 @@ fn refill_goes_on(m: &Mount, emu: &Emulator) {
     assert_eq!(m.status()["state"], "ok");
 }
 
+/// An emulator that takes only `OLD`, a token file in a temporary directory holding it, and a
+/// mount that reads it.
+fn mounted_with_old_token() -> (Emulator, tempfile::TempDir, PathBuf, Mount) {
+    let emu = emulator();
+    emu.set_tokens(vec![OLD.into()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{OLD}\n")).expect("write");
+    let m = mount_with_token_file(&emu, &token_file);
+    (emu, dir, token_file, m)
+}
+
 fn mount_with_token_file(emu: &Emulator, token_file: &Path) -> Mount {
     MountBuilder::new(emu)
         .token(None)
@@ -83,12 +95,7 @@ fn mount_with_token_file(emu: &Emulator, token_file: &Path) -> Mount {
 
 #[test]
 fn a_fifo_swapped_in_keeps_the_old_token_and_a_file_put_back_is_taken() {
-    let emu = emulator();
-    emu.set_tokens(vec![OLD.into()]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{OLD}\n")).expect("write");
-    let m = mount_with_token_file(&emu, &token_file);
+    let (emu, _dir, token_file, m) = mounted_with_old_token();
     m.wait_full();
 
     swap_in(&token_file, fifo);
@@ -125,12 +132,7 @@ fn a_fifo_swapped_in_keeps_the_old_token_and_a_file_put_back_is_taken() {
 
 #[test]
 fn every_kind_of_hostile_file_is_refused_and_the_refill_goes_on() {
-    let emu = emulator();
-    emu.set_tokens(vec![OLD.into()]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{OLD}\n")).expect("write");
-    let m = mount_with_token_file(&emu, &token_file);
+    let (emu, dir, token_file, m) = mounted_with_old_token();
     let socket_at = dir.path().join("socket");
     let _listener = std::os::unix::net::UnixListener::bind(&socket_at).expect("socket");
     let chain_mid = dir.path().join("mid");
