@@ -11,7 +11,7 @@
 # into $SOAK_OUT/samples.csv, and at the end /proc/PID/smaps_rollup and smaps.
 #
 # First, one reader takes 1.1 GiB as fast as it can: the replay test's history grows (to
-# 97 MiB, by design) until the first GiB has been fetched, and at Qrypt's pace that would take
+# 98 MiB, by design) until the first GiB has been fetched, and at Qrypt's pace that would take
 # the whole run. So the daemon paces itself at SOAK_RATE_LIMIT (default 3000/10: the pacer
 # runs, but does not hold the emulator back).
 #
@@ -239,7 +239,7 @@ python3 - "$csv" "$warmup" "$rss_tol" "$fd_tol" "$rss_growth" <<'EOF'
 import csv, sys
 path, warmup, rss_tol, fd_tol, growth_tol = sys.argv[1], *map(int, sys.argv[2:6])
 rows = list(csv.DictReader(open(path)))
-# The replay test's history grows (by design, up to 97 MiB) until 1 GiB has been fetched.
+# The replay test's history grows (by design, up to 98 MiB) until 1 GiB has been fetched.
 full = (11 << 30) // 10
 warm = [int(r["elapsed_s"]) for r in rows if int(r.get("fetched_bytes") or 0) >= full]
 if warm:

@@ -85,3 +85,61 @@ fn a_response_that_replays_the_previous_one_shifted_by_a_byte_is_discarded() {
         "served bytes outside the good responses"
     );
 }
+
+/// A single 1 KiB block replayed more than 64 MiB after it was served (past the aligned
+/// block memory), at many shifts: every one is found by the replay memory, which guarantees
+/// it for any repeat of 960 bytes or more. With rolling-hash anchors alone about 2.3% of such
+/// blocks escaped, so 120 replays would let about 3 through.
+#[test]
+fn single_blocks_replayed_more_than_64_mib_later_are_discarded_at_any_shift() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args([
+            "--buffer-size",
+            "64K",
+            "--rate-limit",
+            "off",
+            "--max-backoff",
+            "0.01",
+        ])
+        .mount();
+    // 74 MiB through the mount, so the emulator holds 128 blocks (one per 64 KiB) older than
+    // the aligned block memory (64 MiB), each replayed once below.
+    let mut f = std::fs::File::open(m.random()).expect("open /random");
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..74 {
+        std::io::Read::read_exact(&mut f, &mut buf).expect("read 1 MiB");
+    }
+    let replays = 120u64;
+    for i in 0..replays {
+        let shift = [0, 1, 7, 64, 333, 640, 1000, 1023][i as usize % 8] + i % 3;
+        emu.set_fault(
+            Fault::OldBlock {
+                age_mib: 66,
+                shift: shift.min(1023),
+            },
+            Some(1),
+        );
+        // Reads make room, so the daemon asks again and meets the fault.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while m.status()["failures"] != format!("health={}", i + 1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replay {i} (shift {shift}) not discarded: {:#?}",
+                m.status()
+            );
+            std::io::Read::read_exact(&mut f, &mut buf[..64 << 10]).expect("read");
+        }
+    }
+    let s = m.status();
+    assert!(s["last_error"].contains("repeat earlier content"), "{s:#?}");
+    let bad = faulty_bytes(&emu, "old_block");
+    assert_eq!(s["discarded_bytes"], bad.len().to_string(), "{s:#?}");
+    assert_eq!(
+        emu.records()
+            .iter()
+            .filter(|r| r.fault.as_deref() == Some("old_block"))
+            .count() as u64,
+        replays
+    );
+}

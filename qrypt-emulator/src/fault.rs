@@ -29,6 +29,11 @@ pub enum Fault {
     /// 200, well-formed: the newest bytes of earlier correct responses (up to 16 KiB) shifted
     /// by one byte, then fresh bytes. With no earlier response it waits, unspent.
     ShiftedReplay,
+    /// 200, well-formed: the response's last 1024 bytes, moved `shift` bytes earlier (0 to
+    /// 1023, less if the response is too short), repeat a block sent at least `age_mib` MiB of
+    /// correct bytes ago and not replayed before (one block per 64 KiB is kept, for the last
+    /// GiB). With none left it waits, unspent.
+    OldBlock { age_mib: u64, shift: u64 },
     /// 200, correct body, `Content-Type: text/html`.
     WrongContentType,
     /// 200, a correct body with 64 MiB of whitespace inside the JSON, streamed (chunked).
@@ -60,6 +65,7 @@ impl Fault {
             Fault::RepeatBlock => "repeat_block",
             Fault::Progression => "progression",
             Fault::ShiftedReplay => "shifted_replay",
+            Fault::OldBlock { .. } => "old_block",
             Fault::WrongContentType => "wrong_content_type",
             Fault::OversizedBody => "oversized_body",
             Fault::Delay(_) => "delay",
@@ -104,6 +110,12 @@ impl Fault {
             "repeat_block" => Fault::RepeatBlock,
             "progression" => Fault::Progression,
             "shifted_replay" => Fault::ShiftedReplay,
+            "old_block" => Fault::OldBlock {
+                age_mib: num("age_mib")?,
+                shift: Some(num("shift")?)
+                    .filter(|&s| s < 1024)
+                    .ok_or("\"shift\" must be from 0 to 1023")?,
+            },
             "wrong_content_type" => Fault::WrongContentType,
             "oversized_body" => Fault::OversizedBody,
             "delay" => Fault::Delay(Duration::from_millis(num("ms")?)),

@@ -9,6 +9,8 @@ use super::Fault;
 
 /// Good blocks remembered for `RepeatBlock`.
 const RECENT_BLOCKS: usize = 16;
+/// Blocks kept for `old_block`: one per 64 KiB of correct bytes, 1 GiB of history in 16 MiB.
+const OLD_BLOCKS: usize = 16384;
 pub(super) const BLOCK: usize = qrypt_api::BLOCK_LEN;
 
 /// One answer to a request on the API (admin requests are not recorded).
@@ -64,6 +66,9 @@ pub(super) struct Ledger {
     good_bytes: u64,
     records: Vec<ResponseRecord>,
     recent: VecDeque<Vec<u8>>,
+    /// One block per 64 KiB of correct bytes: the count of correct bytes before it, the
+    /// block, and whether `old_block` has replayed it.
+    old: VecDeque<(u64, Vec<u8>, bool)>,
     /// Headers of requests not answered yet (only when recording).
     pending_headers: BTreeMap<u64, Vec<(String, String)>>,
 }
@@ -78,6 +83,7 @@ impl Ledger {
             good_bytes: 0,
             records: Vec::new(),
             recent: VecDeque::new(),
+            old: VecDeque::new(),
             pending_headers: BTreeMap::new(),
         }
     }
@@ -117,7 +123,16 @@ impl Ledger {
         );
         *self.by_status.entry(status).or_default() += 1;
         if status == 200 && fault.is_none() {
+            let before = self.good_bytes;
             self.good_bytes += blocks.len() as u64;
+            if before == 0 || before >> 16 != self.good_bytes >> 16 {
+                if let Some(first) = blocks.get(..BLOCK) {
+                    self.old.push_back((before, first.to_vec(), false));
+                }
+                while self.old.len() > OLD_BLOCKS {
+                    self.old.pop_front();
+                }
+            }
             let skip = (blocks.len() / BLOCK).saturating_sub(RECENT_BLOCKS);
             self.recent
                 .extend(blocks.chunks_exact(BLOCK).skip(skip).map(<[u8]>::to_vec));
@@ -146,6 +161,22 @@ impl Ledger {
     /// The recent blocks of earlier correct responses, oldest first.
     pub fn recent_bytes(&self) -> Vec<u8> {
         self.recent.iter().flatten().copied().collect()
+    }
+
+    /// The newest kept block, not replayed yet, sent at least `age_mib` MiB of correct bytes
+    /// ago; `take` marks it replayed.
+    pub fn old_block(&mut self, age_mib: u64, take: bool) -> Option<Vec<u8>> {
+        let newest = self
+            .good_bytes
+            .saturating_sub(age_mib.saturating_mul(1 << 20))
+            .saturating_sub(BLOCK as u64);
+        let (_, block, used) = self
+            .old
+            .iter_mut()
+            .rev()
+            .find(|(at, _, used)| *at <= newest && !*used)?;
+        *used |= take;
+        Some(block.clone())
     }
 
     pub fn has_recent(&self) -> bool {

@@ -118,6 +118,7 @@ pub(super) async fn entropy(
     let repeat_source = match fault {
         Some(Fault::RepeatBlock) => state.ledger.lock().recent_block(),
         Some(Fault::ShiftedReplay) => Some(state.ledger.lock().recent_bytes()),
+        Some(Fault::OldBlock { age_mib, .. }) => state.ledger.lock().old_block(age_mib, true),
         _ => None,
     };
     let (text, decoded) = build(kib, fault.as_ref(), repeat_source);
@@ -193,6 +194,9 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
     let cannot_repeat = match gate.fault.peek() {
         Some(Fault::RepeatBlock) => kib < 2 && !state.ledger.lock().has_recent(),
         Some(Fault::ShiftedReplay) => !state.ledger.lock().has_recent(),
+        Some(Fault::OldBlock { age_mib, .. }) => {
+            state.ledger.lock().old_block(*age_mib, false).is_none()
+        }
         _ => false,
     };
     let fault = if cannot_repeat {
@@ -240,6 +244,12 @@ fn build(kib: u32, fault: Option<&Fault>, repeat_source: Option<Vec<u8>>) -> (St
         if let Some(old) = repeat_source.as_deref().filter(|o| o.len() > 1) {
             let n = (old.len() - 1).min(flat.len());
             flat[..n].copy_from_slice(&old[1..=n]);
+        }
+    }
+    if let Some(&Fault::OldBlock { shift, .. }) = fault {
+        if let Some(old) = repeat_source.as_deref().filter(|o| o.len() == BLOCK) {
+            let at = last - (shift as usize).min(last);
+            flat[at..at + BLOCK].copy_from_slice(old);
         }
     }
     if fault == Some(&Fault::ShortBlock) {
