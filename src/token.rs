@@ -105,6 +105,11 @@ pub enum TokenError {
     SymlinkChain { path: PathBuf },
     #[error("token file {path}: no answer within {secs} s (a hung filesystem?)")]
     TimedOut { path: PathBuf, secs: u64 },
+    #[error(
+        "token file {path}: {hung} earlier reads still hang (a hung filesystem?); not read \
+         again until one of them returns"
+    )]
+    ReadsHung { path: PathBuf, hung: usize },
     #[error("token file {path}: {source}")]
     InFile {
         path: PathBuf,
@@ -258,8 +263,8 @@ fn digest(text: &[u8]) -> [u8; 32] {
 /// A token file watched for a new token. It remembers a digest of the contents its last token
 /// came from (never the contents), so a check reads the file once and hands out a token only
 /// when the contents changed. Plain owned data with blocking reads: a caller that must not
-/// block can move it to a blocking thread and back.
-#[derive(Debug)]
+/// block can move it (or a copy) to a blocking thread and back.
+#[derive(Debug, Clone)]
 pub struct TokenFile {
     path: PathBuf,
     digest: Option<[u8; 32]>,

@@ -1,7 +1,7 @@
 //! A hostile token file: whatever is swapped in for it (a FIFO, a device, a huge file, a
-//! directory, a socket, a chain of symlinks), the refill goes on with the token in use,
-//! `/status` says why, and a good file put back is taken on the next SIGHUP. At start, such a
-//! file is a clear error and nothing is mounted.// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
+//! directory, a socket, a chain of symlinks, a file on a filesystem that hangs), the refill goes
+//! on with the token in use, `/status` says why, and a good file put back is taken on the next
+//! SIGHUP. At start, such a file is a clear error and nothing is mounted.// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
 // scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
 #![cfg(feature = "fuse-tests")]
 
@@ -190,6 +190,122 @@ fn every_kind_of_hostile_file_is_refused_and_the_refill_goes_on() {
         s["token_error"] == "none"
     });
     refill_goes_on(&m, &emu);
+}
+
+/// A FUSE daemon stopped with SIGSTOP: a lookup, open or read of a file in its mount hangs
+/// until it is continued. Drop continues it, so a failing test never leaves a hung mount (the
+/// mount's own Drop then ends the daemon).
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn stop(m: &Mount) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(m.pid());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        let stopped = Stopped(pid);
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while state() != Some('T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not stopped: {:?}",
+                state()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back() {
+    let (emu, _dir, token_file, m) = mounted_with_old_token();
+    // A second qrypt-fs, whose daemon is then stopped: its /status stands for a file on a hung
+    // network filesystem.
+    let mut hung = MountBuilder::new(&emu)
+        .token(Some(OLD))
+        .args(["--buffer-size", "64K"])
+        .mount();
+    m.wait_full();
+    let on_hung = hung.path().join("status");
+    swap_in(&token_file, |p| {
+        std::os::unix::fs::symlink(&on_hung, p).expect("symlink")
+    });
+    let stopped = Stopped::stop(&hung);
+
+    sighup(&m);
+    m.wait_status("the overdue read", Duration::from_secs(10), |s| {
+        s["token_error"].contains("no answer within 5 s (a hung filesystem?)")
+    });
+    let s = m.status();
+    assert!(s["token_error"].contains(token_file.to_str().expect("utf8")));
+    assert!(s["token_error"].contains("keeping the token in use"));
+    refill_goes_on(&m, &emu);
+
+    // A good file put back is read on the next SIGHUP, although the first read still hangs.
+    swap_in(&token_file, regular("old-token\n"));
+    sighup(&m);
+    m.wait_status("the file put back", Duration::from_secs(3), |s| {
+        s["token_error"] == "none"
+    });
+
+    // Hung again, and the token rotated: the refill is refused, and the file is looked at
+    // every 2 s, each look hanging.
+    swap_in(&token_file, |p| {
+        std::os::unix::fs::symlink(&on_hung, p).expect("symlink")
+    });
+    sighup(&m);
+    m.wait_status("the overdue read", Duration::from_secs(10), |s| {
+        s["token_error"].contains("no answer within 5 s")
+    });
+    m.wait_full();
+    emu.set_tokens(vec![NEW.into()]);
+    let _drained = read_exact(&m.random(), 65536);
+    m.wait_status("unauthorized", Duration::from_secs(5), |s| {
+        s["state"] == "unauthorized"
+    });
+    // Long enough for a look at the file to be overdue and fresh ones to hang too.
+    std::thread::sleep(Duration::from_secs(14));
+    assert_eq!(m.status()["state"], "unauthorized");
+
+    // The new token in a regular file, and a SIGHUP: taken at once. (`degraded`: working, with
+    // the 401 less than a minute ago.)
+    swap_in(&token_file, regular("new-token\n"));
+    sighup(&m);
+    m.wait_status("the new token", Duration::from_secs(3), |s| {
+        s["state"] == "degraded" && s["token_error"] == "none"
+    });
+    let ok_before = emu.stats().count(200);
+    let data = read_exact(&m.random(), 3 * 65536);
+    Provenance::from(&emu).check_run(&data[..65536]);
+    assert!(emu.stats().count(200) > ok_before, "refilled");
+    assert_eq!(emu.stats().count(401), 1, "the old token was tried once");
+    let s = m.status();
+    assert_eq!(s["state"], "degraded");
+    assert_eq!(s["token_error"], "none");
+    assert_eq!(s["failures"], "http_401=1");
+    assert_eq!(s["consecutive_failures"], "0");
+    let log = m.log_text();
+    assert!(log.contains("token reloaded from"), "{log}");
+    assert!(
+        !log.contains(OLD) && !log.contains(NEW),
+        "no token in the log"
+    );
+
+    // Continued, the stopped daemon ends on SIGTERM like any other.
+    drop(stopped);
+    let exit = hung.stop();
+    assert!(exit.success(), "{exit}");
 }
 
 /// Starts qrypt-fs on a fresh directory with `token_file`; it must exit 1 at once, say why

@@ -558,8 +558,9 @@ impl<C: EntropyClient> Prefetcher<C> {
         }
     }
 
-    /// SIGHUP: retries at once, with the token file's token once it is read (the read never
-    /// holds up the refill; a read that hangs is given up on after a timeout).
+    /// SIGHUP: retries with the token file's token once it is read, or with the token in use
+    /// once the read fails, is refused or is overdue (the read never holds up the refill, and
+    /// a hung earlier read never holds up this one: see `token_reader`).
     fn reload(&mut self) {
         info!("SIGHUP: reloading the token and retrying");
         match &mut self.token {
@@ -579,8 +580,13 @@ impl<C: EntropyClient> Prefetcher<C> {
                 }
             }
             token_reader::Event::Overdue(ask) => {
-                if let Some(reader) = &self.token {
+                if let Some(reader) = &mut self.token {
                     let err = reader.timeout_error();
+                    // A SIGHUP that waited for this read gets a read of its own, started
+                    // after it (the file may have been put back since).
+                    if reader.take_queued_reload() {
+                        reader.ask(Ask::Reload, now());
+                    }
                     self.token_refused(&err);
                 }
                 if ask == Ask::Reload {

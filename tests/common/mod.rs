@@ -270,10 +270,11 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::Exit
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // A test may have stopped it (a hung filesystem): a stopped daemon would keep
+            // SIGTERM pending and leave its mount hanging.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             if wait_timeout(&mut child, Duration::from_secs(3)).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
