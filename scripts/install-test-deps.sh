@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the programs the integration tests drive through a real mount: mount/umount
+# Installs the programs the integration tests drive through a real mount: mount/umount/losetup
 # (util-linux), fuse3 (mount.fuse3, fusermount3), rng-tools5 (rngtest, rngd), openssl, a JDK,
 # python3, systemd (systemd-analyze checks the unit file), strace (shows what rngd feeds the
 # kernel), and for the packaging tests (scripts/test-deb.sh, scripts/test-systemd.sh):
@@ -18,7 +18,7 @@ programs=(
   openssl:openssl
   java:default-jdk-headless
   python3:python3
-  mount:mount umount:mount unshare:util-linux
+  mount:mount umount:mount losetup:mount unshare:util-linux
   systemd-analyze:systemd
   strace:strace
   systemd-nspawn:systemd-container

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use crate::pool::{Pool, ReadError, ReadRequest, ReadSink};
 use crate::read_origin::{self, ReadOrigin};
 use crate::refusal_pacer::RefusalPacer;
+use crate::requester::Requesters;
 
 /// `st_size` of `/random`. Programs that read a regular file "to its size" (`openssl rand
 /// -rand FILE`) read this much and stop; a size of 0 would make them read until EOF, i.e.
@@ -121,10 +122,11 @@ pub struct Read {
     pub offset: u64,
     pub size: u32,
     pub flags: OpenFlags,
-    /// The reading thread.
+    /// The reading thread, as the kernel names it (0: outside the daemon's pid namespace).
     pub pid: u32,
-    /// The reader's own read, or the kernel filling its page cache (see [`read_origin`]).
-    pub origin: ReadOrigin,
+    /// `FUSE_READ_LOCKOWNER`'s owner: set for direct reads, `None` for page-cache fills (see
+    /// [`read_origin`]).
+    pub lock_owner: Option<u64>,
 }
 
 pub struct EntropyFs {
@@ -137,6 +139,7 @@ pub struct EntropyFs {
     gid: u32,
     mounted_at: SystemTime,
     refusals: Arc<RefusalPacer>,
+    requesters: Requesters,
 }
 
 impl EntropyFs {
@@ -155,6 +158,7 @@ impl EntropyFs {
             gid: nix::unistd::getgid().as_raw(),
             mounted_at: SystemTime::now(),
             refusals: Arc::new(RefusalPacer::new()),
+            requesters: Requesters::new(),
         }
     }
 
@@ -261,22 +265,27 @@ impl EntropyFs {
     /// bytes arrive) for `/random`.
     pub fn read<R: DataReply>(&self, read: Read, reply: R) {
         match node(read.ino) {
-            // No pool byte may enter the page cache. Refused slowly: the kernel may re-send it
-            // in a loop (see refusal_pacer).
-            Some(Node::Random) if read.origin == ReadOrigin::PageCache => {
-                read_origin::note_refused(read.pid);
-                self.refusals
-                    .refuse(read.pid, Box::new(move || reply.error(Errno::EIO)));
+            // No pool byte may enter a page cache, ours or one a kernel thread fills. Refused
+            // slowly: the kernel may re-send it in a loop (see refusal_pacer).
+            Some(Node::Random) => {
+                let origin =
+                    ReadOrigin::of(read.lock_owner, read.pid, |pid| self.requesters.kind(pid));
+                if !origin.is_served() {
+                    read_origin::note_refused(read.pid, origin);
+                    self.refusals
+                        .refuse(read.pid, Box::new(move || reply.error(Errno::EIO)));
+                    return;
+                }
+                self.pool.read(
+                    ReadRequest {
+                        len: read.size as usize,
+                        nonblocking: read.flags.0 & libc::O_NONBLOCK != 0,
+                        pid: read.pid,
+                        deadline: self.read_timeout.map(|d| Instant::now() + d),
+                    },
+                    PoolReply(reply),
+                );
             }
-            Some(Node::Random) => self.pool.read(
-                ReadRequest {
-                    len: read.size as usize,
-                    nonblocking: read.flags.0 & libc::O_NONBLOCK != 0,
-                    pid: read.pid,
-                    deadline: self.read_timeout.map(|d| Instant::now() + d),
-                },
-                PoolReply(reply),
-            ),
             Some(Node::Status(_)) => {
                 let snap = self.snapshots.lock().get(&read.fh.0).cloned();
                 match snap {

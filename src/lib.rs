@@ -21,6 +21,7 @@ pub mod prefetch;
 pub mod preflight;
 pub mod read_origin;
 pub mod refusal_pacer;
+pub mod requester;
 pub mod session;
 pub mod signals;
 pub mod size;

@@ -189,6 +189,111 @@ fn o_direct_and_large_reads_are_still_served() {
     );
 }
 
+/// A read-only loop device on a file (`losetup -r`), detached on drop.
+struct LoopDevice(std::path::PathBuf);
+
+impl LoopDevice {
+    /// `None` (and why, on stderr) where loop devices cannot be had: no `/dev/loop-control`
+    /// (a container), or `losetup` could not attach.
+    fn attach(file: &std::path::Path) -> Option<LoopDevice> {
+        if !std::path::Path::new("/dev/loop-control").exists() {
+            eprintln!("SKIPPED: no /dev/loop-control here, so no loop device to test with");
+            return None;
+        }
+        require_program("losetup");
+        let out = Command::new("losetup")
+            .args(["-r", "-f", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || dev.is_empty() {
+            eprintln!(
+                "SKIPPED: losetup could not attach a loop device: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(LoopDevice(dev.into()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        // The device lets go of the file (and so the mount) once it is detached.
+        let backing = std::path::Path::new("/sys/block")
+            .join(self.0.file_name().unwrap_or_default())
+            .join("loop/backing_file");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backing.exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One read of a page from the block device, opened anew (as `dd` does), with `flags`.
+fn read_device(dev: &std::path::Path, flags: i32) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(dev)?;
+    // O_DIRECT wants an aligned buffer: a page-aligned page inside a larger one.
+    let mut buf = vec![0u8; 2 * 4096];
+    let at = buf.as_ptr().align_offset(4096);
+    let n = std::io::Read::read(&mut &f, &mut buf[at..at + 4096])?;
+    Ok(buf[at..at + n].to_vec())
+}
+
+#[test]
+fn a_loop_device_on_random_gets_eio_and_never_pool_bytes() {
+    let emu = emulator();
+    let m = full_mount(&emu);
+    let served = m.status_u64("served_bytes");
+    // Declared after the mount: detached before it unmounts.
+    let Some(dev) = LoopDevice::attach(&m.random()) else {
+        return;
+    };
+    // While someone holds the device open its page cache stays: before the fix two readers
+    // both got the same 4096 pool bytes from it, and served_bytes rose by 4096 only.
+    let _holder = File::open(&dev.0).expect("open the loop device");
+    let reads: Vec<_> = [0, 0, libc::O_DIRECT, 0]
+        .into_iter()
+        .map(|flags| read_device(&dev.0, flags))
+        .collect();
+    let got: Vec<&Vec<u8>> = reads.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let provenance = Provenance::from(&emu);
+    for (i, a) in got.iter().enumerate() {
+        assert!(
+            !provenance.knows_any(a),
+            "the loop device showed pool bytes (read {i})"
+        );
+        for b in &got[i + 1..] {
+            assert!(
+                a.is_empty() || a != b,
+                "two reads of the loop device saw the same bytes"
+            );
+        }
+    }
+    for r in &reads {
+        assert_eq!(
+            r.as_ref().map(Vec::len).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EIO))
+        );
+    }
+    assert_eq!(m.status_u64("served_bytes"), served);
+    assert!(
+        m.log_text()
+            .contains("refused a read of /random by kernel thread"),
+        "{}",
+        m.log_text()
+    );
+    // A reader's own read is still served.
+    let data = read_once(&open_random(&m), 512).expect("read");
+    provenance.check_run(&data);
+    assert_eq!(m.status_u64("served_bytes"), served + 512);
+}
+
 /// A mount that logs as shipped (the tests' `RUST_LOG=qrypt_fs=debug` would hide fuser's own
 /// warnings, which is what a flood was made of).
 fn mount_with_default_logging(emu: &Emulator) -> Mount {

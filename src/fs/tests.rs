@@ -40,7 +40,7 @@ fn read(
             size,
             flags: OpenFlags(flags),
             pid: std::process::id(),
-            origin: ReadOrigin::Direct,
+            lock_owner: Some(1),
         },
         Answer(tx),
     );
@@ -175,7 +175,7 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
         size: 64,
         flags: RDONLY,
         pid: std::process::id(),
-        origin: ReadOrigin::Direct,
+        lock_owner: Some(1),
     };
     fs.read(blocking, Answer(tx));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -259,7 +259,7 @@ fn a_page_cache_fill_of_random_is_refused_and_takes_nothing() {
                 size: 4096,
                 flags: RDONLY,
                 pid: std::process::id(),
-                origin: ReadOrigin::PageCache,
+                lock_owner: None,
             },
             Answer(tx),
         );
@@ -275,4 +275,56 @@ fn a_page_cache_fill_of_random_is_refused_and_takes_nothing() {
         .ino;
     let (sfh, _) = fs.open(status, RDONLY).expect("open");
     assert_eq!(fill(status, sfh), Ok(b"snapshot\n".to_vec()));
+}
+
+/// A kernel thread visible here (`PF_KTHREAD` in its stat flags), if any.
+fn a_kernel_thread() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let flags: u64 = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        (flags & 0x0020_0000 != 0).then_some(pid)
+    })
+}
+
+#[test]
+fn a_direct_read_by_a_kernel_thread_or_pid_0_is_refused_and_takes_nothing() {
+    let pool = Arc::new(Pool::new(4096));
+    assert_eq!(pool.push(&[7u8; 4096]), 4096);
+    let fs = fs_on(pool.clone(), Box::new(|_| String::new()));
+    let random = fs
+        .lookup(INodeNo::ROOT, OsStr::new("random"))
+        .expect("ino")
+        .ino;
+    let (fh, _) = fs.open(random, RDONLY).expect("open");
+    let direct_read_by = |pid| {
+        let (tx, rx) = mpsc::channel();
+        fs.read(
+            Read {
+                ino: random,
+                fh,
+                offset: 0,
+                size: 64,
+                flags: RDONLY,
+                pid,
+                lock_owner: Some(0x5eed),
+            },
+            Answer(tx),
+        );
+        rx.recv_timeout(Duration::from_secs(5)).expect("answered")
+    };
+    assert_eq!(direct_read_by(0), Err(Errno::EIO));
+    match a_kernel_thread() {
+        Some(kthread) => assert_eq!(direct_read_by(kthread), Err(Errno::EIO), "{kthread}"),
+        None => eprintln!("no kernel thread visible here: only pid 0 checked"),
+    }
+    assert_eq!(pool.served_bytes(), 0);
+    assert_eq!(pool.buffered(), 4096);
+    // A user thread's direct read is served.
+    assert_eq!(direct_read_by(std::process::id()), Ok(vec![7u8; 64]));
+    assert_eq!(pool.served_bytes(), 64);
 }

@@ -10,7 +10,6 @@ use fuser::{
 };
 
 use crate::fs::{DataReply, EntropyFs, Read, TTL};
-use crate::read_origin::ReadOrigin;
 
 pub mod config;
 
@@ -117,7 +116,7 @@ impl Filesystem for FuseAdapter {
             size,
             flags,
             pid: req.pid(),
-            origin: ReadOrigin::of(lock_owner.map(|o| o.0)),
+            lock_owner: lock_owner.map(|o| o.0),
         };
         self.0.read(read, reply);
     }
