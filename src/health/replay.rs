@@ -189,8 +189,8 @@ impl Anchors {
         deque.clear();
         minima.clear();
         let mut h = 0u64;
-        for i in first + 1 - WINDOW..=last {
-            h = (h << 1).wrapping_add(self.gear[usize::from(bytes[i])]);
+        for (i, &b) in bytes.iter().enumerate().take(last + 1).skip(first + 1 - WINDOW) {
+            h = (h << 1).wrapping_add(self.gear[usize::from(b)]);
             if i < first {
                 continue;
             }
