@@ -30,11 +30,15 @@ fn setup(capacity: usize) -> (Arc<MockClient>, Arc<Pool>, Arc<Status>, PrefetchC
 }
 
 /// Lets the clock run (on the paused clock, straight to the next timer) until `f` holds.
+/// Each step also gives 200 µs of real time: the token reader's threads are plain threads,
+/// which the paused clock does not wait for, so without it 5 s of paused time could pass
+/// before a file read of a few microseconds answered.
 async fn wait_until(mut f: impl FnMut() -> bool) {
     for _ in 0..500 {
         if f() {
             return;
         }
+        std::thread::sleep(Duration::from_micros(200));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached in 5 s");
