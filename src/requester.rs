@@ -18,7 +18,8 @@
 //! Per READ this must be cheap (32-byte reads are a benchmark), so each answer is kept with a
 //! pidfd of the thread (`PIDFD_THREAD`): a pidfd pins its task, and polling it (one syscall,
 //! well under a microsecond) says whether that task has exited, so a reused thread id is never
-//! mistaken for the one looked up. At most [`CACHE_MAX`] are kept.
+//! mistaken for the one looked up. Those of exited threads are dropped at the next look-up (a
+//! pidfd is a descriptor: their count stays flat), and at most [`CACHE_MAX`] are kept.
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -93,12 +94,12 @@ impl Requesters {
         if !alive(&pidfd) {
             return TaskKind::Unattributed;
         }
+        // Exited threads go at once, not when the cache is full: their pidfds are descriptors
+        // (the daemon's descriptor count stays flat however many short-lived readers come).
         let mut known = self.known.write();
+        known.retain(|_, k| alive(&k.pidfd));
         if known.len() >= CACHE_MAX {
-            known.retain(|_, k| alive(&k.pidfd));
-            if known.len() >= CACHE_MAX {
-                known.clear();
-            }
+            known.clear();
         }
         known.insert(pid, Known { pidfd, kind });
         kind
@@ -303,6 +304,10 @@ mod tests {
         child.wait().expect("wait");
         // The pidfd shows the exit: the cached answer is not used for a successor.
         assert_eq!(r.kind(pid), TaskKind::Unattributed);
+        // And the exited thread's pidfd is closed at the next look-up, not kept until the
+        // cache is full.
+        assert_eq!(r.kind(std::process::id()), TaskKind::User);
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

@@ -665,3 +665,38 @@ fn a_stop_with_a_file_held_open_exits_at_once() {
     assert!(!log.contains("panicked"), "{log}");
     drop(f);
 }
+
+/// Reads by many short-lived processes leave the daemon's descriptor count where it was: what
+/// it keeps per reader (a pidfd that tells a kernel thread from a user thread) goes with it.
+#[test]
+fn the_descriptor_count_stays_flat_over_many_short_lived_readers() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "1M"])
+        .mount();
+    m.wait_full();
+    let count = || {
+        std::fs::read_dir(format!("/proc/{}/fd", m.pid()))
+            .expect("fd dir")
+            .count()
+    };
+    let read_in_a_child = || {
+        let out = std::process::Command::new("head")
+            .args(["-c", "32"])
+            .arg(m.random())
+            .output()
+            .expect("head");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout.len(), 32);
+    };
+    read_in_a_child();
+    let before = count();
+    for _ in 0..300 {
+        read_in_a_child();
+    }
+    let after = count();
+    assert!(
+        after <= before + 2,
+        "descriptors {before} -> {after} over 300 readers"
+    );
+}

@@ -189,7 +189,12 @@ impl Anchors {
         deque.clear();
         minima.clear();
         let mut h = 0u64;
-        for (i, &b) in bytes.iter().enumerate().take(last + 1).skip(first + 1 - WINDOW) {
+        for (i, &b) in bytes
+            .iter()
+            .enumerate()
+            .take(last + 1)
+            .skip(first + 1 - WINDOW)
+        {
             h = (h << 1).wrapping_add(self.gear[usize::from(b)]);
             if i < first {
                 continue;
