@@ -4,7 +4,8 @@
 # python3, systemd (systemd-analyze checks the unit file), strace (shows what rngd feeds the
 # kernel), and for the packaging tests (scripts/test-deb.sh, scripts/test-systemd.sh):
 # systemd-container (systemd-nspawn boots a real systemd), lintian, and cargo-deb (from
-# crates.io, pinned; about 5 minutes to build on 2 cores). Needs root (apt-get); skips what is
+# crates.io, pinned; about 5 minutes to build on 2 cores); and to build at all, a C compiler
+# and make (ring's assembly, and jemalloc, the daemon's allocator, are built from source). Needs root (apt-get); skips what is
 # already there.
 #
 # --check: install nothing; list the missing Debian packages on stdout and exit 1 if any is
@@ -23,6 +24,7 @@ programs=(
   strace:strace
   systemd-nspawn:systemd-container
   lintian:lintian
+  cc:gcc make:make
 )
 need=()
 for entry in "${programs[@]}"; do

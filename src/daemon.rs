@@ -107,26 +107,3 @@ pub fn harden_process() {
         libc::syscall(libc::SYS_close_range, 3u32, libc::c_uint::MAX, 0u32);
     }
 }
-
-/// Large allocations at or above this size get their own mapping from glibc, returned to the
-/// kernel when freed: the ring and the replay memory, nothing that comes and goes.
-const MMAP_THRESHOLD: i32 = 1 << 20;
-const _: () = assert!(MMAP_THRESHOLD as usize <= crate::upstream::buffers::CAPACITY);
-
-/// Keeps resident memory flat under a steady load without paying page faults per response.
-/// Left alone, glibc raises its mmap threshold each time a mapped chunk is freed (up to
-/// 32 MiB), so what is allocated and freed per response moves between mappings and
-/// per-thread arenas, and each arena keeps its high-water mark: RSS crept up for minutes
-/// (BENCHMARKS.md, soak). A fixed threshold stops that. It is 1 MiB, not lower, because the
-/// big per-response buffers are reused (`upstream::buffers`) and hyper's read buffers (at most
-/// ~400 KiB per connection) are bounded: from the arenas they cost nothing more per response,
-/// while as mappings each one was faulted in, zeroed and unmapped again (with 128 KiB, a
-/// fifth of the daemon's CPU at full speed).
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes no pointers and only changes allocator parameters; called first
-    // thing in main, before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-    }
-}

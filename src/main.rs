@@ -1,8 +1,25 @@
 use std::process::ExitCode;
 
+/// jemalloc, not glibc's malloc: the daemon allocates and frees response-sized buffers
+/// (hyper's read buffers, up to ~400 KiB) among small long-lived objects, on several threads.
+/// glibc's per-thread arenas kept the pages those small objects pinned each time a burst
+/// stretched an arena, and resident memory crept up by 2-3 MiB over a 30-minute soak
+/// (BENCHMARKS.md, "Soak"). jemalloc keeps small and large allocations apart (size-class slabs,
+/// separate extents) and returns freed pages on its own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation: one background thread returns freed pages
+/// to the kernel 1 s after they were last used (`dirty_decay_ms`), at once after that
+/// (`muzzy_decay_ms:0`), so an idle daemon holds no freed memory and no allocating thread pays
+/// for the purge. The symbol is jemalloc's `const char *malloc_conf` under the crate's `_rjem_`
+/// prefix: a thin reference to the first byte of a NUL-terminated string has that layout.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &u8 =
+    &b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
 fn main() -> ExitCode {
     qrypt_fs::daemon::harden_process();
-    qrypt_fs::daemon::tune_allocator();
     // Usage errors exit 2 with clap's message; --help and --version exit 0.
     let opts = match qrypt_fs::cli::parse(std::env::args_os()) {
         Ok(o) => o,

@@ -11,7 +11,7 @@
 //!
 //! A rolling-hash anchor alone would leave gaps: a stretch of `L` bytes holds `L - 63`
 //! positions and has none with probability `(255/256)^(L-63)`, 2.3% for 1 KiB. So the gaps are
-//! winnowed ([`Anchors::cover_gaps`]): in every run of `SPAN` = 897 positions without an
+//! winnowed (`Anchors::cover_gaps`): in every run of `SPAN` = 897 positions without an
 //! anchor, the position with the smallest `h` is an anchor too. A repeat of
 //! [`GUARANTEED_REPEAT`] = 960 bytes or more (a 1 KiB block, a response shifted by up to 64
 //! bytes) is therefore found for certain, at any shift, as long as its first copy is in the
@@ -44,12 +44,12 @@ pub const WINDOW: usize = 64;
 const _: () = assert!(WINDOW == 64, "the error text in health says 64");
 /// An anchor has this many leading zero bits of the rolling hash: one position in 2^8.
 pub const ANCHOR_BITS: u32 = 8;
-/// A repeat this long or longer is always found (see [`Anchors::cover_gaps`]).
+/// A repeat this long or longer is always found (see `Anchors::cover_gaps`).
 pub const GUARANTEED_REPEAT: usize = 960;
 /// Positions (64-byte windows) in a [`GUARANTEED_REPEAT`]-byte stretch.
 const SPAN: usize = GUARANTEED_REPEAT - WINDOW + 1;
 /// Gap positions whose hash is below this (2.7% of them) are the only ones a window minimum
-/// is looked for among, first (see [`Anchors::cover_gaps`]).
+/// is looked for among, first (see `Anchors::cover_gaps`).
 const CANDIDATE_BOUND: u64 = 1 << 59;
 /// Anchors remembered: see the module documentation.
 pub const CAPACITY: usize = (1 << 22) + (1 << 18);
@@ -127,8 +127,8 @@ impl Anchors {
     }
 
     /// Appends the anchors of `bytes` to `out` in order: the rolling-hash anchors
-    /// ([`Anchors::find_rolling`]) and, where they leave a gap a [`GUARANTEED_REPEAT`] could
-    /// hide in, the gap's window minima ([`Anchors::cover_gaps`]).
+    /// (`Anchors::find_rolling`) and, where they leave a gap a [`GUARANTEED_REPEAT`] could
+    /// hide in, the gap's window minima (`Anchors::cover_gaps`).
     pub fn find(&self, bytes: &[u8], out: &mut Vec<Anchor>) {
         let base = out.len();
         self.find_rolling(bytes, out);

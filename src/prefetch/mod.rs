@@ -146,8 +146,6 @@ pub struct Prefetcher<C: EntropyClient> {
     /// Until the first success, one small request at a time: the first bytes are readable
     /// one short round trip after start, instead of after several 512 KiB bodies compete.
     started: bool,
-    /// When freed memory was last handed back to the system.
-    last_trim: Instant,
 }
 
 impl<C: EntropyClient> Prefetcher<C> {
@@ -181,7 +179,6 @@ impl<C: EntropyClient> Prefetcher<C> {
             in_flight: HashMap::new(),
             log: OutageLog::default(),
             started: false,
-            last_trim: now,
         }
     }
 
@@ -220,7 +217,6 @@ impl<C: EntropyClient> Prefetcher<C> {
                             self.show_budget_block();
                         }
                     }
-                    self.trim_now_and_then();
                 }
                 _ = space.notified() => {}
                 _ = sleep => {}
@@ -269,7 +265,6 @@ impl<C: EntropyClient> Prefetcher<C> {
             let free = capacity.saturating_sub(buffered + self.reserved);
             if free < BLOCK_LEN {
                 self.filling = false;
-                release_freed_memory();
                 break;
             }
             let max_in_flight = if self.started {
@@ -518,18 +513,6 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.log.failure(&class, &message, decision, token_file);
     }
 
-    /// Hands freed memory back after a response, at most every [`TRIM_EVERY`]: what a response
-    /// leaves below the mmap threshold (hyper's read buffers, up to ~400 KiB each, and the
-    /// parser's temporaries) fragments the arenas of the threads that receive it, and under a
-    /// steady demand no fill ever ends to trim them.
-    fn trim_now_and_then(&mut self) {
-        let now = now();
-        if now.duration_since(self.last_trim) >= TRIM_EVERY {
-            self.last_trim = now;
-            release_freed_memory();
-        }
-    }
-
     /// Tells `/status` and the pool what the state machine now says.
     fn publish(&self) {
         let view = self.upstream.view();
@@ -627,22 +610,6 @@ impl<C: EntropyClient> Prefetcher<C> {
             self.token_complaint = Some(message.clone());
         }
         self.status.record_token_error(message);
-    }
-}
-
-/// While a fill goes on (under a steady demand the buffer may never be full), freed memory is
-/// handed back at most this often; at a fill's end it always is.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
-
-/// Gives the allocator's free memory back to the system once a fill is done. Response bodies
-/// and decode buffers (~1 MiB each, wiped before they are freed) otherwise stay in glibc's
-/// per-thread arenas, and resident memory creeps above capacity + runtime.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers and only returns free heap pages to the kernel;
-    // nix has no wrapper for it.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -1,10 +1,10 @@
 //! Reused buffers for response bodies and decoded entropy.
 //!
 //! Each response needs a body buffer (up to ~720 KiB of base64) and a decode buffer (up to
-//! 512 KiB). Allocated per response, each was a fresh mapping (the allocator's mmap threshold
-//! is 128 KiB, see `daemon::tune_allocator`): every page faulted in and zeroed by the kernel,
-//! then unmapped, about a fifth of the daemon's CPU at full speed. Kept and reused, their
-//! pages stay resident (a steady few MiB) and cost nothing more.
+//! 512 KiB). Allocated per response, each was a fresh mapping (glibc's mmap threshold was
+//! 128 KiB): every page faulted in and zeroed by the kernel, then unmapped, about a fifth of
+//! the daemon's CPU at full speed. Kept and reused, their pages stay resident (a steady few
+//! MiB) and cost nothing more.
 //!
 //! A [`Buffer`] is wiped when it drops, whether it goes back to its [`Buffers`] or is freed:
 //! the bytes written (`..len`) are zeroed, and beyond them nothing was ever written since the
@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroize;
 
-/// Capacity of a kept buffer: at least the largest body (~720 KiB), and no less than the
-/// allocator's mmap threshold (`daemon::tune_allocator`), so each buffer is a mapping of its
-/// own: kept ones stay put, and one freed is unmapped, never a hole in a thread's arena for
-/// later allocations to fragment around.
+/// Capacity of a kept buffer: at least the largest body (~720 KiB). At 1 MiB each is a large
+/// allocation, an extent of its own in jemalloc (see `main.rs`), never sharing pages with
+/// small objects.
 pub const CAPACITY: usize = 1 << 20;
 
 /// Buffers kept for reuse, each of the same capacity.
