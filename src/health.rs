@@ -83,113 +83,50 @@ pub enum HealthFailure {
     Replay(usize),
 }
 
-pub struct HealthTests {
+/// The tests that look at one response alone: run where the response arrives (on the
+/// runtime's workers, side by side), before [`HealthTests::commit`] compares it with the
+/// history on the prefetcher. Most of the cost is here (the estimate, the hashing), so the
+/// refill is not held to one core.
+#[derive(Clone)]
+pub struct Precheck {
     /// Seed of the block fingerprints, random per process so no one can aim for collisions.
     seed: u64,
     rct_cutoff: usize,
     apt_cutoff: usize,
-    seen: FingerprintSet,
-    order: VecDeque<u128>,
-    memory_blocks: usize,
-    /// The last accepted byte and how many times in a row the accepted stream ends with it:
-    /// the Repetition Count Test runs over the stream, so a run across responses counts.
-    tail: Option<(u8, usize)>,
-    cutoffs: mcv::Cutoffs,
-    anchors: replay::Anchors,
-    replays: replay::ReplayMemory,
+    anchors: std::sync::Arc<replay::Anchors>,
 }
 
-impl Default for HealthTests {
-    fn default() -> Self {
-        HealthTests::new()
-    }
+/// What [`Precheck::run`] found in a response that passed it.
+pub struct Prechecked {
+    digests: Vec<u128>,
+    anchors: Vec<replay::Anchor>,
 }
 
-impl HealthTests {
-    pub fn new() -> HealthTests {
-        HealthTests {
+impl Precheck {
+    fn new() -> Precheck {
+        Precheck {
             seed: crate::sys::random_u64(),
             rct_cutoff: rct_cutoff(),
             apt_cutoff: apt_cutoff(),
-            seen: FingerprintSet::default(),
-            order: VecDeque::new(),
-            memory_blocks: DUP_MEMORY_BYTES / BLOCK_LEN,
-            tail: None,
-            cutoffs: mcv::Cutoffs::default(),
-            anchors: replay::Anchors::new(crate::sys::random_u64()),
-            replays: replay::ReplayMemory::default(),
+            anchors: std::sync::Arc::new(replay::Anchors::new(crate::sys::random_u64())),
         }
     }
 
-    /// For tests: remembers fingerprints as if their content had been accepted, to fill the
-    /// replay memory without hashing a GiB.
-    #[cfg(test)]
-    pub(crate) fn remember_anchors(&mut self, fingerprints: impl IntoIterator<Item = u64>) {
-        self.replays.remember(fingerprints);
-    }
-
-    /// Tests one response's bytes (a whole number of blocks). On success its blocks are
-    /// remembered for the duplicate test; on failure nothing is remembered.
-    pub fn check(&mut self, bytes: &[u8]) -> Result<(), HealthFailure> {
-        self.run_across_the_boundary(bytes)?;
+    /// The tests within one response (Repetition Count inside it, Adaptive Proportion, the
+    /// estimate), and its block fingerprints and anchors for the history.
+    pub fn run(&self, bytes: &[u8]) -> Result<Prechecked, HealthFailure> {
         self.repetition_count(bytes)?;
         self.adaptive_proportion(bytes)?;
-        mcv::check(bytes, &mut self.cutoffs).map_err(HealthFailure::LowEntropy)?;
-        let digests: Vec<u128> = bytes
+        mcv::CUTOFFS
+            .with_borrow_mut(|c| mcv::check(bytes, c))
+            .map_err(HealthFailure::LowEntropy)?;
+        let digests = bytes
             .chunks(BLOCK_LEN)
             .map(|b| xxhash_rust::xxh3::xxh3_128_with_seed(b, self.seed))
             .collect();
-        let mut fresh = FingerprintSet::with_capacity_and_hasher(digests.len(), Default::default());
-        for (i, d) in digests.iter().enumerate() {
-            if self.seen.contains(d) || !fresh.insert(*d) {
-                return Err(HealthFailure::DuplicateBlock(i));
-            }
-        }
         let mut anchors = Vec::with_capacity(bytes.len() / 200);
         self.anchors.find(bytes, &mut anchors);
-        if let Some(a) = self.replays.first_replay(&anchors) {
-            return Err(HealthFailure::Replay(a.end));
-        }
-        self.replays.remember(anchors.iter().map(|a| a.fingerprint));
-        for d in digests {
-            self.seen.insert(d);
-            self.order.push_back(d);
-            if self.order.len() > self.memory_blocks {
-                if let Some(old) = self.order.pop_front() {
-                    self.seen.remove(&old);
-                }
-            }
-        }
-        self.remember_tail(bytes);
-        Ok(())
-    }
-
-    fn run_across_the_boundary(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
-        let Some((byte, run)) = self.tail else {
-            return Ok(());
-        };
-        let lead = bytes
-            .iter()
-            .take(self.rct_cutoff)
-            .take_while(|&&b| b == byte)
-            .count();
-        if run + lead >= self.rct_cutoff {
-            return Err(HealthFailure::Repetition(run + lead));
-        }
-        Ok(())
-    }
-
-    fn remember_tail(&mut self, bytes: &[u8]) {
-        let Some(&last) = bytes.last() else {
-            return;
-        };
-        let run = bytes.iter().rev().take_while(|&&b| b == last).count();
-        self.tail = match self.tail {
-            Some((byte, before)) if byte == last && run == bytes.len() => {
-                Some((last, before + run))
-            }
-            _ => Some((last, run)),
-        };
+        Ok(Prechecked { digests, anchors })
     }
 
     fn repetition_count(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
@@ -228,6 +165,115 @@ impl HealthTests {
             }
         }
         Ok(())
+    }
+}
+
+pub struct HealthTests {
+    precheck: Precheck,
+    seen: FingerprintSet,
+    order: VecDeque<u128>,
+    memory_blocks: usize,
+    /// The last accepted byte and how many times in a row the accepted stream ends with it:
+    /// the Repetition Count Test runs over the stream, so a run across responses counts.
+    tail: Option<(u8, usize)>,
+    replays: replay::ReplayMemory,
+}
+
+impl Default for HealthTests {
+    fn default() -> Self {
+        HealthTests::new()
+    }
+}
+
+impl HealthTests {
+    pub fn new() -> HealthTests {
+        HealthTests {
+            precheck: Precheck::new(),
+            seen: FingerprintSet::default(),
+            order: VecDeque::new(),
+            memory_blocks: DUP_MEMORY_BYTES / BLOCK_LEN,
+            tail: None,
+            replays: replay::ReplayMemory::default(),
+        }
+    }
+
+    /// For tests: remembers fingerprints as if their content had been accepted, to fill the
+    /// replay memory without hashing a GiB.
+    #[cfg(test)]
+    pub(crate) fn remember_anchors(&mut self, fingerprints: impl IntoIterator<Item = u64>) {
+        self.replays.remember(fingerprints);
+    }
+
+    /// The part of the tests that can run elsewhere, side by side (see [`Precheck`]).
+    pub fn precheck(&self) -> Precheck {
+        self.precheck.clone()
+    }
+
+    /// Tests one response's bytes (a whole number of blocks). On success its blocks are
+    /// remembered for the duplicate test; on failure nothing is remembered.
+    pub fn check(&mut self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        let pre = self.precheck.run(bytes);
+        self.commit(bytes, pre)
+    }
+
+    /// Finishes the tests of a response that [`Precheck::run`] saw: a run across the boundary
+    /// with the accepted stream, then repeats of the history.
+    pub fn commit(
+        &mut self,
+        bytes: &[u8],
+        pre: Result<Prechecked, HealthFailure>,
+    ) -> Result<(), HealthFailure> {
+        self.run_across_the_boundary(bytes)?;
+        let Prechecked { digests, anchors } = pre?;
+        let mut fresh = FingerprintSet::with_capacity_and_hasher(digests.len(), Default::default());
+        for (i, d) in digests.iter().enumerate() {
+            if self.seen.contains(d) || !fresh.insert(*d) {
+                return Err(HealthFailure::DuplicateBlock(i));
+            }
+        }
+        if let Some(a) = self.replays.first_replay(&anchors) {
+            return Err(HealthFailure::Replay(a.end));
+        }
+        self.replays.remember(anchors.iter().map(|a| a.fingerprint));
+        for d in digests {
+            self.seen.insert(d);
+            self.order.push_back(d);
+            if self.order.len() > self.memory_blocks {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+        self.remember_tail(bytes);
+        Ok(())
+    }
+
+    fn run_across_the_boundary(&self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        let Some((byte, run)) = self.tail else {
+            return Ok(());
+        };
+        let lead = bytes
+            .iter()
+            .take(self.precheck.rct_cutoff)
+            .take_while(|&&b| b == byte)
+            .count();
+        if run + lead >= self.precheck.rct_cutoff {
+            return Err(HealthFailure::Repetition(run + lead));
+        }
+        Ok(())
+    }
+
+    fn remember_tail(&mut self, bytes: &[u8]) {
+        let Some(&last) = bytes.last() else {
+            return;
+        };
+        let run = bytes.iter().rev().take_while(|&&b| b == last).count();
+        self.tail = match self.tail {
+            Some((byte, before)) if byte == last && run == bytes.len() => {
+                Some((last, before + run))
+            }
+            _ => Some((last, run)),
+        };
     }
 }
 
@@ -348,13 +394,13 @@ mod tests {
                 let mut v: Vec<u8> = (0..len).map(|i| (i % 100) as u8).collect();
                 v[start..start + 6].fill(0xAA);
                 assert_eq!(
-                    h.repetition_count(&v),
+                    h.precheck.repetition_count(&v),
                     Err(HealthFailure::Repetition(6)),
                     "len {len} start {start}"
                 );
                 v[start + 5] = 0xAB;
                 assert_eq!(
-                    h.repetition_count(&v),
+                    h.precheck.repetition_count(&v),
                     Ok(()),
                     "len {len} start {start}: 5 only"
                 );

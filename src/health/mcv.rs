@@ -93,6 +93,11 @@ impl Cutoffs {
     }
 }
 
+thread_local! {
+    /// Each thread's cutoffs: the estimate runs on whichever worker received the response.
+    pub static CUTOFFS: std::cell::RefCell<Cutoffs> = std::cell::RefCell::default();
+}
+
 /// Samples per window of the local estimate: one block of the API.
 pub const WINDOW: usize = 1024;
 

@@ -3,7 +3,7 @@
 use zeroize::Zeroizing;
 
 use super::state::Outcome;
-use crate::health::HealthTests;
+use crate::health::{HealthTests, Precheck, Prechecked};
 use crate::upstream::buffers::Buffer;
 use crate::upstream::{Entropy, FetchError};
 
@@ -49,15 +49,32 @@ impl Intake {
         }
     }
 
+    /// What a request's task runs on its answer before it comes back (see [`Precheck`]).
+    pub fn precheck(&self) -> Precheck {
+        self.health.precheck()
+    }
+
     /// The bytes of an answer that passed, mixed if asked for; or why there are none, and how
     /// many bytes were thrown away.
+    #[cfg(test)]
     pub fn accept(
         &mut self,
         result: Result<Entropy, FetchError>,
     ) -> Result<Buffer, (Refused, usize)> {
+        self.accept_prechecked(result, None)
+    }
+
+    /// [`Intake::accept`] for an answer whose task ran the [`Precheck`] already (`pre`;
+    /// `None`: run it here).
+    pub fn accept_prechecked(
+        &mut self,
+        result: Result<Entropy, FetchError>,
+        pre: Option<Result<Prechecked, crate::health::HealthFailure>>,
+    ) -> Result<Buffer, (Refused, usize)> {
         let entropy = result.map_err(|e| (e.into(), 0))?;
         let len = entropy.bytes().len();
-        if let Err(h) = self.health.check(entropy.bytes()) {
+        let pre = pre.unwrap_or_else(|| self.health.precheck().run(entropy.bytes()));
+        if let Err(h) = self.health.commit(entropy.bytes(), pre) {
             return Err((FetchError::Health(h.to_string()).into(), len));
         }
         let mut bytes = entropy.0;

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::budget::{Budget, Grant, Refusal, human_bytes};
 use crate::first_contact::{FirstAnswer, FirstAnswerCell};
+use crate::health::{HealthFailure, Prechecked};
 use crate::pool::Pool;
 use crate::status::{Status, bounded};
 use crate::token::{Token, TokenError, TokenFile};
@@ -109,7 +110,13 @@ struct InFlight {
     grant: Grant,
 }
 
-type FetchResult = (u32, Result<Entropy, FetchError>);
+/// A request's size, its answer, and what the health tests that need no history found in it
+/// (run in the request's task, see [`crate::health::Precheck`]).
+type FetchResult = (
+    u32,
+    Result<Entropy, FetchError>,
+    Option<Result<Prechecked, HealthFailure>>,
+);
 
 /// The runtime's clock as a std `Instant` (the same as `Instant::now()`, except in tests that
 /// pause tokio's clock).
@@ -200,13 +207,13 @@ impl<C: EntropyClient> Prefetcher<C> {
             tokio::select! {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
-                        Ok((id, (kib, result))) => {
+                        Ok((id, (kib, result, pre))) => {
                             let code = match &result {
                                 Err(FetchError::Status { code, .. }) => Some(*code),
                                 _ => None,
                             };
                             match self.finished(id, code) {
-                                Some(sent) => self.complete(kib, result, sent),
+                                Some(sent) => self.complete(kib, result, pre, sent),
                                 None => error!("an unknown fetch task finished"),
                             }
                             self.show_budget_block();
@@ -322,7 +329,12 @@ impl<C: EntropyClient> Prefetcher<C> {
             let kib = (grant.bytes / 1024) as u32;
             self.reserved += kib as usize * BLOCK_LEN;
             let client = self.client.clone();
-            let handle = tasks.spawn(async move { (kib, client.fetch(kib).await) });
+            let precheck = self.intake.precheck();
+            let handle = tasks.spawn(async move {
+                let result = client.fetch(kib).await;
+                let pre = result.as_ref().ok().map(|e| precheck.run(e.bytes()));
+                (kib, result, pre)
+            });
             let sent = self.upstream.epoch();
             self.in_flight.insert(
                 handle.id(),
@@ -469,8 +481,14 @@ impl<C: EntropyClient> Prefetcher<C> {
 
     /// Handles a finished request sent in epoch `sent`: good bytes always go to the pool; the
     /// state machine decides whether the answer changes the state.
-    fn complete(&mut self, kib: u32, result: Result<Entropy, FetchError>, sent: Epoch) {
-        let accepted = self.intake.accept(result);
+    fn complete(
+        &mut self,
+        kib: u32,
+        result: Result<Entropy, FetchError>,
+        pre: Option<Result<Prechecked, HealthFailure>>,
+        sent: Epoch,
+    ) {
+        let accepted = self.intake.accept_prechecked(result, pre);
         if let Some(cell) = &self.cfg.first_answer {
             cell.record(match &accepted {
                 Ok(_) => FirstAnswer::Delivered,
