@@ -24,7 +24,8 @@
 #     decoded each, ~5 MiB together) that one taken between fills does not;
 #   - fd count max - min <= SOAK_FD_TOL (default 5: the daemon's fixed descriptors plus 0 to
 #     --max-in-flight + 1 HTTP connections, which the faults close and the refill reopens),
-#     not counting the two /proc files the watchdog keeps open per waiting reader.
+#     not counting the two /proc files the watchdog keeps open per waiting reader, nor the
+#     pidfd the daemon keeps per live reader thread (both follow the readers, not a leak).
 # Exit status 0 flat, 1 not flat, 2 error.
 #
 # Usage: scripts/soak.sh            Environment: SOAK_DURATION, SOAK_SAMPLE, SOAK_WARMUP,
@@ -205,7 +206,7 @@ started+=("$readers")
 started+=($!)
 
 csv=$out/samples.csv
-echo "elapsed_s,rss_kib,rss_anon_kib,rss_file_kib,vmlck_kib,threads,fds,watch_fds,buffered_bytes,served_bytes,fetched_bytes,state" >"$csv"
+echo "elapsed_s,rss_kib,rss_anon_kib,rss_file_kib,vmlck_kib,threads,fds,watch_fds,reader_fds,buffered_bytes,served_bytes,fetched_bytes,state" >"$csv"
 t0=$(date +%s)
 while :; do
   now=$(date +%s)
@@ -218,16 +219,17 @@ while :; do
   file=$(awk '/^RssFile:/ { print $2 }' "/proc/$fs/status")
   lck=$(awk '/^VmLck:/ { print $2 }' "/proc/$fs/status")
   thr=$(awk '/^Threads:/ { print $2 }' "/proc/$fs/status")
-  # The watchdog keeps two /proc files open per waiting reader (src/waitwatch.rs): counted
-  # apart, as they follow how many readers wait, not a leak.
-  read -r fds watch_fds < <(find "/proc/$fs/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' |
-    awk '/^\/proc\// { w++; next } { n++ } END { print n + 0, w + 0 }')
+  # The watchdog keeps two /proc files open per waiting reader (src/waitwatch.rs), and the
+  # daemon a pidfd per live reader thread (src/requester.rs): counted apart, as they follow
+  # how many readers wait or live, not a leak.
+  read -r fds watch_fds reader_fds < <(find "/proc/$fs/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' |
+    awk '/^\/proc\// { w++; next } /pidfd/ { r++; next } { n++ } END { print n + 0, w + 0, r + 0 }')
   st=$(cat "$mnt/status")
   buffered=$(sed -n 's/^buffered_bytes: //p' <<<"$st")
   served=$(sed -n 's/^served_bytes: //p' <<<"$st")
   fetched=$(sed -n 's/^fetched_bytes: //p' <<<"$st")
   state=$(sed -n 's/^state: //p' <<<"$st")
-  echo "$elapsed,$rss,$anon,$file,$lck,$thr,$fds,$watch_fds,$buffered,$served,$fetched,$state" >>"$csv"
+  echo "$elapsed,$rss,$anon,$file,$lck,$thr,$fds,$watch_fds,$reader_fds,$buffered,$served,$fetched,$state" >>"$csv"
   [ "$elapsed" -ge "$duration" ] && break
   sleep "$sample"
 done
@@ -254,6 +256,9 @@ rss = [int(r["rss_kib"]) for r in after]
 fds = [int(r["fds"]) for r in after]
 first = rows[0]
 print(f"soak: {len(rows)} samples over {rows[-1]['elapsed_s']} s; start RSS {first['rss_kib']} KiB, fds {first['fds']}")
+if "reader_fds" in after[0]:
+    readers = [int(r["reader_fds"]) for r in after]
+    print(f"soak: live reader threads' pidfds (not judged) {min(readers)}..{max(readers)}")
 if "watch_fds" in after[0]:
     watch = [int(r["watch_fds"]) for r in after]
     print(f"soak: waiting readers' /proc descriptors (not judged) {min(watch)}..{max(watch)}")
