@@ -53,6 +53,16 @@ fn fs_on(pool: Arc<Pool>, render: StatusRenderer) -> EntropyFs {
     EntropyFs::new(pool, render, None)
 }
 
+/// Looks up `/random` and opens it read-only: its inode and file handle.
+fn open_random(fs: &EntropyFs) -> (INodeNo, FileHandle) {
+    let random = fs
+        .lookup(INodeNo::ROOT, OsStr::new("random"))
+        .expect("ino")
+        .ino;
+    let (fh, _) = fs.open(random, RDONLY).expect("open");
+    (random, fh)
+}
+
 #[test]
 fn lookup_and_attributes() {
     let fs = fs_on(Arc::new(Pool::new(4096)), Box::new(|_| String::new()));
@@ -154,11 +164,7 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
         rate_limit: "off".into(),
     }));
     let fs = fs_on(pool.clone(), Box::new(|_| String::new()));
-    let random = fs
-        .lookup(INodeNo::ROOT, OsStr::new("random"))
-        .expect("ino")
-        .ino;
-    let (fh, _) = fs.open(random, RDONLY).expect("open");
+    let (random, fh) = open_random(&fs);
     // Nothing buffered yet: a non-blocking read gets EAGAIN, and poll says not ready.
     assert_eq!(
         read(&fs, random, fh, 0, 32, libc::O_NONBLOCK),
@@ -244,11 +250,7 @@ fn a_page_cache_fill_of_random_is_refused_and_takes_nothing() {
     let pool = Arc::new(Pool::new(4096));
     assert_eq!(pool.push(&[7u8; 4096]), 4096);
     let fs = fs_on(pool.clone(), Box::new(|_| "snapshot\n".into()));
-    let random = fs
-        .lookup(INodeNo::ROOT, OsStr::new("random"))
-        .expect("ino")
-        .ino;
-    let (fh, _) = fs.open(random, RDONLY).expect("open");
+    let (random, fh) = open_random(&fs);
     let fill = |ino, fh| {
         let (tx, rx) = mpsc::channel();
         fs.read(
@@ -296,11 +298,7 @@ fn a_direct_read_by_a_kernel_thread_or_pid_0_is_refused_and_takes_nothing() {
     let pool = Arc::new(Pool::new(4096));
     assert_eq!(pool.push(&[7u8; 4096]), 4096);
     let fs = fs_on(pool.clone(), Box::new(|_| String::new()));
-    let random = fs
-        .lookup(INodeNo::ROOT, OsStr::new("random"))
-        .expect("ino")
-        .ino;
-    let (fh, _) = fs.open(random, RDONLY).expect("open");
+    let (random, fh) = open_random(&fs);
     let direct_read_by = |pid| {
         let (tx, rx) = mpsc::channel();
         fs.read(
