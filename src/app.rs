@@ -176,6 +176,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             (None, false) => LogTarget::Syslog,
         };
         logging::init(target, opts.verbose)?;
+        daemon::serving();
         if !opts.foreground {
             for w in &warnings {
                 tracing::warn!("{w}");

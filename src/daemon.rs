@@ -40,6 +40,24 @@ impl Ready {
 
 /// Forks. The parent waits for the child's report and exits; only the child returns.
 /// Must be called before any thread is started.
+/// What the binary runs once this process is the one that serves: after the fork in daemon
+/// mode, at once with `-f` (see [`on_serving`]).
+static ON_SERVING: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what runs once this process is the one that serves. The binary starts its allocator's
+/// background thread there: a thread started before [`daemonize`] forks would not exist in
+/// the child, and the fork is meant to happen before any thread exists.
+pub fn on_serving(f: fn()) {
+    let _ = ON_SERVING.set(f);
+}
+
+/// Runs what [`on_serving`] set, if anything.
+pub(crate) fn serving() {
+    if let Some(f) = ON_SERVING.get() {
+        f();
+    }
+}
+
 pub fn daemonize() -> std::io::Result<Ready> {
     let (read_end, write_end) = nix::unistd::pipe()?;
     // SAFETY: called before any thread is started (app::main forks before it creates the

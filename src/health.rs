@@ -5,7 +5,8 @@
 //! - A most-common-value min-entropy estimate of each response, on the bytes and on their
 //!   first differences ([`mcv`]): bias anywhere, progressions, equal steps.
 //! - Exact repeats of a 1 KiB block among the last 64 MiB (aligned), and repeats of content at
-//!   any shift among the last 1 GiB, certain for 960 bytes or more ([`replay`]).
+//!   any shift among the last 1 GiB, certain for 960 bytes or more within one response
+//!   ([`replay`]).
 //!
 //! # False-alarm budget, per good (full-entropy) byte
 //! | test | rate |

@@ -9,17 +9,24 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read at its first allocation: one background thread returns freed pages
-/// to the kernel 1 s after they were last used (`dirty_decay_ms`), at once after that
-/// (`muzzy_decay_ms:0`), so an idle daemon holds no freed memory and no allocating thread pays
-/// for the purge. The symbol is jemalloc's `const char *malloc_conf` under the crate's `_rjem_`
-/// prefix: a thin reference to the first byte of a NUL-terminated string has that layout.
+/// jemalloc's options, read at its first allocation: freed pages go back to the kernel 1 s
+/// after they were last used (`dirty_decay_ms`), at once after that (`muzzy_decay_ms:0`), by
+/// one background thread ([`start_purging`]), so an idle daemon holds no freed memory and no
+/// allocating thread pays for the purge. The symbol is jemalloc's `const char *malloc_conf`
+/// under the crate's `_rjem_` prefix; a reference to the byte string is that pointer.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &u8 =
-    &b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+static MALLOC_CONF: &[u8; 62] = b"max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// Starts jemalloc's background thread, once the process is the one that serves (after the
+/// fork of daemon mode: a thread started before it would not exist in the child). If it cannot
+/// start, freed pages still go back, only when later allocations come by.
+fn start_purging() {
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+}
 
 fn main() -> ExitCode {
     qrypt_fs::daemon::harden_process();
+    qrypt_fs::daemon::on_serving(start_purging);
     // Usage errors exit 2 with clap's message; --help and --version exit 0.
     let opts = match qrypt_fs::cli::parse(std::env::args_os()) {
         Ok(o) => o,

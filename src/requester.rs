@@ -91,7 +91,8 @@ impl Requesters {
         };
         let kind = look_up(pid, Some(&pidfd));
         // Still alive after the look-up: what was read was this task's, not a successor's.
-        if !alive(&pidfd) {
+        // Not knowing (a transient failure) is not remembered either.
+        if !alive(&pidfd) || kind == TaskKind::Unattributed {
             return TaskKind::Unattributed;
         }
         // Exited threads go at once, not when the cache is full: their pidfds are descriptors
@@ -133,7 +134,10 @@ fn look_up(pid: u32, pidfd: Option<&OwnedFd>) -> TaskKind {
             },
         },
         // A stat we cannot parse: no reason to think it a kernel thread.
-        Err(_) => TaskKind::User,
+        Err(Errno::EINVAL) => TaskKind::User,
+        // Out of descriptors or memory, an I/O error: we do not know, so it is not served
+        // (and not remembered: the next read looks again).
+        Err(_) => TaskKind::Unattributed,
     }
 }
 

@@ -381,6 +381,15 @@ fn daemon_pids(mountpoint: &std::path::Path) -> Vec<i32> {
         .collect()
 }
 
+/// The names of `pid`'s threads.
+fn thread_names(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
 #[test]
 fn daemon_mode_returns_once_mounted_and_ends_on_umount() {
     let emu = emulator();
@@ -403,6 +412,17 @@ fn daemon_mode_returns_once_mounted_and_ends_on_umount() {
     assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
     let got = read_exact(&dir.path().join("random"), 32);
     assert_eq!(got.len(), 32);
+    // The allocator's purge thread runs in the daemon that serves, started after the fork (a
+    // thread started before it would not have survived it).
+    assert_eq!(
+        thread_names(pids[0])
+            .iter()
+            .filter(|n| n.as_str() == "jemalloc_bg_thd")
+            .count(),
+        1,
+        "{:?}",
+        thread_names(pids[0])
+    );
     let st = Command::new("umount")
         .arg(dir.path())
         .status()

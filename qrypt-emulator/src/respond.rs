@@ -60,7 +60,9 @@ fn kib_param(query: Option<&str>) -> Result<u32, ()> {
 enum Admission {
     /// Status, KiB asked for (0 if not read yet), the answer.
     Refused(u16, u32, Response<ScriptedBody>),
-    Served(u32, Option<Fault>),
+    /// KiB, the fault to apply, and for `OldBlock` the block it repeats (taken under the same
+    /// lock that armed it, so two requests never count on the same block).
+    Served(u32, Option<Fault>, Option<Vec<u8>>),
 }
 
 /// Answers one `GET /api/v1/quantum-entropy`; `seq` is its number, `fd` its connection's
@@ -72,7 +74,7 @@ pub(super) async fn entropy(
     seq: u64,
     fd: Option<Arc<OwnedFd>>,
 ) -> Reply {
-    let (kib, fault) = match admit(state, headers, query) {
+    let (kib, fault, old_block) = match admit(state, headers, query) {
         Admission::Refused(status, kib, r) => {
             state
                 .ledger
@@ -80,7 +82,7 @@ pub(super) async fn entropy(
                 .answer(seq, status, kib, None, Vec::new());
             return Ok(r);
         }
-        Admission::Served(kib, fault) => (kib, fault),
+        Admission::Served(kib, fault, old) => (kib, fault, old),
     };
     match &fault {
         Some(f @ Fault::Status(code)) => {
@@ -118,7 +120,7 @@ pub(super) async fn entropy(
     let repeat_source = match fault {
         Some(Fault::RepeatBlock) => state.ledger.lock().recent_block(),
         Some(Fault::ShiftedReplay) => Some(state.ledger.lock().recent_bytes()),
-        Some(Fault::OldBlock { age_mib, .. }) => state.ledger.lock().old_block(age_mib, true),
+        Some(Fault::OldBlock { .. }) => old_block,
         _ => None,
     };
     let (text, decoded) = build(kib, fault.as_ref(), repeat_source);
@@ -211,7 +213,11 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
         // No entropy goes out, so none is charged.
         gate.limits.refund(token, bytes);
     }
-    Admission::Served(kib, fault)
+    let old_block = match &fault {
+        Some(Fault::OldBlock { age_mib, .. }) => state.ledger.lock().old_block(*age_mib, true),
+        _ => None,
+    };
+    Admission::Served(kib, fault, old_block)
 }
 
 /// The body text for `kib` fresh blocks with `fault` applied (one of the faults that sends a

@@ -14,8 +14,11 @@
 //! winnowed (`Anchors::cover_gaps`): in every run of `SPAN` = 897 positions without an
 //! anchor, the position with the smallest `h` is an anchor too. A repeat of
 //! [`GUARANTEED_REPEAT`] = 960 bytes or more (a 1 KiB block, a response shifted by up to 64
-//! bytes) is therefore found for certain, at any shift, as long as its first copy is in the
-//! history; a shorter one (64 to 959 bytes) with probability `1 - (255/256)^(L-63)`. The gap
+//! bytes) is therefore found for certain, at any shift, when each copy lies within one
+//! response (the first in an accepted response still in the history, or earlier in the same
+//! response): anchors are found per response, so a stretch cut by a response boundary counts
+//! as its two pieces. A shorter one (64 to 959 bytes), or a piece, is found with probability
+//! `1 - (255/256)^(L-63)`. The gap
 //! minima add 4.7% to the anchors (measured: 4,190,245 rolling-hash anchors and 4,385,831 in
 //! all per GiB of random input; `anchors_per_gib` below). (Aligned 1 KiB repeats within the
 //! last 64 MiB are also caught by the block fingerprints in `health`.)
@@ -251,8 +254,7 @@ pub struct ReplayMemory {
     capacity: usize,
     /// Allocated once at its largest size (zeroed, so its pages cost nothing until
     /// touched); only the first `slots` are in use. Never reallocated: no second table at
-    /// peak, and no large free that would make the allocator keep later big buffers in the
-    /// heap.
+    /// peak.
     table: Vec<u64>,
     /// Slots in use: a power of two, doubled as the set fills, up to `table.len()`.
     slots: usize,
