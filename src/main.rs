@@ -3,9 +3,10 @@ use std::process::ExitCode;
 /// jemalloc, not glibc's malloc: the daemon allocates and frees response-sized buffers
 /// (hyper's read buffers, up to ~400 KiB) among small long-lived objects, on several threads.
 /// glibc's per-thread arenas kept the pages those small objects pinned each time a burst
-/// stretched an arena, and resident memory crept up by 2-3 MiB over a 30-minute soak
-/// (BENCHMARKS.md, "Soak"). jemalloc keeps small and large allocations apart (size-class slabs,
-/// separate extents) and returns freed pages on its own.
+/// stretched an arena: resident memory crept up 100-190 KiB a minute in 25- and 30-minute
+/// soaks. jemalloc keeps small and large allocations apart (size-class slabs, separate
+/// extents) and returns freed pages on its own; it crept 53-85 KiB a minute, less but not
+/// yet flat (BENCHMARKS.md, "Soak").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
