@@ -317,14 +317,24 @@ mod tests {
             std::fs::write(&self.path, text).expect("write");
         }
 
-        /// Starts a read that is overdue at once, and sees it reported.
+        /// Starts a read that is overdue at once, and sees it reported. Returns once its
+        /// thread has taken its gate: a later read's thread, started first on a busy machine,
+        /// would take it instead.
         async fn ask_overdue(&mut self, ask: Ask) {
             let long_ago = Instant::now() - READ_TIMEOUT;
+            let gates = self.gates.lock().expect("gates").len();
             self.reader.ask(ask, long_ago);
             match self.reader.next().await {
                 Event::Overdue(a) => assert_eq!(a, ask),
                 other => panic!("{other:?}"),
             }
+            for _ in 0..1000 {
+                if self.gates.lock().expect("gates").len() < gates {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("the read never took its gate");
         }
 
         async fn wait_hung(&self, n: usize) {
