@@ -124,14 +124,9 @@ fn look_up(pid: u32, pidfd: Option<&OwnedFd>) -> TaskKind {
         // Hidden (hidepid=, or /proc not mounted), or gone.
         Err(Errno::ENOENT | Errno::EACCES | Errno::EPERM | Errno::ESRCH) => match pidfd {
             Some(fd) => hidden_kind(fd),
-            // No pidfd: signalling a live task we may not see is EPERM, a gone one ESRCH.
-            None => match i32::try_from(pid) {
-                Ok(p) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None) {
-                    Err(Errno::ESRCH) => TaskKind::Unattributed,
-                    _ => TaskKind::User,
-                },
-                Err(_) => TaskKind::Unattributed,
-            },
+            // No pidfd: a live task we may not see, or a gone one.
+            None if crate::sys::task_exists(pid) => TaskKind::User,
+            None => TaskKind::Unattributed,
         },
         // A stat we cannot parse: no reason to think it a kernel thread.
         Err(Errno::EINVAL) => TaskKind::User,

@@ -28,6 +28,18 @@ pub fn random_u64() -> u64 {
     }
 }
 
+/// True unless no thread `tid` exists: `kill(tid, 0)` gives `EPERM` for a live thread that is
+/// not ours (or that `hidepid=` hides from `/proc`), `ESRCH` only for a gone one.
+pub fn task_exists(tid: u32) -> bool {
+    let Ok(tid) = i32::try_from(tid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(tid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// A uniform random number in [0, 1) from [`random_u64`] (its top 53 bits), for jitter.
 pub fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -35,6 +47,14 @@ pub fn random_unit() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn task_exists_tells_a_missing_thread_from_someone_elses() {
+        assert!(super::task_exists(nix::unistd::gettid().as_raw() as u32));
+        assert!(!super::task_exists(u32::MAX - 1));
+        // pid 1 exists whoever we are (EPERM for a non-root caller still means it exists).
+        assert!(super::task_exists(1));
+    }
+
     #[test]
     fn page_size_is_a_power_of_two_of_at_least_4_kib() {
         let p = super::page_size();

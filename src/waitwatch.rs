@@ -293,7 +293,12 @@ impl Reader {
             // The pinned thread exited (ESRCH), or by path: gone, unless only hidden
             // (hidepid=2 answers ENOENT for a live thread too).
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Seen::Gone,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !alive(self.tid) => Seen::Gone,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !crate::sys::task_exists(self.tid) =>
+            {
+                Seen::Gone
+            }
             Err(e) => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
@@ -322,17 +327,6 @@ fn fd_budget() -> usize {
         soft
     };
     usize::try_from(soft / 4).unwrap_or(usize::MAX)
-}
-
-/// True unless no thread `tid` exists (`EPERM`: it exists, it is just not ours).
-fn alive(tid: u32) -> bool {
-    let Ok(tid) = i32::try_from(tid) else {
-        return false;
-    };
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(tid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
 }
 
 /// Whether a reader that did not wake must be read in full in the pass at `now`: never read;
@@ -453,14 +447,6 @@ mod tests {
         assert_eq!(w.fds_open, 0);
         assert!(!w.interrupted(9, tid(), now));
         assert_eq!(w.fds_open, 2);
-    }
-
-    #[test]
-    fn alive_tells_a_missing_thread_from_someone_elses() {
-        assert!(alive(tid()));
-        assert!(!alive(u32::MAX - 1));
-        // pid 1 exists whoever we are (EPERM for a non-root caller still means alive).
-        assert!(alive(1));
     }
 
     #[test]

@@ -73,8 +73,11 @@ impl Intake {
     ) -> Result<Buffer, (Refused, usize)> {
         let entropy = result.map_err(|e| (e.into(), 0))?;
         let len = entropy.bytes().len();
-        let pre = pre.unwrap_or_else(|| self.health.precheck().run(entropy.bytes()));
-        if let Err(h) = self.health.commit(entropy.bytes(), pre) {
+        let health = match pre {
+            Some(pre) => self.health.commit(entropy.bytes(), pre),
+            None => self.health.check(entropy.bytes()),
+        };
+        if let Err(h) = health {
             return Err((FetchError::Health(h.to_string()).into(), len));
         }
         let mut bytes = entropy.0;
