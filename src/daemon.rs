@@ -38,8 +38,6 @@ impl Ready {
     }
 }
 
-/// Forks. The parent waits for the child's report and exits; only the child returns.
-/// Must be called before any thread is started.
 /// What the binary runs once this process is the one that serves: after the fork in daemon
 /// mode, at once with `-f` (see [`on_serving`]).
 static ON_SERVING: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
@@ -58,6 +56,8 @@ pub(crate) fn serving() {
     }
 }
 
+/// Forks. The parent waits for the child's report and exits; only the child returns.
+/// Must be called before any thread is started.
 pub fn daemonize() -> std::io::Result<Ready> {
     let (read_end, write_end) = nix::unistd::pipe()?;
     // SAFETY: called before any thread is started (app::main forks before it creates the

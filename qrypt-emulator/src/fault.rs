@@ -31,8 +31,9 @@ pub enum Fault {
     ShiftedReplay,
     /// 200, well-formed: the response's last 1024 bytes, moved `shift` bytes earlier (0 to
     /// 1023, less if the response is too short), repeat a block sent at least `age_mib` MiB of
-    /// correct bytes ago and not replayed before (the first block of each correct response that
-    /// starts a new 64 KiB of correct bytes is kept, 16384 of them). With none left it waits, unspent.
+    /// correct bytes ago and not replayed before (the first block of each correct response
+    /// that starts a new 64 KiB of correct bytes is kept, 16384 of them). With none left it
+    /// waits, unspent.
     OldBlock { age_mib: u64, shift: u64 },
     /// 200, correct body, `Content-Type: text/html`.
     WrongContentType,

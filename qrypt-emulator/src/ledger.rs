@@ -164,8 +164,8 @@ impl Ledger {
     }
 
     /// The newest kept block, not replayed yet, sent at least `age_mib` MiB of correct bytes
-    /// ago; `take` marks it replayed.
-    pub fn old_block(&mut self, age_mib: u64, take: bool) -> Option<Vec<u8>> {
+    /// ago, marked replayed.
+    pub fn take_old_block(&mut self, age_mib: u64) -> Option<Vec<u8>> {
         let newest = self
             .good_bytes
             .saturating_sub(age_mib.saturating_mul(1 << 20))
@@ -175,7 +175,7 @@ impl Ledger {
             .iter_mut()
             .rev()
             .find(|(at, _, used)| *at <= newest && !*used)?;
-        *used |= take;
+        *used = true;
         Some(block.clone())
     }
 

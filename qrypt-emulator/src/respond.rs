@@ -60,8 +60,7 @@ fn kib_param(query: Option<&str>) -> Result<u32, ()> {
 enum Admission {
     /// Status, KiB asked for (0 if not read yet), the answer.
     Refused(u16, u32, Response<ScriptedBody>),
-    /// KiB, the fault to apply, and for `OldBlock` the block it repeats (taken under the same
-    /// lock that armed it, so two requests never count on the same block).
+    /// KiB, the fault to apply, and for `OldBlock` the block it repeats.
     Served(u32, Option<Fault>, Option<Vec<u8>>),
 }
 
@@ -193,12 +192,15 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
         }
     }
     // A repeat needs an earlier block: with none anywhere, the fault waits for a later request.
+    // Taken here, under the gate's lock, so two requests never count on the same block.
+    let old_block = match gate.fault.peek() {
+        Some(Fault::OldBlock { age_mib, .. }) => state.ledger.lock().take_old_block(*age_mib),
+        _ => None,
+    };
     let cannot_repeat = match gate.fault.peek() {
         Some(Fault::RepeatBlock) => kib < 2 && !state.ledger.lock().has_recent(),
         Some(Fault::ShiftedReplay) => !state.ledger.lock().has_recent(),
-        Some(Fault::OldBlock { age_mib, .. }) => {
-            state.ledger.lock().old_block(*age_mib, false).is_none()
-        }
+        Some(Fault::OldBlock { .. }) => old_block.is_none(),
         _ => false,
     };
     let fault = if cannot_repeat {
@@ -213,10 +215,6 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
         // No entropy goes out, so none is charged.
         gate.limits.refund(token, bytes);
     }
-    let old_block = match &fault {
-        Some(Fault::OldBlock { age_mib, .. }) => state.ledger.lock().old_block(*age_mib, true),
-        _ => None,
-    };
     Admission::Served(kib, fault, old_block)
 }
 
