@@ -120,6 +120,40 @@ fn an_idle_connection_s_read_buffer_is_wiped_once_it_closes() {
     );
 }
 
+/// Many responses of odd sizes share each connection's read buffers (a body ends mid-buffer,
+/// the next response's headers and body follow it): every one of those buffers must still be
+/// wiped once its connection closes, whatever shares it.
+#[test]
+fn read_buffers_shared_by_many_responses_are_wiped_once_idle() {
+    let emu = emulator();
+    // A small buffer is refilled by small responses of varied sizes (what is free when half
+    // of it is), four in flight.
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    m.wait_full();
+    let mut f = std::fs::File::open(m.random()).expect("open");
+    for i in 0..400 {
+        let mut buf = vec![0u8; (3 + i * 13 % 41) << 10];
+        f.read_exact(&mut buf).expect("read");
+    }
+    drop(f);
+    let responses = emu.records().len();
+    assert!(responses > 150, "only {responses} responses");
+    // Idle connections close after 10 s; the next sweep (every second) wipes their buffers.
+    std::thread::sleep(Duration::from_secs(12));
+    let needles = needles_of(&good_blocks(&emu));
+    let after = count_found(&writable_memory(m.pid()), &needles);
+    eprintln!(
+        "base64 of {after} of {} fetched blocks in memory after {responses} responses and the idle timeout",
+        needles.len()
+    );
+    assert_eq!(
+        after, 0,
+        "{after} blocks' text left after the connections closed"
+    );
+}
+
 #[test]
 fn base64_of_served_blocks_does_not_linger_in_the_heap() {
     served_blocks_leave_no_text(false);

@@ -1,6 +1,6 @@
 //! The real client: HTTPS (rustls) to Qrypt's API, or plain HTTP to a loopback emulator.
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,43 +178,73 @@ pub struct HttpClient {
 const POOL_IDLE: Duration = Duration::from_secs(10);
 /// How often held body buffers are looked at again.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Body buffers held at most; past that the oldest is let go unwiped (bounds the memory held).
+/// Chunks held at most, one per connection (a few live at once); past that the oldest is let
+/// go unwiped, which only a runaway number of connections could cause.
 const MAX_HELD: usize = 32;
+
+/// Which connection a chunk came on: its local address, unique among live TCP connections.
+/// Without one (a connector that does not say), each response counts as a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Connection(SocketAddr),
+    Response(u64),
+}
 
 /// Body chunks whose memory hyper still shares, held until we hold the only reference, then
 /// wiped whole.
 ///
 /// hyper hands a body over as slices of its connection's read buffer (`Bytes` sharing one
-/// allocation) and keeps reading into the rest of that buffer. Dropping a slice frees
-/// nothing; the buffer is freed, unwiped, when its last holder lets go, and its base64 would
-/// stay in the heap. So of each run of contiguous chunks (one buffer) we keep the last, and
-/// once the connection has moved to a new buffer or closed, that chunk is the only reference
-/// left: we take the whole allocation back (`try_reclaim`) and zero it. What cannot be
-/// reached: the buffer a live connection still reads into (until it moves on, or closes after
-/// [`POOL_IDLE`]), and rustls' plaintext buffers under HTTPS.
+/// allocation), and keeps reading into the rest of that buffer, for this response and the
+/// next ones on the connection, until it needs a bigger one. Dropping a slice frees nothing;
+/// the buffer is freed, unwiped, when its last holder lets go, and its base64 would stay in
+/// the heap. So we hold one chunk per connection, the newest, and once the connection has
+/// moved to a new buffer or closed, it is the only reference left: we take the whole
+/// allocation back (`try_reclaim`) and zero it.
+///
+/// Why one is enough: when a newer chunk arrives on a connection and the older held one is
+/// still shared, its buffer is either the one hyper reads into now, or one that the newer
+/// chunk (or a chunk even newer, which means hyper never left it) also lies in. Buffers only
+/// follow one another, so in every case the newer chunk lies in the same buffer and keeps it
+/// for us: the older can go. (Holding both instead, as a first version did, pinned them to
+/// each other: neither was ever ours alone, and the buffers piled up, unwiped.) The response
+/// must be dropped first: its headers are slices of the buffer the body may have left.
+///
+/// What cannot be reached: the buffer a live connection still reads into (until it moves on,
+/// or closes after [`POOL_IDLE`]), and rustls' plaintext buffers under HTTPS.
 #[derive(Default)]
 struct Residue {
-    held: parking_lot::Mutex<std::collections::VecDeque<Bytes>>,
+    held: parking_lot::Mutex<std::collections::VecDeque<(Origin, Bytes)>>,
+    responses: std::sync::atomic::AtomicU64,
 }
 
 impl Residue {
-    /// Takes one response's chunks, in the order received.
-    fn hold(&self, chunks: Vec<Bytes>) {
-        let mut kept = Vec::new();
-        let mut it = chunks.into_iter().peekable();
-        while let Some(c) = it.next() {
-            let next_follows = it
-                .peek()
-                .is_some_and(|n| c.as_ptr().wrapping_add(c.len()) == n.as_ptr());
-            match wipe_whole(c) {
-                // Same buffer as the next chunk, which keeps it alive: let this one go.
-                Err(_) if next_follows => {}
-                Err(c) => kept.push(c),
-                Ok(_) => {}
+    /// The origin of a response's chunks: its connection, if the response names it.
+    fn origin(&self, connection: Option<SocketAddr>) -> Origin {
+        connection.map_or_else(
+            || {
+                Origin::Response(
+                    self.responses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                )
+            },
+            Origin::Connection,
+        )
+    }
+
+    /// Takes one response's chunks, in the order received, once the response is dropped.
+    fn hold(&self, origin: Origin, chunks: Vec<Bytes>) {
+        let mut held = self.held.lock();
+        for chunk in chunks {
+            if let Some(i) = held.iter().position(|(o, _)| *o == origin) {
+                if let Some((_, older)) = held.remove(i) {
+                    // Ours alone: wiped. Shared: in `chunk`'s buffer (see above), let go.
+                    let _ = wipe_whole(older);
+                }
+            }
+            if let Err(chunk) = wipe_whole(chunk) {
+                held.push_back((origin, chunk));
             }
         }
-        let mut held = self.held.lock();
-        held.extend(kept);
         while held.len() > MAX_HELD {
             held.pop_front();
         }
@@ -223,8 +253,10 @@ impl Residue {
     /// Wipes every held buffer that is ours alone now.
     fn sweep(&self) {
         let mut held = self.held.lock();
-        let still: std::collections::VecDeque<Bytes> =
-            held.drain(..).filter_map(|c| wipe_whole(c).err()).collect();
+        let still: std::collections::VecDeque<(Origin, Bytes)> = held
+            .drain(..)
+            .filter_map(|(o, c)| wipe_whole(c).err().map(|c| (o, c)))
+            .collect();
         *held = still;
     }
 
@@ -295,28 +327,22 @@ impl HttpClient {
     }
 
     /// Reads the body into `body` (which never grows past its capacity, so never leaves a
-    /// copy behind), handing each chunk to [`Residue`].
+    /// copy behind), collecting the chunks for [`Residue`].
     async fn read_body(
-        &self,
         resp: &mut reqwest::Response,
         body: &mut Vec<u8>,
         limit: usize,
+        chunks: &mut Vec<Bytes>,
     ) -> Result<(), FetchError> {
-        let mut chunks = Vec::new();
-        let result = async {
-            while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-                if body.len() + chunk.len() > limit {
-                    chunks.push(chunk);
-                    return Err(ValidationError::TooLarge(limit).into());
-                }
-                body.extend_from_slice(&chunk);
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > limit {
                 chunks.push(chunk);
+                return Err(ValidationError::TooLarge(limit).into());
             }
-            Ok(())
+            body.extend_from_slice(&chunk);
+            chunks.push(chunk);
         }
-        .await;
-        self.residue.hold(chunks);
-        result
+        Ok(())
     }
 
     /// Starts the task that sweeps [`Residue`] while no request runs (once, from inside the
@@ -377,8 +403,16 @@ impl HttpClient {
         // Read with a cap: a misbehaving server must not make us allocate without bound.
         // Sized once up front: growing would free copies of the body without wiping them.
         let mut body = self.buffers.take(limit);
-        let read = self.read_body(&mut resp, &mut body, limit).await;
+        let origin = self.residue.origin(
+            resp.extensions()
+                .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                .map(|info| info.local_addr()),
+        );
+        let mut chunks = Vec::new();
+        let read = Self::read_body(&mut resp, &mut body, limit, &mut chunks).await;
+        // Dropped first: its headers are slices of the read buffer too (see `Residue`).
         drop(resp);
+        self.residue.hold(origin, chunks);
         self.residue.sweep();
         read?;
         let mut out = self.buffers.take(kib as usize * BLOCK_LEN);
@@ -483,13 +517,46 @@ mod tests {
         let text = b"QUJD".repeat(750);
         let (read_buffer, chunks) = hyper_like(&text);
         let residue = Residue::default();
-        residue.hold(chunks);
+        residue.hold(Origin::Response(0), chunks);
         assert_eq!(residue.held(), 1, "one chunk stands for the buffer");
         residue.sweep();
         assert_eq!(residue.held(), 1, "hyper still uses the buffer");
         drop(read_buffer);
         residue.sweep();
         assert_eq!(residue.held(), 0);
+    }
+
+    #[test]
+    fn responses_sharing_a_read_buffer_never_pin_it() {
+        // Two responses on one connection, one read buffer: the second one's headers lie
+        // between the bodies, so their chunks do not touch. Held both, each kept the other
+        // alive and the buffer was never wiped.
+        let conn = Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        let mut read_buffer = bytes::BytesMut::with_capacity(8192);
+        read_buffer.extend_from_slice(&b"QUJD".repeat(1000));
+        let first = vec![
+            read_buffer.split_to(1500).freeze(),
+            read_buffer.split_to(500).freeze(),
+        ];
+        let headers = read_buffer.split_to(100).freeze();
+        let second = vec![read_buffer.split_to(1000).freeze()];
+        let residue = Residue::default();
+        residue.hold(conn, first);
+        drop(headers);
+        residue.hold(conn, second);
+        assert_eq!(residue.held(), 1, "one chunk per connection");
+        // Another connection's buffer is held apart.
+        let (other_buffer, other) = hyper_like(&b"QUJD".repeat(750));
+        residue.hold(
+            Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40001))),
+            other,
+        );
+        assert_eq!(residue.held(), 2);
+        // The connection moves to a new buffer (or closes): ours alone, wiped.
+        drop(read_buffer);
+        drop(other_buffer);
+        residue.sweep();
+        assert_eq!(residue.held(), 0, "both buffers wiped and freed");
     }
 
     #[test]
@@ -643,5 +710,51 @@ mod tests {
                 c.url()
             );
         }
+    }
+
+    #[test]
+    fn many_responses_on_reused_connections_hold_one_buffer_each() {
+        use crate::upstream::EntropyClient;
+        let emu = qrypt_emulator::Emulator::start(Default::default()).expect("emulator");
+        let token = Token::new("emulator-token".into()).expect("token");
+        let client = Arc::new(
+            HttpClient::new(
+                &HttpConfig {
+                    endpoint: parse_endpoint(&emu.url()).expect("url"),
+                    extra_ca_pem: None,
+                    connect_timeout: Duration::from_secs(5),
+                    request_timeout: Duration::from_secs(10),
+                },
+                &token,
+            )
+            .expect("client"),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            // Sizes mixed so that bodies end at different places of the read buffers.
+            for round in 0..40 {
+                let tasks: Vec<_> = (0..4)
+                    .map(|k| {
+                        let client = client.clone();
+                        let kib = [512, 300, 64, 17][(k + round) % 4];
+                        tokio::spawn(async move { client.fetch(kib).await.map(drop) })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("join").expect("fetch");
+                }
+                client.residue.sweep();
+                let connections = emu.stats().connections;
+                assert!(
+                    client.residue.held() as u64 <= connections,
+                    "round {round}: {} chunks held for {connections} live connections",
+                    client.residue.held()
+                );
+            }
+        });
     }
 }
