@@ -183,7 +183,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const MAX_HELD: usize = 32;
 
 /// Which connection a chunk came on: its local address, unique among live TCP connections.
-/// Without one (a connector that does not say), each response counts as a connection.
+/// A port used again belongs to a new connection only after the old one closed and freed
+/// its buffer, so the old chunk is ours alone by then and wiped. Without an address (a
+/// connector that does not say), each response counts as a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
     Connection(SocketAddr),
