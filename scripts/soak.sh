@@ -18,7 +18,8 @@
 # Verdict ("flat once warm"), over the samples taken after SOAK_WARMUP seconds (default 60)
 # and after 1.1 GiB has been fetched (the replay history full):
 #   - no growth: the highest RSS in the last third of them exceeds the highest in the first
-#     third by at most SOAK_RSS_GROWTH_KIB (default 1024 KiB);
+#     third by at most SOAK_RSS_GROWTH_KIB (default 1024 KiB), and so does the lowest decile
+#     (the floor between fills, where a slow creep shows first);
 #   - bounded swing: RSS max - min <= SOAK_RSS_TOL_KIB (default 8192 KiB). A sample taken
 #     while 4 requests are in flight holds their bodies (about 700 KB of JSON and 512 KiB
 #     decoded each, ~5 MiB together) that one taken between fills does not;
@@ -275,9 +276,24 @@ third = len(rss) // 3
 growth = max(rss[-third:]) - max(rss[:third])
 print(f"soak: highest RSS, first third after {warmup} s {max(rss[:third])} KiB, last third "
       f"{max(rss[-third:])} KiB (growth {growth} KiB, tolerance {growth_tol})")
+# The floor between fills: a slow creep shows here first, where in-flight bodies do not.
+def decile(xs):
+    return sorted(xs)[len(xs) // 10]
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+thirds = [rss[:third], rss[third:-third], rss[-third:]]
+floor_growth = decile(thirds[2]) - decile(thirds[0])
+print("soak: RSS by thirds, lowest decile " + " -> ".join(str(decile(t)) for t in thirds)
+      + " KiB, median " + " -> ".join(str(median(t)) for t in thirds)
+      + f" KiB (floor growth {floor_growth} KiB, tolerance {growth_tol})")
+ts = [int(r["elapsed_s"]) / 60 for r in after]
+tm, rm = sum(ts) / len(ts), sum(rss) / len(rss)
+slope = sum((t - tm) * (r - rm) for t, r in zip(ts, rss)) / sum((t - tm) ** 2 for t in ts)
+print(f"soak: least-squares slope {slope:.0f} KiB/min (not judged)")
 served = int(rows[-1]["served_bytes"] or 0)
 print(f"soak: served {served} bytes")
-flat = growth <= growth_tol and max(rss) - min(rss) <= rss_tol and max(fds) - min(fds) <= fd_tol and readers_ok
+flat = (growth <= growth_tol and floor_growth <= growth_tol and max(rss) - min(rss) <= rss_tol
+        and max(fds) - min(fds) <= fd_tol and readers_ok)
 print("soak: verdict FLAT" if flat else "soak: verdict NOT FLAT")
 sys.exit(0 if flat else 1)
 EOF

@@ -236,7 +236,9 @@ impl Residue {
     /// Takes one response's chunks, in the order received, once the response is dropped.
     fn hold(&self, origin: Origin, chunks: Vec<Bytes>) {
         let mut held = self.held.lock();
-        for chunk in chunks {
+        // An empty chunk holds no text and may not lie in any read buffer (a static one): it
+        // must not stand in for the buffer of the chunk before it.
+        for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
             if let Some(i) = held.iter().position(|(o, _)| *o == origin) {
                 if let Some((_, older)) = held.remove(i) {
                     // Ours alone: wiped. Shared: in `chunk`'s buffer (see above), let go.
@@ -547,6 +549,9 @@ mod tests {
         drop(headers);
         residue.hold(conn, second);
         assert_eq!(residue.held(), 1, "one chunk per connection");
+        // An empty chunk (static, in no buffer) must not take the buffer's place.
+        residue.hold(conn, vec![Bytes::new()]);
+        assert_eq!(residue.held(), 1);
         // Another connection's buffer is held apart.
         let (other_buffer, other) = hyper_like(&b"QUJD".repeat(750));
         residue.hold(
