@@ -23,10 +23,12 @@
 #   - bounded swing: RSS max - min <= SOAK_RSS_TOL_KIB (default 8192 KiB). A sample taken
 #     while 4 requests are in flight holds their bodies (about 700 KB of JSON and 512 KiB
 #     decoded each, ~5 MiB together) that one taken between fills does not;
-#   - fd count max - min <= SOAK_FD_TOL (default 5: the daemon's fixed descriptors plus 0 to
-#     --max-in-flight + 1 HTTP connections, which the faults close and the refill reopens),
-#     not counting the two /proc files the watchdog keeps open per waiting reader, nor the
-#     pidfd the daemon keeps per live reader thread (both follow the readers, not a leak).
+#   - descriptors: the fewest in the last third no more than the fewest in the first (a
+#     leaked descriptor raises the floor for good), and max - min <= SOAK_FD_TOL (default 8:
+#     beside its fixed descriptors the daemon has 0 to 2 x --max-in-flight HTTP connections,
+#     up to 4 in use and up to 4 idle, which the faults close and the refill reopens), not
+#     counting the two /proc files the watchdog keeps open per waiting reader, nor the pidfd
+#     the daemon keeps per live reader thread (both follow the readers, not a leak).
 # Exit status 0 flat, 1 not flat, 2 error.
 #
 # Usage: scripts/soak.sh            Environment: SOAK_DURATION, SOAK_SAMPLE, SOAK_WARMUP,
@@ -44,7 +46,7 @@ sample=${SOAK_SAMPLE:-10}
 warmup=${SOAK_WARMUP:-60}
 rss_tol=${SOAK_RSS_TOL_KIB:-8192}
 rss_growth=${SOAK_RSS_GROWTH_KIB:-1024}
-fd_tol=${SOAK_FD_TOL:-5}
+fd_tol=${SOAK_FD_TOL:-8}
 rate_limit=${SOAK_RATE_LIMIT:-3000/10}
 out=${SOAK_OUT:-$root/target/soak}
 buffer=${SOAK_BUFFER:-4M}
@@ -290,10 +292,14 @@ ts = [int(r["elapsed_s"]) / 60 for r in after]
 tm, rm = sum(ts) / len(ts), sum(rss) / len(rss)
 slope = sum((t - tm) * (r - rm) for t, r in zip(ts, rss)) / sum((t - tm) ** 2 for t in ts)
 print(f"soak: least-squares slope {slope:.0f} KiB/min (not judged)")
+fd_thirds = [fds[:third], fds[third:-third], fds[-third:]]
+fd_floor_growth = min(fd_thirds[2]) - min(fd_thirds[0])
+print("soak: descriptors by thirds, fewest " + " -> ".join(str(min(t)) for t in fd_thirds)
+      + ", most " + " -> ".join(str(max(t)) for t in fd_thirds))
 served = int(rows[-1]["served_bytes"] or 0)
 print(f"soak: served {served} bytes")
 flat = (growth <= growth_tol and floor_growth <= growth_tol and max(rss) - min(rss) <= rss_tol
-        and max(fds) - min(fds) <= fd_tol and readers_ok)
+        and fd_floor_growth <= 0 and max(fds) - min(fds) <= fd_tol and readers_ok)
 print("soak: verdict FLAT" if flat else "soak: verdict NOT FLAT")
 sys.exit(0 if flat else 1)
 EOF

@@ -196,6 +196,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 extra_ca_pem,
                 connect_timeout: opts.connect_timeout,
                 request_timeout: opts.request_timeout,
+                max_idle_connections: opts.max_in_flight,
             },
             &token,
         )?;

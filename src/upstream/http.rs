@@ -32,6 +32,10 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// Whole-request limit, body included: a slow-dripping server cannot hold a request forever.
     pub request_timeout: Duration,
+    /// Idle connections kept for reuse at most: the requests in flight at once. (hyper keeps
+    /// the connection a new request opened while it waited for one to come back, if that one
+    /// came back first; without a cap those would be kept too.)
+    pub max_idle_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +313,7 @@ impl HttpClient {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(cfg.max_idle_connections)
             .redirect(reqwest::redirect::Policy::none())
             .https_only(cfg.endpoint.scheme() == "https")
             .user_agent(concat!("qrypt-fs/", env!("CARGO_PKG_VERSION")))
@@ -707,6 +712,7 @@ mod tests {
                     extra_ca_pem: None,
                     connect_timeout: Duration::from_secs(1),
                     request_timeout: Duration::from_secs(1),
+                    max_idle_connections: 4,
                 },
                 &token,
             )
@@ -731,6 +737,7 @@ mod tests {
                     extra_ca_pem: None,
                     connect_timeout: Duration::from_secs(5),
                     request_timeout: Duration::from_secs(10),
+                    max_idle_connections: 4,
                 },
                 &token,
             )
