@@ -186,13 +186,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// go unwiped, which only a runaway number of connections could cause.
 const MAX_HELD: usize = 32;
 
-/// Which connection a chunk came on: its local address, unique among live TCP connections.
-/// A port used again belongs to a new connection only after the old one closed and freed
-/// its buffer, so the old chunk is ours alone by then and wiped. Without an address (a
+/// Which connection a chunk came on: its local and remote addresses, unique among live TCP
+/// connections. A pair used again belongs to a new connection only after the old one closed
+/// and freed its buffer, so the old chunk is ours alone by then and wiped. Without them (a
 /// connector that does not say), each response counts as a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    Connection(SocketAddr),
+    Connection(SocketAddr, SocketAddr),
     Response(u64),
 }
 
@@ -203,17 +203,24 @@ enum Origin {
 /// allocation), and keeps reading into the rest of that buffer, for this response and the
 /// next ones on the connection, until it needs a bigger one. Dropping a slice frees nothing;
 /// the buffer is freed, unwiped, when its last holder lets go, and its base64 would stay in
-/// the heap. So we hold one chunk per connection, the newest, and once the connection has
-/// moved to a new buffer or closed, it is the only reference left: we take the whole
-/// allocation back (`try_reclaim`) and zero it.
+/// the heap. So we hold one chunk per connection, and once the connection has moved to a new
+/// buffer or closed, it is the only reference left: we take the whole allocation back
+/// (`try_reclaim`) and zero it.
 ///
-/// Why one is enough: when a newer chunk arrives on a connection and the older held one is
-/// still shared, its buffer is either the one hyper reads into now, or one that the newer
-/// chunk (or a chunk even newer, which means hyper never left it) also lies in. Buffers only
-/// follow one another, so in every case the newer chunk lies in the same buffer and keeps it
-/// for us: the older can go. (Holding both instead, as a first version did, pinned them to
-/// each other: neither was ever ours alone, and the buffers piled up, unwiped.) The response
-/// must be dropped first: its headers are slices of the buffer the body may have left.
+/// Why one is enough: buffers only follow one another. Of a response's chunks (in hyper's
+/// order), an earlier one that is still shared lies in the buffer hyper reads into, or in
+/// one that a later chunk (ours, now or soon held) also lies in; either way a later chunk
+/// keeps the buffer for us, so only the last chunk is kept. Between responses on one
+/// connection the same holds, but the order we see them in may not be hyper's: hyper hands
+/// the connection on once the body is in its channel, so the next response's task can get
+/// here first. So a response's last chunk that is ours alone is wiped and leaves the held one
+/// alone; only if both are shared is the held one let go, and then they lie in one buffer
+/// (hyper's, or one that the other chunk keeps). (Holding both, as a first version did,
+/// pinned them to each other: neither was ever ours alone, and the buffers piled up,
+/// unwiped.) The response must be dropped first: its headers are slices of the buffer the
+/// body may have left. Out of reach of this reasoning: three responses on one connection
+/// held in an order that is neither hyper's nor one swap from it, which can cost one
+/// buffer's wipe.
 ///
 /// What cannot be reached: the buffer a live connection still reads into (until it moves on,
 /// or closes after [`POOL_IDLE`]), and rustls' plaintext buffers under HTTPS.
@@ -225,34 +232,38 @@ struct Residue {
 
 impl Residue {
     /// The origin of a response's chunks: its connection, if the response names it.
-    fn origin(&self, connection: Option<SocketAddr>) -> Origin {
-        connection.map_or_else(
-            || {
-                Origin::Response(
-                    self.responses
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                )
-            },
-            Origin::Connection,
-        )
+    fn origin(&self, connection: Option<(SocketAddr, SocketAddr)>) -> Origin {
+        match connection {
+            Some((local, remote)) => Origin::Connection(local, remote),
+            None => Origin::Response(
+                self.responses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
     }
 
     /// Takes one response's chunks, in the order received, once the response is dropped.
     fn hold(&self, origin: Origin, chunks: Vec<Bytes>) {
-        let mut held = self.held.lock();
-        // An empty chunk holds no text and may not lie in any read buffer (a static one): it
-        // must not stand in for the buffer of the chunk before it.
+        // An empty chunk holds no text and may lie in no read buffer (a static one): it must
+        // not stand in for the buffer of the chunk before it.
+        let mut last = None;
         for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
-            if let Some(i) = held.iter().position(|(o, _)| *o == origin) {
-                if let Some((_, older)) = held.remove(i) {
-                    // Ours alone: wiped. Shared: in `chunk`'s buffer (see above), let go.
-                    let _ = wipe_whole(older);
-                }
-            }
-            if let Err(chunk) = wipe_whole(chunk) {
-                held.push_back((origin, chunk));
+            if let Some(earlier) = last.replace(chunk) {
+                // Ours alone: wiped. Shared: a later chunk keeps its buffer (see above).
+                let _ = wipe_whole(earlier);
             }
         }
+        let Some(Err(chunk)) = last.map(wipe_whole) else {
+            return;
+        };
+        let mut held = self.held.lock();
+        if let Some(i) = held.iter().position(|(o, _)| *o == origin) {
+            if let Some((_, other)) = held.remove(i) {
+                // Ours alone: wiped. Shared: in `chunk`'s buffer (see above), let go.
+                let _ = wipe_whole(other);
+            }
+        }
+        held.push_back((origin, chunk));
         while held.len() > MAX_HELD {
             held.pop_front();
         }
@@ -415,7 +426,7 @@ impl HttpClient {
         let origin = self.residue.origin(
             resp.extensions()
                 .get::<hyper_util::client::legacy::connect::HttpInfo>()
-                .map(|info| info.local_addr()),
+                .map(|info| (info.local_addr(), info.remote_addr())),
         );
         let mut chunks = Vec::new();
         let read = Self::read_body(&mut resp, &mut body, limit, &mut chunks).await;
@@ -540,7 +551,8 @@ mod tests {
         // Two responses on one connection, one read buffer: the second one's headers lie
         // between the bodies, so their chunks do not touch. Held both, each kept the other
         // alive and the buffer was never wiped.
-        let conn = Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        let server = SocketAddr::from(([127, 0, 0, 1], 443));
+        let conn = Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40000)), server);
         let mut read_buffer = bytes::BytesMut::with_capacity(8192);
         read_buffer.extend_from_slice(&b"QUJD".repeat(1000));
         let first = vec![
@@ -560,7 +572,7 @@ mod tests {
         // Another connection's buffer is held apart.
         let (other_buffer, other) = hyper_like(&b"QUJD".repeat(750));
         residue.hold(
-            Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40001))),
+            Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40001)), server),
             other,
         );
         assert_eq!(residue.held(), 2);
@@ -569,6 +581,36 @@ mod tests {
         drop(other_buffer);
         residue.sweep();
         assert_eq!(residue.held(), 0, "both buffers wiped and freed");
+    }
+
+    #[test]
+    fn responses_held_out_of_order_keep_both_buffers_in_reach() {
+        // Response 1 ends in buffer X; hyper then moves to buffer Y for response 2, whose
+        // task holds its chunks first (hyper handed the connection on before response 1's
+        // task got its last chunk).
+        let conn = Origin::Connection(
+            SocketAddr::from(([127, 0, 0, 1], 40000)),
+            SocketAddr::from(([127, 0, 0, 1], 443)),
+        );
+        let mut x = bytes::BytesMut::with_capacity(8192);
+        x.extend_from_slice(&b"QUJD".repeat(500));
+        let first = vec![x.split_to(2000).freeze()];
+        drop(x); // hyper left X for Y
+        let mut y = bytes::BytesMut::with_capacity(8192);
+        y.extend_from_slice(&b"QUJD".repeat(500));
+        let second = vec![y.split_to(1000).freeze(), y.split_to(500).freeze()];
+        let residue = Residue::default();
+        residue.hold(conn, second);
+        assert_eq!(residue.held(), 1, "Y, which hyper reads into, is held");
+        residue.hold(conn, first);
+        assert_eq!(
+            residue.held(),
+            1,
+            "X was ours alone and wiped; Y still held"
+        );
+        drop(y);
+        residue.sweep();
+        assert_eq!(residue.held(), 0, "Y wiped once hyper let go");
     }
 
     #[test]
