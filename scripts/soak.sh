@@ -275,15 +275,15 @@ if "rss_anon_kib" in after[0]:
     files = [int(r["rss_file_kib"]) for r in after]
     print(f"soak: after {warmup} s: anonymous {min(anon)}..{max(anon)} KiB, file-backed {min(files)}..{max(files)} KiB")
 third = len(rss) // 3
-growth = max(rss[-third:]) - max(rss[:third])
-print(f"soak: highest RSS, first third after {warmup} s {max(rss[:third])} KiB, last third "
-      f"{max(rss[-third:])} KiB (growth {growth} KiB, tolerance {growth_tol})")
+thirds = [rss[:third], rss[third:-third], rss[-third:]]
+growth = max(thirds[2]) - max(thirds[0])
+print(f"soak: highest RSS, first third after {warmup} s {max(thirds[0])} KiB, last third "
+      f"{max(thirds[2])} KiB (growth {growth} KiB, tolerance {growth_tol})")
 # The floor between fills: a slow creep shows here first, where in-flight bodies do not.
 def decile(xs):
     return sorted(xs)[len(xs) // 10]
 def median(xs):
     return sorted(xs)[len(xs) // 2]
-thirds = [rss[:third], rss[third:-third], rss[-third:]]
 floor_growth = decile(thirds[2]) - decile(thirds[0])
 print("soak: RSS by thirds, lowest decile " + " -> ".join(str(decile(t)) for t in thirds)
       + " KiB, median " + " -> ".join(str(median(t)) for t in thirds)

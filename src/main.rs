@@ -5,8 +5,8 @@ use std::process::ExitCode;
 /// glibc's per-thread arenas kept the pages those small objects pinned each time a burst
 /// stretched an arena: resident memory crept up 100-190 KiB a minute in 25- and 30-minute
 /// soaks. jemalloc keeps small and large allocations apart (size-class slabs, separate
-/// extents) and returns freed pages on its own; it crept 53-85 KiB a minute, less but not
-/// yet flat (BENCHMARKS.md, "Soak").
+/// extents) and returns freed pages on its own; it crept 53-85 KiB a minute, and the rest was
+/// read buffers the HTTP residue pinned, since fixed (BENCHMARKS.md, "Soak").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -188,13 +188,10 @@ const MAX_HELD: usize = 32;
 
 /// Which connection a chunk came on: its local and remote addresses, unique among live TCP
 /// connections. A pair used again belongs to a new connection only after the old one closed
-/// and freed its buffer, so the old chunk is ours alone by then and wiped. Without them (a
-/// connector that does not say), each response counts as a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Connection(SocketAddr, SocketAddr),
-    Response(u64),
-}
+/// and freed its buffer, so the old chunk is ours alone by then and wiped. A response that
+/// does not name its connection (a connector that does not say) is held with `None`, apart
+/// from every other.
+type Connection = (SocketAddr, SocketAddr);
 
 /// Body chunks whose memory hyper still shares, held until we hold the only reference, then
 /// wiped whole.
@@ -226,24 +223,12 @@ enum Origin {
 /// or closes after [`POOL_IDLE`]), and rustls' plaintext buffers under HTTPS.
 #[derive(Default)]
 struct Residue {
-    held: parking_lot::Mutex<std::collections::VecDeque<(Origin, Bytes)>>,
-    responses: std::sync::atomic::AtomicU64,
+    held: parking_lot::Mutex<std::collections::VecDeque<(Option<Connection>, Bytes)>>,
 }
 
 impl Residue {
-    /// The origin of a response's chunks: its connection, if the response names it.
-    fn origin(&self, connection: Option<(SocketAddr, SocketAddr)>) -> Origin {
-        match connection {
-            Some((local, remote)) => Origin::Connection(local, remote),
-            None => Origin::Response(
-                self.responses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            ),
-        }
-    }
-
     /// Takes one response's chunks, in the order received, once the response is dropped.
-    fn hold(&self, origin: Origin, chunks: Vec<Bytes>) {
+    fn hold(&self, connection: Option<Connection>, chunks: Vec<Bytes>) {
         // An empty chunk holds no text and may lie in no read buffer (a static one): it must
         // not stand in for the buffer of the chunk before it.
         let mut last = None;
@@ -257,13 +242,13 @@ impl Residue {
             return;
         };
         let mut held = self.held.lock();
-        if let Some(i) = held.iter().position(|(o, _)| *o == origin) {
+        if let Some(i) = connection.and_then(|c| held.iter().position(|(o, _)| *o == Some(c))) {
             if let Some((_, other)) = held.remove(i) {
                 // Ours alone: wiped. Shared: in `chunk`'s buffer (see above), let go.
                 let _ = wipe_whole(other);
             }
         }
-        held.push_back((origin, chunk));
+        held.push_back((connection, chunk));
         while held.len() > MAX_HELD {
             held.pop_front();
         }
@@ -272,7 +257,7 @@ impl Residue {
     /// Wipes every held buffer that is ours alone now.
     fn sweep(&self) {
         let mut held = self.held.lock();
-        let still: std::collections::VecDeque<(Origin, Bytes)> = held
+        let still: std::collections::VecDeque<(Option<Connection>, Bytes)> = held
             .drain(..)
             .filter_map(|(o, c)| wipe_whole(c).err().map(|c| (o, c)))
             .collect();
@@ -423,16 +408,15 @@ impl HttpClient {
         // Read with a cap: a misbehaving server must not make us allocate without bound.
         // Sized once up front: growing would free copies of the body without wiping them.
         let mut body = self.buffers.take(limit);
-        let origin = self.residue.origin(
-            resp.extensions()
-                .get::<hyper_util::client::legacy::connect::HttpInfo>()
-                .map(|info| (info.local_addr(), info.remote_addr())),
-        );
+        let connection = resp
+            .extensions()
+            .get::<hyper_util::client::legacy::connect::HttpInfo>()
+            .map(|info| (info.local_addr(), info.remote_addr()));
         let mut chunks = Vec::new();
         let read = Self::read_body(&mut resp, &mut body, limit, &mut chunks).await;
         // Dropped first: its headers are slices of the read buffer too (see `Residue`).
         drop(resp);
-        self.residue.hold(origin, chunks);
+        self.residue.hold(connection, chunks);
         self.residue.sweep();
         read?;
         let mut out = self.buffers.take(kib as usize * BLOCK_LEN);
@@ -537,7 +521,7 @@ mod tests {
         let text = b"QUJD".repeat(750);
         let (read_buffer, chunks) = hyper_like(&text);
         let residue = Residue::default();
-        residue.hold(Origin::Response(0), chunks);
+        residue.hold(None, chunks);
         assert_eq!(residue.held(), 1, "one chunk stands for the buffer");
         residue.sweep();
         assert_eq!(residue.held(), 1, "hyper still uses the buffer");
@@ -552,7 +536,7 @@ mod tests {
         // between the bodies, so their chunks do not touch. Held both, each kept the other
         // alive and the buffer was never wiped.
         let server = SocketAddr::from(([127, 0, 0, 1], 443));
-        let conn = Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40000)), server);
+        let conn = Some((SocketAddr::from(([127, 0, 0, 1], 40000)), server));
         let mut read_buffer = bytes::BytesMut::with_capacity(8192);
         read_buffer.extend_from_slice(&b"QUJD".repeat(1000));
         let first = vec![
@@ -572,7 +556,7 @@ mod tests {
         // Another connection's buffer is held apart.
         let (other_buffer, other) = hyper_like(&b"QUJD".repeat(750));
         residue.hold(
-            Origin::Connection(SocketAddr::from(([127, 0, 0, 1], 40001)), server),
+            Some((SocketAddr::from(([127, 0, 0, 1], 40001)), server)),
             other,
         );
         assert_eq!(residue.held(), 2);
@@ -588,10 +572,10 @@ mod tests {
         // Response 1 ends in buffer X; hyper then moves to buffer Y for response 2, whose
         // task holds its chunks first (hyper handed the connection on before response 1's
         // task got its last chunk).
-        let conn = Origin::Connection(
+        let conn = Some((
             SocketAddr::from(([127, 0, 0, 1], 40000)),
             SocketAddr::from(([127, 0, 0, 1], 443)),
-        );
+        ));
         let mut x = bytes::BytesMut::with_capacity(8192);
         x.extend_from_slice(&b"QUJD".repeat(500));
         let first = vec![x.split_to(2000).freeze()];
