@@ -21,17 +21,17 @@ use clap_mangen::roff::{Roff, bold, roman};
 use flate2::{Compression, GzBuilder};
 
 #[allow(dead_code)]
-#[path = "src/cli/args.rs"]
+#[path = "src/session/cli/args.rs"]
 mod args;
 #[allow(dead_code)]
-#[path = "src/cli/manual.rs"]
+#[path = "src/session/cli/manual.rs"]
 mod manual;
 
 /// The folder next to the binaries that `[package.metadata.deb]` names.
 const ASSETS_DIR: &str = "qrypt-fs-assets";
 
 fn main() {
-    for path in ["build.rs", "src/cli"] {
+    for path in ["build.rs", "src/session/cli"] {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=QRYPT_FS_GIT_COMMIT");

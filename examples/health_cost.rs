@@ -52,7 +52,7 @@ fn main() {
         "  of which most-common-value (bytes and differences): {:.3} s CPU per GiB",
         per_gib(cpu_time() - start, data.len())
     );
-    let anchors = qrypt_fs::health::replay::Anchors::new(qrypt_fs::sys::random_u64());
+    let anchors = qrypt_fs::health::replay::Anchors::new(qrypt_fs::random_u64());
     let mut memory = qrypt_fs::health::replay::ReplayMemory::default();
     let mut found = Vec::new();
     let start = cpu_time();

@@ -19,8 +19,8 @@ use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenAccMode,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
-use qrypt_fs::fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
-use qrypt_fs::fuse::config::{FuseOptions, fuse_config};
+use qrypt_fs::{FuseOptions, fuse_config};
+use qrypt_fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// The largest read FUSE hands a filesystem (256 pages).

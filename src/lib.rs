@@ -1,34 +1,31 @@
 //! qrypt-fs: quantum entropy from Qrypt's Entropy-as-a-Service API behind a FUSE file.
 //!
-//! Layers, each readable on its own (see ARCHITECTURE.md): [`upstream`] (client trait, HTTP
-//! client, validation), [`health`], [`pool`] (ring + waiting readers), [`prefetch`] (worker),
-//! [`fs`] (the filesystem), [`fuse`] (fuser adapter, mount options), [`session`] (one mount's
-//! threads and shutdown order), [`cli`]/[`app`] (wiring).
-//! The API's contract is in the `qrypt-api` crate; its emulator is the `qrypt-emulator` crate.
-pub mod app;
-pub mod budget;
-pub mod cli;
-pub mod daemon;
-pub mod first_contact;
-pub mod fs;
-pub mod fuse;
-pub mod health;
-pub mod log_limit;
-pub mod logging;
-pub mod pacing_wait;
-pub mod pool;
-pub mod prefetch;
-pub mod preflight;
-pub mod read_origin;
-pub mod refusal_pacer;
-pub mod requester;
-pub mod session;
-pub mod signals;
-pub mod size;
-pub mod status;
-pub mod sys;
-pub mod token;
-pub mod unsupported;
-pub mod upstream;
-pub mod waitwatch;
-pub mod watchdog;
+//! One folder per layer, from the network up (ARCHITECTURE.md draws them): `upstream`
+//! fetches and validates; `refill` keeps the pool topped up (health tests, pacing), steered by
+//! `state_machine` and `budget`; `pool` holds the bytes and the waiting reads; `read_guard`
+//! decides whether a READ may be served; `fs` is the filesystem and its fuser adapter;
+//! `status` renders what everything reports; `session` is the process's life, from the
+//! command line to an orderly stop. The API's contract is the `qrypt-api` crate; its emulator
+//! the `qrypt-emulator` crate.
+//!
+//! The public surface is what the binary, the tests and the benchmarks use.
+mod budget;
+mod fs;
+mod pool;
+mod read_guard;
+mod refill;
+mod session;
+mod state_machine;
+mod status;
+mod sys;
+mod upstream;
+
+pub use fs::mount_options::{FuseOptions, fuse_config};
+pub use fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
+pub use refill::FIRST_REQUEST_KIB;
+/// The health tests, public for their cost benchmark (`examples/health_cost.rs`).
+pub use refill::health;
+pub use session::background::{harden_process, on_serving};
+pub use session::cli::parse as parse_args;
+pub use session::run::{main as run, message as error_message};
+pub use sys::random_u64;

@@ -26,17 +26,17 @@ fn start_purging() {
 }
 
 fn main() -> ExitCode {
-    qrypt_fs::daemon::harden_process();
-    qrypt_fs::daemon::on_serving(start_purging);
+    qrypt_fs::harden_process();
+    qrypt_fs::on_serving(start_purging);
     // Usage errors exit 2 with clap's message; --help and --version exit 0.
-    let opts = match qrypt_fs::cli::parse(std::env::args_os()) {
+    let opts = match qrypt_fs::parse_args(std::env::args_os()) {
         Ok(o) => o,
         Err(e) => e.exit(),
     };
-    match qrypt_fs::app::main(opts) {
+    match qrypt_fs::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qrypt-fs: {}", qrypt_fs::app::message(&e));
+            eprintln!("qrypt-fs: {}", qrypt_fs::error_message(&e));
             ExitCode::FAILURE
         }
     }

@@ -562,7 +562,7 @@ fn openssl_rand_with_rand_file_terminates() {
     // It read the file "to its size" and stopped.
     let served = m.status_u64("served_bytes");
     assert!(
-        (qrypt_fs::fs::RANDOM_FILE_SIZE..=16 * 4096).contains(&served),
+        (qrypt_fs::RANDOM_FILE_SIZE..=16 * 4096).contains(&served),
         "served {served}"
     );
     let mut out = String::new();

@@ -264,7 +264,7 @@ fn directory_attributes_and_read_only() {
     let md = std::fs::metadata(m.random()).expect("stat");
     assert!(md.is_file());
     assert_eq!(md.permissions().mode() & 0o7777, 0o444);
-    assert_eq!(md.size(), qrypt_fs::fs::RANDOM_FILE_SIZE);
+    assert_eq!(md.size(), qrypt_fs::RANDOM_FILE_SIZE);
     let err = |r: std::io::Result<()>| r.expect_err("must fail").raw_os_error();
     assert_eq!(
         err(std::fs::OpenOptions::new()

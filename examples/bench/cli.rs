@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use qrypt_fs::size::parse_size;
+use qrypt_api::parse_size;
 
 #[derive(Parser)]
 #[command(name = "bench", about = "Measurements for scripts/bench.sh")]

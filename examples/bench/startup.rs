@@ -64,7 +64,7 @@ pub fn startup(
 
         // Baseline: one round trip for what qrypt-fs asks first, then mounting a null FS.
         let t0 = Instant::now();
-        let first = qrypt_fs::prefetch::FIRST_REQUEST_KIB;
+        let first = qrypt_fs::FIRST_REQUEST_KIB;
         let (code, body_len) = http::entropy(&client, endpoint, token, first)?;
         let rtt = t0.elapsed();
         if code != 200 || body_len < first as usize * qrypt_api::BLOCK_LEN {

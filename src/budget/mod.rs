@@ -22,8 +22,8 @@ mod spec;
 mod store;
 
 pub use ledger::{Exhausted, Spend};
-pub use report::{BudgetReport, CapReport};
-pub use spec::{Cap, MIN_CAP, Period, merge_caps, parse_budget};
+pub use report::BudgetReport;
+pub use spec::{Cap, Period, merge_caps};
 pub use store::{StateFile, StoreError, default_state_dir};
 
 /// Unix seconds now. Injected so tests can cross a renewal without waiting for it.
@@ -146,10 +146,6 @@ impl Budget {
             clock,
             cache: Mutex::new(spend),
         }
-    }
-
-    pub fn caps(&self) -> &[Cap] {
-        &self.caps
     }
 
     pub fn state_file(&self) -> Option<&std::path::Path> {

@@ -3,7 +3,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::size::parse_size;
+use qrypt_api::parse_size;
 
 /// A calendar period in UTC. A budget renews at the start of the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use fuser::{FileType, FopenFlags, OpenFlags};
 
 use super::*;
-use crate::prefetch::{PrefetchConfig, Prefetcher};
+use crate::refill::{PrefetchConfig, Prefetcher};
 use crate::status::{StaticInfo, Status};
 use crate::upstream::mock::MockClient;
 

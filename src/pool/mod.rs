@@ -186,6 +186,7 @@ impl Pool {
         }
     }
 
+    #[cfg(test)]
     pub fn served_bytes(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
     }

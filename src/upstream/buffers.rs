@@ -51,6 +51,7 @@ impl Buffers {
     }
 
     /// Free buffers kept now.
+    #[cfg(test)]
     pub fn kept(&self) -> usize {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

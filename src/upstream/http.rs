@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use super::buffers::Buffers;
 use super::validate::{self, ValidationError};
 use super::{BLOCK_LEN, Entropy, EntropyClient, FetchError, MAX_KIB_PER_REQUEST};
-use crate::token::Token;
+use crate::upstream::token::Token;
 
 /// The entropy path, which qrypt-fs adds to the base URL.
 const API_PATH: &str = qrypt_api::ENTROPY_PATH;
@@ -484,11 +484,6 @@ impl EntropyClient for HttpClient {
     fn replace_token(&self, token: Token) {
         *self.auth.write() = bearer(&token);
     }
-}
-
-/// For messages: an I/O error about a path.
-pub fn io_context(path: &Path, e: io::Error) -> String {
-    format!("{}: {e}", path.display())
 }
 
 /// `Retry-After` in either form RFC 9110 allows: delay-seconds, or an HTTP-date (a date in

@@ -1,17 +1,18 @@
 //! The upstream: something that hands out validated entropy in whole KiB.
 //!
 //! [`EntropyClient`] is the seam between the prefetcher and the network: [`http::HttpClient`]
-//! talks to Qrypt (or the emulator); `mock` has in-memory clients for unit tests
-//! (compiled for tests, or with the `mock` feature).
+//! talks to Qrypt (or the emulator); `mock` has in-memory clients for unit tests. [`token`]
+//! keeps the secret that authorises each request.
 use std::future::Future;
 use std::time::Duration;
 
-use crate::token::Token;
+use token::Token;
 
 pub mod buffers;
 pub mod http;
-#[cfg(any(test, feature = "mock"))]
+#[cfg(test)]
 pub mod mock;
+pub mod token;
 pub mod validate;
 
 /// The API's per-request limit (KiB) and the bytes in one block of its `random` array.

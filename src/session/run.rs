@@ -1,0 +1,361 @@
+//! The program after argument parsing: check everything that can be checked on the terminal,
+//! go to the background, set up logging and the HTTP client, then run a [`Session`].
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
+use crate::fs::mount_options::FuseOptions;
+use crate::refill::PrefetchConfig;
+use crate::refill::first_answer::FirstAnswerCell;
+use crate::session::background::{self, Ready};
+use crate::session::cli::Options;
+use crate::session::logging::{self, LogTarget};
+use crate::session::mount::{MountConfig, Session, StartupCheck};
+use crate::status::StaticInfo;
+use crate::upstream::http::{HttpClient, HttpConfig, parse_endpoint, read_ca_file};
+use crate::upstream::token;
+
+/// Checks a mount point before anything else, so a stale mount gets a useful message.
+pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let stale = || {
+        anyhow::anyhow!(
+            "{} is a stale FUSE mount (the daemon that served it is gone). \
+             Recover with `umount -l {}` (or `fusermount3 -uz {}`), then mount again",
+            path.display(),
+            path.display(),
+            path.display()
+        )
+    };
+    let context = || format!("mount point {}", path.display());
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Err(stale()),
+        other => other.with_context(context)?,
+    };
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", path.display());
+    }
+    let abs = std::fs::canonicalize(path).with_context(context)?;
+    if let Some(why) = kernel_filesystem(&abs) {
+        bail!(
+            "mount point {} is {why}: refused (mount on an ordinary directory such as \
+             /mnt/qrypt)",
+            path.display()
+        );
+    }
+    if is_fuse_mount(&abs) {
+        // stat may be answered from the kernel's attribute cache; statfs always asks the
+        // daemon, so it tells a dead one.
+        if nix::sys::statfs::statfs(&abs).err() == Some(nix::errno::Errno::ENOTCONN) {
+            return Err(stale());
+        }
+        bail!(
+            "{} is already a FUSE mount point; unmount it first (umount {})",
+            abs.display(),
+            abs.display()
+        );
+    }
+    Ok(abs)
+}
+
+/// Why `abs` (canonical) is no place for a mount: it lies under /proc or /sys, or on one of
+/// the kernel's own filesystems wherever that is mounted (a mount there would hide or shadow
+/// the kernel's interfaces that other programs rely on).
+fn kernel_filesystem(abs: &Path) -> Option<String> {
+    for root in ["/proc", "/sys"] {
+        if abs.starts_with(root) {
+            return Some(format!("under {root}"));
+        }
+    }
+    // statfs(2) f_type magic numbers (linux/magic.h).
+    const KERNEL_FS: [(i64, &str); 10] = [
+        (0x9fa0, "proc"),
+        (0x6265_6572, "sysfs"),
+        (0x0027_e0eb, "cgroup"),
+        (0x6367_7270, "cgroup2"),
+        (0x6462_6720, "debugfs"),
+        (0x7472_6163, "tracefs"),
+        (0x7363_6673, "securityfs"),
+        (0xcafe_4a11, "bpf"),
+        (0x6265_6570, "configfs"),
+        (0xde5e_81e4, "efivarfs"),
+    ];
+    let fs = nix::sys::statfs::statfs(abs).ok()?;
+    let magic = fs.filesystem_type().0 as i64;
+    KERNEL_FS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| format!("on the kernel's {name} filesystem"))
+}
+
+fn is_fuse_mount(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    mounts.lines().any(|l| {
+        let mut f = l.split(' ');
+        let (_, mp, ty) = (f.next(), f.next(), f.next());
+        // /proc/mounts escapes spaces as \040.
+        mp.map(|m| m.replace("\\040", " ")) == Some(target.to_string())
+            && ty.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+    })
+}
+
+/// The whole program after argument parsing.
+pub fn main(opts: Options) -> anyhow::Result<()> {
+    // Everything that can be checked is checked before going to the background, so mistakes
+    // are reported on the terminal.
+    let (token, token_source) = token::load(opts.token_file.as_deref())?;
+    let endpoint = parse_endpoint(&opts.endpoint)?;
+    let extra_ca_pem = opts.ca_cert.as_deref().map(read_ca_file).transpose()?;
+    let mountpoint = check_mountpoint(&opts.mountpoint)?;
+    crate::session::check_local::fuse_access(
+        nix::unistd::geteuid().is_root(),
+        Path::new(crate::session::check_local::DEV_FUSE),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Printed now, on the terminal that started us; also logged once logging is set up.
+    let mut warnings: Vec<String> = [
+        opts.token_file
+            .as_deref()
+            .and_then(crate::session::check_local::token_file_warning),
+        crate::session::check_local::mountpoint_warning(&mountpoint),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for w in &warnings {
+        eprintln!("qrypt-fs: warning: {w}");
+    }
+    let token_file = match &opts.token_file {
+        // Absolute (we change directory to /), but not canonical: a symlink in the path is
+        // followed at each read, so pointing it elsewhere (a rotated secret) is seen.
+        Some(p) => Some(std::path::absolute(p).with_context(|| p.display().to_string())?),
+        None => None,
+    };
+    let log_file = opts
+        .log_file
+        .as_deref()
+        .map(logging::open_log_file)
+        .transpose()?;
+    let budget = open_budget(&opts, &shown_endpoint(&endpoint), token_file.as_deref())?;
+    // A spent budget sends nothing, so there is no first answer to wait for.
+    let spent = budget.exhausted_now().map(|e| {
+        let caps = e
+            .caps
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let w = format!(
+            "budget {caps} already spent: mounted, but reads that would wait get EIO until it \
+             renews in {}s",
+            e.renews_at.saturating_sub(budget.now())
+        );
+        eprintln!("qrypt-fs: warning: {w}");
+        warnings.push(w);
+    });
+
+    let mut ready = if opts.foreground {
+        Ready::foreground()
+    } else {
+        background::daemonize().context("cannot go to the background")?
+    };
+    let result = (|| {
+        // Registered before any other thread exists, so no thread dies of a default action.
+        let signals =
+            Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+        let target = match (log_file, opts.foreground) {
+            (Some(p), _) => LogTarget::File(p),
+            (None, true) => LogTarget::Stderr,
+            (None, false) => LogTarget::Syslog,
+        };
+        logging::init(target, opts.verbose)?;
+        background::serving();
+        if !opts.foreground {
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        if opts.reset_budget {
+            if let Some(path) = budget.state_file() {
+                tracing::warn!(
+                    "--reset-budget: the spend recorded in {} starts again from zero",
+                    path.display()
+                );
+            }
+        }
+        let client = HttpClient::new(
+            &HttpConfig {
+                endpoint: endpoint.clone(),
+                extra_ca_pem,
+                connect_timeout: opts.connect_timeout,
+                request_timeout: opts.request_timeout,
+                max_idle_connections: opts.max_in_flight,
+            },
+            &token,
+        )?;
+        drop(token);
+        let api_url = client.url().to_string();
+        let first_answer = Arc::new(FirstAnswerCell::default());
+        let startup = opts
+            .startup_timeout
+            .filter(|_| spent.is_none())
+            .map(|timeout| StartupCheck {
+                first_answer: first_answer.clone(),
+                timeout,
+                endpoint: shown_endpoint(&endpoint).trim_end_matches('/').to_owned(),
+                api_url,
+                token_source: match &opts.token_file {
+                    Some(p) => std::path::absolute(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string(),
+                    None => token::TOKEN_ENV.to_owned(),
+                },
+            });
+        let cfg = MountConfig {
+            mountpoint,
+            fuse: FuseOptions {
+                fsname: opts.source.clone().unwrap_or_else(|| "qrypt".into()),
+                subtype: "qrypt-fs".into(),
+                allow_other: opts.allow_other,
+                allow_root: opts.allow_root,
+                default_permissions: opts.default_permissions,
+            },
+            buffer_size: opts.buffer_size,
+            read_timeout: opts.read_timeout,
+            info: StaticInfo {
+                endpoint: shown_endpoint(&endpoint),
+                token_source: token_source.to_string(),
+                capacity: opts.buffer_size,
+                mix_local: opts.mix_local,
+                rate_limit: opts.rate_limit.map_or("off".into(), |r| {
+                    format!("{}/{}s", r.requests, r.window.as_secs_f64())
+                }),
+            },
+            prefetch: prefetch_config(&opts, token_file, budget, first_answer.clone()),
+            startup,
+        };
+        Session::mount(cfg, Arc::new(client), &mut ready, signals)
+    })();
+    match result {
+        Ok(session) => session.run(),
+        Err(e) => {
+            // Kept in the log too, unless the log is the terminal that prints it below.
+            if !(opts.foreground && opts.log_file.is_none()) {
+                tracing::error!("{}", message(&e));
+            }
+            ready.failed(&message(&e));
+            Err(e)
+        }
+    }
+}
+
+/// The error and its causes on one line, `outer: inner: ...`, each said once: a library error
+/// whose message already includes its source's is not followed by that source again.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Opens the budget's state (an unusable one is an error now, on the terminal). Keyed by the
+/// endpoint and where the token comes from (a token file by its canonical path), never by
+/// the token itself.
+fn open_budget(
+    opts: &Options,
+    endpoint: &str,
+    token_file: Option<&Path>,
+) -> anyhow::Result<Arc<Budget>> {
+    if opts.budget.is_empty() {
+        return Ok(Arc::new(Budget::unlimited()));
+    }
+    let state_dir = match &opts.state_dir {
+        Some(d) => std::path::absolute(d).with_context(|| d.display().to_string())?,
+        None => default_state_dir().map_err(anyhow::Error::msg)?,
+    };
+    let token_source = match token_file {
+        Some(p) => format!("file {}", p.display()),
+        None => token::TokenSource::Environment.to_string(),
+    };
+    let budget = Budget::open(
+        &BudgetConfig {
+            caps: opts.budget.clone(),
+            state_dir,
+            endpoint: endpoint.to_owned(),
+            token_source,
+            reset: opts.reset_budget,
+        },
+        system_clock(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(budget))
+}
+
+/// The prefetcher's settings from the command line.
+fn prefetch_config(
+    opts: &Options,
+    token_file: Option<PathBuf>,
+    budget: Arc<Budget>,
+    first_answer: Arc<FirstAnswerCell>,
+) -> PrefetchConfig {
+    let mut prefetch = PrefetchConfig::for_capacity(opts.buffer_size);
+    prefetch.rate_limit = opts.rate_limit;
+    prefetch.max_in_flight = opts.max_in_flight;
+    prefetch.quota_retry = opts.quota_retry;
+    prefetch.backoff_cap = opts.max_backoff;
+    prefetch.backoff_base = prefetch.backoff_base.min(opts.max_backoff);
+    prefetch.mix_local = opts.mix_local;
+    prefetch.token_file = token_file;
+    prefetch.budget = budget;
+    prefetch.first_answer = Some(first_answer);
+    prefetch
+}
+
+/// The endpoint as `/status` shows it: without any user or password in the URL.
+fn shown_endpoint(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::new(token::TokenError::Read {
+            path: "/t".into(),
+            source: io,
+        })
+        .context("outer");
+        assert_eq!(
+            message(&e),
+            "outer: cannot read token file /t: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn status_never_shows_url_credentials() {
+        let url = url::Url::parse("https://user:secret@api.example/x").expect("url");
+        assert_eq!(shown_endpoint(&url), "https://api.example/x");
+    }
+}
