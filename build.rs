@@ -24,6 +24,9 @@ use flate2::{Compression, GzBuilder};
 #[path = "src/session/cli/args.rs"]
 mod args;
 #[allow(dead_code)]
+#[path = "src/status/fields.rs"]
+mod fields;
+#[allow(dead_code)]
 #[path = "src/session/cli/manual.rs"]
 mod manual;
 
@@ -31,7 +34,7 @@ mod manual;
 const ASSETS_DIR: &str = "qrypt-fs-assets";
 
 fn main() {
-    for path in ["build.rs", "src/session/cli"] {
+    for path in ["build.rs", "src/session/cli", "src/status/fields.rs"] {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=QRYPT_FS_GIT_COMMIT");
@@ -200,9 +203,36 @@ fn man_page(cmd: clap::Command) -> io::Result<Vec<u8>> {
             }
         }
     }
+    status_fields(&mut roff);
     roff.to_writer(&mut buf)?;
     man.render_version_section(&mut buf)?;
     Ok(buf)
+}
+
+/// The STATUS FIELDS section, from the status layer's one field table: each key with its
+/// unit, its help, and the series `/metrics` shows it as.
+fn status_fields(roff: &mut Roff) {
+    roff.control("SH", ["STATUS FIELDS"]);
+    roff.control("PP", []);
+    roff.text([roman(
+        "The keys of MOUNTPOINT/status and MOUNTPOINT/status.json (one set, in this order); \
+         PERIOD is hour, day or month. Times are RFC 3339 (UTC) in status and Unix seconds in \
+         status.json; none (null) when unknown. MOUNTPOINT/metrics shows each as the series \
+         named after it.",
+    )]);
+    for field in fields::FIELDS {
+        roff.control("TP", []);
+        roff.text([bold(field.key.replace("{period}", "PERIOD"))]);
+        let unit = match field.unit {
+            "" => String::new(),
+            unit => format!(" Unit: {unit}."),
+        };
+        let metric = match field.kind {
+            fields::Kind::Info => "a label of qrypt_fs_info".to_owned(),
+            _ => format!("qrypt_fs_{}", fields::metric_name(field)),
+        };
+        roff.text([roman(format!("{}{unit} Metric: {metric}.", field.help))]);
+    }
 }
 
 /// Leaves an unchanged file alone, so its mtime says when its content last changed.

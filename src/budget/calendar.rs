@@ -1,31 +1,31 @@
 //! Calendar periods in UTC, on Unix seconds: where the one holding an instant starts, and
 //! where the next one starts. Pure arithmetic, so tests can stand at any instant.
+use time::{Date, Month, OffsetDateTime};
+
 use super::Period;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 86_400;
 
-/// (year, month 1-12) of the day `days` after 1970-01-01 (H. Hinnant's civil_from_days).
-fn civil_from_days(days: i64) -> (i64, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m as u32)
-}
-
-/// Days from 1970-01-01 to the first of (year, month) (H. Hinnant's days_from_civil).
-fn days_from_civil(year: i64, month: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Unix time of the first of the month holding `t`, or of the month after it (`next`), in
+/// UTC. Past the calendar's range (year 9999): `u64::MAX`, a renewal that never comes.
+fn month_start(t: u64, next: bool) -> u64 {
+    let Some(date) = i64::try_from(t)
+        .ok()
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+        .map(OffsetDateTime::date)
+    else {
+        return u64::MAX;
+    };
+    let (year, month) = match (next, date.month()) {
+        (false, m) => (date.year(), m),
+        (true, Month::December) => (date.year() + 1, Month::January),
+        (true, m) => (date.year(), m.next()),
+    };
+    Date::from_calendar_date(year, month, 1)
+        .ok()
+        .and_then(|d| u64::try_from(d.midnight().assume_utc().unix_timestamp()).ok())
+        .unwrap_or(u64::MAX)
 }
 
 impl Period {
@@ -34,10 +34,7 @@ impl Period {
         match self {
             Period::Hour => t - t % HOUR,
             Period::Day => t - t % DAY,
-            Period::Month => {
-                let (y, m) = civil_from_days((t / DAY) as i64);
-                (days_from_civil(y, m).max(0) as u64) * DAY
-            }
+            Period::Month => month_start(t, false),
         }
     }
 
@@ -46,11 +43,7 @@ impl Period {
         match self {
             Period::Hour => self.start_of(t).saturating_add(HOUR),
             Period::Day => self.start_of(t).saturating_add(DAY),
-            Period::Month => {
-                let (y, m) = civil_from_days((t / DAY) as i64);
-                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                (days_from_civil(y, m).max(0) as u64) * DAY
-            }
+            Period::Month => month_start(t, true),
         }
     }
 }
@@ -76,7 +69,11 @@ mod tests {
 
     #[test]
     fn months_of_every_length() {
-        let day = |y: i64, m: u32, d: u64| days_from_civil(y, m) as u64 * DAY + (d - 1) * DAY;
+        let day = |y: i32, m: u8, d: u8| {
+            let month = Month::try_from(m).expect("month");
+            let date = Date::from_calendar_date(y, month, d).expect("date");
+            date.midnight().assume_utc().unix_timestamp() as u64
+        };
         assert_eq!(day(2026, 11, 28), T - 12 * 3600);
         assert_eq!(Period::Month.start_of(T), day(2026, 11, 1));
         assert_eq!(Period::Month.next_start(T), day(2026, 12, 1));

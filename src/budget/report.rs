@@ -1,12 +1,9 @@
-//! The budget as `/status`, `/status.json` and `/metrics` show it.
-use std::fmt::Write as _;
-
-use serde::Serialize;
-
+//! The budget as `/status`, `/status.json` and `/metrics` show it: what each cap allows,
+//! what was spent, and when it renews (the status layer renders it).
 use super::{Cap, Period, Spend, human_bytes};
 
 /// One cap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapReport {
     pub period: Period,
     pub limit_bytes: u64,
@@ -18,17 +15,13 @@ pub struct CapReport {
 
 /// Every cap, and the spend of the current day and month (shown even without a cap, so an
 /// operator can alert before Qrypt answers 403).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BudgetReport {
-    #[serde(rename = "budget")]
     pub caps: Vec<CapReport>,
     pub spent_day_bytes: u64,
     pub spent_month_bytes: u64,
-    #[serde(skip)]
     pub day_renews_at: u64,
-    #[serde(skip)]
     pub month_renews_at: u64,
-    #[serde(rename = "budget_state_file")]
     pub state_file: Option<String>,
 }
 
@@ -68,28 +61,9 @@ impl BudgetReport {
             .join(" ")
     }
 
-    /// `key: value` lines; `time` formats a Unix time.
-    pub fn write_text(&self, s: &mut String, time: impl Fn(u64) -> String) {
-        let _ = writeln!(s, "budget: {}", self.summary());
-        for c in &self.caps {
-            let p = c.period;
-            let _ = writeln!(s, "budget_{p}_limit_bytes: {}", c.limit_bytes);
-            let _ = writeln!(s, "budget_{p}_spent_bytes: {}", c.spent_bytes);
-            let _ = writeln!(s, "budget_{p}_remaining_bytes: {}", c.remaining_bytes);
-            let _ = writeln!(s, "budget_{p}_renews_at: {}", time(c.renews_at));
-        }
-        let _ = writeln!(s, "spent_day_bytes: {}", self.spent_day_bytes);
-        let _ = writeln!(s, "spent_month_bytes: {}", self.spent_month_bytes);
-        let _ = writeln!(
-            s,
-            "budget_state_file: {}",
-            self.state_file.as_deref().unwrap_or("none")
-        );
-    }
-
-    /// Prometheus families `qrypt_fs_budget_*`, labelled by period. Spend and renewal are
-    /// given for every capped period and always for the day and the month.
-    pub fn write_prometheus(&self, s: &mut String) {
+    /// (period, spent, renewal) for each capped period and always for the day and the
+    /// month, in period order.
+    pub fn periods(&self) -> Vec<(Period, u64, u64)> {
         let mut periods: Vec<(Period, u64, u64)> = self
             .caps
             .iter()
@@ -104,39 +78,7 @@ impl BudgetReport {
             }
         }
         periods.sort_by_key(|(p, _, _)| *p);
-        let mut family = |name: &str, help: &str, values: Vec<(Period, u64)>| {
-            let _ = writeln!(s, "# HELP qrypt_fs_{name} {help}");
-            let _ = writeln!(s, "# TYPE qrypt_fs_{name} gauge");
-            for (p, v) in values {
-                let _ = writeln!(s, "qrypt_fs_{name}{{period=\"{p}\"}} {v}");
-            }
-        };
-        family(
-            "budget_limit_bytes",
-            "The --budget cap per calendar period (UTC).",
-            self.caps
-                .iter()
-                .map(|c| (c.period, c.limit_bytes))
-                .collect(),
-        );
-        family(
-            "budget_spent_bytes",
-            "Bytes requested from the upstream in the current period (UTC), rejected ones included.",
-            periods.iter().map(|(p, spent, _)| (*p, *spent)).collect(),
-        );
-        family(
-            "budget_remaining_bytes",
-            "Bytes the cap still allows in the current period.",
-            self.caps
-                .iter()
-                .map(|c| (c.period, c.remaining_bytes))
-                .collect(),
-        );
-        family(
-            "budget_renews_timestamp_seconds",
-            "Unix time at which the period's count starts over.",
-            periods.iter().map(|(p, _, r)| (*p, *r)).collect(),
-        );
+        periods
     }
 }
 
@@ -164,39 +106,18 @@ mod tests {
         ];
         let r = BudgetReport::new(&caps, &spend, T);
         assert_eq!(r.summary(), "50M/hour 1G/month");
-        let mut text = String::new();
-        r.write_text(&mut text, |t| t.to_string());
-        assert!(text.starts_with("budget: 50M/hour 1G/month\n"), "{text}");
-        assert!(
-            text.contains("budget_hour_remaining_bytes: 49283072\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("budget_hour_renews_at: {}\n", T + 3600)),
-            "{text}"
-        );
-        assert!(text.contains("spent_day_bytes: 3145728\n"), "{text}");
-        assert!(text.contains("budget_state_file: none\n"), "{text}");
-        let mut prom = String::new();
-        r.write_prometheus(&mut prom);
-        for line in [
-            "qrypt_fs_budget_limit_bytes{period=\"hour\"} 52428800\n",
-            "qrypt_fs_budget_limit_bytes{period=\"month\"} 1073741824\n",
-            "qrypt_fs_budget_spent_bytes{period=\"hour\"} 3145728\n",
-            "qrypt_fs_budget_spent_bytes{period=\"day\"} 3145728\n",
-            "qrypt_fs_budget_spent_bytes{period=\"month\"} 3145728\n",
-            "qrypt_fs_budget_renews_timestamp_seconds{period=\"day\"} 1795910400\n",
-        ] {
-            assert!(prom.contains(line), "{line}: {prom}");
-        }
-        assert!(!prom.contains("limit_bytes{period=\"day\"}"));
-        let json = serde_json::to_value(&r).expect("json");
-        assert_eq!(json["budget"][0]["period"], "hour");
+        assert_eq!(r.caps[0].remaining_bytes, 49_283_072);
+        assert_eq!(r.caps[0].renews_at, T + 3600);
+        assert_eq!(r.caps[1].remaining_bytes, (1u64 << 30) - (3 << 20));
+        // Spend and renewal for each cap, and always for the day and the month.
         assert_eq!(
-            json["budget"][1]["remaining_bytes"],
-            (1u64 << 30) - (3 << 20)
+            r.periods(),
+            vec![
+                (Period::Hour, 3 << 20, T + 3600),
+                (Period::Day, 3 << 20, 1_795_910_400),
+                (Period::Month, 3 << 20, Period::Month.next_start(T)),
+            ]
         );
-        assert_eq!(json["spent_month_bytes"], 3 << 20);
         let off = BudgetReport::new(&[], &spend, T);
         assert_eq!(off.summary(), "off");
     }

@@ -2,15 +2,15 @@
 //! `/status.json`, `/metrics`. Nothing here decides a state: the prefetcher publishes the
 //! state machine's [`View`] (see [`crate::state_machine`]) and the daemon says when it stops.
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 
+pub mod fields;
 pub mod pacing_wait;
+mod render;
 pub mod view;
 
 use crate::budget::{Budget, BudgetReport};
@@ -66,8 +66,8 @@ pub struct Status {
     mutable: Mutex<Mutable>,
 }
 
-/// One consistent picture, rendered three ways.
-#[derive(Debug, Clone, Serialize)]
+/// One consistent picture, rendered three ways (see [`fields`]).
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub state: &'static str,
     pub buffered_bytes: u64,
@@ -100,7 +100,6 @@ pub struct Snapshot {
     pub rate_limited_until: Option<f64>,
     /// Seconds readers spent waiting while the client's pacing held requests back.
     pub pacing_wait_seconds: f64,
-    #[serde(flatten)]
     pub budget: BudgetReport,
     pub uptime_seconds: u64,
 }
@@ -297,310 +296,9 @@ impl Status {
     }
 }
 
-/// A Prometheus label value: backslash, double quote and newline escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn rfc3339(secs: u64) -> String {
-    // Civil-from-days (H. Hinnant), UTC; avoids a date crate for one timestamp format.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-impl Snapshot {
-    /// `key: value` lines.
-    pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        let mut line = |k: &str, v: &dyn std::fmt::Display| {
-            let _ = writeln!(s, "{k}: {v}");
-        };
-        line("state", &self.state);
-        line("buffered_bytes", &self.buffered_bytes);
-        line("capacity_bytes", &self.capacity_bytes);
-        line("buffer_fill_percent", &self.buffer_fill_percent);
-        line("served_bytes", &self.served_bytes);
-        line("fetched_bytes", &self.fetched_bytes);
-        line("discarded_bytes", &self.discarded_bytes);
-        line("requests_ok", &self.requests_ok);
-        line("requests_failed", &self.requests_failed);
-        line("consecutive_failures", &self.consecutive_failures);
-        line(
-            "next_attempt_in_seconds",
-            &self
-                .next_attempt_in_seconds
-                .map_or("none".to_owned(), |v| format!("{v:.1}")),
-        );
-        line("waiting_readers", &self.waiting_readers);
-        let failures = if self.failures.is_empty() {
-            "none".to_owned()
-        } else {
-            self.failures
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        line("failures", &failures);
-        let last = match (&self.last_error, self.last_error_at) {
-            (Some(e), Some(t)) => format!("{} {e}", rfc3339(t)),
-            _ => "none".to_owned(),
-        };
-        line("last_error", &last);
-        line(
-            "last_success",
-            &self.last_success_at.map_or("none".to_owned(), rfc3339),
-        );
-        line(
-            "memory_locked",
-            &if self.memory_locked { "yes" } else { "no" },
-        );
-        line("locked_bytes", &self.locked_bytes);
-        line(
-            "mix_local",
-            &if self.mix_local {
-                "on (output = Qrypt XOR getrandom)"
-            } else {
-                "off"
-            },
-        );
-        line("endpoint", &self.endpoint);
-        line("token_source", &self.token_source);
-        line(
-            "token_error",
-            &self.token_error.as_deref().unwrap_or("none"),
-        );
-        line("rate_limit", &self.rate_limit);
-        line(
-            "rate_allowance",
-            &self
-                .rate_allowance
-                .map_or("none".to_owned(), |r| r.to_string()),
-        );
-        line(
-            "rate_limited_until",
-            &self.rate_limited_until.map_or("none".to_owned(), |t| {
-                let ms = (t * 1000.0) as u64;
-                rfc3339(ms / 1000).replace('Z', &format!(".{:03}Z", ms % 1000))
-            }),
-        );
-        line(
-            "pacing_wait_seconds",
-            &format!("{:.1}", self.pacing_wait_seconds),
-        );
-        self.budget.write_text(&mut s, rfc3339);
-        let _ = writeln!(s, "uptime_seconds: {}", self.uptime_seconds);
-        s
-    }
-
-    /// One JSON object; integers as numbers.
-    pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_owned());
-        s.push('\n');
-        s
-    }
-
-    /// Prometheus text exposition format.
-    pub fn to_prometheus(&self) -> String {
-        let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(s, "# HELP qrypt_fs_{name} {help}");
-            let _ = writeln!(s, "# TYPE qrypt_fs_{name} {kind}");
-            let _ = writeln!(s, "qrypt_fs_{name} {value}");
-        };
-        metric(
-            "buffered_bytes",
-            "gauge",
-            "Bytes in the prefetch buffer.",
-            self.buffered_bytes.to_string(),
-        );
-        metric(
-            "capacity_bytes",
-            "gauge",
-            "Capacity of the prefetch buffer.",
-            self.capacity_bytes.to_string(),
-        );
-        metric(
-            "buffer_fill_percent",
-            "gauge",
-            "How full the prefetch buffer is, in percent.",
-            self.buffer_fill_percent.to_string(),
-        );
-        metric(
-            "served_bytes_total",
-            "counter",
-            "Bytes handed to readers.",
-            self.served_bytes.to_string(),
-        );
-        metric(
-            "fetched_bytes_total",
-            "counter",
-            "Validated bytes received from the upstream.",
-            self.fetched_bytes.to_string(),
-        );
-        metric(
-            "discarded_bytes_total",
-            "counter",
-            "Bytes of responses rejected by validation or health tests.",
-            self.discarded_bytes.to_string(),
-        );
-        metric(
-            "requests_ok_total",
-            "counter",
-            "Upstream requests that delivered entropy.",
-            self.requests_ok.to_string(),
-        );
-        metric(
-            "requests_failed_total",
-            "counter",
-            "Upstream requests that failed.",
-            self.requests_failed.to_string(),
-        );
-        metric(
-            "consecutive_failures",
-            "gauge",
-            "Upstream failures since the last success.",
-            self.consecutive_failures.to_string(),
-        );
-        if let Some(next) = self.next_attempt_in_seconds {
-            metric(
-                "next_attempt_in_seconds",
-                "gauge",
-                "Seconds until the next upstream attempt while backing off (absent otherwise).",
-                format!("{next:.3}"),
-            );
-        }
-        if let Some(t) = self.last_success_at {
-            metric(
-                "last_success_timestamp_seconds",
-                "gauge",
-                "Unix time of the last request that delivered entropy.",
-                t.to_string(),
-            );
-        }
-        if let Some(t) = self.last_error_at {
-            metric(
-                "last_error_timestamp_seconds",
-                "gauge",
-                "Unix time of the last upstream failure.",
-                t.to_string(),
-            );
-        }
-        metric(
-            "waiting_readers",
-            "gauge",
-            "Reads waiting for entropy.",
-            self.waiting_readers.to_string(),
-        );
-        metric(
-            "memory_locked",
-            "gauge",
-            "1 if the buffer is locked in RAM.",
-            u8::from(self.memory_locked).to_string(),
-        );
-        metric(
-            "locked_bytes",
-            "gauge",
-            "Bytes of the buffer locked in RAM (locked as it fills).",
-            self.locked_bytes.to_string(),
-        );
-        metric(
-            "token_error",
-            "gauge",
-            "1 if the token file's last read was refused (the token in use stays; /status says why).",
-            u8::from(self.token_error.is_some()).to_string(),
-        );
-        metric(
-            "mix_local",
-            "gauge",
-            "1 if every byte is XORed with the local CSPRNG (--mix-local).",
-            u8::from(self.mix_local).to_string(),
-        );
-        metric(
-            "uptime_seconds",
-            "gauge",
-            "Seconds since start.",
-            self.uptime_seconds.to_string(),
-        );
-        metric(
-            "pacing_wait_seconds_total",
-            "counter",
-            "Seconds readers spent waiting while the client's own pacing held requests back.",
-            format!("{:.3}", self.pacing_wait_seconds),
-        );
-        if let Some(r) = self.rate_allowance {
-            metric(
-                "rate_allowance_requests",
-                "gauge",
-                "Requests per rate-limit window the client allows itself now (lower after 429s).",
-                r.to_string(),
-            );
-        }
-        if let Some(t) = self.rate_limited_until {
-            metric(
-                "rate_limited_until_timestamp_seconds",
-                "gauge",
-                "Unix time until which the client's pacing holds requests back (absent otherwise).",
-                format!("{t:.3}"),
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP qrypt_fs_info Configuration, as labels (where the token comes from, never the token)."
-        );
-        let _ = writeln!(s, "# TYPE qrypt_fs_info gauge");
-        let _ = writeln!(
-            s,
-            "qrypt_fs_info{{endpoint=\"{}\",rate_limit=\"{}\",token_source=\"{}\"}} 1",
-            label(&self.endpoint),
-            label(&self.rate_limit),
-            label(&self.token_source)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP qrypt_fs_failures_total Upstream failures by class."
-        );
-        let _ = writeln!(s, "# TYPE qrypt_fs_failures_total counter");
-        for (class, n) in &self.failures {
-            let _ = writeln!(s, "qrypt_fs_failures_total{{class=\"{class}\"}} {n}");
-        }
-        let _ = writeln!(
-            s,
-            "# HELP qrypt_fs_state Upstream state (1 for the current one)."
-        );
-        let _ = writeln!(s, "# TYPE qrypt_fs_state gauge");
-        for st in UpstreamState::ALL {
-            let _ = writeln!(
-                s,
-                "qrypt_fs_state{{state=\"{}\"}} {}",
-                st.as_str(),
-                u8::from(st.as_str() == self.state)
-            );
-        }
-        self.budget.write_prometheus(&mut s);
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::render::{label, rfc3339};
     use super::*;
 
     fn status() -> Status {
@@ -615,9 +313,108 @@ mod tests {
 
     #[test]
     fn rfc3339_known_values() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_867_200), "2026-11-28T12:00:00Z");
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_867_200.0), "2026-11-28T12:00:00Z");
+        assert_eq!(rfc3339(1_795_867_200.25), "2026-11-28T12:00:00.25Z");
+    }
+
+    /// A snapshot in which every optional field has a value, a cap is set, and a failure is
+    /// recorded: each field of the table must then show in every format.
+    fn full_snapshot() -> Snapshot {
+        let st = status();
+        let pool = Pool::new(4096);
+        st.record_failure("http_503", "HTTP 503".into(), 0);
+        st.record_success(1024);
+        st.record_token_error("not a regular file".into());
+        st.set_rate_allowance(30);
+        let now = Instant::now();
+        st.pacing_hold(now, now + Duration::from_secs(2));
+        st.publish(View {
+            state: UpstreamState::BackingOff,
+            next_attempt: Some(now + Duration::from_secs(3)),
+            consecutive_failures: 1,
+            last_failure: Some(now),
+        });
+        let mut snap = st.snapshot_at(&pool, now);
+        let cap = crate::budget::Cap {
+            limit: 1 << 20,
+            period: crate::budget::Period::Hour,
+        };
+        snap.budget = BudgetReport::new(&[cap], &Default::default(), 1_795_867_200);
+        snap.budget.state_file = Some("/var/lib/qrypt-fs/budget.json".into());
+        snap
+    }
+
+    #[test]
+    fn every_field_shows_in_every_format_under_one_key() {
+        let snap = full_snapshot();
+        let entries = snap.entries();
+        let text = snap.to_text();
+        let json: serde_json::Value = serde_json::from_str(&snap.to_json()).expect("json");
+        let json = json.as_object().expect("object");
+        let prom = snap.to_prometheus();
+        let text_keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, _)| k)
+            .collect();
+        let entry_keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(text_keys, entry_keys, "{text}");
+        let mut json_keys: Vec<&str> = json.keys().map(String::as_str).collect();
+        let mut sorted = entry_keys.clone();
+        json_keys.sort_unstable();
+        sorted.sort_unstable();
+        assert_eq!(json_keys, sorted);
+        for field in fields::FIELDS {
+            let shown: Vec<&render::Entry> = entries
+                .iter()
+                .filter(|e| std::ptr::eq(e.field, field))
+                .collect();
+            assert!(!shown.is_empty(), "{} not shown", field.key);
+            for e in shown {
+                assert_ne!(e.value, render::Value::Text(None), "{} has no value", e.key);
+                assert!(!json[&e.key].is_null(), "{} is null in JSON", e.key);
+                assert!(!text.contains(&format!("\n{}: none\n", e.key)), "{}", e.key);
+            }
+            let metric = fields::metric_name(field);
+            let series = if field.kind == fields::Kind::Info {
+                format!("{}=\"", field.key)
+            } else {
+                format!("\nqrypt_fs_{metric}")
+            };
+            assert!(
+                prom.contains(&series),
+                "{} ({series}) not in /metrics:\n{prom}",
+                field.key
+            );
+            assert!(
+                field.kind == fields::Kind::Info
+                    || prom.contains(&format!("# HELP qrypt_fs_{metric} ")),
+                "{metric}"
+            );
+        }
+        // Numbers in JSON are series in /metrics, under the derived name.
+        assert!(
+            prom.contains("\nqrypt_fs_budget_limit_bytes{period=\"hour\"} 1048576\n"),
+            "{prom}"
+        );
+        assert!(
+            prom.contains("\nqrypt_fs_budget_spent_bytes{period=\"day\"} 0\n"),
+            "{prom}"
+        );
+        assert!(prom.contains("\nqrypt_fs_served_bytes_total 0\n"), "{prom}");
+        assert!(prom.contains("\nqrypt_fs_token_error 1\n"), "{prom}");
+        assert!(
+            prom.contains("\nqrypt_fs_state{state=\"backing off\"} 1\n"),
+            "{prom}"
+        );
+        assert_eq!(json["budget_hour_limit_bytes"], 1 << 20);
+        assert_eq!(json["budget"], "1M/hour");
+        assert!(
+            text.contains("\nbudget_month_renews_at: 2026-12-01T00:00:00Z\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -646,8 +443,9 @@ mod tests {
         assert!(prom.contains("qrypt_fs_buffered_bytes 1024\n"));
         assert!(prom.contains("qrypt_fs_failures_total{class=\"http_503\"} 1\n"));
         assert!(prom.contains(
-            "qrypt_fs_info{endpoint=\"http://127.0.0.1:1\",rate_limit=\"30/10s\",\
-             token_source=\"environment (QRYPT_TOKEN)\"} 1\n"
+            "qrypt_fs_info{endpoint=\"http://127.0.0.1:1\",\
+             token_source=\"environment (QRYPT_TOKEN)\",rate_limit=\"30/10s\",budget=\"off\",\
+             budget_state_file=\"none\"} 1\n"
         ));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let later = failed_at + view::DEGRADED_WINDOW;

@@ -2,8 +2,8 @@
 //!
 //! Self-contained (no imports at all): build.rs includes this file next to `args.rs` and renders
 //! the man page from both, so the options can never disagree with `--help`, and these sections
-//! are written once. tests/packaging.rs checks them against a live mount (every `/status` key is
-//! described under FILES) and against the unit file and the package.
+//! are written once. tests/packaging.rs checks them against the unit file and the package. The STATUS FIELDS
+//! section comes from the status layer's field table (`src/status/fields.rs`).
 
 /// One block of text inside a section.
 pub enum Block {
@@ -54,86 +54,9 @@ pub const SECTIONS: &[Section] = &[
             ),
             Item(
                 "MOUNTPOINT/status",
-                "One snapshot, taken at open(2), as key: value lines. The keys:",
+                "One snapshot, taken at open(2), as key: value lines; the keys are listed under \
+                 STATUS FIELDS.",
             ),
-            Item(
-                "state",
-                "starting, ok, degraded (working, but a request failed in the last minute), \
-                 pacing (a reader waits because the client's own pacing holds the next request \
-                 back), backing off, budget state unwritable (the budget cannot be recorded: \
-                 nothing is requested, readers wait), budget exhausted (a --budget cap is \
-                 reached until it renews: readers on an empty buffer get EIO), unauthorized \
-                 (401), quota exhausted (403), bad request (400) or stopping.",
-            ),
-            Item(
-                "buffered_bytes, capacity_bytes, buffer_fill_percent",
-                "The prefetch buffer: bytes ready to read, its size, and how full it is.",
-            ),
-            Item(
-                "served_bytes, fetched_bytes, discarded_bytes",
-                "Bytes handed to readers, received in valid responses, and received but thrown \
-                 away (failed validation or health tests). served + buffered <= fetched, always.",
-            ),
-            Item(
-                "requests_ok, requests_failed, consecutive_failures",
-                "Requests to the upstream that succeeded, that failed, and failures since the \
-                 last success.",
-            ),
-            Item(
-                "next_attempt_in_seconds",
-                "While backing off or stopped: when the next request is due (none otherwise).",
-            ),
-            Item("waiting_readers", "Readers waiting for bytes right now."),
-            Item(
-                "failures",
-                "Failed requests per class (http_503=2 timeout=1 ...), or none.",
-            ),
-            Item(
-                "last_error, last_success",
-                "The last failure (UTC time and reason) and the time of the last success, or \
-                 none.",
-            ),
-            Item(
-                "memory_locked, locked_bytes",
-                "yes when the buffer is mlock(2)ed (so entropy never reaches swap); the bytes \
-                 of it locked now (it is locked as it fills).",
-            ),
-            Item(
-                "mix_local",
-                "on when every byte is XORed with getrandom(2) (--mix-local), else off.",
-            ),
-            Item(
-                "token_error",
-                "Why the token file's last read was refused (not a regular file, too large, a \
-                 symlink to a symlink, no answer in 5 s); the token in use is kept. none once a \
-                 read succeeds.",
-            ),
-            Item(
-                "endpoint, token_source, rate_limit",
-                "The API base URL, where the token came from (a path or the environment, never \
-                 the token), and the client-side pacing.",
-            ),
-            Item(
-                "rate_allowance, rate_limited_until, pacing_wait_seconds",
-                "Requests per window the client allows itself now (lower than --rate-limit \
-                 after 429s from a token shared with others), the UTC time until which its \
-                 pacing holds requests back (or none), and the seconds readers spent waiting \
-                 on that pacing.",
-            ),
-            Item(
-                "budget, budget_PERIOD_limit_bytes, budget_PERIOD_spent_bytes, \
-                 budget_PERIOD_remaining_bytes, budget_PERIOD_renews_at",
-                "The --budget caps (or off) and, for each capped PERIOD (hour, day, month): \
-                 its limit, what was spent in the current period (UTC), what is left, and when \
-                 it renews.",
-            ),
-            Item(
-                "spent_day_bytes, spent_month_bytes, budget_state_file",
-                "Bytes requested from the upstream today and this month (UTC), with or without \
-                 a cap (without one, since start), and the file that records the spend (or \
-                 none without a cap).",
-            ),
-            Item("uptime_seconds", "Seconds since the mount started."),
             Item(
                 "MOUNTPOINT/status.json",
                 "The same snapshot as one JSON object.",

@@ -1,0 +1,269 @@
+//! The one table of status fields: each key, its type, its unit and one line of help.
+//!
+//! `/status`, `/status.json` and `/metrics` render a snapshot by walking this table, and the man
+//! page's STATUS FIELDS section is printed from it, so a field is declared once and carries
+//! the same key everywhere. Self-contained (no imports): build.rs includes this file.
+
+/// How a field's value is shown. `/status` and `/status.json` show every field under its key;
+/// the kind says what `/metrics` makes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A number that only grows: the series `qrypt_fs_KEY_total`.
+    Counter,
+    /// A number that goes up and down: the series `qrypt_fs_KEY`. Absent from `/metrics`
+    /// while the value is unknown (`none` in `/status`, `null` in JSON).
+    Gauge,
+    /// Unix time; `/status` shows it in RFC 3339 (UTC). The series `qrypt_fs_NAME_timestamp_seconds`,
+    /// NAME being the key without its `_at` suffix; absent while unknown.
+    Timestamp,
+    /// yes or no: the series `qrypt_fs_KEY`, 1 or 0.
+    Flag,
+    /// Text that may be absent: the series `qrypt_fs_KEY`, 1 while there is some, else 0.
+    Presence,
+    /// Text fixed at start-up: a label of the series `qrypt_fs_info`.
+    Info,
+    /// The upstream state: the series `qrypt_fs_state{state="..."}`, 1 for the current one.
+    State,
+    /// Counts per class: the series `qrypt_fs_KEY_total{class="..."}`.
+    PerClass,
+}
+
+/// One status field.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    /// The key in `/status` and `/status.json`, and the base of the metric's name. `{period}`
+    /// stands for each budget period shown (hour, day, month); in `/metrics` it becomes the
+    /// label `period="..."` and leaves the name.
+    pub key: &'static str,
+    pub kind: Kind,
+    /// bytes, seconds, percent, requests, readers, ... or "" for text.
+    pub unit: &'static str,
+    pub help: &'static str,
+}
+
+const fn f(key: &'static str, kind: Kind, unit: &'static str, help: &'static str) -> Field {
+    Field {
+        key,
+        kind,
+        unit,
+        help,
+    }
+}
+
+use Kind::{Counter, Flag, Gauge, Info, PerClass, Presence, State, Timestamp};
+
+/// Every field, in the order the files show them.
+pub static FIELDS: &[Field] = &[
+    f(
+        "state",
+        State,
+        "",
+        "The upstream's state: starting, ok, degraded (working, but a request failed in the last \
+         minute), pacing (a reader waits while the client's own pacing holds the next request \
+         back), backing off, budget state unwritable (nothing is requested, readers wait), budget \
+         exhausted (a --budget cap is reached until it renews: readers on an empty buffer get \
+         EIO), unauthorized (401), quota exhausted (403), bad request (400) or stopping.",
+    ),
+    f(
+        "buffered_bytes",
+        Gauge,
+        "bytes",
+        "Bytes in the prefetch buffer, ready to read.",
+    ),
+    f(
+        "capacity_bytes",
+        Gauge,
+        "bytes",
+        "Size of the prefetch buffer (--buffer-size).",
+    ),
+    f(
+        "buffer_fill_percent",
+        Gauge,
+        "percent",
+        "How full the prefetch buffer is.",
+    ),
+    f("served_bytes", Counter, "bytes", "Bytes handed to readers."),
+    f(
+        "fetched_bytes",
+        Counter,
+        "bytes",
+        "Bytes received in valid upstream responses; served + buffered <= fetched, always.",
+    ),
+    f(
+        "discarded_bytes",
+        Counter,
+        "bytes",
+        "Bytes received but thrown away: failed validation or health tests.",
+    ),
+    f(
+        "requests_ok",
+        Counter,
+        "requests",
+        "Upstream requests that delivered entropy.",
+    ),
+    f(
+        "requests_failed",
+        Counter,
+        "requests",
+        "Upstream requests that failed.",
+    ),
+    f(
+        "consecutive_failures",
+        Gauge,
+        "requests",
+        "Upstream failures since the last success.",
+    ),
+    f(
+        "next_attempt_in_seconds",
+        Gauge,
+        "seconds",
+        "While backing off, pacing or stopped: when the next request is due (none otherwise).",
+    ),
+    f(
+        "waiting_readers",
+        Gauge,
+        "reads",
+        "Reads waiting for bytes right now.",
+    ),
+    f(
+        "failures",
+        PerClass,
+        "requests",
+        "Failed upstream requests per class (http_503=2 timeout=1 ...), or none.",
+    ),
+    f(
+        "last_error",
+        Presence,
+        "",
+        "The reason of the last failure (upstream, token file or budget), or none.",
+    ),
+    f(
+        "last_error_at",
+        Timestamp,
+        "seconds",
+        "When the last failure happened, or none.",
+    ),
+    f(
+        "last_success_at",
+        Timestamp,
+        "seconds",
+        "When a request last delivered entropy, or none.",
+    ),
+    f(
+        "memory_locked",
+        Flag,
+        "",
+        "yes when the buffer is mlock(2)ed, so entropy never reaches swap.",
+    ),
+    f(
+        "locked_bytes",
+        Gauge,
+        "bytes",
+        "Bytes of the buffer locked in RAM now (it is locked as it fills).",
+    ),
+    f(
+        "mix_local",
+        Flag,
+        "",
+        "yes when every byte is XORed with getrandom(2) (--mix-local).",
+    ),
+    f(
+        "endpoint",
+        Info,
+        "",
+        "The API base URL (credentials never shown).",
+    ),
+    f(
+        "token_source",
+        Info,
+        "",
+        "Where the token came from: a path or the environment, never the token.",
+    ),
+    f(
+        "token_error",
+        Presence,
+        "",
+        "Why the token file's last read was refused (the token in use is kept), or none once a \
+         read succeeds.",
+    ),
+    f(
+        "rate_limit",
+        Info,
+        "",
+        "The client-side pacing (--rate-limit), or off.",
+    ),
+    f(
+        "rate_allowance",
+        Gauge,
+        "requests",
+        "Requests per window the client allows itself now: lower than --rate-limit after 429s \
+         from a token shared with others; none without pacing.",
+    ),
+    f(
+        "rate_limited_until",
+        Timestamp,
+        "seconds",
+        "Until when the client's own pacing holds requests back, or none.",
+    ),
+    f(
+        "pacing_wait_seconds",
+        Counter,
+        "seconds",
+        "Seconds readers spent waiting while the client's own pacing held requests back.",
+    ),
+    f(
+        "budget",
+        Info,
+        "",
+        "The --budget caps (50M/hour 1G/month), or off.",
+    ),
+    f(
+        "budget_{period}_limit_bytes",
+        Gauge,
+        "bytes",
+        "A --budget cap, for each capped period (UTC).",
+    ),
+    f(
+        "budget_{period}_spent_bytes",
+        Gauge,
+        "bytes",
+        "Bytes requested from the upstream in the current period (UTC), refused ones included: \
+         for each capped period, and always for the day and the month (without a cap, since \
+         start).",
+    ),
+    f(
+        "budget_{period}_remaining_bytes",
+        Gauge,
+        "bytes",
+        "What a cap still allows in the current period.",
+    ),
+    f(
+        "budget_{period}_renews_at",
+        Timestamp,
+        "seconds",
+        "When the period's count starts over: for each capped period, the day and the month.",
+    ),
+    f(
+        "budget_state_file",
+        Info,
+        "",
+        "The file that records the spend, or none without a cap.",
+    ),
+    f(
+        "uptime_seconds",
+        Gauge,
+        "seconds",
+        "Seconds since the mount started.",
+    ),
+];
+
+/// The metric that shows `field` in `/metrics` (without `qrypt_fs_` and labels).
+pub fn metric_name(field: &Field) -> String {
+    let base = field.key.replace("_{period}", "");
+    match field.kind {
+        Kind::Counter | Kind::PerClass => format!("{base}_total"),
+        Kind::Timestamp => format!("{}_timestamp_seconds", base.trim_end_matches("_at")),
+        Kind::Info => "info".to_owned(),
+        Kind::State | Kind::Gauge | Kind::Flag | Kind::Presence => base,
+    }
+}
