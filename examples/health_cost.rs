@@ -42,7 +42,7 @@ fn main() {
             per_gib(cpu, data.len())
         );
     }
-    // parts: the two tests added for issue 13, alone.
+    // parts: the most-common-value estimate and the replay test, alone.
     let mut cutoffs = qrypt_fs::health::mcv::Cutoffs::default();
     let start = cpu_time();
     for r in data.chunks_exact(512 << 10) {

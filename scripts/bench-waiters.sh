@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cost of many waiting readers (issue 13, item 7). WAITERS readers (default 1000) block on
+# Cost of many waiting readers. WAITERS readers (default 1000) block on
 # /random while the emulator answers 503; the daemon's CPU time (utime+stime of all its threads,
 # /proc/PID/stat) is sampled over SAMPLE_SECONDS (default 10); then SIGINT (Ctrl-C) is sent to
 # LATENCY_SAMPLES readers (default 20), one at a time, and each one's time to exit is measured.

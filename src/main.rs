@@ -1,3 +1,4 @@
+//! The `qrypt-fs` binary: parse the command line, run the mount, exit 1 with one sentence.
 use std::process::ExitCode;
 
 /// jemalloc, not glibc's malloc: the daemon allocates and frees response-sized buffers

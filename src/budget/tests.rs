@@ -1,3 +1,4 @@
+//! Tests of the budget: caps, renewals and the state file, on an injected clock.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;

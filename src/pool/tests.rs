@@ -1,3 +1,4 @@
+//! Tests of the pool: each byte to one reader, FIFO order, wiping and memory locking.
 use std::sync::Arc;
 
 use parking_lot::Mutex;
