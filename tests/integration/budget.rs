@@ -2,11 +2,6 @@
 //! emulator, exactly, across read patterns, restarts and `kill -9`; bad values and unusable
 //! state are clear errors at start. (The renewal at a period boundary is tested on an
 //! injected clock in the prefetcher's unit tests: no test waits for midnight.)
-// These mount real FUSE filesystems: /dev/fuse and root needed. Run by scripts/test.sh and CI
-// (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::fs::File;
 use std::io::Read;
@@ -14,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -52,10 +47,7 @@ fn seconds_until_next_utc_midnight() -> f64 {
 }
 
 fn num(s: &std::collections::HashMap<String, String>, k: &str) -> f64 {
-    s.get(k)
-        .unwrap_or_else(|| panic!("no {k} in status: {s:#?}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{k} not a number: {s:#?}"))
+    status_num(s, k)
 }
 
 #[test]
@@ -99,10 +91,7 @@ fn a_budget_is_served_exactly_then_eio_at_once() {
         assert!(s["budget_day_renews_at"].ends_with("T00:00:00Z"), "{s:#?}");
         let log = m.log_text();
         assert_eq!(log.matches("budget 1M/day reached").count(), 1, "{log}");
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(m.path().join("status.json")).expect("json"),
-        )
-        .expect("parse");
+        let json = m.status_json();
         assert_eq!(json["budget"][0]["period"], "day");
         assert_eq!(json["budget"][0]["spent_bytes"], MIB);
         assert_eq!(json["budget"][0]["remaining_bytes"], 0);
@@ -410,21 +399,7 @@ fn an_unwritable_state_dir_at_run_time_stops_requests_until_writable() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
     std::fs::create_dir(&state).expect("dir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &state,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(&state);
+    let _tmpfs = mount_tmpfs(&state, "size=64k");
     let m = budget_mount(
         &emu,
         &state,
@@ -472,11 +447,7 @@ fn sighup_does_not_reset_the_budget() {
     m.wait_status("exhausted", Duration::from_secs(10), |s| {
         s["state"] == "budget exhausted"
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.pid()),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    m.sighup();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(m.status()["state"], "budget exhausted");
     assert_eq!(emu.stats().good_bytes, 64 << 10);
@@ -489,21 +460,7 @@ fn a_full_disk_at_run_time_stops_requests_until_there_is_room() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
     std::fs::create_dir(&state).expect("dir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &state,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(&state);
+    let _tmpfs = mount_tmpfs(&state, "size=64k");
     let m = budget_mount(
         &emu,
         &state,
