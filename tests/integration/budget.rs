@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,31 @@ fn budget_mount(emu: &Emulator, state: &Path, extra: &[&str]) -> Mount {
         .args(["--state-dir", state.to_str().expect("utf8")])
         .args(extra.iter().copied())
         .mount()
+}
+
+/// A 1G/day budget mount with a full 64 KiB buffer whose state directory is a 64 KiB tmpfs, so
+/// that a test can make it read-only or fill it. Fields drop in order: the daemon stops before
+/// its state is unmounted.
+struct OnTmpfs {
+    m: Mount,
+    state: PathBuf,
+    _tmpfs: DetachOnDrop<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+fn on_tmpfs(emu: &Emulator) -> OnTmpfs {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("dir");
+    let tmpfs = mount_tmpfs(&state, "size=64k");
+    let m = budget_mount(emu, &state, &["--budget", "1G/day", "--buffer-size", "64K"]);
+    m.wait_full();
+    OnTmpfs {
+        m,
+        state,
+        _tmpfs: tmpfs,
+        _dir: dir,
+    }
 }
 
 /// Reads with `sizes` in turn until a read fails; returns the bytes read and the error.
@@ -396,20 +421,12 @@ fn a_corrupt_state_file_is_an_error_until_reset() {
 #[test]
 fn an_unwritable_state_dir_at_run_time_stops_requests_until_writable() {
     let emu = emulator();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let state = tmp.path().join("state");
-    std::fs::create_dir(&state).expect("dir");
-    let _tmpfs = mount_tmpfs(&state, "size=64k");
-    let m = budget_mount(
-        &emu,
-        &state,
-        &["--budget", "1G/day", "--buffer-size", "64K"],
-    );
-    m.wait_full();
+    let OnTmpfs { m, state, .. } = &on_tmpfs(&emu);
+    let state = state.as_path();
     let remount = |flags: nix::mount::MsFlags| {
         nix::mount::mount(
             None::<&str>,
-            &state,
+            state,
             None::<&str>,
             nix::mount::MsFlags::MS_REMOUNT | flags,
             None::<&str>,
@@ -457,16 +474,8 @@ fn sighup_does_not_reset_the_budget() {
 #[test]
 fn a_full_disk_at_run_time_stops_requests_until_there_is_room() {
     let emu = emulator();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let state = tmp.path().join("state");
-    std::fs::create_dir(&state).expect("dir");
-    let _tmpfs = mount_tmpfs(&state, "size=64k");
-    let m = budget_mount(
-        &emu,
-        &state,
-        &["--budget", "1G/day", "--buffer-size", "64K"],
-    );
-    m.wait_full();
+    let OnTmpfs { m, state, .. } = &on_tmpfs(&emu);
+    let state = state.as_path();
     // Fill the file system to the last byte.
     let filler = state.join("filler");
     {

@@ -311,8 +311,7 @@ fn status_json_and_metrics_carry_the_same_numbers() {
     let _ = read_exact(&m.random(), 1000);
     m.wait_full();
     let text = m.status();
-    let json: serde_json::Value =
-        m.status_json();
+    let json: serde_json::Value = m.status_json();
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     // Every number of /status, under the same name in JSON and with Prometheus' conventions
     // (`_total` for counters) in /metrics. The buffer is full and idle, so nothing moves.

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
-use base64::Engine;
 use crate::common::*;
+use base64::Engine;
 
 /// Characters of each block's base64 looked for: 32 characters hold 24 bytes of entropy, so
 /// a match is that block's text and nothing else.

@@ -71,8 +71,7 @@ fn a_large_buffer_is_locked_as_it_fills_and_status_says_how_much() {
         (buffered..=buffered + AHEAD).contains(&locked),
         "VmLck {locked}"
     );
-    let json: serde_json::Value =
-        m.status_json();
+    let json: serde_json::Value = m.status_json();
     assert_eq!(json["locked_bytes"], locked);
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     assert!(

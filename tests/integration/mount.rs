@@ -235,8 +235,7 @@ fn status_is_one_snapshot_served_by_offset() {
     let mut at = vec![0u8; 5];
     let n = f.read_at(&mut at, 7).expect("pread");
     assert_eq!(&at[..n], &text.as_bytes()[7..7 + n]);
-    let json: serde_json::Value =
-        m.status_json();
+    let json: serde_json::Value = m.status_json();
     assert!(json["capacity_bytes"].is_u64());
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     assert!(metrics.contains("# TYPE qrypt_fs_buffered_bytes gauge"));
