@@ -221,7 +221,7 @@ fn run(case: Case) {
     if let Some(url) = &url {
         args.extend(["--endpoint".to_owned(), url.clone()]);
     }
-    args.extend(case.args.iter().map(|a| fill(*a)));
+    args.extend(case.args.iter().map(|a| fill(a)));
     if let Some((content, mode)) = case.token_file {
         std::fs::write(&token_file, content).expect("write");
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(mode))
@@ -283,7 +283,7 @@ fn run(case: Case) {
             false
         }
         Expect::Mounted(warnings) => {
-            let warnings: Vec<String> = warnings.iter().map(|w| fill(*w)).collect();
+            let warnings: Vec<String> = warnings.iter().map(|w| fill(w)).collect();
             assert_mounted_with_warnings(&out, mnt.path(), &warnings);
             true
         }
