@@ -225,8 +225,8 @@ section_fleet() {
   local dir=$out/fleet
   mkdir -p "$dir"
   # The test starts its own emulator and mounts and unmounts them when it ends.
-  FLEET_OUT=$dir run "$out/fleet.log" cargo test --release --quiet --locked --features fuse-tests --test fleet -- \
-    --ignored --nocapture --test-threads 1 || echo "  (the fleet test reported a missed goal)" >&2
+  FLEET_OUT=$dir run "$out/fleet.log" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
+    fleet::four_mounts_share_one_token --exact --ignored --nocapture --test-threads 1 || echo "  (the fleet test reported a missed goal)" >&2
   [ -f "$dir/fleet-summary.tsv" ] || die "the fleet test wrote no summary (see $out/fleet.log)"
   val() { awk -F '\t' -v k="$1" '$1 == k { print $2 }' "$dir/fleet-summary.tsv"; }
   echo "  $(val summary)" >&2

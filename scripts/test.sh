@@ -63,7 +63,7 @@ cargo build --keep-going --message-format=json-render-diagnostics "${cargo_args[
   "${select_args[@]}" \
   >"$work/build.json" 2> >(tee "$work/build.err" >&2) || build_status=$?
 wait # for tee
-# `error: could not compile `qrypt-fs` (test "mount") due to 2 previous errors`
+# `error: could not compile `qrypt-fs` (test "integration") due to 2 previous errors`
 while IFS= read -r line; do
   failed_bins+=("$line: failed to build")
 done < <(sed -nE 's/^error: could not compile `([^`]*)` \(([^)]*)\).*/\1 \2/p' "$work/build.err")

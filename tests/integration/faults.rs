@@ -1,52 +1,51 @@
 //! Trusting the upstream only as far as it earns: one test per fault of the emulator. Each
 //! checks that the stream goes on (or fails fast for 401/403), that no byte of a bad response is
 //! served, the counters and state in `/status`, and recovery once the fault clears.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Mounts with a 64 KiB buffer (so the first fill is one request) and quick retries. These
 /// tests fault the first answer to see the running policy for each fault; the start's own
-/// check, which would end the mount at such an answer, is tested in tests/first_contact.rs.
+/// check, which would end the mount at such an answer, is tested in first_contact.rs.
 fn mount_with(emu: &Emulator, extra: &[&str]) -> Mount {
-    MountBuilder::new(emu)
-        .args([
-            "--startup-timeout",
-            "0",
-            "--buffer-size",
-            "64K",
-            "--max-backoff",
-            "0.3",
-            "--request-timeout",
-            "2",
-        ])
+    quick_retries(emu)
+        .args(["--startup-timeout", "0"])
         .args(extra.iter().copied())
         .mount()
 }
 
-/// Reads `n` bytes in reads of 4 KiB, checking the provenance of every read.
-fn read_and_check(emu: &Emulator, m: &Mount, n: usize) -> Vec<Vec<u8>> {
-    let reads = read_in_4k(m, n);
-    let prov = Provenance::from(emu);
-    reads.iter().for_each(|r| prov.check_run(r));
-    assert_disjoint(&reads);
-    reads
+/// A fault on the first answer that the stream rides out, and what `/status` must say of it.
+struct Transient {
+    fault: Fault,
+    /// The failure class `/status` counts it under and the log names.
+    class: &'static str,
+    /// Arguments after [`mount_with`]'s.
+    args: &'static [&'static str],
+    /// `discarded_bytes` after the fault, when the fault's bytes were received and dropped.
+    discarded_bytes: Option<u64>,
+    /// A fragment of `last_error`, when the cause must be named.
+    last_error: Option<&'static str>,
 }
 
-/// The first response has `fault`; the stream must go on with good bytes only.
-fn transient(fault: Fault, class: &str, extra: &[&str]) -> Mount {
+const TRANSIENT: Transient = Transient {
+    fault: Fault::Status(500),
+    class: "",
+    args: &[],
+    discarded_bytes: None,
+    last_error: None,
+};
+
+/// The first response has the case's fault; the stream must go on with good bytes only.
+fn transient(case: Transient) {
+    let class = case.class;
     let emu = emulator();
-    emu.set_fault(fault, Some(1));
-    let m = mount_with(&emu, extra);
+    emu.set_fault(case.fault, Some(1));
+    let m = mount_with(&emu, case.args);
     m.wait_full();
-    read_and_check(&emu, &m, 200 * 1024);
+    read_checked(&emu, &m, 200 * 1024);
     let s = m.status();
     assert_eq!(s["requests_failed"], "1", "{s:#?}");
     assert_eq!(s["failures"], format!("{class}=1"), "{s:#?}");
@@ -61,17 +60,71 @@ fn transient(fault: Fault, class: &str, extra: &[&str]) -> Mount {
         log.contains(&format!("upstream failure ({class})")),
         "logged once: {log}"
     );
-    m
+    if let Some(bytes) = case.discarded_bytes {
+        assert_eq!(m.status_u64("discarded_bytes"), bytes);
+    }
+    if let Some(fragment) = case.last_error {
+        assert!(m.status()["last_error"].contains(fragment));
+    }
 }
 
-#[test]
-fn http_500() {
-    transient(Fault::Status(500), "http_500", &[]);
+/// One test per fault, so that a failure names its fault.
+macro_rules! transient_cases {
+    ($($(#[$doc:meta])* $name:ident: $case:expr;)*) => {
+        $($(#[$doc])* #[test] fn $name() { transient($case) })*
+    };
 }
 
-#[test]
-fn http_503() {
-    transient(Fault::Status(503), "http_503", &[]);
+transient_cases! {
+    http_500: Transient { fault: Fault::Status(500), class: "http_500", ..TRANSIENT };
+    http_503: Transient { fault: Fault::Status(503), class: "http_503", ..TRANSIENT };
+    http_429_without_retry_after_backs_off: Transient {
+        fault: Fault::TooManyRequests { retry_after: None },
+        class: "http_429",
+        ..TRANSIENT
+    };
+    malformed_json: Transient { fault: Fault::MalformedJson, class: "validation", ..TRANSIENT };
+    wrong_json_types: Transient { fault: Fault::WrongTypes, class: "validation", ..TRANSIENT };
+    size_mismatch: Transient { fault: Fault::SizeMismatch, class: "validation", ..TRANSIENT };
+    short_block: Transient { fault: Fault::ShortBlock, class: "validation", ..TRANSIENT };
+    non_base64: Transient { fault: Fault::NonBase64, class: "validation", ..TRANSIENT };
+    wrong_content_type: Transient {
+        fault: Fault::WrongContentType,
+        class: "validation",
+        ..TRANSIENT
+    };
+    oversized_body_is_cut_off: Transient {
+        fault: Fault::OversizedBody,
+        class: "validation",
+        ..TRANSIENT
+    };
+    /// The first request (16 KiB, see prefetch) was the zero one.
+    all_zero_blocks_fail_the_health_tests: Transient {
+        fault: Fault::AllZeroBlocks,
+        class: "health",
+        discarded_bytes: Some(16 * 1024),
+        ..TRANSIENT
+    };
+    dropped_connection: Transient {
+        fault: Fault::DropConnection,
+        class: "transport",
+        ..TRANSIENT
+    };
+    reset_mid_body: Transient { fault: Fault::ResetMidBody, class: "transport", ..TRANSIENT };
+    truncated_body: Transient { fault: Fault::TruncatedBody, class: "transport", ..TRANSIENT };
+    slow_drip_past_the_request_timeout: Transient {
+        fault: Fault::SlowDrip { bytes_per_sec: 2000 },
+        class: "transport",
+        args: &["--request-timeout", "1"],
+        last_error: Some("timed out"),
+        ..TRANSIENT
+    };
+    delay_past_the_request_timeout: Transient {
+        fault: Fault::Delay(Duration::from_secs(3)),
+        class: "transport",
+        args: &["--request-timeout", "1"],
+        ..TRANSIENT
+    };
 }
 
 #[test]
@@ -97,7 +150,7 @@ fn http_429_with_retry_after_is_honoured() {
         t.elapsed() >= Duration::from_secs(2),
         "retried before Retry-After"
     );
-    read_and_check(&emu, &m, 64 * 1024);
+    read_checked(&emu, &m, 64 * 1024);
 }
 
 #[test]
@@ -120,58 +173,7 @@ fn http_429_with_an_absurd_retry_after_is_capped() {
     assert!(next <= 1.5, "{next}");
     m.wait_full();
     assert_eq!(m.status()["state"], "degraded");
-    read_and_check(&emu, &m, 64 * 1024);
-}
-
-#[test]
-fn http_429_without_retry_after_backs_off() {
-    transient(
-        Fault::TooManyRequests { retry_after: None },
-        "http_429",
-        &[],
-    );
-}
-
-#[test]
-fn malformed_json() {
-    transient(Fault::MalformedJson, "validation", &[]);
-}
-
-#[test]
-fn wrong_json_types() {
-    transient(Fault::WrongTypes, "validation", &[]);
-}
-
-#[test]
-fn size_mismatch() {
-    transient(Fault::SizeMismatch, "validation", &[]);
-}
-
-#[test]
-fn short_block() {
-    transient(Fault::ShortBlock, "validation", &[]);
-}
-
-#[test]
-fn non_base64() {
-    transient(Fault::NonBase64, "validation", &[]);
-}
-
-#[test]
-fn wrong_content_type() {
-    transient(Fault::WrongContentType, "validation", &[]);
-}
-
-#[test]
-fn oversized_body_is_cut_off() {
-    transient(Fault::OversizedBody, "validation", &[]);
-}
-
-#[test]
-fn all_zero_blocks_fail_the_health_tests() {
-    let m = transient(Fault::AllZeroBlocks, "health", &[]);
-    // The first request (16 KiB, see prefetch) was the zero one.
-    assert_eq!(m.status_u64("discarded_bytes"), 16 * 1024);
+    read_checked(&emu, &m, 64 * 1024);
 }
 
 #[test]
@@ -180,49 +182,13 @@ fn a_block_repeated_from_an_earlier_response_is_rejected() {
     let m = mount_with(&emu, &[]);
     m.wait_full();
     emu.set_fault(Fault::RepeatBlock, Some(1));
-    read_and_check(&emu, &m, 200 * 1024);
+    read_checked(&emu, &m, 200 * 1024);
     let s = m.status();
     assert_eq!(s["failures"], "health=1", "{s:#?}");
     assert_eq!(s["state"], "degraded", "{s:#?}");
     assert!(
         s["last_error"].contains("repeats a recently received block"),
         "{s:#?}"
-    );
-}
-
-#[test]
-fn dropped_connection() {
-    transient(Fault::DropConnection, "transport", &[]);
-}
-
-#[test]
-fn reset_mid_body() {
-    transient(Fault::ResetMidBody, "transport", &[]);
-}
-
-#[test]
-fn truncated_body() {
-    transient(Fault::TruncatedBody, "transport", &[]);
-}
-
-#[test]
-fn slow_drip_past_the_request_timeout() {
-    let m = transient(
-        Fault::SlowDrip {
-            bytes_per_sec: 2000,
-        },
-        "transport",
-        &["--request-timeout", "1"],
-    );
-    assert!(m.status()["last_error"].contains("timed out"));
-}
-
-#[test]
-fn delay_past_the_request_timeout() {
-    transient(
-        Fault::Delay(Duration::from_secs(3)),
-        "transport",
-        &["--request-timeout", "1"],
     );
 }
 
@@ -323,13 +289,9 @@ fn http_400_stops_requesting() {
     );
     assert!(m.log_text().contains("SIGHUP"));
     // SIGHUP retries; the fault was a one-off, so the stream resumes.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.pid()),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("hup");
+    m.sighup();
     m.wait_full();
-    read_and_check(&emu, &m, 64 * 1024);
+    read_checked(&emu, &m, 64 * 1024);
 }
 
 #[test]
@@ -339,7 +301,7 @@ fn http_401_fails_fast_then_token_file_rotation_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "old-token\n").expect("write");
-    // Past the start's check (which would end the mount: tests/first_contact.rs).
+    // Past the start's check (which would end the mount: first_contact.rs).
     let m = MountBuilder::new(&emu)
         .token(None)
         .args([
@@ -368,7 +330,7 @@ fn http_401_fails_fast_then_token_file_rotation_resumes() {
     std::fs::rename(&tmp, &token_file).expect("rename");
     m.wait_full();
     assert_eq!(m.status()["state"], "degraded");
-    read_and_check(&emu, &m, 64 * 1024);
+    read_checked(&emu, &m, 64 * 1024);
     assert!(!m.log_text().contains("new-token"));
 }
 
@@ -436,14 +398,10 @@ fn sighup_retries_at_once_after_a_403() {
     // The account gets more quota; the operator tells qrypt-fs instead of waiting an hour.
     emu.set_quota(None);
     let t = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.pid()),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("kill");
+    m.sighup();
     m.wait_full();
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    read_and_check(&emu, &m, 64 * 1024);
+    read_checked(&emu, &m, 64 * 1024);
 }
 
 #[test]

@@ -1,11 +1,6 @@
 //! The first working product, end to end through the kernel: exact reads, provenance of every
 //! byte, disjointness across readers and opens, `/status`, read-only semantics, the CLI's
 //! errors, daemon mode, TLS, and the token kept out of everything observable.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn reads_return_exact_counts_for_many_sizes() {
@@ -163,10 +158,7 @@ fn concurrent_readers_and_reopens_get_disjoint_bytes() {
 #[test]
 fn status_fields_and_arithmetic() {
     let emu = emulator();
-    let m = MountBuilder::new(&emu)
-        .args(["--buffer-size", "64K"])
-        .mount();
-    m.wait_full();
+    let m = full_mount(&emu);
     let s = m.status();
     for key in [
         "state",
@@ -243,9 +235,7 @@ fn status_is_one_snapshot_served_by_offset() {
     let mut at = vec![0u8; 5];
     let n = f.read_at(&mut at, 7).expect("pread");
     assert_eq!(&at[..n], &text.as_bytes()[7..7 + n]);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(m.path().join("status.json")).expect("json"))
-            .expect("valid json");
+    let json: serde_json::Value = m.status_json();
     assert!(json["capacity_bytes"].is_u64());
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     assert!(metrics.contains("# TYPE qrypt_fs_buffered_bytes gauge"));
@@ -548,7 +538,7 @@ fn tls_with_ca_cert_and_without() {
     let got = read_exact(&m.random(), 4096);
     Provenance::from(&emu).check_run(&got);
     // Without the CA the certificate is refused: nothing is served, the failure is reported.
-    // (The start's check would end this mount at once: tests/first_contact.rs; skip it here
+    // (The start's check would end this mount at once: first_contact.rs; skip it here
     // to see what a mount whose certificate goes bad later does.)
     let m2 = MountBuilder::new(&emu)
         .args(["--startup-timeout", "0"])

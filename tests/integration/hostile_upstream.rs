@@ -1,24 +1,12 @@
 //! An upstream that sends well-formed responses of bad entropy: each class is discarded whole
 //! by the health tests, counted in `/status`, and none of its bytes reaches a reader.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn mount_with(emu: &Emulator) -> Mount {
-    MountBuilder::new(emu)
-        .args([
-            "--buffer-size",
-            "64K",
-            "--max-backoff",
-            "0.3",
-            "--request-timeout",
-            "2",
-        ])
-        .mount()
+    quick_retries(emu).mount()
 }
 
 /// Bytes of the responses the emulator sent with `fault`.
@@ -36,10 +24,7 @@ fn blocks_of_arithmetic_progressions_are_discarded() {
     emu.set_fault(Fault::Progression, Some(3));
     let m = mount_with(&emu);
     m.wait_full();
-    let reads = read_in_4k(&m, 256 * 1024);
-    let prov = Provenance::from(&emu);
-    reads.iter().for_each(|r| prov.check_run(r));
-    assert_disjoint(&reads);
+    read_checked(&emu, &m, 256 * 1024);
     let bad = faulty_bytes(&emu, "progression");
     let s = m.status();
     assert_eq!(s["failures"], "health=3", "{s:#?}");

@@ -2,19 +2,14 @@
 //! emulator, exactly, across read patterns, restarts and `kill -9`; bad values and unusable
 //! state are clear errors at start. (The renewal at a period boundary is tested on an
 //! injected clock in the prefetcher's unit tests: no test waits for midnight.)
-// These mount real FUSE filesystems: /dev/fuse and root needed. Run by scripts/test.sh and CI
-// (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -23,6 +18,31 @@ fn budget_mount(emu: &Emulator, state: &Path, extra: &[&str]) -> Mount {
         .args(["--state-dir", state.to_str().expect("utf8")])
         .args(extra.iter().copied())
         .mount()
+}
+
+/// A 1G/day budget mount with a full 64 KiB buffer whose state directory is a 64 KiB tmpfs, so
+/// that a test can make it read-only or fill it. Fields drop in order: the daemon stops before
+/// its state is unmounted.
+struct OnTmpfs {
+    m: Mount,
+    state: PathBuf,
+    _tmpfs: DetachOnDrop<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+fn on_tmpfs(emu: &Emulator) -> OnTmpfs {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("dir");
+    let tmpfs = mount_tmpfs(&state, "size=64k");
+    let m = budget_mount(emu, &state, &["--budget", "1G/day", "--buffer-size", "64K"]);
+    m.wait_full();
+    OnTmpfs {
+        m,
+        state,
+        _tmpfs: tmpfs,
+        _dir: dir,
+    }
 }
 
 /// Reads with `sizes` in turn until a read fails; returns the bytes read and the error.
@@ -52,10 +72,7 @@ fn seconds_until_next_utc_midnight() -> f64 {
 }
 
 fn num(s: &std::collections::HashMap<String, String>, k: &str) -> f64 {
-    s.get(k)
-        .unwrap_or_else(|| panic!("no {k} in status: {s:#?}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{k} not a number: {s:#?}"))
+    status_num(s, k)
 }
 
 #[test]
@@ -99,10 +116,7 @@ fn a_budget_is_served_exactly_then_eio_at_once() {
         assert!(s["budget_day_renews_at"].ends_with("T00:00:00Z"), "{s:#?}");
         let log = m.log_text();
         assert_eq!(log.matches("budget 1M/day reached").count(), 1, "{log}");
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(m.path().join("status.json")).expect("json"),
-        )
-        .expect("parse");
+        let json = m.status_json();
         assert_eq!(json["budget"][0]["period"], "day");
         assert_eq!(json["budget"][0]["spent_bytes"], MIB);
         assert_eq!(json["budget"][0]["remaining_bytes"], 0);
@@ -407,34 +421,12 @@ fn a_corrupt_state_file_is_an_error_until_reset() {
 #[test]
 fn an_unwritable_state_dir_at_run_time_stops_requests_until_writable() {
     let emu = emulator();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let state = tmp.path().join("state");
-    std::fs::create_dir(&state).expect("dir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &state,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(&state);
-    let m = budget_mount(
-        &emu,
-        &state,
-        &["--budget", "1G/day", "--buffer-size", "64K"],
-    );
-    m.wait_full();
+    let OnTmpfs { m, state, .. } = &on_tmpfs(&emu);
+    let state = state.as_path();
     let remount = |flags: nix::mount::MsFlags| {
         nix::mount::mount(
             None::<&str>,
-            &state,
+            state,
             None::<&str>,
             nix::mount::MsFlags::MS_REMOUNT | flags,
             None::<&str>,
@@ -472,11 +464,7 @@ fn sighup_does_not_reset_the_budget() {
     m.wait_status("exhausted", Duration::from_secs(10), |s| {
         s["state"] == "budget exhausted"
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.pid()),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    m.sighup();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(m.status()["state"], "budget exhausted");
     assert_eq!(emu.stats().good_bytes, 64 << 10);
@@ -486,30 +474,8 @@ fn sighup_does_not_reset_the_budget() {
 #[test]
 fn a_full_disk_at_run_time_stops_requests_until_there_is_room() {
     let emu = emulator();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let state = tmp.path().join("state");
-    std::fs::create_dir(&state).expect("dir");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &state,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(&state);
-    let m = budget_mount(
-        &emu,
-        &state,
-        &["--budget", "1G/day", "--buffer-size", "64K"],
-    );
-    m.wait_full();
+    let OnTmpfs { m, state, .. } = &on_tmpfs(&emu);
+    let state = state.as_path();
     // Fill the file system to the last byte.
     let filler = state.join("filler");
     {

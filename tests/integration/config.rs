@@ -1,18 +1,13 @@
 //! Configuration that must be refused: a clear error naming the value, a non-zero exit, nothing
 //! mounted and nothing asked of the upstream. And a `--log-file` that cannot be turned against
 //! the daemon.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Refused {
     code: Option<i32>,

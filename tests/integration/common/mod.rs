@@ -1,6 +1,6 @@
 //! Shared pieces of the integration tests: an emulator, a mounted `qrypt-fs` that unmounts on
-//! drop, raw reads through the kernel, `/status` parsing, and a provenance check of served bytes
-//! against what the emulator recorded.
+//! drop, the usual ways to mount it, raw reads through the kernel, `/status` parsing, and a
+//! provenance check of served bytes against what the emulator recorded.
 #![allow(dead_code, unused_imports)]
 
 use std::collections::{HashMap, HashSet};
@@ -244,6 +244,25 @@ impl Mount {
         );
     }
 
+    /// One of the status files (`status`, `status.json`, `metrics`) as text.
+    pub fn read_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name))
+            .unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.read_file("status.json")).expect("status.json is JSON")
+    }
+
+    /// Asks the daemon to reread its token and retry at once.
+    pub fn sighup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    }
+
     /// SIGTERM and wait for exit; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -286,6 +305,74 @@ impl Drop for Mount {
     }
 }
 
+/// A mount with a 64 KiB buffer (so the first fill is one request) and quick retries.
+pub fn quick_retries(emu: &Emulator) -> MountBuilder {
+    MountBuilder::new(emu).args([
+        "--buffer-size",
+        "64K",
+        "--max-backoff",
+        "0.3",
+        "--request-timeout",
+        "2",
+    ])
+}
+
+/// A 64 KiB mount whose buffer is full; nothing moves `served_bytes` but reads.
+pub fn full_mount(emu: &Emulator) -> Mount {
+    let m = MountBuilder::new(emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    m.wait_full();
+    m
+}
+
+/// A 64 KiB mount on an upstream that answers every request with 503, retrying quickly:
+/// readers of the empty buffer wait.
+pub fn failing_mount(emu: &Emulator, extra: &[&str]) -> Mount {
+    emu.set_fault(Fault::Status(503), None);
+    MountBuilder::new(emu)
+        .args(["--max-backoff", "0.3", "--buffer-size", "64K"])
+        .args(extra.iter().copied())
+        .mount()
+}
+
+/// Lazily unmounts whatever is mounted on its path when dropped, so that a test that fails
+/// half-way leaves nothing mounted.
+pub struct DetachOnDrop<P: AsRef<Path>>(pub P);
+
+impl<P: AsRef<Path>> DetachOnDrop<P> {
+    pub fn path(&self) -> &Path {
+        self.0.as_ref()
+    }
+}
+
+impl<P: AsRef<Path>> Drop for DetachOnDrop<P> {
+    fn drop(&mut self) {
+        if is_mounted(self.path()) {
+            let _ = nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A temporary directory to mount on; unmounted on drop, whatever the test did.
+pub fn mount_point() -> DetachOnDrop<tempfile::TempDir> {
+    DetachOnDrop(tempfile::tempdir().expect("tempdir"))
+}
+
+/// Mounts a tmpfs with `options` (e.g. `size=64k`) on the existing directory `dir`, until the
+/// guard is dropped.
+pub fn mount_tmpfs(dir: &Path, options: &str) -> DetachOnDrop<PathBuf> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some(options),
+    )
+    .expect("mount tmpfs");
+    DetachOnDrop(dir.to_owned())
+}
+
 /// Waits for `state`, then checks that a read on the empty buffer fails with EIO at once
 /// (the states in which the upstream cannot recover by itself). Returns the open file.
 pub fn assert_fails_fast(m: &Mount, state: &str) -> File {
@@ -309,6 +396,14 @@ pub fn parse_status(text: &str) -> HashMap<String, String> {
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// The value of `key` in a parsed `/status`, as a number.
+pub fn status_num<T: std::str::FromStr>(s: &HashMap<String, String>, key: &str) -> T {
+    s.get(key)
+        .unwrap_or_else(|| panic!("no {key} in status: {s:#?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} not a number: {s:#?}"))
 }
 
 /// One `read(2)` of up to `len` bytes.
@@ -343,6 +438,16 @@ pub fn read_in_4k(m: &Mount, n: usize) -> Vec<Vec<u8>> {
         total += r.len();
         reads.push(r);
     }
+    reads
+}
+
+/// Reads at least `n` bytes in reads of 4 KiB, checking that every read is a run of good
+/// blocks the emulator sent and that no byte was handed out twice.
+pub fn read_checked(emu: &Emulator, m: &Mount, n: usize) -> Vec<Vec<u8>> {
+    let reads = read_in_4k(m, n);
+    let prov = Provenance::from(emu);
+    reads.iter().for_each(|r| prov.check_run(r));
+    assert_disjoint(&reads);
     reads
 }
 

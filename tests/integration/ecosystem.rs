@@ -1,16 +1,11 @@
 //! Deploying and watching qrypt-fs the usual ways, and real programs reading from it.
 //! The consumer programs come from Debian packages that `scripts/install-test-deps.sh` installs.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn mount_type_and_source(path: &std::path::Path) -> Option<(String, String)> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
@@ -80,7 +75,7 @@ fn invoked_the_way_mount_fuse3_invokes_it() {
 
 /// The README's line that follows the line `after` in one of its code blocks, exactly.
 fn readme_line_after(after: &str) -> String {
-    const README: &str = include_str!("../README.md");
+    const README: &str = include_str!("../../README.md");
     let mut lines = README.lines().skip_while(|l| *l != after);
     assert!(lines.next().is_some(), "README has no line {after:?}");
     lines.next().expect("a line after it").to_owned()
@@ -157,7 +152,7 @@ fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &st
 fn the_mount_t_line_from_the_readme() {
     let emu = emulator();
     let dir = tempfile::tempdir().expect("tempdir");
-    const README: &str = include_str!("../README.md");
+    const README: &str = include_str!("../../README.md");
     let line = README
         .lines()
         .find(|l| l.starts_with("mount -t fuse.qrypt-fs"))
@@ -312,16 +307,11 @@ fn background_logs_to_the_log_file() {
 #[test]
 fn status_json_and_metrics_carry_the_same_numbers() {
     let emu = emulator();
-    let m = MountBuilder::new(&emu)
-        .args(["--buffer-size", "64K"])
-        .mount();
-    m.wait_full();
+    let m = full_mount(&emu);
     let _ = read_exact(&m.random(), 1000);
     m.wait_full();
     let text = m.status();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(m.path().join("status.json")).expect("json"))
-            .expect("valid json");
+    let json: serde_json::Value = m.status_json();
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     // Every number of /status, under the same name in JSON and with Prometheus' conventions
     // (`_total` for counters) in /metrics. The buffer is full and idle, so nothing moves.

@@ -1,10 +1,6 @@
 //! Hostile readers: every way a local program can get at `/random` other than `read(2)`, log
 //! floods, signals a device would not let end a read, and many waiting readers. Each test drives
 //! a real mount and asserts the exact outcome.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-mod common;
 
 use std::fs::File;
 use std::io::Write;
@@ -15,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, Flock, FlockArg, OFlag};
 use nix::fcntl::{PosixFadviseAdvice, SpliceFFlags, copy_file_range, splice};
@@ -23,15 +19,6 @@ use nix::sys::sendfile::sendfile;
 use nix::sys::signal::{self, Signal};
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
 use nix::unistd::{self, AccessFlags, Pid, Whence};
-
-/// A mount with a full buffer; nothing moves `served_bytes` but reads.
-fn full_mount(emu: &Emulator) -> Mount {
-    let m = MountBuilder::new(emu)
-        .args(["--buffer-size", "64K"])
-        .mount();
-    m.wait_full();
-    m
-}
 
 /// Maps `/random` MAP_PRIVATE, says `mapped`, waits for a line on stdin, then touches the page
 /// and prints it.
@@ -450,13 +437,6 @@ fn every_unsupported_operation_gets_its_errno_and_no_log_line() {
 }
 
 /// A mount whose upstream answers 503 until `emu.clear_fault()`, so reads wait.
-fn failing(emu: &Emulator) -> Mount {
-    emu.set_fault(Fault::Status(503), None);
-    MountBuilder::new(emu)
-        .args(["--max-backoff", "0.3", "--buffer-size", "64K"])
-        .mount()
-}
-
 fn wait_waiting(m: &Mount, n: u64) {
     m.wait_status(
         &format!("{n} waiting readers"),
@@ -553,7 +533,7 @@ fn line(r: &mut impl std::io::BufRead) -> String {
 fn signals_do_not_interrupt(mode: &str, sigs: &[i32], names: &str) {
     require_program("python3");
     let emu = emulator();
-    let m = failing(&emu);
+    let m = failing_mount(&emu, &[]);
     let r = Reader::start(&m, mode, names);
     wait_waiting(&m, 1);
     for &s in sigs {
@@ -584,7 +564,7 @@ fn an_ignored_signal_does_not_interrupt() {
 fn a_caught_signal_interrupts_with_eintr() {
     require_program("python3");
     let emu = emulator();
-    let m = failing(&emu);
+    let m = failing_mount(&emu, &[]);
     let r = Reader::start(&m, "catch", "SIGINT");
     wait_waiting(&m, 1);
     let sent = Instant::now();
@@ -615,7 +595,7 @@ fn sigstop_then_sigcont_does_not_fail_a_plain_read() {
     // Not `head`: coreutils retries a read that failed with EINTR, which would hide the bug.
     require_program("python3");
     let emu = emulator();
-    let m = failing(&emu);
+    let m = failing_mount(&emu, &[]);
     let r = Reader::start(&m, "default", "SIGCONT");
     wait_waiting(&m, 1);
     kill(r.child.id(), libc::SIGSTOP);
@@ -631,7 +611,7 @@ fn sigstop_then_sigcont_does_not_fail_a_plain_read() {
 #[test]
 fn sigkill_always_ends_the_wait() {
     let emu = emulator();
-    let m = failing(&emu);
+    let m = failing_mount(&emu, &[]);
     let mut head = spawn_head(&m);
     wait_waiting(&m, 1);
     kill(head.id(), libc::SIGSTOP);
@@ -650,7 +630,7 @@ fn sigkill_always_ends_the_wait() {
 #[test]
 fn two_hundred_waiters_are_all_freed_by_their_signals() {
     let emu = emulator();
-    let m = failing(&emu);
+    let m = failing_mount(&emu, &[]);
     let heads: Vec<_> = (0..200).map(|_| spawn_head(&m)).collect();
     wait_waiting(&m, 200);
     let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -703,7 +683,7 @@ print(" ".join(map(str, sorted(results))), flush=True)
 fn two_hundred_waiting_threads_each_get_eintr_from_their_own_caught_signal() {
     require_program("python3");
     let emu = emulator();
-    let m = failing(&emu);
+    let m = failing_mount(&emu, &[]);
     let mut child = Command::new("python3")
         .args(["-c", MANY_THREADS])
         .arg(m.random())

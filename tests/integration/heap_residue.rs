@@ -1,16 +1,13 @@
 //! Served bytes must not linger in the daemon's memory in another form: after 4 MiB was read
 //! (and wiped from the ring), the base64 text the upstream sent for those blocks is looked
 //! for in every writable mapping of the daemon, through /proc/PID/mem.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 
 /// Characters of each block's base64 looked for: 32 characters hold 24 bytes of entropy, so
 /// a match is that block's text and nothing else.
@@ -128,10 +125,7 @@ fn read_buffers_shared_by_many_responses_are_wiped_once_idle() {
     let emu = emulator();
     // A small buffer is refilled by small responses of varied sizes (what is free when half
     // of it is), four in flight.
-    let m = MountBuilder::new(&emu)
-        .args(["--buffer-size", "64K"])
-        .mount();
-    m.wait_full();
+    let m = full_mount(&emu);
     let mut f = std::fs::File::open(m.random()).expect("open");
     for i in 0..400 {
         let mut buf = vec![0u8; (3 + i * 13 % 41) << 10];

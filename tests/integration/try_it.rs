@@ -3,11 +3,6 @@
 //! mount point is refused with qrypt-fs's own message and touches nothing of the first, a stale
 //! mount point is refused and left as it was, and stopping removes exactly its own mount and
 //! processes, with nothing logged at WARN or ERROR on a clean run.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/try-it.sh");
 

@@ -1,13 +1,9 @@
 //! The buffer's memory is locked as it fills, not all at mount: a large buffer the upstream
-//! cannot fill costs little locked memory, and `/status` shows what is locked.// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
+//! cannot fill costs little locked memory, and `/status` shows what is locked.
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The daemon's VmLck, in bytes.
 fn vm_locked(pid: i32) -> u64 {
@@ -21,9 +17,7 @@ fn vm_locked(pid: i32) -> u64 {
 }
 
 fn num(s: &std::collections::HashMap<String, String>, k: &str) -> u64 {
-    s.get(k)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{k} in {s:?}"))
+    status_num(s, k)
 }
 
 /// Locked memory may run ahead of the buffered bytes by the requests in flight (4 x 512 KiB)
@@ -77,9 +71,7 @@ fn a_large_buffer_is_locked_as_it_fills_and_status_says_how_much() {
         (buffered..=buffered + AHEAD).contains(&locked),
         "VmLck {locked}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(m.path().join("status.json")).expect("json"))
-            .expect("parse");
+    let json: serde_json::Value = m.status_json();
     assert_eq!(json["locked_bytes"], locked);
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     assert!(

@@ -1,28 +1,16 @@
 //! A hostile token file: whatever is swapped in for it (a FIFO, a device, a huge file, a
 //! directory, a socket, a chain of symlinks, a file on a filesystem that hangs), the refill goes
 //! on with the token in use, `/status` says why, and a good file put back is taken on the next
-//! SIGHUP. At start, such a file is a clear error and nothing is mounted.// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
+//! SIGHUP. At start, such a file is a clear error and nothing is mounted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const OLD: &str = "old-token";
 const NEW: &str = "new-token";
-
-fn sighup(m: &Mount) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.pid()),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
-}
 
 /// Puts `make`'s creation at `path` in place of whatever is there.
 fn swap_in(path: &Path, make: impl FnOnce(&Path)) {
@@ -99,7 +87,7 @@ fn a_fifo_swapped_in_keeps_the_old_token_and_a_file_put_back_is_taken() {
     m.wait_full();
 
     swap_in(&token_file, fifo);
-    sighup(&m);
+    m.sighup();
     m.wait_status("token_error", Duration::from_secs(5), |s| {
         s["token_error"].contains("is a FIFO, not a regular file")
     });
@@ -109,7 +97,7 @@ fn a_fifo_swapped_in_keeps_the_old_token_and_a_file_put_back_is_taken() {
     assert!(s["last_error"].contains("is a FIFO"), "{s:?}");
     // The refill never waits for the FIFO, and a second SIGHUP is not logged again.
     refill_goes_on(&m, &emu);
-    sighup(&m);
+    m.sighup();
     std::thread::sleep(Duration::from_millis(300));
     refill_goes_on(&m, &emu);
     assert_eq!(m.log_text().matches("is a FIFO").count(), 1, "logged once");
@@ -118,7 +106,7 @@ fn a_fifo_swapped_in_keeps_the_old_token_and_a_file_put_back_is_taken() {
     m.wait_full();
     emu.set_tokens(vec![NEW.into()]);
     swap_in(&token_file, regular("new-token\n"));
-    sighup(&m);
+    m.sighup();
     m.wait_status("the new token", Duration::from_secs(5), |s| {
         s["token_error"] == "none"
     });
@@ -175,7 +163,7 @@ fn every_kind_of_hostile_file_is_refused_and_the_refill_goes_on() {
     ];
     for (what, make, why) in cases {
         swap_in(&token_file, make);
-        sighup(&m);
+        m.sighup();
         m.wait_status(what, Duration::from_secs(5), |s| {
             s["token_error"].contains(why)
         });
@@ -185,7 +173,7 @@ fn every_kind_of_hostile_file_is_refused_and_the_refill_goes_on() {
     m.wait_full();
     emu.set_tokens(vec![NEW.into()]);
     swap_in(&token_file, symlink_to("elsewhere"));
-    sighup(&m);
+    m.sighup();
     m.wait_status("the new token", Duration::from_secs(5), |s| {
         s["token_error"] == "none"
     });
@@ -243,7 +231,7 @@ fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back(
     });
     let stopped = Stopped::stop(&hung);
 
-    sighup(&m);
+    m.sighup();
     m.wait_status("the overdue read", Duration::from_secs(10), |s| {
         s["token_error"].contains("no answer within 5 s (a hung filesystem?)")
     });
@@ -254,7 +242,7 @@ fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back(
 
     // A good file put back is read on the next SIGHUP, although the first read still hangs.
     swap_in(&token_file, regular("old-token\n"));
-    sighup(&m);
+    m.sighup();
     m.wait_status("the file put back", Duration::from_secs(3), |s| {
         s["token_error"] == "none"
     });
@@ -264,7 +252,7 @@ fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back(
     swap_in(&token_file, |p| {
         std::os::unix::fs::symlink(&on_hung, p).expect("symlink")
     });
-    sighup(&m);
+    m.sighup();
     m.wait_status("the overdue read", Duration::from_secs(10), |s| {
         s["token_error"].contains("no answer within 5 s")
     });
@@ -281,7 +269,7 @@ fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back(
     // The new token in a regular file, and a SIGHUP: taken at once. (`degraded`: working, with
     // the 401 less than a minute ago.)
     swap_in(&token_file, regular("new-token\n"));
-    sighup(&m);
+    m.sighup();
     m.wait_status("the new token", Duration::from_secs(3), |s| {
         s["state"] == "degraded" && s["token_error"] == "none"
     });

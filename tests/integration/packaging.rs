@@ -3,11 +3,10 @@
 //! and describes every `/status` key and every flag, the completions know every flag, and the
 //! unit, the README and the package agree on paths. The package itself and the unit under a
 //! real systemd are tested end to end by scripts/test-deb.sh and scripts/test-systemd.sh.
-mod common;
 
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// build.rs writes the generated files here (and mirrors them for cargo-deb).
 const GENERATED: &str = env!("OUT_DIR");

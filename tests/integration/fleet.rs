@@ -1,20 +1,16 @@
 //! One token shared by a fleet: 4 mounts read as fast as they can for 60 s against the
-//! emulator enforcing one 30 requests / 10 s limit for their token. Goals (issue 10):
+//! emulator enforcing one 30 requests / 10 s limit for their token. Goals:
 //! aggregate throughput >= 85% of 30 x 512 KiB / 10 s, 429 answers <= 10% of requests, and
 //! the busiest mount gets at most twice the bytes of the least busy.
 //!
 //! A benchmark, not a check of correctness: ignored by default, run by `scripts/bench.sh
 //! fleet` (release build). `FLEET_OUT=DIR` writes `fleet.tsv` (mount, second, bytes) and
 //! `fleet-summary.tsv` for the plot and BENCHMARKS.md.
-// Mounts real FUSE filesystems: built only with `--features fuse-tests`.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MOUNTS: usize = 4;
 const SECS: u64 = 60;

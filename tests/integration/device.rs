@@ -1,10 +1,5 @@
 //! `/random` behaves like a device: waiting, interrupts, non-blocking readers, poll, timeouts,
 //! and clean shutdown, each driven through a real mount.
-// These mount real FUSE filesystems: /dev/fuse and root (or fusermount3) needed. Run by
-// scripts/test.sh and CI (`--features fuse-tests`); plain `cargo test` builds them empty.
-#![cfg(feature = "fuse-tests")]
-
-mod common;
 
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
@@ -12,21 +7,13 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::select::{FdSet, select};
 use nix::sys::time::TimeVal;
 
 /// A mount whose upstream fails with 503 until `emu.clear_fault()`; retries are quick.
-fn failing(emu: &Emulator, extra: &[&str]) -> Mount {
-    emu.set_fault(Fault::Status(503), None);
-    MountBuilder::new(emu)
-        .args(["--max-backoff", "0.3", "--buffer-size", "64K"])
-        .args(extra.iter().copied())
-        .mount()
-}
-
 fn poll_in(f: &std::fs::File, timeout_ms: u16) -> (i32, i16) {
     let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
     let n = poll(&mut pfd, PollTimeout::from(timeout_ms)).expect("poll");
@@ -36,7 +23,7 @@ fn poll_in(f: &std::fs::File, timeout_ms: u16) -> (i32, i16) {
 #[test]
 fn nonblocking_read_gets_eagain_never_a_wait() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let f = open_nonblocking(&m.random());
     for size in [1usize, 32, 4096] {
         let t = Instant::now();
@@ -52,7 +39,7 @@ fn nonblocking_read_gets_eagain_never_a_wait() {
 #[test]
 fn poll_sleeps_then_wakes_when_upstream_recovers() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let f = open_random(&m);
     assert_eq!(poll_in(&f, 300), (0, 0), "not readable while empty");
     let (tx, rx) = mpsc::channel();
@@ -86,7 +73,7 @@ fn blocked_head_is_killed_by_sigterm_within_half_a_second() {
 
 fn blocked_head_is_killed_within_half_a_second(signal: nix::sys::signal::Signal) {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let mut head = Command::new("head")
         .args(["-c", "32"])
         .arg(m.random())
@@ -119,7 +106,7 @@ extern "C" fn noop(_: libc::c_int) {}
 #[test]
 fn handled_signal_ends_the_wait_with_eintr() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     // A handler (SA_RESTART even): the read must still end with EINTR, as on a device.
     // SAFETY: installing a no-op handler for SIGUSR1.
     unsafe {
@@ -172,7 +159,7 @@ fn dd_under_timeout(m: &Mount) -> std::process::Child {
 #[test]
 fn ctrl_c_frees_a_reader_with_handlers_within_half_a_second_while_its_user_holds_a_timer() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     for round in 0..3 {
         // Round 0 is the mount's first interrupted request: the kernel then stops sending
         // interrupts (fuser answers ENOSYS), and later waits wake nothing on a caught signal.
@@ -219,7 +206,7 @@ fn ctrl_c_frees_a_reader_with_handlers_within_half_a_second_while_its_user_holds
 #[test]
 fn status_and_ls_answer_while_a_reader_waits() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let path = m.random();
     let reader = thread::spawn(move || read_exact(&path, 100));
     m.wait_status("a waiting reader", Duration::from_secs(3), |s| {
@@ -263,7 +250,7 @@ fn queue_reader(m: &Mount, len: usize, waiting: u64) -> thread::JoinHandle<(Vec<
 #[test]
 fn waiting_readers_are_served_first_come_first_served() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let readers: Vec<_> = (0..3).map(|i| queue_reader(&m, 32, i)).collect();
     emu.clear_fault();
     let got: Vec<Vec<u8>> = readers
@@ -278,7 +265,7 @@ fn waiting_readers_are_served_first_come_first_served() {
 #[test]
 fn a_large_waiting_read_does_not_starve_a_small_one() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let large = queue_reader(&m, 1 << 20, 0);
     let small = queue_reader(&m, 32, 1);
     let recovered = Instant::now();
@@ -327,7 +314,7 @@ fn select_readable(f: &std::fs::File, timeout: Duration) -> bool {
 #[test]
 fn select_and_epoll_sleep_then_wake_like_poll() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let f = open_random(&m);
     assert!(!select_readable(&f, Duration::from_millis(300)));
     let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll_create1"));
@@ -354,7 +341,7 @@ fn select_and_epoll_sleep_then_wake_like_poll() {
 #[test]
 fn waiting_small_read_completes_with_full_count_after_recovery() {
     let emu = emulator();
-    let m = failing(&emu, &[]);
+    let m = failing_mount(&emu, &[]);
     let f = open_random(&m);
     let reader = thread::spawn(move || read_once(&f, 200));
     thread::sleep(Duration::from_millis(700));
@@ -370,7 +357,7 @@ fn rejected_token_gives_eio_at_once() {
         ..EmulatorConfig::default()
     })
     .expect("emulator");
-    // Past the start's check (which would end the mount: tests/first_contact.rs).
+    // Past the start's check (which would end the mount: first_contact.rs).
     let m = MountBuilder::new(&emu)
         .args(["--startup-timeout", "0"])
         .mount();
@@ -383,7 +370,7 @@ fn rejected_token_gives_eio_at_once() {
 #[test]
 fn read_timeout_turns_a_long_wait_into_eio() {
     let emu = emulator();
-    let m = failing(&emu, &["--read-timeout", "0.6"]);
+    let m = failing_mount(&emu, &["--read-timeout", "0.6"]);
     let f = open_random(&m);
     let t = Instant::now();
     let err = read_once(&f, 32).expect_err("timeout");
@@ -398,7 +385,7 @@ fn read_timeout_turns_a_long_wait_into_eio() {
 #[test]
 fn sigterm_answers_waiting_readers_unmounts_and_exits_zero() {
     let emu = emulator();
-    let mut m = failing(&emu, &[]);
+    let mut m = failing_mount(&emu, &[]);
     let f = open_random(&m);
     let reader = thread::spawn(move || {
         let r = read_once(&f, 32);
