@@ -152,7 +152,11 @@ impl Snapshot {
         for e in self.entries() {
             let v = match e.value {
                 Value::Int(v) => v.map_or(J::Null, J::from),
-                Value::Real(v) | Value::Time(v) => v.map_or(J::Null, J::from),
+                Value::Real(v) => v.map_or(J::Null, J::from),
+                Value::Time(v) => v.map_or(J::Null, |t| match whole(t) {
+                    Some(secs) => J::from(secs),
+                    None => J::from(t),
+                }),
                 Value::Flag(v) => J::Bool(v),
                 Value::Text(v) => v.map_or(J::Null, J::String),
                 Value::Classes(m) => J::Object(m.into_iter().map(|(k, v)| (k, v.into())).collect()),
@@ -202,6 +206,9 @@ impl Snapshot {
                     Value::Int(Some(v)) => {
                         let _ = writeln!(s, "qrypt_fs_{name}{labels} {v}");
                     }
+                    Value::Time(Some(v)) if whole(*v).is_some() => {
+                        let _ = writeln!(s, "qrypt_fs_{name}{labels} {}", *v as u64);
+                    }
                     Value::Real(Some(v)) | Value::Time(Some(v)) => {
                         let _ = writeln!(s, "qrypt_fs_{name}{labels} {v:.3}");
                     }
@@ -245,6 +252,11 @@ impl Snapshot {
         let _ = writeln!(s, "qrypt_fs_info{{{labels}}} 1");
         s
     }
+}
+
+/// A time in whole seconds, shown as an integer (most are: only pacing's has milliseconds).
+fn whole(t: f64) -> Option<u64> {
+    (t.fract() == 0.0 && (0.0..9e15).contains(&t)).then_some(t as u64)
 }
 
 /// The help text as one Prometheus HELP line (backslash and newline escaped), with its unit.

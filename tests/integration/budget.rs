@@ -108,8 +108,8 @@ fn a_budget_is_served_exactly_then_eio_at_once() {
         assert_eq!(num(&s, "budget_day_limit_bytes"), MIB as f64);
         assert_eq!(num(&s, "budget_day_spent_bytes"), MIB as f64);
         assert_eq!(num(&s, "budget_day_remaining_bytes"), 0.0);
-        assert_eq!(num(&s, "spent_day_bytes"), MIB as f64);
-        assert_eq!(num(&s, "spent_month_bytes"), MIB as f64);
+        assert_eq!(num(&s, "budget_day_spent_bytes"), MIB as f64);
+        assert_eq!(num(&s, "budget_month_spent_bytes"), MIB as f64);
         let next = num(&s, "next_attempt_in_seconds");
         let midnight = seconds_until_next_utc_midnight();
         assert!((next - midnight).abs() < 3.0, "{next} vs {midnight}");
@@ -117,9 +117,9 @@ fn a_budget_is_served_exactly_then_eio_at_once() {
         let log = m.log_text();
         assert_eq!(log.matches("budget 1M/day reached").count(), 1, "{log}");
         let json = m.status_json();
-        assert_eq!(json["budget"][0]["period"], "day");
-        assert_eq!(json["budget"][0]["spent_bytes"], MIB);
-        assert_eq!(json["budget"][0]["remaining_bytes"], 0);
+        assert_eq!(json["budget"], "1M/day");
+        assert_eq!(json["budget_day_spent_bytes"], MIB);
+        assert_eq!(json["budget_day_remaining_bytes"], 0);
         let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
         for line in [
             "qrypt_fs_budget_limit_bytes{period=\"day\"} 1048576\n",
@@ -261,8 +261,8 @@ fn with_no_budget_the_day_and_month_spend_is_shown() {
     m.wait_full();
     let s = m.status();
     assert_eq!(s["budget"], "off");
-    assert_eq!(num(&s, "spent_day_bytes"), (64 << 10) as f64);
-    assert_eq!(num(&s, "spent_month_bytes"), (64 << 10) as f64);
+    assert_eq!(num(&s, "budget_day_spent_bytes"), (64 << 10) as f64);
+    assert_eq!(num(&s, "budget_month_spent_bytes"), (64 << 10) as f64);
     let metrics = std::fs::read_to_string(m.path().join("metrics")).expect("metrics");
     assert!(
         metrics.contains("qrypt_fs_budget_spent_bytes{period=\"day\"} 65536\n"),

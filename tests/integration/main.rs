@@ -19,6 +19,8 @@ mod faults;
 mod first_contact;
 #[cfg(feature = "fuse-tests")]
 mod fleet;
+// The fleet's pacing on a virtual clock: no mount, runs anywhere.
+mod fleet_model;
 #[cfg(feature = "fuse-tests")]
 mod heap_residue;
 #[cfg(feature = "fuse-tests")]
