@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots each mount's throughput over time from the fleet benchmark (tests/fleet.rs).
+"""Plots each mount's throughput over time from the fleet benchmark (tests/integration/fleet.rs).
 
 Usage: plot_fleet.py FLEET.tsv OUT.png
 

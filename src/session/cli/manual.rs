@@ -2,8 +2,9 @@
 //!
 //! Self-contained (no imports at all): build.rs includes this file next to `args.rs` and renders
 //! the man page from both, so the options can never disagree with `--help`, and these sections
-//! are written once. tests/packaging.rs checks them against the unit file and the package. The STATUS FIELDS
-//! section comes from the status layer's field table (`src/status/fields.rs`).
+//! are written once. The integration tests (`packaging`) check them against the unit file and
+//! the package. The STATUS FIELDS section comes from the status layer's field table
+//! (`src/status/fields.rs`).
 
 /// One block of text inside a section.
 pub enum Block {
