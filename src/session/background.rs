@@ -43,7 +43,7 @@ impl Ready {
 static ON_SERVING: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Sets what runs once this process is the one that serves. The binary starts its allocator's
-/// background thread there: a thread started before [`daemonize`] forks would not exist in
+/// background thread there: a thread started before `daemonize` forks would not exist in
 /// the child, and the fork is meant to happen before any thread exists.
 pub fn on_serving(f: fn()) {
     let _ = ON_SERVING.set(f);

@@ -48,7 +48,7 @@ pub struct Options {
     pub verbose: u8,
 }
 
-/// Parses `argv` (flags and `-o` options alike) into [`Options`]. Errors are usage errors
+/// Parses `argv` (flags and `-o` options alike) into `Options`. Errors are usage errors
 /// (exit status 2); `--help` and `--version` come back as clap's `DisplayHelp`/`DisplayVersion`.
 pub fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Options, clap::Error> {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
