@@ -115,7 +115,7 @@ impl View {
     }
 
     /// Readers fail fast only in a stop; while backing off (even after a stop whose retry now
-    /// fails another way) they wait, as the README's state table says.
+    /// fails another way) they wait, as docs/operations.md (States) says.
     pub fn readers_fail_fast(&self) -> bool {
         self.state.is_stop()
     }

@@ -48,7 +48,7 @@ pub const SECTIONS: &[Section] = &[
                  dd iflag=fullblock). A read waits while the buffer is empty. A signal that is \
                  caught (a handler) or fatal by default ends the wait (EINTR, or the process \
                  dies); stop, continue, ignored and blocked signals do not. SA_RESTART is \
-                 invisible to a filesystem: a caught signal always gives EINTR (README, section \
+                 invisible to a filesystem: a caught signal always gives EINTR (docs/semantics.md, section \
                  Signals while a read waits). O_NONBLOCK gets EAGAIN; EIO when the upstream \
                  cannot recover by itself (token rejected, quota used up, a --budget cap \
                  reached) and nothing is buffered.",
