@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 mod calendar;
 pub mod ledger;
+mod rate;
 mod report;
 mod spec;
 mod store;
@@ -66,6 +67,8 @@ pub struct BudgetConfig {
 pub struct Grant {
     pub bytes: u64,
     starts: [u64; 3],
+    /// When it was granted (the rate's record).
+    at: u64,
 }
 
 /// Why a request may not be sent now.
@@ -84,6 +87,8 @@ pub struct Budget {
     clock: Clock,
     /// The spend as last read or written; what `/status` shows.
     cache: Mutex<Spend>,
+    /// This process's grants per minute, for the spend rate and the forecast.
+    rate: Mutex<rate::RateRing>,
 }
 
 impl std::fmt::Debug for Budget {
@@ -136,6 +141,7 @@ impl Budget {
             file: Some(file),
             clock,
             cache: Mutex::new(spend),
+            rate: Mutex::default(),
         })
     }
 
@@ -145,6 +151,7 @@ impl Budget {
             file: None,
             clock,
             cache: Mutex::new(spend),
+            rate: Mutex::default(),
         }
     }
 
@@ -177,25 +184,31 @@ impl Budget {
                 Ok(Grant {
                     bytes: grant,
                     starts,
+                    at: now,
                 }),
                 true,
             )
         };
-        let Some(file) = &self.file else {
-            return decide(&mut self.cache.lock()).0;
+        let out = match &self.file {
+            None => decide(&mut self.cache.lock()).0,
+            Some(file) => match file.update(false, decide) {
+                Ok((out, spend)) => {
+                    *self.cache.lock() = spend;
+                    out
+                }
+                Err(e) => Err(Refusal::Unwritable(e.to_string())),
+            },
         };
-        match file.update(false, decide) {
-            Ok((out, spend)) => {
-                *self.cache.lock() = spend;
-                out
-            }
-            Err(e) => Err(Refusal::Unwritable(e.to_string())),
+        if let Ok(g) = &out {
+            self.rate.lock().add(now, g.bytes);
         }
+        out
     }
 
     /// Gives back a grant the service refused outright. Best effort: if it cannot be
     /// recorded, the bytes stay counted, which errs on the safe side.
     pub fn refund(&self, grant: Grant) -> Result<(), String> {
+        self.rate.lock().remove(grant.at, grant.bytes);
         let Some(file) = &self.file else {
             self.cache.lock().refund(grant.bytes, grant.starts);
             return Ok(());
@@ -225,6 +238,9 @@ impl Budget {
         let mut spend = *self.cache.lock();
         spend.roll(now);
         let mut r = BudgetReport::new(&self.caps, &spend, now);
+        let ring = self.rate.lock();
+        r.set_rates(ring.rate(now, rate::HOUR), ring.rate(now, rate::DAY), now);
+        drop(ring);
         r.state_file = self.state_file().map(|p| p.display().to_string());
         r
     }

@@ -1,5 +1,6 @@
 //! The budget as `/status`, `/status.json` and `/metrics` show it: what each cap allows,
 //! what was spent, and when it renews (the status layer renders it).
+use super::rate::runs_out_at;
 use super::{Cap, Period, Spend, human_bytes};
 
 /// One cap.
@@ -11,17 +12,22 @@ pub struct CapReport {
     pub remaining_bytes: u64,
     /// Unix time of the renewal.
     pub renews_at: u64,
+    /// Unix time the cap runs out at the current rate; `None` if not before it renews.
+    pub runs_out_at: Option<u64>,
 }
 
 /// Every cap, and the spend of the current day and month (shown even without a cap, so an
 /// operator can alert before Qrypt answers 403).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BudgetReport {
     pub caps: Vec<CapReport>,
     pub spent_day_bytes: u64,
     pub spent_month_bytes: u64,
     pub day_renews_at: u64,
     pub month_renews_at: u64,
+    /// Bytes per second this process requested over the last hour and the last day.
+    pub rate_hour: f64,
+    pub rate_day: f64,
     pub state_file: Option<String>,
 }
 
@@ -38,6 +44,7 @@ impl BudgetReport {
                         spent_bytes: spent,
                         remaining_bytes: c.limit.saturating_sub(spent),
                         renews_at: c.period.next_start(now),
+                        runs_out_at: None,
                     }
                 })
                 .collect(),
@@ -45,7 +52,20 @@ impl BudgetReport {
             spent_month_bytes: spend.month.spent,
             day_renews_at: Period::Day.next_start(now),
             month_renews_at: Period::Month.next_start(now),
+            rate_hour: 0.0,
+            rate_day: 0.0,
             state_file: None,
+        }
+    }
+
+    /// Sets the spend rates and, from them, when each cap runs out. The pace is the higher of
+    /// the two rates, so a surge shows at once and a quiet hour does not hide a day's pace.
+    pub fn set_rates(&mut self, hour: f64, day: f64, now: u64) {
+        self.rate_hour = hour;
+        self.rate_day = day;
+        let pace = hour.max(day);
+        for c in &mut self.caps {
+            c.runs_out_at = runs_out_at(now, c.remaining_bytes, pace, c.renews_at);
         }
     }
 

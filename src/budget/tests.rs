@@ -181,3 +181,58 @@ fn human_sizes() {
     assert_eq!(human_bytes(1000), "1000B");
     assert_eq!(human_bytes(0), "0B");
 }
+
+#[test]
+fn rate_and_forecast_follow_the_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (t, clock) = clock();
+    let b = Budget::open(&config(dir.path(), &["100M/day", "1G/month"]), clock).expect("open");
+    let r = b.report();
+    assert_eq!((r.rate_hour, r.rate_day), (0.0, 0.0));
+    assert_eq!(r.caps[0].runs_out_at, None, "nothing spent, nothing forecast");
+    // 36 MiB in the first hour.
+    for i in 0..36 {
+        t.store(T + i * 100, Ordering::SeqCst);
+        assert_eq!(b.reserve(1 << 20, KIB).map(|g| g.bytes), Ok(1 << 20));
+    }
+    t.store(T + 3599, Ordering::SeqCst);
+    let r = b.report();
+    assert_eq!(r.rate_hour, 36.0 * 1024.0 * 1024.0 / 3600.0);
+    assert_eq!(r.rate_day, 36.0 * 1024.0 * 1024.0 / 86_400.0);
+    // 64 MiB left of the day at 36 MiB/h: 6400 s, before midnight (12 h away).
+    let day = &r.caps[0];
+    assert_eq!(day.period, Period::Day);
+    assert_eq!(day.runs_out_at, Some(T + 3599 + 6400));
+    // The month's 988 MiB last longer than the month at that pace? Not before its renewal.
+    let month = &r.caps[1];
+    let left = month.remaining_bytes as f64 / r.rate_hour;
+    assert_eq!(
+        month.runs_out_at.is_some(),
+        (T + 3599) as f64 + left.ceil() < month.renews_at as f64
+    );
+    // A refund takes its bytes back out of the rate.
+    let g = b.reserve(1 << 20, KIB).expect("grant");
+    b.refund(g).expect("refund");
+    assert_eq!(b.report().rate_hour, r.rate_hour);
+    // Two quiet hours later the hour's rate is zero, the day's is not: the higher one counts.
+    t.store(T + 3 * 3600, Ordering::SeqCst);
+    let r = b.report();
+    assert_eq!(r.rate_hour, 0.0);
+    assert!(r.rate_day > 0.0);
+    let at_day_rate = (T + 3 * 3600) as f64 + (64.0 * 1024.0 * 1024.0 / r.rate_day).ceil();
+    assert_eq!(
+        r.caps[0].runs_out_at,
+        (at_day_rate < MIDNIGHT as f64).then_some(at_day_rate as u64)
+    );
+    assert_eq!(r.caps[0].runs_out_at, None, "at 436 B/s the day renews first");
+}
+
+#[test]
+fn rate_without_caps() {
+    let (t, clock) = clock();
+    let b = Budget::open(&config(std::path::Path::new("/nonexistent"), &[]), clock).expect("open");
+    assert_eq!(b.reserve(360 * KIB, KIB).map(|g| g.bytes), Ok(360 * KIB));
+    t.store(T + 10, Ordering::SeqCst);
+    assert_eq!(b.report().rate_hour, 102.4);
+    assert!(b.report().caps.is_empty());
+}

@@ -244,6 +244,20 @@ pub static FIELDS: &[Field] = &[
         "When the period's count starts over: for each capped period, the day and the month.",
     ),
     f(
+        "budget_{period}_spend_rate_bytes_per_second",
+        Gauge,
+        "bytes/s",
+        "Bytes this mount requested per second over the last hour and the last day (sliding \
+         windows, counted since start: a restart starts them at zero).",
+    ),
+    f(
+        "budget_{period}_runs_out_at",
+        Timestamp,
+        "seconds",
+        "For each cap: when it runs out at the current pace (the higher of the two spend \
+         rates), or none when it renews first.",
+    ),
+    f(
         "budget_state_file",
         Info,
         "",

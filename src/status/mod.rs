@@ -342,6 +342,8 @@ mod tests {
             period: crate::budget::Period::Hour,
         };
         snap.budget = BudgetReport::new(&[cap], &Default::default(), 1_795_867_200);
+        // 1 KiB/s over the last hour: the 1 MiB cap runs out in 1024 s, before it renews.
+        snap.budget.set_rates(1024.0, 42.5, 1_795_867_200);
         snap.budget.state_file = Some("/var/lib/qrypt-fs/budget.json".into());
         snap
     }
@@ -411,6 +413,22 @@ mod tests {
         );
         assert_eq!(json["budget_hour_limit_bytes"], 1 << 20);
         assert_eq!(json["budget"], "1M/hour");
+        // The forecast: the rates over the hour and the day, and when the cap runs out.
+        assert!(
+            text.contains("\nbudget_hour_spend_rate_bytes_per_second: 1024.0\n")
+                && text.contains("\nbudget_day_spend_rate_bytes_per_second: 42.5\n")
+                && text.contains("\nbudget_hour_runs_out_at: 2026-11-28T12:17:04Z\n"),
+            "{text}"
+        );
+        assert_eq!(json["budget_hour_runs_out_at"], 1_795_867_200 + 1024);
+        assert!(
+            prom.contains(
+                "\nqrypt_fs_budget_spend_rate_bytes_per_second{period=\"day\"} 42.500\n"
+            ) && prom.contains(
+                "\nqrypt_fs_budget_runs_out_timestamp_seconds{period=\"hour\"} 1795868224\n"
+            ),
+            "{prom}"
+        );
         assert!(
             text.contains("\nbudget_month_renews_at: 2026-12-01T00:00:00Z\n"),
             "{text}"

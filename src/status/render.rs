@@ -119,6 +119,13 @@ impl Snapshot {
                 .into_iter()
                 .map(|(p, _, renews)| (p.as_str(), Value::Time(Some(renews as f64))))
                 .collect(),
+            "budget_{period}_spend_rate_bytes_per_second" => vec![
+                ("hour", Value::Real(Some(b.rate_hour))),
+                ("day", Value::Real(Some(b.rate_day))),
+            ],
+            "budget_{period}_runs_out_at" => capped
+                .map(|(p, c)| (p.as_str(), Value::Time(c.runs_out_at.map(|t| t as f64))))
+                .collect(),
             _ => Vec::new(),
         }
     }
