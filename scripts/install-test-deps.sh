@@ -3,7 +3,8 @@
 # (util-linux), fuse3 (mount.fuse3, fusermount3), rng-tools5 (rngtest, rngd), openssl, a JDK,
 # python3, systemd (systemd-analyze checks the unit file), strace (shows what rngd feeds the
 # kernel), and for the packaging tests (scripts/test-deb.sh, scripts/test-systemd.sh):
-# systemd-container (systemd-nspawn boots a real systemd), lintian, and cargo-deb (from
+# systemd-container (systemd-nspawn boots a real systemd), lintian, prometheus (with promtool)
+# and prometheus-node-exporter (the monitoring tests scrape a mount), and cargo-deb (from
 # crates.io, pinned; about 5 minutes to build on 2 cores); and to build at all, a C compiler
 # and make (ring's assembly, and jemalloc, the daemon's allocator, are built from source). Needs root (apt-get); skips what is
 # already there.
@@ -25,6 +26,7 @@ programs=(
   systemd-nspawn:systemd-container
   lintian:lintian
   cc:gcc make:make
+  prometheus:prometheus promtool:prometheus prometheus-node-exporter:prometheus-node-exporter
 )
 need=()
 for entry in "${programs[@]}"; do
@@ -41,7 +43,13 @@ fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}"
+  apt-get install -y -qq --no-install-recommends --no-upgrade "${need[@]}"
+  # The tests start their own Prometheus and node_exporter on loopback: none system-wide.
+  for service in prometheus prometheus-node-exporter; do
+    if [[ " ${need[*]} " == *" $service "* ]]; then
+      systemctl disable --now "$service" 2>/dev/null || true
+    fi
+  done
 fi
 if ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3\.8\.0'; then
   cargo install cargo-deb --locked --version 3.8.0

@@ -30,6 +30,8 @@ mod hostile_upstream;
 #[cfg(feature = "fuse-tests")]
 mod memory;
 #[cfg(feature = "fuse-tests")]
+mod monitoring;
+#[cfg(feature = "fuse-tests")]
 mod mount;
 #[cfg(feature = "fuse-tests")]
 mod status_fields;
