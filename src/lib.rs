@@ -14,6 +14,7 @@ mod fs;
 mod pool;
 mod read_guard;
 mod refill;
+mod seed;
 mod session;
 mod state_machine;
 mod status;
@@ -31,6 +32,7 @@ pub mod pacing {
 pub use refill::FIRST_REQUEST_KIB;
 /// The health tests, public for their cost benchmark (`examples/health_cost.rs`).
 pub use refill::health;
+pub use seed::main as seed_main;
 pub use session::background::{harden_process, on_serving};
 pub use session::cli::parse as parse_args;
 pub use session::run::{main as run, message as error_message};

@@ -189,7 +189,10 @@ fn rate_and_forecast_follow_the_clock() {
     let b = Budget::open(&config(dir.path(), &["100M/day", "1G/month"]), clock).expect("open");
     let r = b.report();
     assert_eq!((r.rate_hour, r.rate_day), (0.0, 0.0));
-    assert_eq!(r.caps[0].runs_out_at, None, "nothing spent, nothing forecast");
+    assert_eq!(
+        r.caps[0].runs_out_at, None,
+        "nothing spent, nothing forecast"
+    );
     // 36 MiB in the first hour.
     for i in 0..36 {
         t.store(T + i * 100, Ordering::SeqCst);
@@ -224,7 +227,10 @@ fn rate_and_forecast_follow_the_clock() {
         r.caps[0].runs_out_at,
         (at_day_rate < MIDNIGHT as f64).then_some(at_day_rate as u64)
     );
-    assert_eq!(r.caps[0].runs_out_at, None, "at 436 B/s the day renews first");
+    assert_eq!(
+        r.caps[0].runs_out_at, None,
+        "at 436 B/s the day renews first"
+    );
 }
 
 #[test]

@@ -422,11 +422,10 @@ mod tests {
         );
         assert_eq!(json["budget_hour_runs_out_at"], 1_795_867_200 + 1024);
         assert!(
-            prom.contains(
-                "\nqrypt_fs_budget_spend_rate_bytes_per_second{period=\"day\"} 42.500\n"
-            ) && prom.contains(
-                "\nqrypt_fs_budget_runs_out_timestamp_seconds{period=\"hour\"} 1795868224\n"
-            ),
+            prom.contains("\nqrypt_fs_budget_spend_rate_bytes_per_second{period=\"day\"} 42.500\n")
+                && prom.contains(
+                    "\nqrypt_fs_budget_runs_out_timestamp_seconds{period=\"hour\"} 1795868224\n"
+                ),
             "{prom}"
         );
         assert!(

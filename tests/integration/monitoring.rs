@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::common::*;
 
 fn contrib(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(rel)
 }
 
 fn promtool(args: &[&str]) {
@@ -84,10 +86,11 @@ fn status_forecasts_the_spend_of_each_cap() {
     let spent = num("budget_day_spent_bytes");
     assert!(spent >= 200_000.0 + 256.0 * 1024.0 * 0.5, "{s}");
     assert!((num("budget_hour_spend_rate_bytes_per_second") * 3600.0 - spent).abs() < 1.0);
-    assert!((num("budget_day_spent_bytes") / 86_400.0
-        - num("budget_day_spend_rate_bytes_per_second"))
-    .abs()
-        < 1e-6);
+    assert!(
+        (num("budget_day_spent_bytes") / 86_400.0 - num("budget_day_spend_rate_bytes_per_second"))
+            .abs()
+            < 1e-6
+    );
     // The day's cap runs out at the hour's pace unless midnight comes first; the month's.
     let pace = num("budget_hour_spend_rate_bytes_per_second");
     for period in ["day", "month"] {

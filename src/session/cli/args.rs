@@ -214,3 +214,31 @@ fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {
     let n = parse_size(s).map_err(InvalidValue)?;
     check_range("--buffer-size", n, MIN_BUFFER, MAX_BUFFER).map_err(InvalidValue)
 }
+
+/// `qrypt-fs-seed`: the privileged one-shot that feeds the kernel's RNG from a mount. A binary
+/// of its own, so the daemon's command line (a mount helper whose positionals mount.fuse3
+/// fills in) never has to tell a subcommand from a mount point.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "qrypt-fs-seed",
+    version,
+    about = "Read bytes from a qrypt-fs mount, add them to the kernel's entropy pool with full \
+             credit (RNDADDENTROPY) and force a reseed of its CRNG (RNDRESEEDCRNG). Needs \
+             CAP_SYS_ADMIN.",
+    after_help = "EXIT STATUS\n  0 seeded; 2 usage; 3 not a qrypt-fs mount; 4 the read failed; \
+                  5 the kernel refused (EPERM without CAP_SYS_ADMIN)."
+)]
+pub struct SeedCli {
+    /// Bytes to read and add (1..=512); credited as 8 bits each.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=512))]
+    pub bytes: u64,
+
+    /// Give up on a read that has not completed after this long.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// The qrypt-fs mount to read from.
+    #[arg(value_name = "MOUNTPOINT", default_value = "/mnt/qrypt")]
+    pub mountpoint: PathBuf,
+}
