@@ -116,3 +116,173 @@ fn status_forecasts_the_spend_of_each_cap() {
         "{metrics}"
     );
 }
+
+/// Child processes killed (and reaped) when the test ends, however it ends.
+struct Killed(Vec<std::process::Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// GET over HTTP/1.0 on loopback: the body, or None while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// The value of the one sample an instant query returns, or None (no answer, no sample yet).
+fn query(port: u16, promql: &str) -> Option<f64> {
+    let q: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = http_get(port, &format!("/api/v1/query?query={q}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let result = v["data"]["result"].as_array()?;
+    assert!(result.len() <= 1, "{promql}: {body}");
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn copy_metrics(mount: &Path, dir: &Path) -> String {
+    let out = Command::new(contrib("qrypt-fs-metrics"))
+        .args([mount, dir])
+        .output()
+        .expect("run contrib/qrypt-fs-metrics");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(names, ["qrypt-fs.prom"], "only the file, no temporary left");
+    std::fs::read_to_string(dir.join("qrypt-fs.prom")).expect("qrypt-fs.prom")
+}
+
+#[test]
+fn prometheus_scrapes_the_mount_through_node_exporter() {
+    for program in ["prometheus", "prometheus-node-exporter"] {
+        require_program(program);
+    }
+    let textfiles = tempfile::tempdir().expect("tempdir");
+    let tsdb = tempfile::tempdir().expect("tempdir");
+    let (node_port, prom_port) = (free_port(), free_port());
+    let config = tsdb.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n  - job_name: node\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{node_port}']\n"
+        ),
+    )
+    .expect("config");
+    let quiet = || std::process::Stdio::null();
+    let mut children = Killed(Vec::new());
+    children.0.push(
+        Command::new("prometheus-node-exporter")
+            .args([
+                "--collector.disable-defaults",
+                "--collector.textfile",
+                &format!(
+                    "--collector.textfile.directory={}",
+                    textfiles.path().display()
+                ),
+                &format!("--web.listen-address=127.0.0.1:{node_port}"),
+            ])
+            .stdout(quiet())
+            .stderr(quiet())
+            .spawn()
+            .expect("start node_exporter"),
+    );
+    children.0.push(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tsdb.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(quiet())
+            .stderr(quiet())
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    let emu = emulator();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut m = MountBuilder::new(&emu)
+        .args(["--budget", "1G/day", "--buffer-size", "64K"])
+        .args(["--state-dir", state.path().to_str().expect("utf8")])
+        .mount();
+    m.wait_full();
+    read_exact(&m.random(), 12_345);
+    let text = copy_metrics(m.path(), textfiles.path());
+    // Nothing reads in between: /status now shows what the copy holds.
+    let s = m.status();
+    let served: f64 = status_num(&s, "served_bytes");
+    let remaining: f64 = status_num(&s, "budget_day_remaining_bytes");
+    assert!(served >= 12_345.0, "{served}");
+    assert!(text.contains("\nqrypt_fs_mounted 1\n"), "{text}");
+    assert!(
+        text.contains(&format!("\nqrypt_fs_served_bytes_total {served}\n")),
+        "{text}"
+    );
+
+    wait_for("Prometheus holds qrypt_fs_served_bytes_total", 90, || {
+        query(prom_port, "qrypt_fs_served_bytes_total") == Some(served)
+    });
+    assert_eq!(
+        query(prom_port, "qrypt_fs_budget_remaining_bytes{period=\"day\"}"),
+        Some(remaining)
+    );
+    assert_eq!(query(prom_port, "qrypt_fs_state{state=\"ok\"}"), Some(1.0));
+    assert_eq!(query(prom_port, "qrypt_fs_mounted"), Some(1.0));
+    assert!(query(prom_port, "node_textfile_mtime_seconds").is_some());
+
+    // The mount gone: the next copy says so, and the mount's series leave Prometheus.
+    m.stop();
+    let text = copy_metrics(m.path(), textfiles.path());
+    assert!(text.ends_with("\nqrypt_fs_mounted 0\n"), "{text}");
+    assert!(!text.contains("qrypt_fs_served_bytes_total"), "{text}");
+    wait_for("Prometheus sees qrypt_fs_mounted 0", 60, || {
+        query(prom_port, "qrypt_fs_mounted") == Some(0.0)
+    });
+    wait_for("served bytes gone stale", 60, || {
+        query(prom_port, "qrypt_fs_served_bytes_total").is_none()
+    });
+}

@@ -321,3 +321,81 @@ fn prerm_decodes_mount_paths_as_the_kernel_escapes_them() {
         }
     }
 }
+
+#[test]
+fn package_ships_the_seed_and_metrics_units_and_they_verify() {
+    let manifest = read(&format!("{ROOT}/Cargo.toml"));
+    assert!(manifest.contains(r#"["target/release/qrypt-fs-seed", "usr/sbin/", "755"]"#));
+    assert!(manifest.contains(r#"["contrib/qrypt-fs-metrics", "usr/libexec/qrypt-fs/", "755"]"#));
+    for unit in ["qrypt-fs-seed", "qrypt-fs-metrics"] {
+        assert!(
+            manifest.contains(&format!("unit-name = \"{unit}\"")),
+            "{unit} not in systemd-units"
+        );
+    }
+    let seed = read(&format!("{ROOT}/contrib/qrypt-fs-seed.service"));
+    for line in [
+        "ExecStart=/usr/sbin/qrypt-fs-seed ",
+        "Requires=qrypt-fs.service",
+        "After=qrypt-fs.service",
+        "Before=ssh.service",
+        "WantedBy=multi-user.target",
+        "CapabilityBoundingSet=CAP_SYS_ADMIN\n",
+        "PrivateNetwork=yes",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(seed.contains(line), "{line}");
+    }
+    // Nothing that would hide the host's /mnt/qrypt from it (comments may name them).
+    let settings: String = seed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for hiding in [
+        "TemporaryFileSystem",
+        "InaccessiblePaths",
+        "ProtectHome=tmpfs",
+        "PrivateMounts",
+    ] {
+        assert!(!settings.contains(hiding), "{hiding}");
+    }
+    let timer = read(&format!("{ROOT}/contrib/qrypt-fs-seed.timer"));
+    assert!(timer.contains("OnUnitActiveSec=10min"));
+    // systemd itself accepts them (programs swapped for /bin/true: not installed here).
+    require_program("systemd-analyze");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in [
+        "qrypt-fs.service",
+        "qrypt-fs-seed.service",
+        "qrypt-fs-seed.timer",
+        "qrypt-fs-metrics.service",
+        "qrypt-fs-metrics.timer",
+    ] {
+        let text = read(&format!("{ROOT}/contrib/{name}"))
+            .replace("/usr/sbin/qrypt-fs-seed ", "/bin/true ")
+            .replace("/usr/libexec/qrypt-fs/qrypt-fs-metrics ", "/bin/true ")
+            .replace("/usr/bin/qrypt-fs ", "/bin/true ");
+        std::fs::write(dir.path().join(name), text).expect("write unit");
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(
+            [
+                "qrypt-fs.service",
+                "qrypt-fs-seed.service",
+                "qrypt-fs-seed.timer",
+                "qrypt-fs-metrics.service",
+                "qrypt-fs-metrics.timer",
+            ]
+            .map(|n| dir.path().join(n)),
+        )
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
