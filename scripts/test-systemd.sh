@@ -6,7 +6,10 @@
 # Checks: a start without /etc/qrypt/token is skipped; `systemctl start` reports active only
 # once the mount is live (Type=notify); the service shares PID 1's mount namespace, so other
 # processes see and read the mount; `systemctl reload` delivers SIGHUP; kill -9 of the daemon
-# leads to a restart that recovers the mount point; `systemctl stop` unmounts.
+# leads to a restart that recovers the mount point; `systemctl stop` unmounts. Then the seed
+# units as shipped: started in one transaction with ssh.service, as multi-user.target starts
+# them at boot, qrypt-fs-seed.service runs once, after the mount is up and before ssh.service
+# starts, its ioctls succeed (journal, exit 0), and qrypt-fs-seed.timer is active.
 # Needs root and systemd-container; bounded by CT_MAX_SECONDS (default 600, typically ~1 min).
 # Usage: scripts/test-systemd.sh [--no-build]   (uses target/debug binaries)
 set -euo pipefail
@@ -22,6 +25,17 @@ R=$CT_ROOT
 install -m 0755 "$BIN/qrypt-fs" "$R/usr/bin/qrypt-fs"
 install -m 0755 "$BIN/qrypt-emulator" "$R/usr/local/bin/qrypt-emulator"
 install -m 0644 contrib/qrypt-fs.service "$R/etc/systemd/system/qrypt-fs.service"
+install -m 0755 "$BIN/qrypt-fs-seed" "$R/usr/sbin/qrypt-fs-seed"
+install -m 0644 contrib/qrypt-fs-seed.service contrib/qrypt-fs-seed.timer "$R/etc/systemd/system/"
+# A stand-in for sshd (the host's, if any, is not started here): it only marks when it starts.
+cat >"$R/etc/systemd/system/ssh.service" <<EOF
+[Unit]
+Description=stand-in for ssh.service: the seed unit must run before it
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+EOF
 cat >"$R/etc/systemd/system/qrypt-emulator.service" <<EOF
 [Unit]
 Description=qrypt-emulator: a test stand-in for Qrypt's API on loopback
@@ -114,6 +128,40 @@ stop_unmounts() {
 }
 check "systemctl stop: unit inactive (Result=success), daemon gone, /mnt/qrypt unmounted" \
     stop_unmounts
+
+# 7. The seed units: enabled as the package enables them, then started the way boot starts
+#    multi-user.target's wants, in one transaction with ssh.service.
+mono() { ct systemctl show -p "$2" --value "$1"; }
+ct systemctl enable qrypt-fs-seed.service qrypt-fs-seed.timer >"$CT_LOG_DIR/enable.log" 2>&1 || true
+enabled() {
+    [ "$(ct systemctl is-enabled qrypt-fs-seed.service)" = enabled ] &&
+        [ "$(ct systemctl is-enabled qrypt-fs-seed.timer)" = enabled ]
+}
+check "qrypt-fs-seed.service and .timer enable (WantedBy multi-user.target, timers.target)" enabled
+seed_ordered() {
+    ct timeout 90 systemctl start ssh.service qrypt-fs-seed.service qrypt-fs-seed.timer || return 1
+    local mounted_at seed_start seed_exit ssh_start
+    mounted_at=$(mono qrypt-fs ActiveEnterTimestampMonotonic)
+    seed_start=$(mono qrypt-fs-seed ExecMainStartTimestampMonotonic)
+    seed_exit=$(mono qrypt-fs-seed ExecMainExitTimestampMonotonic)
+    ssh_start=$(mono ssh ExecMainStartTimestampMonotonic)
+    echo "qrypt-fs active $mounted_at, seed $seed_start..$seed_exit, ssh $ssh_start" >"$CT_LOG_DIR/seed-order.log"
+    [ "$mounted_at" -gt 0 ] && [ "$seed_start" -ge "$mounted_at" ] &&
+        [ "$seed_exit" -gt 0 ] && [ "$ssh_start" -ge "$seed_exit" ] &&
+        [ "$(mono qrypt-fs-seed ExecMainStatus)" = 0 ] && [ "$(mono qrypt-fs-seed Result)" = success ]
+}
+check "qrypt-fs-seed runs after the mount is up and exits 0 before ssh.service starts" seed_ordered
+seed_once() {
+    ct journalctl -u qrypt-fs-seed --no-pager >"$CT_LOG_DIR/qrypt-fs-seed.log" 2>&1
+    [ "$(grep -c 'added 64 bytes (512 bits credited) from /mnt/qrypt to the kernel.s entropy pool and reseeded its CRNG' \
+        "$CT_LOG_DIR/qrypt-fs-seed.log")" = 1 ]
+}
+check "the seed ran once; its journal says the ioctls succeeded (added 64 bytes, reseeded)" seed_once
+timer_active() {
+    [ "$(ct systemctl is-active qrypt-fs-seed.timer)" = active ] &&
+        ct systemctl list-timers --all --no-pager qrypt-fs-seed.timer | grep -q 'qrypt-fs-seed.service'
+}
+check "qrypt-fs-seed.timer is active and listed by systemctl list-timers" timer_active
 
 ct systemctl status --no-pager qrypt-fs >"$CT_LOG_DIR/status.log" 2>&1 || true
 ct journalctl -u qrypt-fs --no-pager >"$CT_LOG_DIR/qrypt-fs.log" 2>&1 || true

@@ -70,10 +70,7 @@ mod tests {
     #[test]
     fn request_codes_match_linux() {
         // linux/random.h: _IOW('R', 0x03, int [2]) and _IO('R', 0x07).
-        assert_eq!(
-            nix::request_code_write!(b'R', 0x03, HEADER) as u64,
-            0x4008_5203
-        );
-        assert_eq!(nix::request_code_none!(b'R', 0x07) as u64, 0x5207);
+        assert_eq!(nix::request_code_write!(b'R', 0x03, HEADER), 0x4008_5203);
+        assert_eq!(nix::request_code_none!(b'R', 0x07), 0x5207);
     }
 }

@@ -127,15 +127,12 @@ fn check_mount(path: &Path) -> Result<(), SeedError> {
 /// The filesystem type of the topmost mount at `mount_point` in a mountinfo table.
 fn fstype_at(mountinfo: &str, mount_point: &Path) -> Option<String> {
     let want = mount_point.to_str()?;
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = unescape(left.split(' ').nth(4)?);
-            let fstype = right.split(' ').next()?;
-            (point == want).then(|| fstype.to_owned())
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = unescape(left.split(' ').nth(4)?);
+        let fstype = right.split(' ').next()?;
+        (point == want).then(|| fstype.to_owned())
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
