@@ -7,8 +7,8 @@
 # once the mount is live (Type=notify); the service shares PID 1's mount namespace, so other
 # processes see and read the mount; `systemctl reload` delivers SIGHUP; kill -9 of the daemon
 # leads to a restart that recovers the mount point; `systemctl stop` unmounts. Then the seed
-# units as shipped: started in one transaction with ssh.service, as multi-user.target starts
-# them at boot, qrypt-fs-seed.service runs once, after the mount is up and before ssh.service
+# units as shipped: started in one transaction with ssh.service (a target standing in for
+# multi-user.target), qrypt-fs-seed.service runs once, after the mount is up and before ssh.service
 # starts, its ioctls succeed (journal, exit 0), and qrypt-fs-seed.timer is active.
 # Needs root and systemd-container; bounded by CT_MAX_SECONDS (default 600, typically ~1 min).
 # Usage: scripts/test-systemd.sh [--no-build]   (uses target/debug binaries)
@@ -35,6 +35,13 @@ Description=stand-in for ssh.service: the seed unit must run before it
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/true
+EOF
+# What boot does with multi-user.target's wants, without the host's other services: one
+# transaction holding the seed, its timer and ssh.service, so Before=/After= order them.
+cat >"$R/etc/systemd/system/qrypt-test-boot.target" <<EOF
+[Unit]
+Description=stand-in for multi-user.target: the seed units and ssh.service in one transaction
+Wants=qrypt-fs-seed.service qrypt-fs-seed.timer ssh.service
 EOF
 cat >"$R/etc/systemd/system/qrypt-emulator.service" <<EOF
 [Unit]
@@ -139,7 +146,7 @@ enabled() {
 }
 check "qrypt-fs-seed.service and .timer enable (WantedBy multi-user.target, timers.target)" enabled
 seed_ordered() {
-    ct timeout 90 systemctl start ssh.service qrypt-fs-seed.service qrypt-fs-seed.timer || return 1
+    ct timeout 90 systemctl start qrypt-test-boot.target || return 1
     local mounted_at seed_start seed_exit ssh_start
     mounted_at=$(mono qrypt-fs ActiveEnterTimestampMonotonic)
     seed_start=$(mono qrypt-fs-seed ExecMainStartTimestampMonotonic)
