@@ -14,7 +14,6 @@ mod fs;
 mod pool;
 mod read_guard;
 mod refill;
-mod seed;
 mod session;
 mod state_machine;
 mod status;
@@ -32,8 +31,8 @@ pub mod pacing {
 pub use refill::FIRST_REQUEST_KIB;
 /// The health tests, public for their cost benchmark (`examples/health_cost.rs`).
 pub use refill::health;
-pub use seed::main as seed_main;
 pub use session::background::{harden_process, on_serving};
 pub use session::cli::parse as parse_args;
 pub use session::run::{main as run, message as error_message};
+pub use session::seed::main as seed_main;
 pub use sys::random_u64;

@@ -3,7 +3,8 @@
 //! [`cli`] parses flags and `-o` options; [`run`] checks what can be checked on the terminal
 //! ([`check_local`]), goes to the background ([`background`]), sets up [`logging`] and the
 //! HTTP client, and runs one [`mount`], whose start waits for the upstream's first answer
-//! ([`check_upstream`]).
+//! ([`check_upstream`]). [`seed`] is the other program, `qrypt-fs-seed`: a mount's bytes into
+//! the kernel's RNG.
 pub mod background;
 pub mod check_local;
 pub mod check_upstream;
@@ -11,3 +12,4 @@ pub mod cli;
 pub mod logging;
 pub mod mount;
 pub mod run;
+pub mod seed;
