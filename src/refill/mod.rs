@@ -390,6 +390,9 @@ impl<C: EntropyClient> Prefetcher<C> {
                         self.cfg.budget_retry.as_secs()
                     );
                 }
+                // The reason stays visible in `/status` (the state says only that it failed).
+                self.status
+                    .record_error(bounded(format!("cannot record the budget: {why}")));
                 after(now, self.cfg.budget_retry)
             }
         };
@@ -598,6 +601,12 @@ impl<C: EntropyClient> Prefetcher<C> {
     fn token_read(&mut self, ask: Ask, result: Result<Option<Token>, TokenError>) {
         match result {
             Ok(Some(token)) => {
+                // The spend follows the token: counted from now on in its account's record.
+                match self.cfg.budget.rekey(token.expose()) {
+                    Ok(true) => info!("new token: the budget now counts in its account's record"),
+                    Ok(false) => {}
+                    Err(e) => warn!("new token: its budget record is not usable yet: {e}"),
+                }
                 self.client.replace_token(token);
                 if let Some(reader) = &self.token {
                     info!("token reloaded from {}", reader.path().display());

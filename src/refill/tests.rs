@@ -316,7 +316,8 @@ fn budget_on(
         caps: crate::budget::merge_caps([cap]).expect("cap"),
         state_dir: dir.to_owned(),
         endpoint: "mock".into(),
-        token_source: "test".into(),
+        token: crate::budget::TokenBytes::new("test"),
+        legacy: None,
         reset: false,
     };
     Arc::new(Budget::open(&cfg, clock).expect("budget"))

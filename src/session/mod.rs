@@ -11,3 +11,4 @@ pub mod cli;
 pub mod logging;
 pub mod mount;
 pub mod run;
+pub mod start_io;
