@@ -152,8 +152,7 @@ impl Budget {
         dir.create_dir()?;
         let key = Arc::new(AccountKey::load_or_create(&cfg.state_dir)?);
         let account = key.account(&cfg.endpoint, &cfg.token.0);
-        let file =
-            StateFile::new(&cfg.state_dir, &cfg.endpoint, &account).with_key(key.clone());
+        let file = StateFile::new(&cfg.state_dir, &cfg.endpoint, &account).with_key(key.clone());
         let corrupt = |why: String| {
             format!(
                 "{why}. It is never zeroed silently: repair or remove it, or start once \

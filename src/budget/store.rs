@@ -522,7 +522,9 @@ impl StateFile {
             || disk.endpoint != legacy.endpoint
             || disk.token_source != legacy.token_source
         {
-            return Err(corrupt("it records another endpoint or token source".into()));
+            return Err(corrupt(
+                "it records another endpoint or token source".into(),
+            ));
         }
         disk.spend.check().map_err(corrupt)?;
         Ok(Some((path, disk.spend)))
@@ -607,7 +609,10 @@ mod tests {
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert!(!f.tmp_path.exists());
         let text = fs::read_to_string(f.path()).expect("text");
-        assert!(text.contains(&format!("\"account\": \"{ACCOUNT}\"")), "{text}");
+        assert!(
+            text.contains(&format!("\"account\": \"{ACCOUNT}\"")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -658,7 +663,8 @@ mod tests {
         let older_copy = fs::read(f.path()).expect("copy");
         let ((), mine, r) = f.update(Base::AtLeast(old), add(4096)).expect("write");
         assert_eq!((mine.day.spent, r), (5120, None));
-        let damages: [(Box<dyn Fn(&Path)>, &str); 3] = [
+        type Damage<'a> = Box<dyn Fn(&Path) + 'a>;
+        let damages: [(Damage, &str); 3] = [
             (Box::new(|p| fs::remove_file(p).expect("rm")), "is missing"),
             (
                 Box::new(|p| fs::write(p, &older_copy).expect("older copy")),
@@ -673,7 +679,10 @@ mod tests {
             damage(f.path());
             let ((), s, r) = f.update(Base::AtLeast(mine), add(1024)).expect("repaired");
             let r = r.expect("repair reported");
-            assert!(r.contains(why) && r.contains(&f.path().display().to_string()), "{r}");
+            assert!(
+                r.contains(why) && r.contains(&f.path().display().to_string()),
+                "{r}"
+            );
             assert_eq!(s.day.spent, mine.day.spent + 1024, "{why}");
             let ((), on_disk, _) = f.update(Base::File, |_| ((), false)).expect("read");
             assert_eq!(on_disk, s);
@@ -686,10 +695,14 @@ mod tests {
         }
         // The key removed, then the whole directory: both come back.
         fs::remove_file(dir.path().join(KEY_FILE)).expect("rm key");
-        let ((), _, r) = f.update(Base::AtLeast(mine), |_| ((), false)).expect("key back");
+        let ((), _, r) = f
+            .update(Base::AtLeast(mine), |_| ((), false))
+            .expect("key back");
         assert!(r.expect("reported").contains("was removed"));
         fs::remove_dir_all(dir.path()).expect("rm -r");
-        let ((), s, r) = f.update(Base::AtLeast(mine), |_| ((), false)).expect("dir back");
+        let ((), s, r) = f
+            .update(Base::AtLeast(mine), |_| ((), false))
+            .expect("dir back");
         assert!(r.expect("reported").contains("is missing"));
         assert_eq!(s, mine);
         let back = AccountKey::load_or_create(dir.path()).expect("key back");
@@ -714,7 +727,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(t.elapsed() < LOCK_WAIT + Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < LOCK_WAIT + Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
         drop(held);
         assert!(f.update(Base::File, |_| ((), true)).is_ok());
     }

@@ -280,7 +280,7 @@ async fn a_new_token_in_the_token_file_ends_an_unauthorized_stop() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("token");
     std::fs::write(&path, "old-token\n").expect("write");
-    cfg.token_file = Some(path.clone());
+    cfg.token_file = Some(crate::upstream::token::TokenFile::new(path.clone()));
     cfg.token_poll = Duration::from_secs(2);
     client.fail_next([FetchError::Status {
         code: 401,

@@ -129,17 +129,23 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     let extra_ca_pem = match &opts.ca_cert {
         Some(p) => {
             let path = p.clone();
-            Some(start_io::within("CA file", p, start_io::TIMEOUT, move || {
-                read_ca_file(&path)
-            })??)
+            Some(start_io::within(
+                "CA file",
+                p,
+                start_io::TIMEOUT,
+                move || read_ca_file(&path),
+            )??)
         }
         None => None,
     };
     let mountpoint = {
         let path = opts.mountpoint.clone();
-        start_io::within("mount point", &opts.mountpoint, start_io::TIMEOUT, move || {
-            check_mountpoint(&path)
-        })??
+        start_io::within(
+            "mount point",
+            &opts.mountpoint,
+            start_io::TIMEOUT,
+            move || check_mountpoint(&path),
+        )??
     };
     start_io::within(
         "FUSE device",
@@ -186,13 +192,29 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     let log_file = match &opts.log_file {
         Some(p) => {
             let path = p.clone();
-            Some(start_io::within("log file", p, start_io::TIMEOUT, move || {
-                logging::open_log_file(&path)
-            })??)
+            Some(start_io::within(
+                "log file",
+                p,
+                start_io::TIMEOUT,
+                move || logging::open_log_file(&path),
+            )??)
         }
         None => None,
     };
     let budget = open_budget(&opts, &endpoint, token_file.as_deref(), &token)?;
+    // What the token file holds now, so a later look sees whether it changed.
+    let watched = match &token_file {
+        Some(p) => {
+            let path = p.clone();
+            Some(start_io::within(
+                "token file",
+                p,
+                start_io::TIMEOUT,
+                move || token::TokenFile::new(path),
+            )?)
+        }
+        None => None,
+    };
     // A spent budget sends nothing, so there is no first answer to wait for.
     let spent = budget.exhausted_now().map(|e| {
         let caps = e
@@ -288,7 +310,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     format!("{}/{}s", r.requests, r.window.as_secs_f64())
                 }),
             },
-            prefetch: prefetch_config(&opts, token_file, budget, first_answer.clone()),
+            prefetch: prefetch_config(&opts, watched, budget, first_answer.clone()),
             startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
@@ -368,7 +390,7 @@ fn open_budget(
 /// The prefetcher's settings from the command line.
 fn prefetch_config(
     opts: &Options,
-    token_file: Option<PathBuf>,
+    token_file: Option<token::TokenFile>,
     budget: Arc<Budget>,
     first_answer: Arc<FirstAnswerCell>,
 ) -> PrefetchConfig {

@@ -59,9 +59,14 @@ mod tests {
     #[test]
     fn an_access_that_never_answers_fails_naming_the_path() {
         let t = std::time::Instant::now();
-        let err = within("token file", Path::new("/hung/token"), Duration::from_millis(200), || {
-            std::thread::sleep(Duration::from_secs(3600));
-        })
+        let err = within(
+            "token file",
+            Path::new("/hung/token"),
+            Duration::from_millis(200),
+            || {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+        )
         .expect_err("hung");
         assert!(t.elapsed() < Duration::from_secs(2));
         assert_eq!(

@@ -593,7 +593,8 @@ fn tampering_with_the_state_while_running_never_lowers_the_spend() {
         std::fs::write(&tmp, bytes).expect("write");
         std::fs::rename(&tmp, &file).expect("rename");
     };
-    let tampers: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    type Tamper<'a> = Box<dyn Fn() + 'a>;
+    let tampers: Vec<(&str, Tamper, &str)> = vec![
         (
             "rm",
             Box::new(|| std::fs::remove_file(&file).expect("rm")),
@@ -704,6 +705,12 @@ fn every_spelling_of_one_account_shares_one_count() {
             .args(["--budget", "8M/day", "--buffer-size", "64K"])
             .args(extra)
             .mount();
+        // The account's count so far, whatever the spelling.
+        assert!(
+            m.status_u64("budget_day_spent_bytes") >= before,
+            "spelling {i}: {:#?}",
+            m.status()
+        );
         if i < last {
             read_n(&m, 3 * MIB);
             wait_settled(&m, &emu, before);
@@ -765,11 +772,19 @@ fn a_held_lock_is_shown_and_signals_are_still_handled() {
         s["last_error"].contains(shown) && s["last_error"].contains("is held by"),
         "{s:#?}"
     );
-    assert_eq!(emu.stats().total_requests, before, "nothing sent unrecorded");
+    assert_eq!(
+        emu.stats().total_requests,
+        before,
+        "nothing sent unrecorded"
+    );
     m.sighup();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !m.log_text().contains("SIGHUP: reloading") {
-        assert!(Instant::now() < deadline, "SIGHUP not handled: {}", m.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not handled: {}",
+            m.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!reader.is_finished(), "the reader waits");
