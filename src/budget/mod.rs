@@ -150,7 +150,9 @@ impl Budget {
         }
         let dir = StateFile::new(&cfg.state_dir, &cfg.endpoint, "");
         dir.create_dir()?;
-        let key = Arc::new(AccountKey::load_or_create(&cfg.state_dir)?);
+        let key = Arc::new(AccountKey::load_or_create(&cfg.state_dir).map_err(|e| {
+            format!("{e}. The budget needs a usable --state-dir (it keeps its key there)")
+        })?);
         let account = key.account(&cfg.endpoint, &cfg.token.0);
         let file = StateFile::new(&cfg.state_dir, &cfg.endpoint, &account).with_key(key.clone());
         let corrupt = |why: String| {
