@@ -161,24 +161,20 @@ impl Budget {
                  with --reset-budget (which forgets what was spent)"
             )
         };
+        // With --reset-budget an old record is forgotten like the new one (moved aside below,
+        // whatever its state, so it never stops a later start).
         let legacy = match &cfg.legacy {
-            Some(l) => file.read_legacy(l).map_err(|e| match e {
-                StoreError::Corrupt(why) if !cfg.reset => corrupt(why),
+            Some(l) if !cfg.reset => file.read_legacy(l).map_err(|e| match e {
+                StoreError::Corrupt(why) => corrupt(why),
                 other => other.to_string(),
-            }),
-            None => Ok(None),
-        };
-        // With --reset-budget an old record is forgotten like the new one.
-        let legacy = match legacy {
-            Ok(l) => l,
-            Err(_) if cfg.reset => None,
-            Err(e) => return Err(e),
+            })?,
+            _ => None,
         };
         let base = if cfg.reset { Base::Fresh } else { Base::File };
         let ((), spend, _) = file
             .update(base, |s| {
                 s.roll(now);
-                if let (Some((_, old)), false) = (&legacy, cfg.reset) {
+                if let Some((_, old)) = &legacy {
                     let mut old = *old;
                     old.roll(now);
                     s.absorb(&old);
@@ -196,8 +192,13 @@ impl Budget {
                      milliseconds; find what holds it (`fuser` or /proc/locks)"
                 ),
             })?;
-        if let Some((path, _)) = &legacy {
-            StateFile::retire_legacy(path)?;
+        let old_record = match (&legacy, &cfg.legacy) {
+            (Some((path, _)), _) => Some(path.clone()),
+            (None, Some(l)) if cfg.reset => Some(file.legacy_path(l)),
+            _ => None,
+        };
+        if let Some(path) = old_record.filter(|p| p.symlink_metadata().is_ok()) {
+            StateFile::retire_legacy(&path)?;
         }
         Ok(Budget {
             caps: cfg.caps.clone(),

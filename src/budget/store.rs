@@ -493,7 +493,7 @@ impl StateFile {
     }
 
     /// The file a release that keyed state by spelling would have used for `legacy`.
-    fn legacy_path(&self, legacy: &Legacy) -> PathBuf {
+    pub fn legacy_path(&self, legacy: &Legacy) -> PathBuf {
         let mut h = Sha256::new();
         h.update(b"qrypt-fs budget\0");
         h.update(legacy.endpoint.as_bytes());

@@ -258,6 +258,32 @@ fn a_record_kept_the_old_way_still_counts_once() {
 }
 
 #[test]
+fn a_damaged_old_record_stops_the_start_until_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let mut cfg = config(dir.path(), &["1M/day"]);
+    let legacy = Legacy {
+        endpoint: "https://api.example/".into(),
+        token_source: "environment (QRYPT_TOKEN)".into(),
+    };
+    cfg.legacy = Some(legacy.clone());
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    let old = StateFile::new(dir.path(), "", "").legacy_path(&legacy);
+    drop(b);
+    std::fs::write(&old, b"{").expect("damaged");
+    let err = Budget::open(&cfg, clock.clone()).expect_err("refused");
+    assert!(
+        err.contains(&old.display().to_string()) && err.contains("--reset-budget"),
+        "{err}"
+    );
+    cfg.reset = true;
+    Budget::open(&cfg, clock.clone()).expect("reset");
+    assert!(!old.exists(), "moved aside");
+    cfg.reset = false;
+    Budget::open(&cfg, clock).expect("starts again");
+}
+
+#[test]
 fn a_new_token_counts_in_its_own_record_from_no_less_than_so_far() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, clock) = clock();
