@@ -792,3 +792,60 @@ fn a_held_lock_is_shown_and_signals_are_still_handled() {
     assert_eq!(reader.join().expect("reader"), 256 << 10);
     m.wait_status("ok", Duration::from_secs(10), |s| s["state"] == "ok");
 }
+
+#[test]
+fn a_new_token_counts_in_its_own_record_from_the_count_so_far() {
+    let emu = emulator();
+    emu.set_tokens(vec!["token-one".into(), "token-two".into()]);
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "token-one\n").expect("write");
+    let token_arg = token_file.display().to_string();
+    let args = [
+        "--budget",
+        "2M/day",
+        "--buffer-size",
+        "64K",
+        "--token-file",
+        &token_arg,
+    ];
+    let mount = || {
+        MountBuilder::new(&emu)
+            .token(None)
+            .args(["--state-dir", state.path().to_str().expect("utf8")])
+            .args(args)
+            .mount()
+    };
+    let mut m = mount();
+    read_n(&m, MIB);
+    wait_settled(&m, &emu, 0);
+    let first_file = m.status()["budget_state_file"].clone();
+    let spent = m.status_u64("budget_day_spent_bytes");
+    // Rotated in place, and SIGHUP.
+    let tmp = token_file.with_extension("new");
+    std::fs::write(&tmp, "token-two\n").expect("write");
+    std::fs::rename(&tmp, &token_file).expect("rename");
+    m.sighup();
+    m.wait_status("the new record", Duration::from_secs(10), |s| {
+        s["budget_state_file"] != first_file
+    });
+    // The count goes on from where it stood: a rotation never restarts it.
+    assert!(m.status_u64("budget_day_spent_bytes") >= spent);
+    let (_, err) = read_until_error(&m, &[65536]);
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        emu.stats().good_bytes,
+        2 * MIB,
+        "one cap across the rotation"
+    );
+    assert!(m.log_text().contains("its account's record"));
+    // The next start, with the new token, reads the new record.
+    assert!(m.stop().success());
+    let m = mount();
+    m.wait_status("exhausted", Duration::from_secs(10), |s| {
+        s["state"] == "budget exhausted"
+    });
+    assert_ne!(m.status()["budget_state_file"], first_file);
+    assert_eq!(emu.stats().good_bytes, 2 * MIB);
+}
