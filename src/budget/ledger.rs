@@ -109,6 +109,30 @@ impl Spend {
         }
     }
 
+    /// Raises each period's count to `other`'s where `other` knows more: a later period
+    /// replaces an earlier one, the same period keeps the higher count. Never lowers a count.
+    pub fn raise_to(&mut self, other: &Spend) {
+        self.merge(other, u64::max);
+    }
+
+    /// Adds `other`'s counts of the same periods (a later period of `other` replaces ours):
+    /// two records of one account's spend become one.
+    pub fn absorb(&mut self, other: &Spend) {
+        self.merge(other, u64::saturating_add);
+    }
+
+    fn merge(&mut self, other: &Spend, same: impl Fn(u64, u64) -> u64) {
+        for p in Period::ALL {
+            let theirs = *other.slot(p);
+            let ours = self.slot_mut(p);
+            if theirs.start > ours.start {
+                *ours = theirs;
+            } else if theirs.start == ours.start {
+                ours.spent = same(ours.spent, theirs.spent);
+            }
+        }
+    }
+
     pub fn starts(&self) -> [u64; 3] {
         [self.hour.start, self.day.start, self.month.start]
     }

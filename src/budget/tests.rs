@@ -1,12 +1,15 @@
 //! Tests of the budget: caps, renewals and the state file, on an injected clock.
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sha2::Digest;
+
 use super::*;
 
 // 2026-11-28T12:00:00Z; the next midnight is 12 h later.
 const T: u64 = 1_795_867_200;
 const MIDNIGHT: u64 = T + 12 * 3600;
 const KIB: u64 = 1024;
+const MIB: u64 = 1 << 20;
 
 fn clock() -> (Arc<AtomicU64>, Clock) {
     let t = Arc::new(AtomicU64::new(T));
@@ -18,8 +21,9 @@ fn config(dir: &std::path::Path, caps: &[&str]) -> BudgetConfig {
     BudgetConfig {
         caps: merge_caps(caps.iter().copied()).expect("caps"),
         state_dir: dir.to_owned(),
-        endpoint: "https://api.example/".into(),
-        token_source: "environment (QRYPT_TOKEN)".into(),
+        endpoint: "https://api.example:443/".into(),
+        token: TokenBytes::new("token-a"),
+        legacy: None,
         reset: false,
     }
 }
@@ -171,6 +175,137 @@ fn without_a_cap_counts_in_memory_and_writes_nothing() {
     t.store(MIDNIGHT, Ordering::SeqCst);
     let r = b.report();
     assert_eq!((r.spent_day_bytes, r.spent_month_bytes), (0, 512 * KIB));
+}
+
+#[test]
+fn one_account_one_count_whatever_the_token_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let mut cfg = config(dir.path(), &["1M/day"]);
+    cfg.legacy = Some(Legacy {
+        endpoint: "https://api.example/".into(),
+        token_source: "environment (QRYPT_TOKEN)".into(),
+    });
+    let a = Budget::open(&cfg, clock.clone()).expect("open");
+    a.reserve(MIB, KIB).expect("grant");
+    // The same token from a file, through another path: the same record.
+    cfg.legacy = Some(Legacy {
+        endpoint: "https://api.example/".into(),
+        token_source: "file /etc/qrypt/../qrypt/token".into(),
+    });
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    assert_eq!(a.state_file(), b.state_file());
+    assert!(matches!(b.reserve(KIB, KIB), Err(Refusal::Exhausted(_))));
+    // Another token is another account.
+    cfg.token = TokenBytes::new("token-b");
+    let c = Budget::open(&cfg, clock).expect("open");
+    assert_ne!(a.state_file(), c.state_file());
+    assert_eq!(c.reserve(KIB, KIB).map(|g| g.bytes), Ok(KIB));
+    // Nothing in the directory holds the token or a plain digest of it.
+    let plain: String = sha2::Sha256::digest(b"token-a")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for e in std::fs::read_dir(dir.path()).expect("dir") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read(e.path()).expect("read");
+        let text = String::from_utf8_lossy(&text);
+        for secret in ["token-a", &plain[..16]] {
+            assert!(!name.contains(secret) && !text.contains(secret), "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_record_kept_the_old_way_still_counts_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let legacy = Legacy {
+        endpoint: "https://api.example/".into(),
+        token_source: "file /etc/qrypt/token".into(),
+    };
+    // What the previous release wrote: named by the spelling, v1.
+    let mut h = sha2::Sha256::new();
+    h.update(b"qrypt-fs budget\0https://api.example/\0file /etc/qrypt/token");
+    let hex: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let old = dir.path().join(format!("budget-{hex}.json"));
+    let day = T - T % 86_400;
+    let month = Period::Month.start_of(T);
+    std::fs::write(
+        &old,
+        format!(
+            "{{\"format\":\"qrypt-fs budget v1\",\"endpoint\":\"https://api.example/\",\
+             \"token_source\":\"file /etc/qrypt/token\",\"spend\":{{\
+             \"hour\":{{\"start\":{T},\"spent\":1024}},\"day\":{{\"start\":{day},\
+             \"spent\":786432}},\"month\":{{\"start\":{month},\"spent\":786432}}}}}}"
+        ),
+    )
+    .expect("old record");
+    let mut cfg = config(dir.path(), &["1M/day"]);
+    cfg.legacy = Some(legacy);
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    assert_eq!(b.report().caps[0].spent_bytes, 768 * KIB);
+    assert_eq!(b.reserve(MIB, KIB).map(|g| g.bytes), Ok(256 * KIB));
+    assert!(!old.exists(), "moved aside");
+    drop(b);
+    // Counted once: a restart does not add it again.
+    let b = Budget::open(&cfg, clock).expect("reopen");
+    assert_eq!(b.report().caps[0].spent_bytes, MIB);
+}
+
+#[test]
+fn a_damaged_old_record_stops_the_start_until_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let mut cfg = config(dir.path(), &["1M/day"]);
+    let legacy = Legacy {
+        endpoint: "https://api.example/".into(),
+        token_source: "environment (QRYPT_TOKEN)".into(),
+    };
+    cfg.legacy = Some(legacy.clone());
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    let old = StateFile::new(dir.path(), "", "").legacy_path(&legacy);
+    drop(b);
+    std::fs::write(&old, b"{").expect("damaged");
+    let err = Budget::open(&cfg, clock.clone()).expect_err("refused");
+    assert!(
+        err.contains(&old.display().to_string()) && err.contains("--reset-budget"),
+        "{err}"
+    );
+    cfg.reset = true;
+    Budget::open(&cfg, clock.clone()).expect("reset");
+    assert!(!old.exists(), "moved aside");
+    cfg.reset = false;
+    Budget::open(&cfg, clock).expect("starts again");
+}
+
+#[test]
+fn a_new_token_counts_in_its_own_record_from_no_less_than_so_far() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, clock) = clock();
+    let mut cfg = config(dir.path(), &["1M/day"]);
+    let b = Budget::open(&cfg, clock.clone()).expect("open");
+    let before = b.reserve(256 * KIB, KIB).expect("grant");
+    let old_file = b.state_file().expect("file");
+    assert_eq!(b.rekey("token-a"), Ok(false), "same token");
+    assert_eq!(b.rekey("token-b"), Ok(true));
+    let new_file = b.state_file().expect("file");
+    assert_ne!(old_file, new_file);
+    // A rotated token of the same account never restarts the count.
+    assert_eq!(b.report().caps[0].spent_bytes, 256 * KIB);
+    b.reserve(256 * KIB, KIB).expect("grant");
+    // A refund of a grant counted against the old token's record is not taken from the new.
+    b.refund(before).expect("refund");
+    assert_eq!(b.report().caps[0].spent_bytes, 512 * KIB);
+    // What another mount of the new token reads.
+    cfg.token = TokenBytes::new("token-b");
+    let other = Budget::open(&cfg, clock).expect("open");
+    assert_eq!(other.report().caps[0].spent_bytes, 512 * KIB);
+    assert_eq!(other.state_file(), Some(new_file));
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! state (each HTTP status's policy, backoff, epochs) is decided by the state machine in
 //! [`state`], which the worker then publishes to `/status` and the pool.
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,8 +50,9 @@ pub struct PrefetchConfig {
     pub quota_retry: Duration,
     /// XOR every byte with the OS CSPRNG before it enters the pool.
     pub mix_local: bool,
-    /// Re-read on change after a 401 (and on SIGHUP).
-    pub token_file: Option<PathBuf>,
+    /// Re-read on change after a 401 (and on SIGHUP); made (and read once) at start-up, in
+    /// its time bound.
+    pub token_file: Option<TokenFile>,
     /// How often to look at the token file while the token is rejected.
     pub token_poll: Duration,
     /// What may be spent; every request is recorded in it before it is sent.
@@ -169,10 +169,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             budget_until: None,
             intake: Intake::new(cfg.mix_local),
             upstream: Machine::new(cfg.policy(), now),
-            token: cfg
-                .token_file
-                .clone()
-                .map(|p| TokenReader::new(TokenFile::new(p))),
+            token: cfg.token_file.clone().map(TokenReader::new),
             token_complaint: None,
             client,
             pool,
@@ -390,6 +387,9 @@ impl<C: EntropyClient> Prefetcher<C> {
                         self.cfg.budget_retry.as_secs()
                     );
                 }
+                // The reason stays visible in `/status` (the state says only that it failed).
+                self.status
+                    .record_error(bounded(format!("cannot record the budget: {why}")));
                 after(now, self.cfg.budget_retry)
             }
         };
@@ -598,6 +598,12 @@ impl<C: EntropyClient> Prefetcher<C> {
     fn token_read(&mut self, ask: Ask, result: Result<Option<Token>, TokenError>) {
         match result {
             Ok(Some(token)) => {
+                // The spend follows the token: counted from now on in its account's record.
+                match self.cfg.budget.rekey(token.expose()) {
+                    Ok(true) => info!("new token: the budget now counts in its account's record"),
+                    Ok(false) => {}
+                    Err(e) => warn!("new token: its budget record is not usable yet: {e}"),
+                }
                 self.client.replace_token(token);
                 if let Some(reader) = &self.token {
                     info!("token reloaded from {}", reader.path().display());

@@ -280,7 +280,7 @@ async fn a_new_token_in_the_token_file_ends_an_unauthorized_stop() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("token");
     std::fs::write(&path, "old-token\n").expect("write");
-    cfg.token_file = Some(path.clone());
+    cfg.token_file = Some(crate::upstream::token::TokenFile::new(path.clone()));
     cfg.token_poll = Duration::from_secs(2);
     client.fail_next([FetchError::Status {
         code: 401,
@@ -316,7 +316,8 @@ fn budget_on(
         caps: crate::budget::merge_caps([cap]).expect("cap"),
         state_dir: dir.to_owned(),
         endpoint: "mock".into(),
-        token_source: "test".into(),
+        token: crate::budget::TokenBytes::new("test"),
+        legacy: None,
         reset: false,
     };
     Arc::new(Budget::open(&cfg, clock).expect("budget"))

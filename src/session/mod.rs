@@ -13,3 +13,4 @@ pub mod logging;
 pub mod mount;
 pub mod run;
 pub mod seed;
+pub mod start_io;

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
+use crate::budget::{Budget, BudgetConfig, Legacy, TokenBytes, default_state_dir, system_clock};
 use crate::fs::mount_options::FuseOptions;
 use crate::refill::PrefetchConfig;
 use crate::refill::first_answer::FirstAnswerCell;
@@ -15,8 +15,11 @@ use crate::session::background::{self, Ready};
 use crate::session::cli::Options;
 use crate::session::logging::{self, LogTarget};
 use crate::session::mount::{MountConfig, Session, StartupCheck};
+use crate::session::start_io;
 use crate::status::StaticInfo;
-use crate::upstream::http::{HttpClient, HttpConfig, parse_endpoint, read_ca_file};
+use crate::upstream::http::{
+    HttpClient, HttpConfig, canonical_endpoint, parse_endpoint, read_ca_file,
+};
 use crate::upstream::token;
 
 /// Checks a mount point before anything else, so a stale mount gets a useful message.
@@ -109,26 +112,74 @@ fn is_fuse_mount(path: &Path) -> bool {
 pub fn main(opts: Options) -> anyhow::Result<()> {
     // Everything that can be checked is checked before going to the background, so mistakes
     // are reported on the terminal.
-    let (token, token_source) = token::load(opts.token_file.as_deref())?;
+    // The environment first, before any thread exists (it changes the environment); every
+    // file after it is reached from a thread of its own, bounded in time (`start_io`).
+    let from_env = token::take_environment();
+    let (token, token_source) = match &opts.token_file {
+        Some(p) => {
+            let path = p.clone();
+            let token = start_io::within("token file", p, start_io::TIMEOUT, move || {
+                token::read_token_file(&path)
+            })??;
+            (token, token::TokenSource::File(p.clone()))
+        }
+        None => token::from_environment(from_env)?,
+    };
     let endpoint = parse_endpoint(&opts.endpoint)?;
-    let extra_ca_pem = opts.ca_cert.as_deref().map(read_ca_file).transpose()?;
-    let mountpoint = check_mountpoint(&opts.mountpoint)?;
-    crate::session::check_local::fuse_access(
-        nix::unistd::geteuid().is_root(),
+    let extra_ca_pem = match &opts.ca_cert {
+        Some(p) => {
+            let path = p.clone();
+            Some(start_io::within(
+                "CA file",
+                p,
+                start_io::TIMEOUT,
+                move || read_ca_file(&path),
+            )??)
+        }
+        None => None,
+    };
+    let mountpoint = {
+        let path = opts.mountpoint.clone();
+        start_io::within(
+            "mount point",
+            &opts.mountpoint,
+            start_io::TIMEOUT,
+            move || check_mountpoint(&path),
+        )??
+    };
+    start_io::within(
+        "FUSE device",
         Path::new(crate::session::check_local::DEV_FUSE),
-        std::env::var_os("PATH").as_deref(),
-    )
+        start_io::TIMEOUT,
+        || {
+            crate::session::check_local::fuse_access(
+                nix::unistd::geteuid().is_root(),
+                Path::new(crate::session::check_local::DEV_FUSE),
+                std::env::var_os("PATH").as_deref(),
+            )
+        },
+    )?
     .map_err(anyhow::Error::msg)?;
     // Printed now, on the terminal that started us; also logged once logging is set up.
-    let mut warnings: Vec<String> = [
-        opts.token_file
-            .as_deref()
-            .and_then(crate::session::check_local::token_file_warning),
-        crate::session::check_local::mountpoint_warning(&mountpoint),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let token_warning = match &opts.token_file {
+        Some(p) => {
+            let path = p.clone();
+            start_io::within("token file", p, start_io::TIMEOUT, move || {
+                crate::session::check_local::token_file_warning(&path)
+            })?
+        }
+        None => None,
+    };
+    let mountpoint_warning = {
+        let path = mountpoint.clone();
+        start_io::within("mount point", &mountpoint, start_io::TIMEOUT, move || {
+            crate::session::check_local::mountpoint_warning(&path)
+        })?
+    };
+    let mut warnings: Vec<String> = [token_warning, mountpoint_warning]
+        .into_iter()
+        .flatten()
+        .collect();
     for w in &warnings {
         eprintln!("qrypt-fs: warning: {w}");
     }
@@ -138,12 +189,32 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         Some(p) => Some(std::path::absolute(p).with_context(|| p.display().to_string())?),
         None => None,
     };
-    let log_file = opts
-        .log_file
-        .as_deref()
-        .map(logging::open_log_file)
-        .transpose()?;
-    let budget = open_budget(&opts, &shown_endpoint(&endpoint), token_file.as_deref())?;
+    let log_file = match &opts.log_file {
+        Some(p) => {
+            let path = p.clone();
+            Some(start_io::within(
+                "log file",
+                p,
+                start_io::TIMEOUT,
+                move || logging::open_log_file(&path),
+            )??)
+        }
+        None => None,
+    };
+    let budget = open_budget(&opts, &endpoint, token_file.as_deref(), &token)?;
+    // What the token file holds now, so a later look sees whether it changed.
+    let watched = match &token_file {
+        Some(p) => {
+            let path = p.clone();
+            Some(start_io::within(
+                "token file",
+                p,
+                start_io::TIMEOUT,
+                move || token::TokenFile::new(path),
+            )?)
+        }
+        None => None,
+    };
     // A spent budget sends nothing, so there is no first answer to wait for.
     let spent = budget.exhausted_now().map(|e| {
         let caps = e
@@ -239,7 +310,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     format!("{}/{}s", r.requests, r.window.as_secs_f64())
                 }),
             },
-            prefetch: prefetch_config(&opts, token_file, budget, first_answer.clone()),
+            prefetch: prefetch_config(&opts, watched, budget, first_answer.clone()),
             startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
@@ -274,13 +345,14 @@ pub fn message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Opens the budget's state (an unusable one is an error now, on the terminal). Keyed by the
-/// endpoint and where the token comes from (a token file by its canonical path), never by
-/// the token itself.
+/// Opens the budget's state (an unusable one is an error now, on the terminal), in the state
+/// directory's time bound. Keyed by the account: the canonical endpoint and a keyed digest of
+/// the token itself, so every spelling of one account shares one count (see `budget/store.rs`).
 fn open_budget(
     opts: &Options,
-    endpoint: &str,
+    endpoint: &url::Url,
     token_file: Option<&Path>,
+    token: &token::Token,
 ) -> anyhow::Result<Arc<Budget>> {
     if opts.budget.is_empty() {
         return Ok(Arc::new(Budget::unlimited()));
@@ -289,20 +361,28 @@ fn open_budget(
         Some(d) => std::path::absolute(d).with_context(|| d.display().to_string())?,
         None => default_state_dir().map_err(anyhow::Error::msg)?,
     };
+    // How a release that keyed state by spelling named this mount's record.
     let token_source = match token_file {
         Some(p) => format!("file {}", p.display()),
         None => token::TokenSource::Environment.to_string(),
     };
-    let budget = Budget::open(
-        &BudgetConfig {
-            caps: opts.budget.clone(),
-            state_dir,
-            endpoint: endpoint.to_owned(),
+    let cfg = BudgetConfig {
+        caps: opts.budget.clone(),
+        state_dir: state_dir.clone(),
+        endpoint: canonical_endpoint(endpoint),
+        token: TokenBytes::new(token.expose()),
+        legacy: Some(Legacy {
+            endpoint: shown_endpoint(endpoint),
             token_source,
-            reset: opts.reset_budget,
-        },
-        system_clock(),
-    )
+        }),
+        reset: opts.reset_budget,
+    };
+    let budget = start_io::within(
+        "budget state directory",
+        &state_dir,
+        start_io::TIMEOUT,
+        move || Budget::open(&cfg, system_clock()),
+    )?
     .map_err(anyhow::Error::msg)?;
     Ok(Arc::new(budget))
 }
@@ -310,7 +390,7 @@ fn open_budget(
 /// The prefetcher's settings from the command line.
 fn prefetch_config(
     opts: &Options,
-    token_file: Option<PathBuf>,
+    token_file: Option<token::TokenFile>,
     budget: Arc<Budget>,
     first_answer: Arc<FirstAnswerCell>,
 ) -> PrefetchConfig {

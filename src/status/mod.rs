@@ -178,6 +178,11 @@ impl Status {
         m.last_error = Some((SystemTime::now(), message));
     }
 
+    /// An error that is no request's (the budget could not be recorded): the last error.
+    pub fn record_error(&self, message: String) {
+        self.mutable.lock().last_error = Some((SystemTime::now(), message));
+    }
+
     /// A token file read was refused (`message` never holds the token): shown as
     /// `token_error` until a read succeeds, and as the last error.
     pub fn record_token_error(&self, message: String) {

@@ -100,6 +100,24 @@ pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
     }
 }
 
+/// The endpoint as the budget counts it: one string for every spelling of one service.
+/// Scheme and host in lower case, a domain's trailing dot dropped, the port always given
+/// (`:443` or not), and every loopback name (`localhost`, `127.0.0.0/8`, `::1`) the same
+/// host, since they all reach this machine.
+pub fn canonical_endpoint(url: &Url) -> String {
+    let host = match url.host() {
+        _ if is_loopback(url) => "loopback".to_owned(),
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+        None => String::new(),
+    };
+    let port = url
+        .port_or_known_default()
+        .map_or_else(String::new, |p| format!(":{p}"));
+    format!("{}://{host}{port}/", url.scheme().to_ascii_lowercase())
+}
+
 /// `text` with whatever sits between `scheme://` and the authority's last `@` replaced by
 /// `***`, whether or not the URL parses.
 fn masked(text: &str) -> String {
@@ -500,6 +518,36 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_one_endpoint_is_one_budget_key() {
+        let key = |t: &str| canonical_endpoint(&parse_endpoint(t).expect(t));
+        let qrypt = key("https://api-eus.qrypt.com");
+        assert_eq!(qrypt, "https://api-eus.qrypt.com:443/");
+        for t in [
+            "https://api-eus.qrypt.com/",
+            "https://API-EUS.Qrypt.com:443/",
+            "HTTPS://api-eus.qrypt.com.",
+            "https://api-eus.qrypt.com.:443",
+        ] {
+            assert_eq!(key(t), qrypt, "{t}");
+        }
+        assert_ne!(key("https://api-eus.qrypt.com:8443"), qrypt);
+        assert_ne!(key("https://api-wus.qrypt.com"), qrypt);
+        let local = key("http://127.0.0.1:8080");
+        assert_eq!(local, "http://loopback:8080/");
+        for t in [
+            "http://localhost:8080/",
+            "http://LOCALHOST:8080",
+            "http://127.0.0.2:8080",
+            "http://127.1:8080",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(key(t), local, "{t}");
+        }
+        assert_ne!(key("http://127.0.0.1:8081"), local);
+        assert_ne!(key("https://localhost:8080"), local);
+    }
 
     /// Chunks the way hyper hands them out: slices of one read buffer it keeps using.
     fn hyper_like(text: &[u8]) -> (bytes::BytesMut, Vec<Bytes>) {

@@ -314,17 +314,21 @@ impl TokenFile {
     }
 }
 
-/// Loads the token from `file` if given, else from the environment. The environment variable is
-/// removed either way, so child processes and `/proc/PID/environ` readers after us don't see it.
-pub fn load(file: Option<&Path>) -> Result<(Token, TokenSource), TokenError> {
+/// The token variable's value, if set; removed from the environment either way. Call it
+/// before any thread exists (it changes the environment).
+pub fn take_environment() -> Option<Zeroizing<String>> {
     let from_env = std::env::var(TOKEN_ENV).ok().map(Zeroizing::new);
     scrub_environment();
-    match file {
-        Some(path) => Ok((read_token_file(path)?, TokenSource::File(path.to_owned()))),
-        None => match from_env {
-            Some(v) => Ok((Token::new(v.trim().to_owned())?, TokenSource::Environment)),
-            None => Err(TokenError::Missing),
-        },
+    from_env
+}
+
+/// The token from the value [`take_environment`] took.
+pub fn from_environment(
+    value: Option<Zeroizing<String>>,
+) -> Result<(Token, TokenSource), TokenError> {
+    match value {
+        Some(v) => Ok((Token::new(v.trim().to_owned())?, TokenSource::Environment)),
+        None => Err(TokenError::Missing),
     }
 }
 

@@ -539,3 +539,313 @@ fn a_reader_held_back_by_the_clients_own_pacing_sees_it_in_status() {
     );
     assert_eq!(emu.stats().count(429), 0);
 }
+
+/// Reads `n` bytes from a fresh open of `/random`, in 64 KiB reads.
+fn read_n(m: &Mount, n: u64) {
+    let f = open_random(m);
+    let mut got = 0u64;
+    while got < n {
+        let want = (n - got).min(65536) as usize;
+        let b = read_once(&f, want).expect("read");
+        assert!(!b.is_empty(), "EOF from /random");
+        got += b.len() as u64;
+    }
+}
+
+/// Waits until the buffer is at least half full (no refill starts) with nothing in flight,
+/// and everything this mount was granted has arrived: the record then holds exactly `before` (what was spent before this
+/// mount started, all of it served) plus what this mount fetched.
+fn wait_settled(m: &Mount, emu: &Emulator, before: u64) {
+    m.wait_status("settled", Duration::from_secs(20), |s| {
+        let n = |k: &str| s[k].parse::<u64>().unwrap_or(u64::MAX);
+        let fetched = n("fetched_bytes");
+        s["state"] == "ok"
+            && n("buffered_bytes").saturating_mul(2) >= n("capacity_bytes")
+            && n("budget_day_spent_bytes") == before + fetched
+            && emu.stats().good_bytes == before + fetched
+    });
+}
+
+#[test]
+fn tampering_with_the_state_while_running_never_lowers_the_spend() {
+    let emu = emulator();
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = root.path().join("state");
+    let cap = 6 * MIB;
+    let args = ["--budget", "6M/day", "--buffer-size", "256K"];
+    let mut m = budget_mount(&emu, &state, &args);
+    m.wait_full();
+    wait_settled(&m, &emu, 0);
+    let file = PathBuf::from(m.status()["budget_state_file"].clone());
+    let older = std::fs::read(&file).expect("an early copy");
+    let zeroed = {
+        let text = String::from_utf8(older.clone()).expect("utf8");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let mut v = v;
+        for p in ["hour", "day", "month"] {
+            v["spend"][p]["spent"] = 0.into();
+        }
+        serde_json::to_vec(&v).expect("json")
+    };
+    // Replaced as an editor or `cp` to a temporary name and `mv` would: whole, at once.
+    let replace = |bytes: &[u8]| {
+        let tmp = file.with_extension("edit");
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+    };
+    type Tamper<'a> = Box<dyn Fn() + 'a>;
+    let tampers: Vec<(&str, Tamper, &str)> = vec![
+        (
+            "rm",
+            Box::new(|| std::fs::remove_file(&file).expect("rm")),
+            "is missing",
+        ),
+        (
+            "an older copy",
+            Box::new(|| replace(&older)),
+            "holds less than was spent",
+        ),
+        (
+            "a zeroed count",
+            Box::new(|| replace(&zeroed)),
+            "holds less than was spent",
+        ),
+        (
+            "truncated",
+            Box::new(|| {
+                File::options()
+                    .write(true)
+                    .open(&file)
+                    .and_then(|f| f.set_len(0))
+                    .expect("truncate")
+            }),
+            "not valid JSON",
+        ),
+        (
+            "rm -r the directory",
+            Box::new(|| std::fs::remove_dir_all(&state).expect("rm -r")),
+            "budget.key: was removed",
+        ),
+    ];
+    for (what, tamper, why) in &tampers {
+        let before = m.status_u64("budget_day_spent_bytes");
+        let logged = m.log_text().matches(why).count();
+        tamper();
+        // Enough to need new requests, each recorded first.
+        read_n(&m, 768 << 10);
+        wait_settled(&m, &emu, 0);
+        let after = m.status_u64("budget_day_spent_bytes");
+        assert!(after > before, "{what}: {before} -> {after}");
+        let text = std::fs::read_to_string(&file).expect("written again");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["spend"]["day"]["spent"], after, "{what}: {text}");
+        let log = m.log_text();
+        assert_eq!(log.matches(why).count(), logged + 1, "{what}: {log}");
+    }
+    let (_, err) = read_until_error(&m, &[65536]);
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(emu.stats().good_bytes, cap, "requested exactly the cap");
+    assert!(!m.log_text().contains(TOKEN));
+    // A restart finds the same record, key and all.
+    assert!(m.stop().success());
+    let m = budget_mount(&emu, &state, &args);
+    m.wait_status("exhausted", Duration::from_secs(10), |s| {
+        s["state"] == "budget exhausted"
+    });
+    assert_eq!(m.status_u64("budget_day_spent_bytes"), cap);
+    assert_eq!(emu.stats().good_bytes, cap);
+}
+
+#[test]
+fn every_spelling_of_one_account_shares_one_count() {
+    let emu = emulator();
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("secrets");
+    std::fs::create_dir(&real).expect("dir");
+    let token_file = real.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let link = dir.path().join("token-link");
+    std::os::unix::fs::symlink(&token_file, &link).expect("symlink");
+    let dotted = real.join("..").join("secrets").join("token");
+    let port = emu.url().rsplit(':').next().expect("port").to_owned();
+    let cap = 8 * MIB;
+    let spellings: Vec<(Option<&str>, Vec<String>)> = vec![
+        (Some(TOKEN), vec!["--endpoint".into(), emu.url()]),
+        (
+            None,
+            vec![
+                "--endpoint".into(),
+                format!("http://localhost:{port}/"),
+                "--token-file".into(),
+                link.display().to_string(),
+            ],
+        ),
+        (
+            None,
+            vec![
+                "--endpoint".into(),
+                format!("http://LOCALHOST:{port}"),
+                "--token-file".into(),
+                dotted.display().to_string(),
+            ],
+        ),
+    ];
+    let last = spellings.len() - 1;
+    for (i, (env, extra)) in spellings.into_iter().enumerate() {
+        let before = emu.stats().good_bytes;
+        let mut m = MountBuilder::new(&emu)
+            .token(env)
+            .args(["--state-dir", state.path().to_str().expect("utf8")])
+            .args(["--budget", "8M/day", "--buffer-size", "64K"])
+            .args(extra)
+            .mount();
+        // The account's count so far, whatever the spelling.
+        assert!(
+            m.status_u64("budget_day_spent_bytes") >= before,
+            "spelling {i}: {:#?}",
+            m.status()
+        );
+        if i < last {
+            read_n(&m, 3 * MIB);
+            wait_settled(&m, &emu, before);
+            assert!(m.stop().success());
+        } else {
+            let (_, err) = read_until_error(&m, &[65536]);
+            assert_eq!(err.raw_os_error(), Some(libc::EIO));
+            assert_eq!(m.status()["state"], "budget exhausted");
+        }
+    }
+    assert_eq!(emu.stats().good_bytes, cap, "one cap for the account");
+    // One record, and nothing in the directory names the token.
+    let names: Vec<String> = std::fs::read_dir(state.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".json")).count(),
+        1,
+        "{names:?}"
+    );
+    for n in &names {
+        let text = std::fs::read(state.path().join(n)).expect("read");
+        assert!(!String::from_utf8_lossy(&text).contains(TOKEN), "{n}");
+    }
+}
+
+#[test]
+fn a_held_lock_is_shown_and_signals_are_still_handled() {
+    let emu = emulator();
+    let state = tempfile::tempdir().expect("tempdir");
+    let m = budget_mount(
+        &emu,
+        state.path(),
+        &["--budget", "1G/day", "--buffer-size", "64K"],
+    );
+    m.wait_full();
+    let lock_path = std::fs::read_dir(state.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "lock"))
+        .expect("a lock file");
+    let held = nix::fcntl::Flock::lock(
+        File::open(&lock_path).expect("open"),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .expect("lock");
+    let before = emu.stats().total_requests;
+    let reader = {
+        let path = m.random();
+        std::thread::spawn(move || read_exact(&path, 256 << 10).len())
+    };
+    m.wait_status("unwritable", Duration::from_secs(10), |s| {
+        s["state"] == "budget state unwritable"
+    });
+    let s = m.status();
+    let shown = lock_path.to_str().expect("utf8");
+    assert!(
+        s["last_error"].contains(shown) && s["last_error"].contains("is held by"),
+        "{s:#?}"
+    );
+    assert_eq!(
+        emu.stats().total_requests,
+        before,
+        "nothing sent unrecorded"
+    );
+    m.sighup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !m.log_text().contains("SIGHUP: reloading") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not handled: {}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!reader.is_finished(), "the reader waits");
+    drop(held);
+    assert_eq!(reader.join().expect("reader"), 256 << 10);
+    m.wait_status("ok", Duration::from_secs(10), |s| s["state"] == "ok");
+}
+
+#[test]
+fn a_new_token_counts_in_its_own_record_from_the_count_so_far() {
+    let emu = emulator();
+    emu.set_tokens(vec!["token-one".into(), "token-two".into()]);
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "token-one\n").expect("write");
+    let token_arg = token_file.display().to_string();
+    let args = [
+        "--budget",
+        "2M/day",
+        "--buffer-size",
+        "64K",
+        "--token-file",
+        &token_arg,
+    ];
+    let mount = || {
+        MountBuilder::new(&emu)
+            .token(None)
+            .args(["--state-dir", state.path().to_str().expect("utf8")])
+            .args(args)
+            .mount()
+    };
+    let mut m = mount();
+    read_n(&m, MIB);
+    wait_settled(&m, &emu, 0);
+    let first_file = m.status()["budget_state_file"].clone();
+    let spent = m.status_u64("budget_day_spent_bytes");
+    // Rotated in place, and SIGHUP.
+    let tmp = token_file.with_extension("new");
+    std::fs::write(&tmp, "token-two\n").expect("write");
+    std::fs::rename(&tmp, &token_file).expect("rename");
+    m.sighup();
+    m.wait_status("the new record", Duration::from_secs(10), |s| {
+        s["budget_state_file"] != first_file
+    });
+    // The count goes on from where it stood: a rotation never restarts it.
+    assert!(m.status_u64("budget_day_spent_bytes") >= spent);
+    let (_, err) = read_until_error(&m, &[65536]);
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        emu.stats().good_bytes,
+        2 * MIB,
+        "one cap across the rotation"
+    );
+    assert!(m.log_text().contains("its account's record"));
+    // The next start, with the new token, reads the new record.
+    assert!(m.stop().success());
+    let m = mount();
+    m.wait_status("exhausted", Duration::from_secs(10), |s| {
+        s["state"] == "budget exhausted"
+    });
+    assert_ne!(m.status()["budget_state_file"], first_file);
+    assert_eq!(emu.stats().good_bytes, 2 * MIB);
+}

@@ -224,3 +224,56 @@ fn a_log_file_is_created_0600_and_a_planted_one_is_refused() {
     let mi = missing.to_str().expect("utf8");
     refused(&["--log-file", mi], 1, &[mi]);
 }
+
+#[test]
+fn a_start_that_touches_a_file_on_a_hung_filesystem_fails_naming_it() {
+    // A qrypt-fs whose daemon is then stopped: a lookup of any new name in its mount hangs,
+    // as on a dead NFS server.
+    let hung_emu = emulator();
+    let mut hung = MountBuilder::new(&hung_emu)
+        .args(["--buffer-size", "64K"])
+        .mount();
+    let on = hung.path().to_owned();
+    let stopped = Stopped::stop(&hung);
+    let at = |name: &str| on.join(name).display().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec!["--token-file".into(), at("token")], at("token")),
+        (vec!["--ca-cert".into(), at("ca.pem")], at("ca.pem")),
+        (vec!["--log-file".into(), at("log")], at("log")),
+        (
+            vec![
+                "--budget".into(),
+                "1M/day".into(),
+                "--state-dir".into(),
+                at("state"),
+            ],
+            at("state"),
+        ),
+    ];
+    for (args, path) in &cases {
+        let emu = emulator();
+        let mnt = tempfile::tempdir().expect("tempdir");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t = std::time::Instant::now();
+        // `run` gives up (and fails) after 10 s.
+        let r = run(&emu, &args, mnt.path());
+        assert_eq!(r.code, Some(1), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(path.as_str()) && r.stderr.contains("no answer within"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+    // The mount point itself.
+    let emu = emulator();
+    let r = run(&emu, &[], &on.join("mnt"));
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&at("mnt")) && r.stderr.contains("no answer within"),
+        "{}",
+        r.stderr
+    );
+    drop(stopped);
+    assert!(hung.stop().success());
+}

@@ -180,41 +180,6 @@ fn every_kind_of_hostile_file_is_refused_and_the_refill_goes_on() {
     refill_goes_on(&m, &emu);
 }
 
-/// A FUSE daemon stopped with SIGSTOP: a lookup, open or read of a file in its mount hangs
-/// until it is continued. Drop continues it, so a failing test never leaves a hung mount (the
-/// mount's own Drop then ends the daemon).
-struct Stopped(nix::unistd::Pid);
-
-impl Stopped {
-    fn stop(m: &Mount) -> Stopped {
-        let pid = nix::unistd::Pid::from_raw(m.pid());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-        let stopped = Stopped(pid);
-        let state = || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The state follows the command name's closing parenthesis.
-            stat.rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next())
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while state() != Some('T') {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not stopped: {:?}",
-                state()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        stopped
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-    }
-}
-
 #[test]
 fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back() {
     let (emu, _dir, token_file, m) = mounted_with_old_token();
