@@ -125,6 +125,43 @@ fn durations_below_a_millisecond_or_above_a_day_are_refused() {
     refused(&["-o", option], 2, &["1e-300", "out of range"]);
 }
 
+/// Each duration has a floor below which it cannot work (a 1 ms timeout made 727 requests a
+/// second against a failing upstream); the refusal names it and why, for flags and `-o`.
+#[test]
+fn durations_below_their_floor_are_refused_with_the_reason() {
+    for (flag, floor, below, why) in [
+        (
+            "--connect-timeout",
+            "0.1",
+            "0.001",
+            "no connection or answer comes sooner",
+        ),
+        (
+            "--request-timeout",
+            "0.1",
+            "0.05",
+            "no connection or answer comes sooner",
+        ),
+        ("--startup-timeout", "0.1", "0.001", "or 0 to skip"),
+        (
+            "--max-backoff",
+            "0.25",
+            "0.1",
+            "the backoff starts at 0.25 s",
+        ),
+        ("--quota-retry", "1", "0.5", "quota is used up"),
+        ("--read-timeout", "0.25", "0.1", "every 225 ms"),
+    ] {
+        let at_least = format!("At least {floor} (");
+        refused(&[flag, below], 2, &[flag, below, &at_least, why]);
+        let option = format!(
+            "{}={below}",
+            flag.trim_start_matches("--").replace('-', "_")
+        );
+        refused(&["-o", &option], 2, &[flag, below, &at_least, why]);
+    }
+}
+
 #[test]
 fn mount_points_under_proc_or_sys_are_refused() {
     let emu = emulator();

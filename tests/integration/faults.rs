@@ -277,7 +277,7 @@ fn connect_timeout() {
             "--connect-timeout",
             "0.5",
             "--max-backoff",
-            "0.2",
+            "0.25",
         ])
         .args(["--buffer-size", "64K"])
         .mount();
