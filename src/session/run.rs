@@ -16,7 +16,9 @@ use crate::session::cli::Options;
 use crate::session::logging::{self, LogTarget};
 use crate::session::mount::{MountConfig, Session, StartupCheck};
 use crate::status::StaticInfo;
-use crate::upstream::http::{HttpClient, HttpConfig, parse_endpoint, read_ca_file};
+use crate::upstream::http::{
+    HttpClient, HttpConfig, mask_credentials, parse_endpoint, read_ca_file,
+};
 use crate::upstream::token;
 
 /// Checks a mount point before anything else, so a stale mount gets a useful message.
@@ -201,7 +203,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             &token,
         )?;
         drop(token);
-        let api_url = client.url().to_string();
+        let api_url = mask_credentials(client.url().as_str());
         let first_answer = Arc::new(FirstAnswerCell::default());
         let startup = opts
             .startup_timeout
@@ -327,12 +329,13 @@ fn prefetch_config(
     prefetch
 }
 
-/// The endpoint as `/status` shows it: without any user or password in the URL.
+/// The endpoint as `/status` and messages show it: without any user or password in the URL
+/// (none gets this far; the one masking function says so again).
 fn shown_endpoint(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_password(None);
     let _ = shown.set_username("");
-    shown.to_string()
+    mask_credentials(shown.as_str())
 }
 
 #[cfg(test)]

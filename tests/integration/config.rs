@@ -79,6 +79,68 @@ fn credentials_in_the_endpoint_are_refused_and_not_shown() {
     assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
 }
 
+/// Every spelling of an endpoint with a password is refused (exit 1, nothing mounted) and no
+/// message shows the password: without a scheme, with `@` or `/` inside the password,
+/// percent-encoded, unparseable; from `--endpoint`, `-o endpoint=` and `QRYPT_ENDPOINT`.
+#[test]
+fn credentials_are_masked_whatever_the_endpoints_shape() {
+    let emu = emulator();
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let hostport = emu.url().replacen("http://", "", 1);
+    let shapes = [
+        format!("alice:s3cret@{hostport}"),
+        format!("alice:s3cret@{hostport}/api"),
+        format!("http://alice:s3cr@t@{hostport}"),
+        format!("http://alice:s3/cret@{hostport}"),
+        format!("http://alice:s3cret%40{hostport}"),
+        format!("http://al%69ce:s3cret@{hostport}:99999"),
+        format!("alice:s3cret://x@{hostport}"),
+        "s3cret@".to_owned(),
+    ];
+    for endpoint in &shapes {
+        for args in [
+            vec!["--endpoint".to_owned(), endpoint.clone()],
+            vec!["-o".to_owned(), format!("endpoint={endpoint}")],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = run(&emu, &args, mnt.path());
+            assert_eq!(r.code, Some(1), "{args:?}: {}", r.stderr);
+            assert!(r.stderr.contains("carries credentials"), "{}", r.stderr);
+            assert!(r.stderr.contains("***"), "{}", r.stderr);
+            assert!(
+                !r.stderr.contains("s3cr") && !r.stderr.contains("alice"),
+                "{args:?}: {}",
+                r.stderr
+            );
+        }
+        // From the environment, with no flag to override it.
+        let out = Command::new(BIN)
+            .arg("-f")
+            .arg(mnt.path())
+            .env("QRYPT_TOKEN", TOKEN)
+            .env("QRYPT_ENDPOINT", endpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{endpoint}: {stderr}");
+        assert!(!stderr.contains("s3cr"), "{endpoint}: {stderr}");
+        assert!(!is_mounted(mnt.path()));
+    }
+    assert_eq!(emu.stats().total_requests, 0);
+    // A mount shows its endpoint as it is, in every status file.
+    let m = MountBuilder::new(&emu).mount();
+    let shown = format!("{}/", emu.url());
+    assert_eq!(m.status()["endpoint"], shown);
+    assert_eq!(m.status_json()["endpoint"], shown.as_str());
+    assert!(
+        m.read_file("metrics")
+            .contains(&format!("endpoint=\"{shown}\""))
+    );
+}
+
 fn mem_total() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
     meminfo
@@ -125,8 +187,8 @@ fn durations_below_a_millisecond_or_above_a_day_are_refused() {
     refused(&["-o", option], 2, &["1e-300", "out of range"]);
 }
 
-/// Each duration has a floor below which it cannot work (a 1 ms timeout made 727 requests a
-/// second against a failing upstream); the refusal names it and why, for flags and `-o`.
+/// Each duration has a floor below which it cannot work (a 1 ms timeout fails every request
+/// and retries hundreds of times a second); the refusal names it and why, for flags and `-o`.
 #[test]
 fn durations_below_their_floor_are_refused_with_the_reason() {
     for (flag, floor, below, why) in [
