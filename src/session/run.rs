@@ -140,11 +140,17 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         Some(p) => Some(std::path::absolute(p).with_context(|| p.display().to_string())?),
         None => None,
     };
-    let log_file = opts
-        .log_file
-        .as_deref()
-        .map(logging::open_log_file)
-        .transpose()?;
+    let log_file = match opts.log_file.as_deref().map(logging::open_log_file) {
+        Some(opened) => {
+            let opened = opened?;
+            for n in &opened.notes {
+                eprintln!("qrypt-fs: warning: {n}");
+            }
+            warnings.extend(opened.notes);
+            Some(opened.file)
+        }
+        None => None,
+    };
     let budget = open_budget(&opts, &shown_endpoint(&endpoint), token_file.as_deref())?;
     // A spent budget sends nothing, so there is no first answer to wait for.
     let spent = budget.exhausted_now().map(|e| {
@@ -179,7 +185,8 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         };
         logging::init(target, opts.verbose)?;
         background::serving();
-        if !opts.foreground {
+        // Said on the terminal already; also in the log, unless the log is that terminal.
+        if !(opts.foreground && opts.log_file.is_none()) {
             for w in &warnings {
                 tracing::warn!("{w}");
             }

@@ -265,6 +265,52 @@ fn mount_points_under_proc_or_sys_are_refused() {
     );
 }
 
+/// An existing log file of ours that group or others may read is tightened to 0600, said on
+/// the terminal and once in the log; a directory others can write to gets a warning.
+#[test]
+fn a_loose_log_file_is_tightened_and_a_shared_directory_is_warned_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("qrypt-fs.log");
+    std::fs::write(&log, "earlier\n").expect("write");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu)
+        .args(["--log-file", log.to_str().expect("utf8")])
+        .mount();
+    assert_eq!(
+        std::fs::metadata(&log).expect("log").permissions().mode() & 0o7777,
+        0o600
+    );
+    m.stop();
+    let said = format!(
+        "log file {} had mode 0644 (open to group or others): tightened to 0600",
+        log.display()
+    );
+    assert!(m.log_text().contains(&said), "stderr: {}", m.log_text());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.starts_with("earlier\n"), "appended to: {text}");
+    assert_eq!(text.matches(&said).count(), 1, "logged once: {text}");
+    assert!(!text.contains("writable by group or others"), "{text}");
+
+    // A directory anyone may write to, without the sticky bit: the file stays, with a warning.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut m = MountBuilder::new(&emu)
+        .args(["--log-file", log.to_str().expect("utf8")])
+        .mount();
+    m.stop();
+    let said = format!(
+        "directory {} of log file {} is writable by group or others without the sticky bit \
+         (mode 0777): they can replace the log file; chmod go-w {}",
+        dir.path().display(),
+        log.display(),
+        dir.path().display()
+    );
+    assert!(m.log_text().contains(&said), "stderr: {}", m.log_text());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(text.matches(&said).count(), 1, "logged once: {text}");
+    assert_eq!(text.matches("tightened").count(), 1, "not again: {text}");
+}
+
 #[test]
 fn a_log_file_is_created_0600_and_a_planted_one_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
