@@ -222,6 +222,12 @@ fn durations_below_their_floor_are_refused_with_the_reason() {
         );
         refused(&["-o", &option], 2, &[flag, below, &at_least, why]);
     }
+    // The pacing window too: a zero window would not pace at all.
+    refused(
+        &["--rate-limit", "1/1e-300"],
+        2,
+        &["1/1e-300", "at least 0.1 s"],
+    );
 }
 
 #[test]

@@ -72,16 +72,31 @@ fn parse_flags(args: &[OsString]) -> Result<Cli, clap::Error> {
     Cli::from_arg_matches(&matches)
 }
 
+/// The shortest `--rate-limit` window: the pacer holds each slot [`MARGIN`] past the window
+/// anyway, so a shorter one paces nothing finer (and `1e-300` would be a zero window).
+///
+/// [`MARGIN`]: crate::refill::pacer::MARGIN
+const MIN_RATE_WINDOW: Duration = crate::refill::pacer::MARGIN;
+
 fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, clap::Error> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    s.parse().map(Some).map_err(|e| {
+    let invalid = |e: String| {
         Cli::command().error(
             ErrorKind::ValueValidation,
             format!("invalid value for '--rate-limit <R/S>': {e}"),
         )
-    })
+    };
+    let limit: RateLimit = s.parse().map_err(invalid)?;
+    if limit.window < MIN_RATE_WINDOW {
+        return Err(invalid(format!(
+            "{s:?}: the window is at least 0.1 s (each request holds its slot 0.1 s past the \
+             window anyway, so a shorter one paces nothing finer): give the same rate over a \
+             longer window, e.g. 10/1, or off"
+        )));
+    }
+    Ok(Some(limit))
 }
 
 impl Options {
@@ -417,6 +432,11 @@ mod tests {
         assert!(e.contains("token_file") && !e.contains("abc"), "{e}");
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "0/1"]).contains("rate-limit"));
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "fast"]).contains("REQUESTS/SECONDS"));
+        for tiny in ["1/1e-300", "30/0.05", "1/0.0999"] {
+            let e = err(&["qrypt-fs", "/m", "-o", &format!("rate_limit={tiny}")]);
+            assert!(e.contains(tiny) && e.contains("at least 0.1 s"), "{e}");
+        }
+        assert!(parse(&["qrypt-fs", "/m", "--rate-limit", "1/0.1"]).is_ok());
         assert!(err(&["qrypt-fs", "/m", "--budget", "1M/week"]).contains("unknown period"));
         assert!(err(&["qrypt-fs", "/m", "-o", "budget=0M/day"]).contains("zero"));
         assert!(parse(&["qrypt-fs"]).is_err());
