@@ -128,6 +128,17 @@ fn credentials_are_masked_whatever_the_endpoints_shape() {
         assert_eq!(out.status.code(), Some(1), "{endpoint}: {stderr}");
         assert!(!stderr.contains("s3cr"), "{endpoint}: {stderr}");
         assert!(!is_mounted(mnt.path()));
+        // Nor does --help show the variable's value.
+        for help in ["--help", "-h"] {
+            let out = Command::new(BIN)
+                .arg(help)
+                .env("QRYPT_ENDPOINT", endpoint)
+                .output()
+                .expect("run");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("QRYPT_ENDPOINT"), "{stdout}");
+            assert!(!stdout.contains("s3cr"), "{help}: {stdout}");
+        }
     }
     assert_eq!(emu.stats().total_requests, 0);
     // A mount shows its endpoint as it is, in every status file.

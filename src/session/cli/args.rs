@@ -78,7 +78,10 @@ pub struct Cli {
     /// Base URL of the API (scheme, host, port; no path). https:// only, except http:// to a
     /// loopback address (the emulator). QRYPT_ENDPOINT, when set, replaces the default (for
     /// tests and staging; this flag or endpoint= still wins).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, env = "QRYPT_ENDPOINT")]
+    // The variable's value stays out of --help: it may carry credentials (refused, and masked
+    // in every message, but --help would print it whole).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, env = "QRYPT_ENDPOINT",
+          hide_env_values = true)]
     pub endpoint: String,
 
     /// Also trust the CA certificate(s) in this PEM file (TLS-intercepting proxies, the emulator).
