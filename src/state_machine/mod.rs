@@ -442,8 +442,8 @@ mod tests {
 
     /// Repeated 429s asking for no wait meet the backoff as it grows: each wait is at least
     /// the base and the jittered backoff, at most the larger of the clamped ask and the
-    /// backoff's ceiling, and together they come to about half the cap each (always the
-    /// base before, 2 s in all).
+    /// backoff's ceiling, and together they come to about half the cap each (the base each
+    /// time would be 2 s in all).
     #[test]
     fn repeated_429s_never_retry_sooner_than_the_backoff() {
         for asked in [Duration::ZERO, Duration::from_millis(1), BASE] {

@@ -196,7 +196,7 @@ fn requests_in_5s_of_429s(fault: Fault) -> u64 {
 
 /// No Retry-After brings a retry sooner than the client's own backoff would (0.25 s doubling
 /// per failure, full jitter): over 5 s that is about 6 requests, and more than 12 has a chance
-/// below 1e-5. Honouring "0" or a past date as "at once" (floored at 0.25 s) sent 21.
+/// below 1e-5. Taken at its word (floored at 0.25 s), "0" would send 20.
 #[test]
 fn a_429_asking_for_no_wait_still_backs_off() {
     for fault in [
