@@ -203,13 +203,22 @@ pub struct SecondsRange {
 /// (and far from where `Duration` or `Instant` arithmetic could overflow).
 pub const MAX_SECONDS: f64 = 86_400.0;
 
-/// `--connect-timeout`, `--request-timeout`, `--startup-timeout`.
+/// `--connect-timeout`, `--request-timeout`.
 pub const TIMEOUT: SecondsRange = SecondsRange {
     min: 0.1,
     max: MAX_SECONDS,
     min_text: "0.1 (100 ms)",
     why: "no connection or answer comes sooner, so a shorter limit fails every request, and \
           with --rate-limit off turns the retries into a busy loop",
+};
+
+/// `--startup-timeout`, besides 0.
+pub const STARTUP_TIMEOUT: SecondsRange = SecondsRange {
+    min: 0.1,
+    max: MAX_SECONDS,
+    min_text: "0.1 (100 ms)",
+    why: "no first answer comes sooner (a connection, then a request), so a shorter wait \
+          would only ever warn that there was none",
 };
 
 /// `--max-backoff`.
@@ -275,7 +284,7 @@ pub fn parse_startup_timeout(s: &str) -> Result<Duration, InvalidValue> {
     if s.trim().parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
-    parse_timeout(s).map_err(|e| InvalidValue(format!("{e}; or 0 to skip")))
+    parse_seconds_in(s, &STARTUP_TIMEOUT).map_err(|e| InvalidValue(format!("{e}; or 0 to skip")))
 }
 
 fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {
