@@ -9,6 +9,9 @@ pub enum Fault {
     Status(u16),
     /// 429, with or without `Retry-After` (seconds).
     TooManyRequests { retry_after: Option<u64> },
+    /// 429 with this exact `Retry-After` text: an HTTP-date (past or future), a negative
+    /// number, junk. Text that is no valid header value is sent as no header at all.
+    TooManyRequestsText { retry_after: String },
     /// 200 with the JSON cut in half.
     MalformedJson,
     /// 200, valid JSON of the wrong types: `"size"` a string, `"random"` numbers.
@@ -57,6 +60,7 @@ impl Fault {
         match self {
             Fault::Status(_) => "status",
             Fault::TooManyRequests { .. } => "too_many_requests",
+            Fault::TooManyRequestsText { .. } => "too_many_requests_text",
             Fault::MalformedJson => "malformed_json",
             Fault::WrongTypes => "wrong_types",
             Fault::SizeMismatch => "size_mismatch",
@@ -101,6 +105,13 @@ impl Fault {
                     None | Some(serde_json::Value::Null) => None,
                     Some(_) => Some(num("retry_after")?),
                 },
+            },
+            "too_many_requests_text" => Fault::TooManyRequestsText {
+                retry_after: v
+                    .get("retry_after")
+                    .and_then(|t| t.as_str())
+                    .ok_or("fault \"too_many_requests_text\" needs a string \"retry_after\"")?
+                    .to_owned(),
             },
             "malformed_json" => Fault::MalformedJson,
             "wrong_types" => Fault::WrongTypes,
@@ -175,6 +186,9 @@ mod tests {
                 retry_after: Some(2),
             },
             Fault::TooManyRequests { retry_after: None },
+            Fault::TooManyRequestsText {
+                retry_after: "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+            },
             Fault::MalformedJson,
             Fault::WrongTypes,
             Fault::SizeMismatch,
@@ -197,6 +211,7 @@ mod tests {
             match &f {
                 Fault::Status(c) => v["status"] = json!(c),
                 Fault::TooManyRequests { retry_after } => v["retry_after"] = json!(retry_after),
+                Fault::TooManyRequestsText { retry_after } => v["retry_after"] = json!(retry_after),
                 Fault::Delay(d) => v["ms"] = json!(d.as_millis() as u64),
                 Fault::SlowDrip { bytes_per_sec } => v["bytes_per_sec"] = json!(bytes_per_sec),
                 _ => {}
@@ -212,6 +227,8 @@ mod tests {
             json!({"fault": "delay", "ms": -1}),
             json!({"fault": "slow_drip", "bytes_per_sec": 0}),
             json!({"fault": "too_many_requests", "retry_after": "2"}),
+            json!({"fault": "too_many_requests_text", "retry_after": 2}),
+            json!({"fault": "too_many_requests_text"}),
         ] {
             assert!(Fault::from_json(&bad).is_err(), "{bad}");
         }

@@ -19,7 +19,8 @@
 //! - `POST /_emulator/fault` with `{"fault": NAME, ...parameters, "times": N}`: arms a fault
 //!   for the next N entropy requests (`times` omitted or null: until cleared), replacing any
 //!   armed one. NAME is `none` (clears), `status` (`"status": 503`), `too_many_requests`
-//!   (optional `"retry_after": 2`), `malformed_json`, `wrong_types`, `size_mismatch`,
+//!   (optional `"retry_after": 2`), `too_many_requests_text` (`"retry_after": "TEXT"`, sent
+//!   as it is: a past HTTP-date, `-3`), `malformed_json`, `wrong_types`, `size_mismatch`,
 //!   `short_block`, `non_base64`, `all_zero_blocks`, `repeat_block`, `progression`,
 //!   `shifted_replay`, `old_block` (`"age_mib": 70, "shift": 5`), `wrong_content_type`,
 //!   `oversized_body`, `delay` (`"ms": 2000`), `drop_connection`, `reset_mid_body`,

@@ -26,7 +26,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 Admin API on the same port (no auth; see the docs of the qrypt_emulator crate):
   POST /_emulator/fault       {\"fault\":\"status\",\"status\":503,\"times\":3}
                               {\"fault\":\"delay\",\"ms\":2000}  {\"fault\":\"none\"}
-                              names: status too_many_requests malformed_json wrong_types
+                              names: status too_many_requests too_many_requests_text
+                              malformed_json wrong_types
                               size_mismatch short_block non_base64 all_zero_blocks
                               repeat_block progression shifted_replay
                               old_block (age_mib, shift) wrong_content_type

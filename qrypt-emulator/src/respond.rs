@@ -108,6 +108,17 @@ pub(super) async fn entropy(
                 .answer(seq, 429, kib, Some(f), Vec::new());
             return Ok(r);
         }
+        Some(f @ Fault::TooManyRequestsText { retry_after }) => {
+            let mut r = json_error(429, "too many requests (emulated)");
+            if let Ok(v) = HeaderValue::from_str(retry_after) {
+                r.headers_mut().insert(RETRY_AFTER, v);
+            }
+            state
+                .ledger
+                .lock()
+                .answer(seq, 429, kib, Some(f), Vec::new());
+            return Ok(r);
+        }
         Some(f @ Fault::DropConnection) => {
             state.ledger.lock().answer(seq, 0, kib, Some(f), Vec::new());
             return Err(io::Error::other("emulated dropped connection"));
@@ -210,7 +221,12 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
     };
     if matches!(
         fault,
-        Some(Fault::Status(_) | Fault::TooManyRequests { .. } | Fault::DropConnection)
+        Some(
+            Fault::Status(_)
+                | Fault::TooManyRequests { .. }
+                | Fault::TooManyRequestsText { .. }
+                | Fault::DropConnection
+        )
     ) {
         // No entropy goes out, so none is charged.
         gate.limits.refund(token, bytes);

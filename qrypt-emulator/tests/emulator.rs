@@ -355,6 +355,17 @@ async fn too_many_requests_fault_with_and_without_retry_after() {
     assert_eq!(retry_after(&r), None);
     assert_error(r, 429).await;
     assert_eq!(last_fault(&emu).as_deref(), Some("too_many_requests"));
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    emu.set_fault(
+        Fault::TooManyRequestsText {
+            retry_after: past.into(),
+        },
+        Some(1),
+    );
+    let r = get(&c, &emu, "").await;
+    assert_eq!(retry_after(&r).as_deref(), Some(past));
+    assert_error(r, 429).await;
+    assert_eq!(last_fault(&emu).as_deref(), Some("too_many_requests_text"));
     good(&c, &emu, 1).await;
 }
 

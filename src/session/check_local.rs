@@ -1,6 +1,6 @@
 //! Checks before mounting that turn a confusing failure (or a silent risk) into a sentence
-//! saying what to do: FUSE access for non-root users, a token file others can read, a mount
-//! point whose contents the mount would hide.
+//! saying what to do: FUSE access for non-root users, a token file others can read, a log
+//! file's directory others can write, a mount point whose contents the mount would hide.
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -71,6 +71,34 @@ pub fn token_file_warning(path: &Path) -> Option<String> {
     })
 }
 
+/// The `--log-file`'s directory, when someone else could replace the file in it (a new file
+/// there would get our log, and the lines we wrote before would be theirs to keep): writable
+/// by group or others without the sticky bit, or owned by another user than `uid` or root.
+pub fn log_dir_warning(log_file: &Path, uid: u32) -> Option<String> {
+    let dir = match log_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).ok()?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let (d, f) = (dir.display(), log_file.display());
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Some(format!(
+            "directory {d} of log file {f} is writable by group or others without the sticky \
+             bit (mode {mode:04o}): they can replace the log file; chmod go-w {d}, or log to a \
+             directory only you can write to"
+        ));
+    }
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Some(format!(
+            "directory {d} of log file {f} belongs to another user (uid {}), who can replace \
+             the log file: log to a directory of your own or root's",
+            meta.uid()
+        ));
+    }
+    None
+}
+
 /// A mount point with something in it: the mount hides it until unmounted.
 pub fn mountpoint_warning(path: &Path) -> Option<String> {
     let mut entries = std::fs::read_dir(path).ok()?;
@@ -100,6 +128,50 @@ mod tests {
                 assert!(w.contains(&format!("(mode {mode:03o})")), "{w}");
             }
         }
+    }
+
+    #[test]
+    fn log_file_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("q.log");
+        let me = nix::unistd::geteuid().as_raw();
+        for (mode, warned) in [
+            (0o700, false),
+            (0o755, false),
+            (0o1777, false),
+            (0o775, true),
+            (0o757, true),
+            (0o777, true),
+        ] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            let w = log_dir_warning(&log, me);
+            assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
+            if let Some(w) = w {
+                assert!(w.contains(&format!("(mode {mode:04o})")), "{w}");
+                assert!(
+                    w.contains(&format!("chmod go-w {}", dir.path().display())),
+                    "{w}"
+                );
+            }
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        // Owned by someone else (seen from another uid): warned, unless that is root.
+        let owner = std::fs::metadata(dir.path()).expect("meta").uid();
+        let w = log_dir_warning(&log, owner.wrapping_add(1));
+        assert_eq!(w.is_some(), owner != 0, "{w:?}");
+        if let Some(w) = w {
+            assert!(
+                w.contains(&format!("belongs to another user (uid {owner})")),
+                "{w}"
+            );
+        }
+        // A bare file name is in the working directory.
+        assert_eq!(log_dir_warning(Path::new("q.log"), me).is_some(), {
+            let m = std::fs::metadata(".").expect("cwd");
+            (m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0) || (m.uid() != me && m.uid() != 0)
+        });
     }
 
     #[test]

@@ -20,13 +20,22 @@ pub enum LogTarget {
     Syslog,
 }
 
+/// The `--log-file`, opened, and what to tell the operator about it.
+pub struct LogFile {
+    pub file: std::fs::File,
+    /// Said on the terminal and logged once: a mode tightened, a directory others can write.
+    pub notes: Vec<String>,
+}
+
 /// Opens (creating it `0600` if missing) the `--log-file` for appending, before going to the
 /// background, so a mistake is reported on the terminal. Refused, with the path in the
 /// message: a symlink (`O_NOFOLLOW`: one planted in a shared directory would otherwise make
 /// us, often root, append to any file it names), anything but a regular file, a file owned by
-/// another user, a file with other hard links (the same trick without a symlink).
-pub fn open_log_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+/// another user, a file with other hard links (the same trick without a symlink). An existing
+/// file of ours that group or others may read or write is tightened to `0600` (the log quotes
+/// upstream errors and paths: the operator's, like the token file), and a note says so.
+pub fn open_log_file(path: &Path) -> anyhow::Result<LogFile> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let context = || format!("log file {}", path.display());
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -50,9 +59,12 @@ pub fn open_log_file(path: &Path) -> anyhow::Result<std::fs::File> {
     if !meta.is_file() {
         anyhow::bail!("log file {} is not a regular file: refused", path.display());
     }
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
         anyhow::bail!(
-            "log file {} belongs to another user (uid {}): refused",
+            "log file {} belongs to another user (uid {}): refused (they could read it, and \
+             swap it for another file; remove it, chown it to uid {me}, or give another \
+             --log-file)",
             path.display(),
             meta.uid()
         );
@@ -70,7 +82,27 @@ pub fn open_log_file(path: &Path) -> anyhow::Result<std::fs::File> {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND),
     )
     .with_context(context)?;
-    Ok(file)
+    let mut notes = Vec::new();
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        // On the descriptor: the file we checked, whatever the path names by now.
+        notes.push(
+            match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => format!(
+                    "log file {} had mode {mode:04o} (open to group or others): tightened to 0600",
+                    path.display()
+                ),
+                Err(e) => format!(
+                    "log file {} has mode {mode:04o} (open to group or others) and could not be \
+                     tightened ({e}): chmod 600 {}",
+                    path.display(),
+                    path.display()
+                ),
+            },
+        );
+    }
+    notes.extend(crate::session::check_local::log_dir_warning(path, me));
+    Ok(LogFile { file, notes })
 }
 
 fn filter(verbose: u8) -> EnvFilter {

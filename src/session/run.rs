@@ -18,7 +18,7 @@ use crate::session::mount::{MountConfig, Session, StartupCheck};
 use crate::session::start_io;
 use crate::status::StaticInfo;
 use crate::upstream::http::{
-    HttpClient, HttpConfig, canonical_endpoint, parse_endpoint, read_ca_file,
+    HttpClient, HttpConfig, canonical_endpoint, mask_credentials, parse_endpoint, read_ca_file,
 };
 use crate::upstream::token;
 
@@ -192,12 +192,14 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     let log_file = match &opts.log_file {
         Some(p) => {
             let path = p.clone();
-            Some(start_io::within(
-                "log file",
-                p,
-                start_io::TIMEOUT,
-                move || logging::open_log_file(&path),
-            )??)
+            let opened = start_io::within("log file", p, start_io::TIMEOUT, move || {
+                logging::open_log_file(&path)
+            })??;
+            for n in &opened.notes {
+                eprintln!("qrypt-fs: warning: {n}");
+            }
+            warnings.extend(opened.notes);
+            Some(opened.file)
         }
         None => None,
     };
@@ -248,7 +250,8 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         };
         logging::init(target, opts.verbose)?;
         background::serving();
-        if !opts.foreground {
+        // Said on the terminal already; also in the log, unless the log is that terminal.
+        if !(opts.foreground && opts.log_file.is_none()) {
             for w in &warnings {
                 tracing::warn!("{w}");
             }
@@ -272,7 +275,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             &token,
         )?;
         drop(token);
-        let api_url = client.url().to_string();
+        let api_url = mask_credentials(client.url().as_str());
         let first_answer = Arc::new(FirstAnswerCell::default());
         let startup = opts
             .startup_timeout
@@ -407,12 +410,13 @@ fn prefetch_config(
     prefetch
 }
 
-/// The endpoint as `/status` shows it: without any user or password in the URL.
+/// The endpoint as `/status` and messages show it: without any user or password in the URL
+/// (none gets this far; the one masking function says so again).
 fn shown_endpoint(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_password(None);
     let _ = shown.set_username("");
-    shown.to_string()
+    mask_credentials(shown.as_str())
 }
 
 #[cfg(test)]

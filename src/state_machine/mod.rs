@@ -8,7 +8,8 @@
 //! | 400                                      | `bad request`     | none until SIGHUP         |
 //! | 401                                      | `unauthorized`    | none until new token/HUP  |
 //! | 403                                      | `quota exhausted` | after `quota_retry`       |
-//! | 429 with `Retry-After`                   | `backing off`     | as asked, base..=cap      |
+//! | 429 with `Retry-After`                   | `backing off`     | as asked (base..=cap), or |
+//! |                                          |                   | the backoff if longer     |
 //! | any other status, transport, validation, | `backing off`     | exponential backoff with  |
 //! | health or local RNG failure              |                   | full jitter               |
 //!
@@ -220,14 +221,15 @@ impl Machine {
                 code: 429,
                 retry_after: Some(asked),
             } => {
-                self.backoff.note_failure();
-                // Honoured within bounds: "0" must not turn into a tight loop, and a huge
-                // value (a broken or hostile server) must not park the mount for years; the
-                // cap is the backoff cap, so one 429 cannot hold readers back longer than an
-                // outage would.
+                // A server may ask for more than the backoff, never for less: "0", a date
+                // in the past or a stream of small values still meet the backoff as it
+                // grows with each failure. A huge value (a broken or hostile server) is
+                // capped like the backoff, so one 429 cannot park the mount for years.
+                let own = self.backoff.next_delay();
                 let wait = asked
                     .max(self.policy.backoff_base)
-                    .min(self.policy.backoff_cap);
+                    .min(self.policy.backoff_cap)
+                    .max(own);
                 self.next_attempt = self.next_attempt.max(after(now, wait));
                 (
                     UpstreamState::BackingOff,
@@ -435,6 +437,34 @@ mod tests {
             assert_eq!(m.view().state, UpstreamState::BackingOff);
             assert_eq!(m.view().next_attempt, Some(t0 + wait));
             assert!(!m.view().readers_fail_fast(), "readers wait out a 429");
+        }
+    }
+
+    /// Repeated 429s asking for no wait meet the backoff as it grows: each wait is at least
+    /// the base and the jittered backoff, at most the larger of the clamped ask and the
+    /// backoff's ceiling, and together they come to about half the cap each (the base each
+    /// time would be 2 s in all).
+    #[test]
+    fn repeated_429s_never_retry_sooner_than_the_backoff() {
+        for asked in [Duration::ZERO, Duration::from_millis(1), BASE] {
+            let t0 = Instant::now();
+            let mut m = machine(t0);
+            let mut total = Duration::ZERO;
+            for n in 0..20 {
+                let ceiling = m.backoff.ceiling();
+                let outcome = Outcome::Http {
+                    code: 429,
+                    retry_after: Some(asked),
+                };
+                let Some(Decision::RateLimited { wait, .. }) = feed(&mut m, outcome, t0) else {
+                    panic!("not rate limited");
+                };
+                assert!(wait >= BASE && wait <= ceiling.max(BASE), "{n}: {wait:?}");
+                assert_eq!(m.backoff.ceiling(), (BASE * 2u32.pow(n + 1)).min(CAP));
+                total += wait;
+            }
+            // 15 draws at the 2 s cap average 15 s; under 5 s is 4.5 deviations away.
+            assert!(total > Duration::from_secs(5), "{asked:?}: {total:?}");
         }
     }
 

@@ -69,9 +69,15 @@ pub enum ConfigError {
 
 /// Parses an endpoint and enforces: no credentials (`user:password@`), a base URL (scheme,
 /// host, port; no path, query or fragment: the API path is ours to add), https, or http only
-/// to loopback. Messages show the URL with any `user:password@` part masked.
+/// to loopback. Every message quotes the text through [`mask_credentials`].
 pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
-    let shown = || masked(text);
+    let shown = || mask_credentials(text);
+    // An at-sign anywhere: a base URL has none (no path, and none in a host), so it can only
+    // be a userinfo's end, however the rest is spelt or misspelt. Checked first, so no later
+    // message (a missing scheme, a base URL rebuilt from a misparse) can quote what precedes it.
+    if userinfo_end(text).is_some() {
+        return Err(ConfigError::Credentials(shown()));
+    }
     // `host:443` and `localhost:8080` parse as a URL whose scheme is the host name.
     if !text.contains("://") {
         return Err(ConfigError::NoScheme(shown()));
@@ -85,11 +91,9 @@ pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
         base.set_path("");
         base.set_query(None);
         base.set_fragment(None);
-        let _ = base.set_password(None);
-        let _ = base.set_username("");
         return Err(ConfigError::NotBase {
             given: shown(),
-            base: base.as_str().trim_end_matches('/').to_owned(),
+            base: mask_credentials(base.as_str().trim_end_matches('/')),
         });
     }
     match url.scheme() {
@@ -118,19 +122,53 @@ pub fn canonical_endpoint(url: &Url) -> String {
     format!("{}://{host}{port}/", url.scheme().to_ascii_lowercase())
 }
 
-/// `text` with whatever sits between `scheme://` and the authority's last `@` replaced by
-/// `***`, whether or not the URL parses.
-fn masked(text: &str) -> String {
-    let Some(start) = text.find("://").map(|i| i + 3) else {
-        return text.to_owned();
+/// What may end a userinfo: `@`, its percent-encoding, and the full-width and small forms
+/// that a host name's Unicode mapping turns into `@`.
+const AT_SIGNS: [&str; 4] = ["@", "%40", "\u{ff20}", "\u{fe6b}"];
+
+/// The length of a leading `scheme://`, if `text` starts with one (RFC 3986: a letter, then
+/// letters, digits, `+`, `-`, `.`), else 0: in `user:pass://x@host` the `user:pass` is no
+/// scheme, and is masked with the rest.
+fn scheme_len(text: &str) -> usize {
+    let Some(i) = text.find("://") else {
+        return 0;
     };
-    let authority_end = text[start..]
-        .find(['/', '?', '#'])
-        .map_or(text.len(), |i| start + i);
-    match text[start..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+    let scheme = &text[..i];
+    let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if valid { i + 3 } else { 0 }
+}
+
+/// Where a userinfo would start and where its last at-sign is, if the text has one. The
+/// last at-sign in the whole text, not the authority's: a password may hold `/`, `?`, `#`
+/// or `@`, and masking too much of an endpoint that is refused anyway costs nothing.
+fn userinfo_end(text: &str) -> Option<(usize, usize)> {
+    let start = scheme_len(text);
+    let rest = &text[start..];
+    let at = AT_SIGNS.iter().filter_map(|a| rest.rfind(a)).max()?;
+    Some((start, start + at))
+}
+
+/// An endpoint as any message may quote it (errors, warnings, logs, `/status`): whatever
+/// precedes its last at-sign, after a leading `scheme://`, becomes `***`, whether or not the
+/// text parses, has a scheme, or percent-encodes its `@`. Control characters are escaped, so
+/// a quoted endpoint cannot start a log line of its own.
+pub fn mask_credentials(text: &str) -> String {
+    let masked = match userinfo_end(text) {
+        Some((start, at)) => format!("{}***{}", &text[..start], &text[at..]),
         None => text.to_owned(),
+    };
+    let mut out = String::with_capacity(masked.len());
+    for c in masked.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -320,7 +358,7 @@ impl HttpClient {
         let url = url
             // Relative, so an endpoint with a path prefix keeps it.
             .join(qrypt_api::ENTROPY_PATH.trim_start_matches('/'))
-            .map_err(|e| ConfigError::BadUrl(cfg.endpoint.to_string(), e))?;
+            .map_err(|e| ConfigError::BadUrl(mask_credentials(cfg.endpoint.as_str()), e))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config(cfg.extra_ca_pem.as_deref())?)
             .http1_only()
@@ -768,6 +806,93 @@ mod tests {
                 parse_endpoint(url),
                 Err(ConfigError::NotBase { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn credentials_are_masked_in_every_shape() {
+        for (text, shown) in [
+            ("user:s3cret@api.example", "***@api.example"),
+            ("https://user:s3cret@api.example", "https://***@api.example"),
+            ("https://user:s3cr@t@api.example", "https://***@api.example"),
+            (
+                "https://user:s3/cret@api.example",
+                "https://***@api.example",
+            ),
+            (
+                "https://user:s3#cret@api.example:99999",
+                "https://***@api.example:99999",
+            ),
+            (
+                "https://user:s3cret%40api.example",
+                "https://***%40api.example",
+            ),
+            ("https://us%65r:s3%63ret@h", "https://***@h"),
+            ("user:s3cret://x@host", "***@host"),
+            (" https://user:s3cret@h", "***@h"),
+            ("https://user:s3cret\u{ff20}h", "https://***\u{ff20}h"),
+            ("https://h\n@x", "https://***@x"),
+            ("https://h\nx", "https://h\\nx"),
+            ("https://api.example", "https://api.example"),
+            ("", ""),
+            ("@", "***@"),
+        ] {
+            assert_eq!(mask_credentials(text), shown, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_of_an_endpoint_with_credentials_masks_them() {
+        for text in [
+            "alice:s3cret@api.example",
+            "alice:s3cret@api.example:443",
+            "alice:s3cret@localhost:8080/path",
+            "https://alice:s3cret@api.example/api/v1/quantum-entropy",
+            "https://alice:1234/s3cret@api.example",
+            "https://alice:s3cret%40api.example/x",
+            "ftp://alice:s3cret@x",
+            "http://alice:s3cret@10.0.0.1",
+            "https://alice:s3cret@[::1",
+            "not a url alice:s3cret@",
+        ] {
+            let e = parse_endpoint(text).expect_err(text).to_string();
+            assert!(!e.contains("s3cret") && !e.contains("alice"), "{text}: {e}");
+            assert!(e.contains("***"), "{text}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the shape around it, a password never reaches a message: with or without
+        /// a scheme, `@`, `/`, `?`, `#`, `%` and non-ASCII in user and password, a port, a
+        /// path, junk after the host.
+        #[test]
+        fn a_password_never_survives_masking(
+            scheme in "(|https://|http://|ftp://|HTTPS://|x+y.z-1://)",
+            user in "[ -)+-~\u{e9}\u{ff20}]{0,12}",
+            password in "[ -)+-~\u{e9}\u{ff20}\u{7f}]{4,24}",
+            host in "[a-z0-9.-]{0,20}(:[0-9]{1,6})?",
+            rest in "(/[ -~]{0,12})?",
+        ) {
+            // Shapes in which the password is not a password: without a scheme, one that
+            // starts `//` makes `user` the scheme; and one that the rest repeats is shown by
+            // the rest.
+            proptest::prop_assume!(!(scheme.is_empty() && password.starts_with("//")));
+            let tail = format!("@{host}{rest}");
+            proptest::prop_assume!(!tail.contains(&password) && !scheme.contains(&password));
+            let text = format!("{scheme}{user}:{password}{tail}");
+            let masked = mask_credentials(&text);
+            proptest::prop_assert!(!masked.contains(&password), "{text:?} -> {masked:?}");
+            if !user.is_empty() && !tail.contains(&user) && !scheme.contains(&user) {
+                proptest::prop_assert!(!masked.contains(&user), "{text:?} -> {masked:?}");
+            }
+            // The refusal quotes it masked; its own words may hold a short password by chance.
+            let e = parse_endpoint(&text).expect_err("credentials").to_string();
+            let words = ConfigError::Credentials(String::new()).to_string();
+            proptest::prop_assert!(e.contains(&masked), "{text:?} -> {e}");
+            proptest::prop_assert!(
+                !e.contains(&password) || words.contains(&password),
+                "{text:?} -> {e}"
+            );
         }
     }
 

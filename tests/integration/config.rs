@@ -79,6 +79,79 @@ fn credentials_in_the_endpoint_are_refused_and_not_shown() {
     assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
 }
 
+/// Every spelling of an endpoint with a password is refused (exit 1, nothing mounted) and no
+/// message shows the password: without a scheme, with `@` or `/` inside the password,
+/// percent-encoded, unparseable; from `--endpoint`, `-o endpoint=` and `QRYPT_ENDPOINT`.
+#[test]
+fn credentials_are_masked_whatever_the_endpoints_shape() {
+    let emu = emulator();
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let hostport = emu.url().replacen("http://", "", 1);
+    let shapes = [
+        format!("alice:s3cret@{hostport}"),
+        format!("alice:s3cret@{hostport}/api"),
+        format!("http://alice:s3cr@t@{hostport}"),
+        format!("http://alice:s3/cret@{hostport}"),
+        format!("http://alice:s3cret%40{hostport}"),
+        format!("http://al%69ce:s3cret@{hostport}:99999"),
+        format!("alice:s3cret://x@{hostport}"),
+        "s3cret@".to_owned(),
+    ];
+    for endpoint in &shapes {
+        for args in [
+            vec!["--endpoint".to_owned(), endpoint.clone()],
+            vec!["-o".to_owned(), format!("endpoint={endpoint}")],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = run(&emu, &args, mnt.path());
+            assert_eq!(r.code, Some(1), "{args:?}: {}", r.stderr);
+            assert!(r.stderr.contains("carries credentials"), "{}", r.stderr);
+            assert!(r.stderr.contains("***"), "{}", r.stderr);
+            assert!(
+                !r.stderr.contains("s3cr") && !r.stderr.contains("alice"),
+                "{args:?}: {}",
+                r.stderr
+            );
+        }
+        // From the environment, with no flag to override it.
+        let out = Command::new(BIN)
+            .arg("-f")
+            .arg(mnt.path())
+            .env("QRYPT_TOKEN", TOKEN)
+            .env("QRYPT_ENDPOINT", endpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{endpoint}: {stderr}");
+        assert!(!stderr.contains("s3cr"), "{endpoint}: {stderr}");
+        assert!(!is_mounted(mnt.path()));
+        // Nor does --help show the variable's value.
+        for help in ["--help", "-h"] {
+            let out = Command::new(BIN)
+                .arg(help)
+                .env("QRYPT_ENDPOINT", endpoint)
+                .output()
+                .expect("run");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("QRYPT_ENDPOINT"), "{stdout}");
+            assert!(!stdout.contains("s3cr"), "{help}: {stdout}");
+        }
+    }
+    assert_eq!(emu.stats().total_requests, 0);
+    // A mount shows its endpoint as it is, in every status file.
+    let m = MountBuilder::new(&emu).mount();
+    let shown = format!("{}/", emu.url());
+    assert_eq!(m.status()["endpoint"], shown);
+    assert_eq!(m.status_json()["endpoint"], shown.as_str());
+    assert!(
+        m.read_file("metrics")
+            .contains(&format!("endpoint=\"{shown}\""))
+    );
+}
+
 fn mem_total() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
     meminfo
@@ -125,6 +198,49 @@ fn durations_below_a_millisecond_or_above_a_day_are_refused() {
     refused(&["-o", option], 2, &["1e-300", "out of range"]);
 }
 
+/// Each duration has a floor below which it cannot work (a 1 ms timeout fails every request
+/// and retries hundreds of times a second); the refusal names it and why, for flags and `-o`.
+#[test]
+fn durations_below_their_floor_are_refused_with_the_reason() {
+    for (flag, floor, below, why) in [
+        (
+            "--connect-timeout",
+            "0.1",
+            "0.001",
+            "no connection or answer comes sooner",
+        ),
+        (
+            "--request-timeout",
+            "0.1",
+            "0.05",
+            "no connection or answer comes sooner",
+        ),
+        ("--startup-timeout", "0.1", "0.001", "or 0 to skip"),
+        (
+            "--max-backoff",
+            "0.25",
+            "0.1",
+            "the backoff starts at 0.25 s",
+        ),
+        ("--quota-retry", "1", "0.5", "quota is used up"),
+        ("--read-timeout", "0.25", "0.1", "every 225 ms"),
+    ] {
+        let at_least = format!("At least {floor} (");
+        refused(&[flag, below], 2, &[flag, below, &at_least, why]);
+        let option = format!(
+            "{}={below}",
+            flag.trim_start_matches("--").replace('-', "_")
+        );
+        refused(&["-o", &option], 2, &[flag, below, &at_least, why]);
+    }
+    // The pacing window too: a zero window would not pace at all.
+    refused(
+        &["--rate-limit", "1/1e-300"],
+        2,
+        &["1/1e-300", "at least 0.1 s"],
+    );
+}
+
 #[test]
 fn mount_points_under_proc_or_sys_are_refused() {
     let emu = emulator();
@@ -164,6 +280,52 @@ fn mount_points_under_proc_or_sys_are_refused() {
         "{}",
         r.stderr
     );
+}
+
+/// An existing log file of ours that group or others may read is tightened to 0600, said on
+/// the terminal and once in the log; a directory others can write to gets a warning.
+#[test]
+fn a_loose_log_file_is_tightened_and_a_shared_directory_is_warned_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("qrypt-fs.log");
+    std::fs::write(&log, "earlier\n").expect("write");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let emu = emulator();
+    let mut m = MountBuilder::new(&emu)
+        .args(["--log-file", log.to_str().expect("utf8")])
+        .mount();
+    assert_eq!(
+        std::fs::metadata(&log).expect("log").permissions().mode() & 0o7777,
+        0o600
+    );
+    m.stop();
+    let said = format!(
+        "log file {} had mode 0644 (open to group or others): tightened to 0600",
+        log.display()
+    );
+    assert!(m.log_text().contains(&said), "stderr: {}", m.log_text());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.starts_with("earlier\n"), "appended to: {text}");
+    assert_eq!(text.matches(&said).count(), 1, "logged once: {text}");
+    assert!(!text.contains("writable by group or others"), "{text}");
+
+    // A directory anyone may write to, without the sticky bit: the file stays, with a warning.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut m = MountBuilder::new(&emu)
+        .args(["--log-file", log.to_str().expect("utf8")])
+        .mount();
+    m.stop();
+    let said = format!(
+        "directory {} of log file {} is writable by group or others without the sticky bit \
+         (mode 0777): they can replace the log file; chmod go-w {}",
+        dir.path().display(),
+        log.display(),
+        dir.path().display()
+    );
+    assert!(m.log_text().contains(&said), "stderr: {}", m.log_text());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(text.matches(&said).count(), 1, "logged once: {text}");
+    assert_eq!(text.matches("tightened").count(), 1, "not again: {text}");
 }
 
 #[test]

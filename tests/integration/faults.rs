@@ -176,6 +176,49 @@ fn http_429_with_an_absurd_retry_after_is_capped() {
     read_checked(&emu, &m, 64 * 1024);
 }
 
+/// Requests a mount sends in 5 s (from its first) to an upstream that answers every one with
+/// 429 and `fault`'s Retry-After, with `--rate-limit off` and the default `--max-backoff`.
+fn requests_in_5s_of_429s(fault: Fault) -> u64 {
+    let emu = emulator();
+    emu.set_fault(fault, None);
+    let m = MountBuilder::new(&emu)
+        .args(["--buffer-size", "64K", "--startup-timeout", "0"])
+        .mount();
+    m.wait_status("a first 429", Duration::from_secs(10), |s| {
+        s["failures"].starts_with("http_429=")
+    });
+    let first = emu.stats().total_requests;
+    std::thread::sleep(Duration::from_secs(5));
+    let sent = emu.stats().total_requests - first;
+    assert_eq!(m.status()["state"], "backing off");
+    sent
+}
+
+/// No Retry-After brings a retry sooner than the client's own backoff would (0.25 s doubling
+/// per failure, full jitter): over 5 s that is about 6 requests, and more than 12 has a chance
+/// below 1e-5. Taken at its word (floored at 0.25 s), "0" would send 20.
+#[test]
+fn a_429_asking_for_no_wait_still_backs_off() {
+    for fault in [
+        Fault::TooManyRequests {
+            retry_after: Some(0),
+        },
+        Fault::TooManyRequestsText {
+            retry_after: "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+        },
+        Fault::TooManyRequestsText {
+            retry_after: "-3".into(),
+        },
+        Fault::TooManyRequestsText {
+            retry_after: "soon".into(),
+        },
+    ] {
+        let sent = requests_in_5s_of_429s(fault.clone());
+        assert!(sent <= 12, "{fault:?}: {sent} requests in 5 s");
+        assert!(sent >= 1, "{fault:?}: no retry in 5 s");
+    }
+}
+
 #[test]
 fn a_block_repeated_from_an_earlier_response_is_rejected() {
     let emu = emulator();
@@ -234,7 +277,7 @@ fn connect_timeout() {
             "--connect-timeout",
             "0.5",
             "--max-backoff",
-            "0.2",
+            "0.25",
         ])
         .args(["--buffer-size", "64K"])
         .mount();

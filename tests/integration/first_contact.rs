@@ -412,7 +412,7 @@ cases! {
     };
     a_server_error_mounts_with_a_warning: Case {
         upstream: Upstream::Fault(Fault::Status(503), Some(1)),
-        args: &["--max-backoff", "0.2"],
+        args: &["--max-backoff", "0.25"],
         expect: Expect::Mounted(&[
             "{url} answered HTTP 503; mounted anyway; qrypt-fs keeps retrying and readers wait",
         ]),
@@ -535,7 +535,7 @@ cases! {
 /// A first answer that fails a health test: mounted with the reason, then served, with the
 /// first request's 16 KiB discarded.
 const HEALTH_CASE: Case = Case {
-    args: &["--max-backoff", "0.2"],
+    args: &["--max-backoff", "0.25"],
     expect: Expect::MountedWarningBetween(
         "the first answer from {url} failed a health test and was discarded (",
         "); mounted anyway; qrypt-fs keeps retrying and readers wait",

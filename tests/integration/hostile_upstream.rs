@@ -85,7 +85,7 @@ fn single_blocks_replayed_more_than_64_mib_later_are_discarded_at_any_shift() {
             "--rate-limit",
             "off",
             "--max-backoff",
-            "0.01",
+            "0.25",
         ])
         .mount();
     // 74 MiB through the mount, so the emulator holds 128 blocks (one per 64 KiB) older than

@@ -78,7 +78,10 @@ pub struct Cli {
     /// Base URL of the API (scheme, host, port; no path). https:// only, except http:// to a
     /// loopback address (the emulator). QRYPT_ENDPOINT, when set, replaces the default (for
     /// tests and staging; this flag or endpoint= still wins).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, env = "QRYPT_ENDPOINT")]
+    // The variable's value stays out of --help: it may carry credentials (refused, and masked
+    // in every message, but --help would print it whole).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ENDPOINT, env = "QRYPT_ENDPOINT",
+          hide_env_values = true)]
     pub endpoint: String,
 
     /// Also trust the CA certificate(s) in this PEM file (TLS-intercepting proxies, the emulator).
@@ -103,30 +106,33 @@ pub struct Cli {
     pub max_in_flight: u8,
 
     /// Turn a read that waits longer than SECONDS into EIO (default: wait, like /dev/random).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    /// At least 0.25: waiting reads are looked at every 225 ms.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_read_timeout)]
     pub read_timeout: Option<Duration>,
 
-    /// TCP/TLS connect timeout.
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    /// TCP/TLS connect timeout, at least 0.1.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]
     pub connect_timeout: Duration,
 
-    /// Limit for one whole request, body included.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    /// Limit for one whole request, body included; at least 0.1.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 
     /// Before reporting the mount ready, wait up to SECONDS for the upstream's first answer:
     /// a refused token, a wrong endpoint or an untrusted certificate then fails the start
-    /// (exit 1, nothing left mounted); no answer mounts anyway, with a warning. 0 skips.
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds_or_zero)]
+    /// (exit 1, nothing left mounted); no answer mounts anyway, with a warning. 0 skips;
+    /// otherwise at least 0.1.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_startup_timeout)]
     pub startup_timeout: Duration,
 
-    /// After a 403 (monthly quota used up), ask again after this long.
-    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_seconds)]
+    /// After a 403 (monthly quota used up), ask again after this long; at least 1.
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_quota_retry)]
     pub quota_retry: Duration,
 
     /// Longest wait between retries while the upstream fails (backoff is exponential with
-    /// full jitter, starting at 0.25 s); also the longest 429 Retry-After honoured.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    /// full jitter, starting at 0.25 s, so at least 0.25); also the longest 429 Retry-After
+    /// honoured.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_backoff_cap)]
     pub max_backoff: Duration,
 
     /// Spend at most SIZE per calendar PERIOD (hour, day or month, in UTC), e.g. 200M/day;
@@ -182,32 +188,103 @@ impl fmt::Display for InvalidValue {
 
 impl std::error::Error for InvalidValue {}
 
-/// The shortest and longest duration any flag takes: below a millisecond a timeout cannot be
-/// met (and `1e-300` is zero), above a day it is a typo or a hang by another name.
-pub const MIN_SECONDS: f64 = 0.001;
+/// A duration flag's range in decimal seconds, and why its floor is where it is.
+#[derive(Debug, Clone, Copy)]
+pub struct SecondsRange {
+    pub min: f64,
+    pub max: f64,
+    /// The floor as the message says it, e.g. "0.1 (100 ms)".
+    pub min_text: &'static str,
+    /// Why nothing shorter makes sense.
+    pub why: &'static str,
+}
+
+/// The longest duration any flag takes: more than a day is a typo or a hang by another name
+/// (and far from where `Duration` or `Instant` arithmetic could overflow).
 pub const MAX_SECONDS: f64 = 86_400.0;
 
-/// Every duration flag's parser: decimal seconds from [`MIN_SECONDS`] to [`MAX_SECONDS`].
-pub fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
+/// `--connect-timeout`, `--request-timeout`.
+pub const TIMEOUT: SecondsRange = SecondsRange {
+    min: 0.1,
+    max: MAX_SECONDS,
+    min_text: "0.1 (100 ms)",
+    why: "no connection or answer comes sooner, so a shorter limit fails every request, and \
+          with --rate-limit off turns the retries into a busy loop",
+};
+
+/// `--startup-timeout`, besides 0.
+pub const STARTUP_TIMEOUT: SecondsRange = SecondsRange {
+    min: 0.1,
+    max: MAX_SECONDS,
+    min_text: "0.1 (100 ms)",
+    why: "no first answer comes sooner (a connection, then a request), so a shorter wait \
+          would only ever warn that there was none",
+};
+
+/// `--max-backoff`.
+pub const BACKOFF_CAP: SecondsRange = SecondsRange {
+    min: 0.25,
+    max: MAX_SECONDS,
+    min_text: "0.25 (250 ms)",
+    why: "the backoff starts at 0.25 s, so a lower cap would retry a failing upstream at a \
+          fixed, fast pace instead of backing off",
+};
+
+/// `--quota-retry`.
+pub const QUOTA_RETRY: SecondsRange = SecondsRange {
+    min: 1.0,
+    max: MAX_SECONDS,
+    min_text: "1 (a second)",
+    why: "a 403 means the month's quota is used up, so asking more often only adds refused \
+          requests",
+};
+
+/// `--read-timeout`.
+pub const READ_TIMEOUT: SecondsRange = SecondsRange {
+    min: 0.25,
+    max: MAX_SECONDS,
+    min_text: "0.25 (250 ms)",
+    why: "waiting reads are looked at every 225 ms, so a shorter limit could not be kept",
+};
+
+/// Decimal seconds within `range`; the message says the range and why its floor.
+pub fn parse_seconds_in(s: &str, range: &SecondsRange) -> Result<Duration, InvalidValue> {
     let v: f64 = s
         .trim()
         .parse()
         .map_err(|_| InvalidValue(format!("{s:?} is not a number of seconds")))?;
     // Written so that NaN fails too.
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&v) {
+    if !(range.min..=range.max).contains(&v) {
         return Err(InvalidValue(format!(
-            "{s:?} seconds is out of range: use 0.001 (1 ms) to 86400 (a day)"
+            "{s:?} seconds is out of range: use {} to 86400 (a day). At least {}: {}",
+            range.min_text, range.min_text, range.why
         )));
     }
     Ok(Duration::from_secs_f64(v))
 }
 
-/// Seconds, where 0 means "not at all".
-pub fn parse_seconds_or_zero(s: &str) -> Result<Duration, InvalidValue> {
+fn parse_timeout(s: &str) -> Result<Duration, InvalidValue> {
+    parse_seconds_in(s, &TIMEOUT)
+}
+
+fn parse_backoff_cap(s: &str) -> Result<Duration, InvalidValue> {
+    parse_seconds_in(s, &BACKOFF_CAP)
+}
+
+fn parse_quota_retry(s: &str) -> Result<Duration, InvalidValue> {
+    parse_seconds_in(s, &QUOTA_RETRY)
+}
+
+fn parse_read_timeout(s: &str) -> Result<Duration, InvalidValue> {
+    parse_seconds_in(s, &READ_TIMEOUT)
+}
+
+/// `--startup-timeout`: a timeout, or 0 for "not at all".
+pub fn parse_startup_timeout(s: &str) -> Result<Duration, InvalidValue> {
     if s.trim().parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
-    parse_seconds(s).map_err(|e| InvalidValue(format!("{e}, or 0 to skip")))
+    parse_seconds_in(s, &STARTUP_TIMEOUT).map_err(|e| InvalidValue(format!("{e}; or 0 to skip")))
 }
 
 fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {
@@ -235,7 +312,7 @@ pub struct SeedCli {
     pub bytes: u64,
 
     /// Give up on a read that has not completed after this long.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// The qrypt-fs mount to read from.

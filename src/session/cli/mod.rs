@@ -72,16 +72,31 @@ fn parse_flags(args: &[OsString]) -> Result<Cli, clap::Error> {
     Cli::from_arg_matches(&matches)
 }
 
+/// The shortest `--rate-limit` window: the pacer holds each slot [`MARGIN`] past the window
+/// anyway, so a shorter one paces nothing finer (and `1e-300` would be a zero window).
+///
+/// [`MARGIN`]: crate::refill::pacer::MARGIN
+const MIN_RATE_WINDOW: Duration = crate::refill::pacer::MARGIN;
+
 fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, clap::Error> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    s.parse().map(Some).map_err(|e| {
+    let invalid = |e: String| {
         Cli::command().error(
             ErrorKind::ValueValidation,
             format!("invalid value for '--rate-limit <R/S>': {e}"),
         )
-    })
+    };
+    let limit: RateLimit = s.parse().map_err(invalid)?;
+    if limit.window < MIN_RATE_WINDOW {
+        return Err(invalid(format!(
+            "{s:?}: the window is at least 0.1 s (each request holds its slot 0.1 s past the \
+             window anyway, so a shorter one paces nothing finer): give the same rate over a \
+             longer window, e.g. 10/1, or off"
+        )));
+    }
+    Ok(Some(limit))
 }
 
 impl Options {
@@ -279,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_over_half_the_memory_and_absurd_durations_are_refused() {
+    fn a_buffer_over_half_the_memory_and_durations_out_of_their_range_are_refused() {
         let gib = 1u64 << 30;
         let e = check_buffer_fits(16 * gib, Some(24 * gib)).expect_err("16 of 24 GiB");
         assert!(
@@ -289,26 +304,60 @@ mod tests {
         assert!(check_buffer_fits(12 * gib, Some(24 * gib)).is_ok());
         assert!(check_buffer_fits(16 * gib, None).is_ok());
         let err = |args: &[&str]| parse(args).expect_err("rejected").to_string();
-        for flag in [
-            "--read-timeout",
-            "--connect-timeout",
-            "--request-timeout",
-            "--quota-retry",
-            "--max-backoff",
-            "--startup-timeout",
+        for (flag, floor, below) in [
+            ("--read-timeout", "0.25", "0.24"),
+            ("--connect-timeout", "0.1", "0.099"),
+            ("--request-timeout", "0.1", "0.099"),
+            ("--quota-retry", "1", "0.999"),
+            ("--max-backoff", "0.25", "0.249"),
+            ("--startup-timeout", "0.1", "0.099"),
         ] {
-            for bad in ["1e-300", "0.0009", "0", "-1", "86401", "1e9", "NaN", "inf"] {
+            for bad in [
+                "1e-300", "0.0009", "0.001", below, "0", "-1", "86401", "1e9", "NaN", "inf",
+            ] {
                 if bad == "0" && flag == "--startup-timeout" {
                     continue; // 0 skips the wait
                 }
                 let e = err(&["qrypt-fs", "/m", &format!("{flag}={bad}")]);
                 assert!(e.contains(flag) && e.contains(bad), "{flag} {bad}: {e}");
+                assert!(
+                    e.contains(&format!("At least {floor} (")),
+                    "{flag} {bad}: {e}"
+                );
+                let option = format!("{}={bad}", flag.trim_start_matches("--").replace('-', "_"));
+                let e = err(&["qrypt-fs", "/m", "-o", &option]);
+                assert!(
+                    e.contains(&format!("At least {floor} (")),
+                    "-o {option}: {e}"
+                );
             }
-            assert!(parse(&["qrypt-fs", "/m", flag, "0.001"]).is_ok());
+            assert!(
+                parse(&["qrypt-fs", "/m", flag, floor]).is_ok(),
+                "{flag} {floor}"
+            );
             assert!(parse(&["qrypt-fs", "/m", flag, "86400"]).is_ok());
         }
         let e = err(&["qrypt-fs", "/m", "-o", "request_timeout=1e-300"]);
         assert!(e.contains("1e-300") && e.contains("out of range"), "{e}");
+        // The reasons, once each.
+        let e = err(&["qrypt-fs", "/m", "--connect-timeout", "0.001"]);
+        assert!(e.contains("no connection or answer comes sooner"), "{e}");
+        let e = err(&["qrypt-fs", "/m", "--max-backoff", "0.1"]);
+        assert!(e.contains("the backoff starts at 0.25 s"), "{e}");
+        let e = err(&["qrypt-fs", "/m", "--quota-retry", "0.5"]);
+        assert!(e.contains("quota is used up"), "{e}");
+        let e = err(&["qrypt-fs", "/m", "--read-timeout", "0.1"]);
+        assert!(e.contains("every 225 ms"), "{e}");
+    }
+
+    /// The floors' reasons name numbers of other modules; they must stay true.
+    #[test]
+    fn duration_floors_match_what_they_cite() {
+        use crate::read_guard::wait_limits::CHECK_EVERY;
+        use crate::refill::PrefetchConfig;
+        let base = PrefetchConfig::for_capacity(1 << 20).backoff_base;
+        assert_eq!(Duration::from_secs_f64(args::BACKOFF_CAP.min), base);
+        assert!(Duration::from_secs_f64(args::READ_TIMEOUT.min) >= CHECK_EVERY);
     }
 
     #[test]
@@ -383,6 +432,11 @@ mod tests {
         assert!(e.contains("token_file") && !e.contains("abc"), "{e}");
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "0/1"]).contains("rate-limit"));
         assert!(err(&["qrypt-fs", "/m", "--rate-limit", "fast"]).contains("REQUESTS/SECONDS"));
+        for tiny in ["1/1e-300", "30/0.05", "1/0.0999"] {
+            let e = err(&["qrypt-fs", "/m", "-o", &format!("rate_limit={tiny}")]);
+            assert!(e.contains(tiny) && e.contains("at least 0.1 s"), "{e}");
+        }
+        assert!(parse(&["qrypt-fs", "/m", "--rate-limit", "1/0.1"]).is_ok());
         assert!(err(&["qrypt-fs", "/m", "--budget", "1M/week"]).contains("unknown period"));
         assert!(err(&["qrypt-fs", "/m", "-o", "budget=0M/day"]).contains("zero"));
         assert!(parse(&["qrypt-fs"]).is_err());
