@@ -29,9 +29,9 @@
 //! - a probe pays only for a group of two or more waiters with handlers: a waiter alone in its
 //!   group (each process in a user namespace of its own is) is read in full every
 //!   [`FULL_CHECK_CATCHING`] instead, as one whose group is not known, and its switch count
-//!   is not read at all (the full read sees a fatal signal as soon);
-//! - all bookkeeping is O(waiters) per pass: groups are counted once a pass ([`WaitWatch::retain`])
-//!   and looked up by a small key, never compared with every waiter.
+//!   is not read at all (that full read sees a fatal signal within the same half second);
+//! - all bookkeeping is O(waiters) per pass: groups are counted once a pass
+//!   ([`WaitWatch::retain`]) and looked up by a small key, never compared with every waiter.
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
