@@ -114,6 +114,7 @@ impl Filesystem for FuseAdapter {
             size,
             flags,
             pid: req.pid(),
+            uid: req.uid(),
             lock_owner: lock_owner.map(|o| o.0),
         };
         self.0.read(read, reply);

@@ -13,11 +13,12 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
-use crate::pool::{Pool, ReadError, ReadRequest, ReadSink};
+use crate::pool::{Pool, ReadError, ReadRequest, ReadSink, Tenant};
 
 pub mod fuse_adapter;
 pub mod mount_options;
 mod unsupported;
+use crate::read_guard::log_limit::LogLimiter;
 use crate::read_guard::slow_refusal::RefusalPacer;
 use crate::read_guard::{Admission, ReadGuard};
 
@@ -91,19 +92,33 @@ pub fn errno_for(err: ReadError) -> Errno {
         ReadError::WouldBlock => Errno::EAGAIN,
         ReadError::Interrupted => Errno::EINTR,
         ReadError::Unavailable | ReadError::TimedOut | ReadError::ShuttingDown => Errno::EIO,
+        ReadError::TooManyWaiters => Errno::EBUSY,
     }
 }
 
 /// Hands the pool's answer to a [`DataReply`].
-struct PoolReply<R>(R);
+struct PoolReply<R> {
+    reply: R,
+    tenant: Tenant,
+}
 
 impl<R: DataReply> ReadSink for PoolReply<R> {
     fn deliver(self, data: &[u8]) {
-        self.0.data(data);
+        self.reply.data(data);
     }
 
     fn fail(self, err: ReadError) {
-        self.0.error(errno_for(err));
+        if err == ReadError::TooManyWaiters {
+            // Any user can repeat this at will: rate-limited.
+            static REFUSED: LogLimiter = LogLimiter::new(3, Duration::from_secs(60));
+            crate::warn_limited!(
+                REFUSED,
+                "{} has as many reads of random waiting as --max-waiters-per-user allows: \
+                 one more answered EBUSY",
+                self.tenant
+            );
+        }
+        self.reply.error(errno_for(err));
     }
 }
 
@@ -127,6 +142,8 @@ pub struct Read {
     pub flags: OpenFlags,
     /// The reading thread, as the kernel names it (0: outside the daemon's pid namespace).
     pub pid: u32,
+    /// The reading process's uid (fsuid), as the kernel names it.
+    pub uid: u32,
     /// `FUSE_READ_LOCKOWNER`'s owner: set for direct reads, `None` for page-cache fills (see
     /// [`read_origin`]).
     pub lock_owner: Option<u64>,
@@ -278,9 +295,13 @@ impl EntropyFs {
                         len: read.size as usize,
                         nonblocking: read.flags.0 & libc::O_NONBLOCK != 0,
                         pid: read.pid,
+                        tenant: Tenant::uid(read.uid),
                         deadline: self.read_timeout.map(|d| Instant::now() + d),
                     },
-                    PoolReply(reply),
+                    PoolReply {
+                        reply,
+                        tenant: Tenant::uid(read.uid),
+                    },
                 );
             }
             Some(Node::Status(_)) => {

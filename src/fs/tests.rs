@@ -40,6 +40,7 @@ fn read(
             size,
             flags: OpenFlags(flags),
             pid: std::process::id(),
+            uid: 0,
             lock_owner: Some(1),
         },
         Answer(tx),
@@ -181,6 +182,7 @@ fn random_is_served_from_the_pool_the_prefetcher_fills() {
         size: 64,
         flags: RDONLY,
         pid: std::process::id(),
+        uid: 0,
         lock_owner: Some(1),
     };
     fs.read(blocking, Answer(tx));
@@ -261,6 +263,7 @@ fn a_page_cache_fill_of_random_is_refused_and_takes_nothing() {
                 size: 4096,
                 flags: RDONLY,
                 pid: std::process::id(),
+                uid: 0,
                 lock_owner: None,
             },
             Answer(tx),
@@ -309,6 +312,7 @@ fn a_direct_read_by_a_kernel_thread_or_pid_0_is_refused_and_takes_nothing() {
                 size: 64,
                 flags: RDONLY,
                 pid,
+                uid: 0,
                 lock_owner: Some(0x5eed),
             },
             Answer(tx),

@@ -34,6 +34,28 @@ pub enum ReadError {
     TimedOut,
     /// The filesystem is shutting down (`EIO`).
     ShuttingDown,
+    /// The reader's tenant already has as many reads waiting as it may (`EBUSY`).
+    TooManyWaiters,
+}
+
+/// Whom a waiting read is charged to: the cap on waiting reads ([`Pool::set_max_waiters`])
+/// is per tenant. Today a tenant is the reading process's uid, as the FUSE request carries it;
+/// the key is opaque to the pool, so another (a cgroup, say) can replace it here alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tenant {
+    uid: u32,
+}
+
+impl Tenant {
+    pub const fn uid(uid: u32) -> Tenant {
+        Tenant { uid }
+    }
+}
+
+impl std::fmt::Display for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "uid {}", self.uid)
+    }
 }
 
 /// Where a read's answer goes. Called exactly once, possibly from another thread, possibly
@@ -65,6 +87,8 @@ pub struct ReadRequest {
     pub nonblocking: bool,
     /// The reading thread, checked for pending signals while it waits.
     pub pid: u32,
+    /// Whom the read is charged to while it waits.
+    pub tenant: Tenant,
     pub deadline: Option<Instant>,
 }
 
@@ -112,6 +136,34 @@ struct Inner {
     pollers: HashMap<u64, Waker>,
     availability: Availability,
     next_id: u64,
+    /// Waiting reads per tenant (no entry: none), kept with `waiters`.
+    per_tenant: HashMap<Tenant, usize>,
+    /// The most reads one tenant may have waiting (0: no limit).
+    max_waiters: usize,
+}
+
+impl Inner {
+    /// Queues a waiter, counting it against its tenant.
+    fn enqueue(&mut self, w: Waiter) {
+        *self.per_tenant.entry(w.req.tenant).or_default() += 1;
+        self.waiters.push_back(w);
+    }
+
+    /// Uncounts a waiter that left the queue.
+    fn left(&mut self, tenant: Tenant) {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.per_tenant.entry(tenant) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Takes every waiter out of the queue.
+    fn take_waiters(&mut self) -> VecDeque<Waiter> {
+        self.per_tenant.clear();
+        std::mem::take(&mut self.waiters)
+    }
 }
 
 pub struct Pool {
@@ -123,6 +175,8 @@ pub struct Pool {
     /// Wakes the watchdog when a reader starts waiting.
     waiting: Condvar,
     served: AtomicU64,
+    /// Reads refused because their tenant had too many waiting.
+    refused_waiters: AtomicU64,
 }
 
 /// Said once, when a chunk of a buffer that was locked so far cannot be locked.
@@ -148,12 +202,26 @@ impl Pool {
                 pollers: HashMap::new(),
                 availability: Availability::Open,
                 next_id: 0,
+                per_tenant: HashMap::new(),
+                max_waiters: 0,
             }),
             space: Arc::new(tokio::sync::Notify::new()),
             space_below: AtomicUsize::new(0),
             waiting: Condvar::new(),
             served: AtomicU64::new(0),
+            refused_waiters: AtomicU64::new(0),
         }
+    }
+
+    /// At most `max` reads of one tenant may wait at once (0: no limit); beyond it a read
+    /// that would wait fails at once with [`ReadError::TooManyWaiters`].
+    pub fn set_max_waiters(&self, max: usize) {
+        self.inner.lock().max_waiters = max;
+    }
+
+    /// Reads refused so far because their tenant had the most reads waiting that it may.
+    pub fn refused_waiters(&self) -> u64 {
+        self.refused_waiters.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> usize {
@@ -233,9 +301,15 @@ impl Pool {
         if req.nonblocking {
             return sink.fail(ReadError::WouldBlock);
         }
+        if g.max_waiters > 0 && g.per_tenant.get(&req.tenant).copied().unwrap_or(0) >= g.max_waiters
+        {
+            drop(g);
+            self.refused_waiters.fetch_add(1, Ordering::Relaxed);
+            return sink.fail(ReadError::TooManyWaiters);
+        }
         let id = g.next_id;
         g.next_id += 1;
-        g.waiters.push_back(Waiter {
+        g.enqueue(Waiter {
             id,
             since: Instant::now(),
             req,
@@ -265,6 +339,7 @@ impl Pool {
             .is_some_and(|w| g.ring.len() >= need(w.req.len))
         {
             if let Some(w) = g.waiters.pop_front() {
+                g.left(w.req.tenant);
                 let sink = w.sink;
                 self.serve(g, w.req.len, |bytes| sink.deliver_boxed(bytes));
             }
@@ -309,7 +384,7 @@ impl Pool {
         match (g.availability, unavailable) {
             (Availability::Open, true) => {
                 g.availability = Availability::Unavailable;
-                for w in std::mem::take(&mut g.waiters) {
+                for w in g.take_waiters() {
                     w.sink.fail_boxed(ReadError::Unavailable);
                 }
                 let wake = Self::take_pollers_if_ready(&mut g);
@@ -325,7 +400,7 @@ impl Pool {
     pub fn shutdown(&self) {
         let mut g = self.inner.lock();
         g.availability = Availability::Shutdown;
-        for w in std::mem::take(&mut g.waiters) {
+        for w in g.take_waiters() {
             w.sink.fail_boxed(ReadError::ShuttingDown);
         }
         g.ring.wipe();
@@ -405,6 +480,7 @@ impl Pool {
         let mut g = self.inner.lock();
         if let Some(pos) = g.waiters.iter().position(|w| w.id == id) {
             if let Some(w) = g.waiters.remove(pos) {
+                g.left(w.req.tenant);
                 w.sink.fail_boxed(err);
             }
             // The next in line may be servable now that a bigger read left the head.

@@ -23,6 +23,7 @@ fn req(len: usize) -> ReadRequest {
         len,
         nonblocking: false,
         pid: 0,
+        tenant: crate::pool::Tenant::uid(0),
         deadline: None,
     }
 }
@@ -258,4 +259,37 @@ fn a_wrapped_max_read_is_gathered_in_place_and_wiped() {
 fn scratch_is_no_larger_than_a_small_pool() {
     let pool = Pool::new(4096);
     assert_eq!(pool.inner.lock().scratch.len(), 4096);
+}
+
+#[test]
+fn a_tenant_may_have_only_so_many_reads_waiting() {
+    let pool = Pool::new(4096);
+    pool.set_max_waiters(2);
+    let log: Log = Arc::default();
+    let of = |uid, n| ReadRequest {
+        tenant: Tenant::uid(uid),
+        ..req(n)
+    };
+    pool.read(of(1000, 32), Sink(0, log.clone()));
+    pool.read(of(1000, 32), Sink(1, log.clone()));
+    // The third of uid 1000 is refused at once; another uid still waits.
+    pool.read(of(1000, 32), Sink(2, log.clone()));
+    pool.read(of(1001, 32), Sink(3, log.clone()));
+    assert_eq!(*log.lock(), vec![(2, Err(ReadError::TooManyWaiters))]);
+    assert_eq!(pool.refused_waiters(), 1);
+    assert_eq!(pool.waiting_reads().len(), 3);
+    // Whatever way a wait ends, its place is free again.
+    let first = pool.waiting_reads()[0].id;
+    pool.cancel(first, ReadError::Interrupted);
+    pool.read(of(1000, 32), Sink(4, log.clone()));
+    pool.push(&seq(0, 32));
+    pool.read(of(1000, 32), Sink(5, log.clone()));
+    assert_eq!(pool.waiting_reads().len(), 3, "{:?}", log.lock());
+    assert_eq!(pool.refused_waiters(), 1);
+    // 0: no limit.
+    pool.set_max_waiters(0);
+    for i in 6..10 {
+        pool.read(of(1000, 32), Sink(i, log.clone()));
+    }
+    assert_eq!(pool.waiting_reads().len(), 7);
 }

@@ -25,7 +25,13 @@
 //!   (the switch count shows it first), a signal sent while the user is over
 //!   RLIMIT_SIGPENDING or the kernel is out of memory, and a signal whose +1 lands in the
 //!   same tick as an unrelated -1 of the same user (another process taking a signal that was
-//!   already pending at the last probe, or ending with a timer).
+//!   already pending at the last probe, or ending with a timer);
+//! - a probe pays only for a group of two or more waiters with handlers: a waiter alone in its
+//!   group (each process in a user namespace of its own is) is read in full every
+//!   [`FULL_CHECK_CATCHING`] instead, as one whose group is not known, and its switch count
+//!   is not read at all (that full read sees a fatal signal within the same half second);
+//! - all bookkeeping is O(waiters) per pass: groups are counted once a pass
+//!   ([`WaitWatch::retain`]) and looked up by a small key, never compared with every waiter.
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -38,6 +44,9 @@ const STATUS_MAX: usize = 8192;
 
 pub struct WaitWatch {
     readers: HashMap<u64, Reader>,
+    /// Reads of `/proc` files so far, status and schedstat: what the watch's cost is made of.
+    #[cfg(test)]
+    proc_reads: std::cell::Cell<u64>,
     groups: HashMap<Group, GroupState>,
     /// The uid the kernel shows for one it cannot map (`/proc/sys/kernel/overflowuid`): such
     /// readers are grouped with no one.
@@ -73,15 +82,24 @@ struct Reader {
 
 /// Processes whose queued signals the kernel counts together: the same real uid in the same
 /// user namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Group {
     uid: u32,
-    /// `readlink /proc/<tid>/ns/user`, e.g. `user:[4026531837]`.
-    userns: std::path::PathBuf,
+    /// The user namespace's inode (`readlink /proc/<tid>/ns/user` is `user:[4026531837]`).
+    userns: u64,
 }
+
+/// A group needs this many waiters with handlers for its probe to save reads.
+const PROBE_MIN: usize = 2;
 
 #[derive(Debug, Default)]
 struct GroupState {
+    /// At the start of the pass: waiters with handlers in the group, and how many of them
+    /// were last read in full before the candidate count appeared (see [`WaitWatch::retain`]).
+    catchers: usize,
+    unread: usize,
+    /// Waiters of any kind in the group at the start of the pass.
+    members: usize,
     /// The pass in which the group was last probed (its first waiter read in full).
     probed: Option<Instant>,
     /// The count that holds no signal for any of the group's waiters: the one a probe saw
@@ -146,6 +164,8 @@ impl WaitWatch {
     pub fn new() -> Self {
         WaitWatch {
             readers: HashMap::new(),
+            #[cfg(test)]
+            proc_reads: std::cell::Cell::new(0),
             groups: HashMap::new(),
             overflow_uid: std::fs::read_to_string("/proc/sys/kernel/overflowuid")
                 .ok()
@@ -166,19 +186,28 @@ impl WaitWatch {
             self.fds_open += r.fds();
             r
         });
-        // A fatal signal wakes the killable wait: the switch count moves.
-        let woke = match (&reader.schedstat, reader.switches) {
-            (Some(f), Some(before)) => read_switches(f, &mut self.buf) != Some(before),
-            _ => false,
-        };
+        // A group too small for its probe to pay is no group: the catching cadence.
         let group = reader
             .group
-            .as_ref()
-            .and_then(Option::as_ref)
-            .map(|g| &*self.groups.entry(g.clone()).or_default());
+            .flatten()
+            .and_then(|g| self.groups.get(&g))
+            .filter(|s| s.catchers >= PROBE_MIN);
+        // A fatal signal wakes the killable wait: the switch count moves. Not read for a
+        // waiter read in full every other tick anyway.
+        let woke = match (&reader.schedstat, reader.switches) {
+            (Some(f), Some(before)) if !reader.catches || group.is_some() => {
+                #[cfg(test)]
+                self.proc_reads.set(self.proc_reads.get() + 1);
+                read_switches(f, &mut self.buf) != Some(before)
+            }
+            _ => false,
+        };
         if !woke && !due(reader.last_full, reader.catches, group, now) {
             return false;
         }
+        let read_before = reader.last_full.filter(|_| reader.catches);
+        #[cfg(test)]
+        self.proc_reads.set(self.proc_reads.get() + 1);
         let status = match reader.full_check(&mut self.buf) {
             Seen::Gone => return true,
             Seen::Unreadable => {
@@ -201,30 +230,23 @@ impl WaitWatch {
         if reader.group.is_none() {
             reader.group = Some(group_of(reader.tid, status.uid, self.overflow_uid));
         }
-        if let Some(g) = reader.group.clone().flatten() {
-            let state = self.groups.get(&g);
-            if state.is_none_or(|s| s.probed != Some(now)) {
-                let settled = state
-                    .and_then(|s| s.candidate)
-                    .is_some_and(|(_, since)| self.all_read_since(&g, since));
-                self.groups
-                    .entry(g)
-                    .or_default()
-                    .probe(status.queued, now, settled);
+        if let Some(g) = reader.group.flatten() {
+            let state = self.groups.entry(g).or_default();
+            if state.probed != Some(now) {
+                // Every waiter with handlers was read since the candidate appeared: none
+                // was unread at the pass's start, or only this one.
+                let settled = state.candidate.is_some_and(|(_, since)| {
+                    state.unread == 0
+                        || (state.unread == 1 && read_before.is_some_and(|l| l < since))
+                });
+                state.probe(status.queued, now, settled);
             }
         }
         false
     }
 
-    /// Whether every waiter with handlers in group `g` was read in full at or after `since`.
-    fn all_read_since(&self, g: &Group, since: Instant) -> bool {
-        self.readers
-            .values()
-            .filter(|r| r.catches && r.group.as_ref().and_then(Option::as_ref) == Some(g))
-            .all(|r| r.last_full.is_some_and(|l| l >= since))
-    }
-
-    /// Drops what is kept for reads that no longer wait (answered, cancelled).
+    /// Drops what is kept for reads that no longer wait (answered, cancelled), and counts
+    /// each group's waiters for the pass that follows. Called once at the start of every pass.
     pub fn retain(&mut self, mut waiting: impl FnMut(u64) -> bool) {
         let fds_open = &mut self.fds_open;
         self.readers.retain(|id, r| {
@@ -234,12 +256,27 @@ impl WaitWatch {
             }
             keep
         });
-        let readers = &self.readers;
-        self.groups.retain(|g, _| {
-            readers
-                .values()
-                .any(|r| r.group.as_ref().and_then(Option::as_ref) == Some(g))
-        });
+        for state in self.groups.values_mut() {
+            (state.members, state.catchers, state.unread) = (0, 0, 0);
+        }
+        for r in self.readers.values() {
+            let Some(state) = r.group.flatten().and_then(|g| self.groups.get_mut(&g)) else {
+                continue;
+            };
+            state.members += 1;
+            if r.catches {
+                state.catchers += 1;
+                if let Some((_, since)) = state.candidate {
+                    state.unread += usize::from(r.last_full.is_none_or(|l| l < since));
+                }
+            }
+        }
+        self.groups.retain(|_, state| state.members > 0);
+    }
+
+    #[cfg(test)]
+    fn proc_reads(&self) -> u64 {
+        self.proc_reads.get()
     }
 
     #[cfg(test)]
@@ -355,7 +392,13 @@ fn due(
 /// known, or the uid is the overflow uid (several real uids may show as it).
 fn group_of(tid: u32, uid: Option<u32>, overflow_uid: Option<u32>) -> Option<Group> {
     let uid = uid.filter(|&u| Some(u) != overflow_uid)?;
-    let userns = std::fs::read_link(format!("/proc/{tid}/ns/user")).ok()?;
+    let link = std::fs::read_link(format!("/proc/{tid}/ns/user")).ok()?;
+    let userns = link
+        .to_str()?
+        .strip_prefix("user:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
     Some(Group { uid, userns })
 }
 
@@ -532,6 +575,63 @@ mod tests {
             Some(u64::from(nix::unistd::getuid().as_raw()))
         );
         assert!(first_number(&own, b"SigQ:").is_some());
+    }
+
+    /// A waiter alone in its group (each in a user namespace of its own, say) costs at most
+    /// one `/proc` read every other tick, and a pass's work grows with the waiters, not with
+    /// waiters times groups.
+    #[test]
+    fn waiters_each_in_a_group_of_their_own_cost_one_read_every_other_tick() {
+        // The watch reads this thread's status for every reader: give the process a handler
+        // (SIGWINCH's default is to ignore it, so nothing else here notices).
+        extern "C" fn ignore(_: libc::c_int) {}
+        let handler = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(ignore),
+            nix::sys::signal::SaFlags::SA_RESTART,
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(nix::sys::signal::SIGWINCH, &handler) }
+            .expect("sigaction");
+        let t0 = Instant::now();
+        let at = |n: u32| t0 + crate::read_guard::wait_limits::CHECK_EVERY * n;
+        let passes = 16;
+        let mut per_waiter = Vec::new();
+        for n in [100u64, 800] {
+            let mut w = WaitWatch::new();
+            w.fd_budget = usize::MAX;
+            w.retain(|_| true);
+            for id in 0..n {
+                assert!(!w.interrupted(id, tid(), at(0)));
+            }
+            // What the kernel shows for processes that each made a user namespace.
+            for (id, r) in &mut w.readers {
+                assert!(r.catches, "the handler shows");
+                r.group = Some(Some(Group {
+                    uid: 1000,
+                    userns: 4_026_531_837 + id,
+                }));
+            }
+            let before = w.proc_reads();
+            for pass in 1..=passes {
+                w.retain(|_| true);
+                for id in 0..n {
+                    assert!(!w.interrupted(id, tid(), at(pass)));
+                }
+            }
+            assert_eq!(w.groups.len(), n as usize, "a group per namespace");
+            let reads = w.proc_reads() - before;
+            // Read in full every second tick (400 ms, within the half second), nothing more.
+            assert!(
+                reads <= n * u64::from(passes) / 2,
+                "{reads} /proc reads for {n} waiters over {passes} passes"
+            );
+            per_waiter.push(reads as f64 / n as f64);
+        }
+        assert!(
+            (per_waiter[0] - per_waiter[1]).abs() < 0.5,
+            "reads per waiter {per_waiter:?}"
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::pool::{Pool, ReadError};
 /// above 0 (some signal of theirs is pending, e.g. one a reader blocks), that user's readers
 /// with handlers are read in full every second tick (`signals::FULL_CHECK_CATCHING` lies
 /// between one and two ticks): a signal that lands just after a read is seen two ticks later,
-/// 450 ms plus the pass: still under half a second.
+/// 450 ms plus the pass: still under half a second. A reader with handlers alone in its group
+/// (its user's only waiter, or in a user namespace of its own) is read on that cadence too.
 pub const CHECK_EVERY: Duration = Duration::from_millis(225);
 
 const _: () = {

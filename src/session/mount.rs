@@ -33,6 +33,8 @@ pub struct MountConfig {
     pub fuse: FuseOptions,
     pub buffer_size: usize,
     pub read_timeout: Option<Duration>,
+    /// The most reads one user may have waiting (0: no limit).
+    pub max_waiters_per_user: usize,
     pub prefetch: PrefetchConfig,
     pub info: StaticInfo,
     /// Wait for the upstream's first answer before reporting ready (None: don't).
@@ -116,6 +118,7 @@ impl Session {
             .build()
             .context("runtime")?;
         let pool = Arc::new(Pool::new(cfg.buffer_size));
+        pool.set_max_waiters(cfg.max_waiters_per_user);
         if !pool.memory_locked() {
             warn!(
                 "could not lock the {} byte buffer in memory (RLIMIT_MEMLOCK too low?): entropy \

@@ -304,6 +304,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             },
             buffer_size: opts.buffer_size,
             read_timeout: opts.read_timeout,
+            max_waiters_per_user: opts.max_waiters_per_user,
             info: StaticInfo {
                 endpoint: shown_endpoint(&endpoint),
                 token_source: token_source.to_string(),

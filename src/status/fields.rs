@@ -126,6 +126,12 @@ pub static FIELDS: &[Field] = &[
         "Reads waiting for bytes right now.",
     ),
     f(
+        "refused_waiters",
+        Counter,
+        "reads",
+        "Reads answered EBUSY: their user already had --max-waiters-per-user reads waiting.",
+    ),
+    f(
         "failures",
         PerClass,
         "requests",

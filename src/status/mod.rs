@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub consecutive_failures: u64,
     pub next_attempt_in_seconds: Option<f64>,
     pub waiting_readers: u64,
+    /// Reads refused because their user had the most reads waiting it may.
+    pub refused_waiters: u64,
     pub failures: BTreeMap<String, u64>,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
@@ -278,6 +280,7 @@ impl Status {
             next_attempt_in_seconds: next_attempt
                 .map(|t| t.saturating_duration_since(now).as_millis() as f64 / 1000.0),
             waiting_readers: waiting as u64,
+            refused_waiters: pool.refused_waiters(),
             failures: m.failures_by_class.clone(),
             last_error: m.last_error.as_ref().map(|(_, e)| e.clone()),
             last_error_at: m.last_error.as_ref().map(|(t, _)| unix(*t)),

@@ -76,6 +76,7 @@ impl Snapshot {
             "consecutive_failures" => int(self.consecutive_failures),
             "next_attempt_in_seconds" => Value::Real(self.next_attempt_in_seconds),
             "waiting_readers" => int(self.waiting_readers),
+            "refused_waiters" => int(self.refused_waiters),
             "failures" => Value::Classes(self.failures.clone()),
             "last_error" => Value::Text(self.last_error.clone()),
             "last_error_at" => Value::Time(self.last_error_at.map(|t| t as f64)),

@@ -41,6 +41,8 @@ mod status_fields;
 mod token_file;
 #[cfg(feature = "fuse-tests")]
 mod try_it;
+#[cfg(feature = "fuse-tests")]
+mod waiters;
 
 // The binary, its man page and completions: runs anywhere; only its one test against a live
 // mount is gated, inside.

@@ -40,9 +40,10 @@ THE TOKEN
 MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
   Every option above except --foreground has one, spelt with underscores: endpoint=URL
   token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S max_in_flight=N
-  read_timeout=SECS connect_timeout=SECS request_timeout=SECS startup_timeout=SECS
-  quota_retry=SECS max_backoff=SECS budget=SIZE/PERIOD (repeatable) state_dir=PATH
-  reset_budget mix_local allow_other allow_root log_file=PATH verbose (repeatable).
+  read_timeout=SECS max_waiters_per_user=N connect_timeout=SECS request_timeout=SECS
+  startup_timeout=SECS quota_retry=SECS max_backoff=SECS budget=SIZE/PERIOD (repeatable)
+  state_dir=PATH reset_budget mix_local allow_other allow_root log_file=PATH verbose
+  (repeatable).
   default_permissions and ro are always on; rw, dev, suid, exec, atime (and no*), relatime,
   defaults, async, sync, _netdev, nofail, auto, noauto, user, users, fsname, subtype and x-*
   are accepted and ignored.
@@ -109,6 +110,11 @@ pub struct Cli {
     /// At least 0.25: waiting reads are looked at every 225 ms.
     #[arg(long, value_name = "SECONDS", value_parser = parse_read_timeout)]
     pub read_timeout: Option<Duration>,
+
+    /// Reads of random one user may have waiting at once; one more fails at once with EBUSY
+    /// instead of costing everyone the watch of another waiter. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_waiters_per_user: usize,
 
     /// TCP/TLS connect timeout, at least 0.1.
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]

@@ -30,6 +30,7 @@ pub struct Options {
     pub rate_limit: Option<RateLimit>,
     pub max_in_flight: usize,
     pub read_timeout: Option<Duration>,
+    pub max_waiters_per_user: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// None: report ready without waiting for the upstream (`--startup-timeout 0`).
@@ -120,6 +121,7 @@ impl Options {
             rate_limit: parse_rate_limit(&cli.rate_limit)?,
             max_in_flight: usize::from(cli.max_in_flight),
             read_timeout: cli.read_timeout,
+            max_waiters_per_user: cli.max_waiters_per_user,
             connect_timeout: cli.connect_timeout,
             request_timeout: cli.request_timeout,
             startup_timeout: Some(cli.startup_timeout).filter(|t| !t.is_zero()),
