@@ -145,7 +145,7 @@ pub struct Read {
     /// The reading process's uid (fsuid), as the kernel names it.
     pub uid: u32,
     /// `FUSE_READ_LOCKOWNER`'s owner: set for direct reads, `None` for page-cache fills (see
-    /// [`read_origin`]).
+    /// `read_guard::origin`).
     pub lock_owner: Option<u64>,
 }
 

@@ -100,7 +100,7 @@ pub struct Readiness {
     pub error: bool,
 }
 
-/// A waiting read, as the watchdog sees it.
+/// A waiting read, as the wait limits see it.
 #[derive(Debug, Clone, Copy)]
 pub struct WaitingRead {
     pub id: u64,
@@ -172,7 +172,7 @@ pub struct Pool {
     /// a stream of small reads does not wake it on every read.
     space: Arc<tokio::sync::Notify>,
     space_below: AtomicUsize,
-    /// Wakes the watchdog when a reader starts waiting.
+    /// Wakes the wait-limits thread when a reader starts waiting.
     waiting: Condvar,
     served: AtomicU64,
     /// Reads refused because their tenant had too many waiting.

@@ -99,8 +99,8 @@ fn parse_hex(v: &[u8]) -> Option<u64> {
 
 /// How often a waiting reader's status is read in full. A process with handlers may get a
 /// signal that wakes nothing: while its user has a signal queued it is read often enough for a
-/// Ctrl-C to end the wait within half a second (every second watchdog tick: see
-/// `watchdog::CHECK_EVERY`), otherwise on the slow cadence (see `waitwatch`). A process
+/// Ctrl-C to end the wait within half a second (every second tick of the wait limits: see
+/// `wait_limits::CHECK_EVERY`), otherwise on the slow cadence (see `signal_watch`). A process
 /// without handlers is woken by any fatal signal (seen at once through its scheduler
 /// counters), so only core-dumping signals (SIGQUIT…) wait for the slow one.
 pub const FULL_CHECK_CATCHING: Duration = Duration::from_millis(400);

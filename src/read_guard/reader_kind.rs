@@ -1,7 +1,7 @@
 //! Who sent a FUSE request: a user thread, a kernel thread, or a task the daemon cannot see.
 //!
 //! A kernel thread that reads `/random` does a direct read (it carries a lock owner like any
-//! reader, see `read_origin`) but hands the bytes on to a cache many can read: the loop driver's
+//! reader, see `origin`) but hands the bytes on to a cache many can read: the loop driver's
 //! workers fill the block device's page cache, nfsd and ksmbd serve clients that cache pages,
 //! cachefiles keeps them on disk. The kernel gives us only the requesting thread's id (pid 0
 //! when that thread is outside the daemon's pid namespace, as every kernel thread is from a

@@ -1,6 +1,6 @@
 //! Ends waits that must end: a reader with a pending signal that would end a device read gets
-//! `EINTR` (which signals: `signals`; how they are watched cheaply: `waitwatch`), one past
-//! `--read-timeout` gets `EIO`.
+//! `EINTR` (which signals: `pending_signals`; how they are watched cheaply: `signal_watch`),
+//! one past `--read-timeout` gets `EIO`.
 //!
 //! Why this exists: fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, after which the kernel
 //! stops forwarding interrupts and leaves the reader in state D until we answer. So we look at
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::pool::{Pool, ReadError};
 
-/// How often waiting readers are looked at (cheaply, see waitwatch). Ticks are at a fixed
+/// How often waiting readers are looked at (cheaply, see signal_watch). Ticks are at a fixed
 /// rate. For processes with handlers one status a tick per user shows whether any signal is
-/// queued (waitwatch, "probe"): a Ctrl-C is seen at the next tick, 225 ms, plus the time the
+/// queued (signal_watch, "probe"): a Ctrl-C is seen at the next tick, 225 ms, plus the time the
 /// pass takes to reach the reader (about 10 ms for 1000 waiters). While a user's count stays
 /// above 0 (some signal of theirs is pending, e.g. one a reader blocks), that user's readers
 /// with handlers are read in full every second tick (`signals::FULL_CHECK_CATCHING` lies
@@ -28,7 +28,7 @@ const _: () = {
     assert!(catching > tick && catching <= 2 * tick && 2 * tick <= 460);
 };
 
-/// Starts the watchdog thread; it ends when the pool shuts down.
+/// Starts the wait-limits thread; it ends when the pool shuts down.
 pub fn spawn(pool: Arc<Pool>) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("qrypt-watchdog".into())
