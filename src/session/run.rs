@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
+use crate::refill::health::journal::Place;
 use crate::fs::mount_options::FuseOptions;
 use crate::refill::PrefetchConfig;
 use crate::refill::first_answer::FirstAnswerCell;
@@ -220,7 +221,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 },
             });
         let cfg = MountConfig {
-            mountpoint,
+            mountpoint: mountpoint.clone(),
             fuse: FuseOptions {
                 fsname: opts.source.clone().unwrap_or_else(|| "qrypt".into()),
                 subtype: "qrypt-fs".into(),
@@ -239,7 +240,13 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     format!("{}/{}s", r.requests, r.window.as_secs_f64())
                 }),
             },
-            prefetch: prefetch_config(&opts, token_file, budget, first_answer.clone()),
+            prefetch: prefetch_config(
+                &opts,
+                token_file,
+                budget,
+                first_answer.clone(),
+                replay_history_place(&opts, &mountpoint),
+            ),
             startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
@@ -307,12 +314,32 @@ fn open_budget(
     Ok(Arc::new(budget))
 }
 
+/// Where this mount's replay history is kept: `--state-dir` (or its default), named after
+/// the mount point. Without one the history stays in memory, and the log says so.
+fn replay_history_place(opts: &Options, mountpoint: &Path) -> Option<Place> {
+    let dir = match &opts.state_dir {
+        Some(d) => std::path::absolute(d).map_err(|e| format!("{}: {e}", d.display())),
+        None => default_state_dir(),
+    };
+    match dir {
+        Ok(dir) => Some(Place::new(&dir, mountpoint)),
+        Err(e) => {
+            tracing::warn!(
+                "replay history kept in memory only ({e}): after a restart, bytes served before \
+                 it are not recognised if the upstream sends them again"
+            );
+            None
+        }
+    }
+}
+
 /// The prefetcher's settings from the command line.
 fn prefetch_config(
     opts: &Options,
     token_file: Option<PathBuf>,
     budget: Arc<Budget>,
     first_answer: Arc<FirstAnswerCell>,
+    replay_history: Option<Place>,
 ) -> PrefetchConfig {
     let mut prefetch = PrefetchConfig::for_capacity(opts.buffer_size);
     prefetch.rate_limit = opts.rate_limit;
@@ -324,6 +351,7 @@ fn prefetch_config(
     prefetch.token_file = token_file;
     prefetch.budget = budget;
     prefetch.first_answer = Some(first_answer);
+    prefetch.replay_history = replay_history;
     prefetch
 }
 
