@@ -268,6 +268,9 @@ mod tests {
             Some(&first[3..3 + 2 * BLOCK])
         );
         // Runs out at the newest correct byte.
-        assert_eq!(l.old_window(1, 0, 4 * BLOCK).as_deref(), Some(&first[3 * BLOCK..]));
+        assert_eq!(
+            l.old_window(1, 0, 4 * BLOCK).as_deref(),
+            Some(&first[3 * BLOCK..])
+        );
     }
 }

@@ -8,10 +8,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::budget::{Budget, BudgetConfig, default_state_dir, system_clock};
-use crate::refill::health::journal::Place;
 use crate::fs::mount_options::FuseOptions;
 use crate::refill::PrefetchConfig;
 use crate::refill::first_answer::FirstAnswerCell;
+use crate::refill::health::journal::Place;
 use crate::session::background::{self, Ready};
 use crate::session::cli::Options;
 use crate::session::logging::{self, LogTarget};

@@ -285,3 +285,74 @@ fn faulty_bytes_since(emu: &Emulator, skip: usize) -> Vec<u8> {
         .collect();
     all[skip..].to_vec()
 }
+
+/// A damaged replay history, a damaged key, or a state directory that cannot be used never
+/// stops a start: the log says what was kept or why the history lives in memory only, and
+/// `/status` shows it.
+#[test]
+fn a_damaged_history_or_an_unusable_state_dir_never_fails_a_start() {
+    let emu = emulator();
+    let state = tempfile::tempdir().expect("tempdir");
+    let place = tempfile::tempdir().expect("tempdir");
+    let sd = state.path().to_str().expect("utf8").to_owned();
+    let start = || {
+        quick_retries(&emu)
+            .args(["--state-dir", &sd])
+            .at(place.path())
+            .mount()
+    };
+    let mut m = start();
+    // Two records at least: one flushed while running, the rest at the stop.
+    read_mib(&m, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while journal_bytes(state.path()) < 16 << 10 {
+        assert!(std::time::Instant::now() < deadline, "no journal record");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    read_mib(&m, 1);
+    assert!(m.stop().success());
+    // The newest journal's last record loses its last bytes (a torn write).
+    let mut journals: Vec<_> = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".journal"))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 4096))
+        .collect();
+    journals.sort();
+    let newest = journals.last().expect("a journal");
+    let mut bytes = std::fs::read(newest).expect("read journal");
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(newest, &bytes).expect("write journal");
+    let mut m = start();
+    read_mib(&m, 1);
+    let log = m.log_text();
+    assert!(
+        log.contains("truncated record")
+            && log.contains("kept the")
+            && !log.contains("kept the 0 "),
+        "{log}"
+    );
+    // The good prefix (the first MiB and more) was loaded, besides this run's own MiB.
+    assert!(m.status_u64("replay_history_bytes") >= 1600 << 10);
+    assert_eq!(m.status()["replay_history_saved"], "yes");
+    assert!(m.stop().success());
+
+    std::fs::write(state.path().join("replay.key"), b"not a key").expect("write key");
+    let mut m = start();
+    read_mib(&m, 1);
+    assert!(m.log_text().contains("is unusable"), "{}", m.log_text());
+    assert_eq!(m.status()["replay_history_saved"], "yes");
+    assert!(m.status_u64("replay_history_bytes") < 2 << 20);
+    assert!(m.stop().success());
+
+    // A state directory that is a regular file: in memory only, said in the log and /status.
+    let file = state.path().join("a-file");
+    std::fs::write(&file, b"").expect("write");
+    let m = quick_retries(&emu)
+        .args(["--state-dir", file.to_str().expect("utf8")])
+        .mount();
+    read_mib(&m, 1);
+    assert!(m.log_text().contains("in memory only"), "{}", m.log_text());
+    assert_eq!(m.status()["replay_history_saved"], "no");
+}

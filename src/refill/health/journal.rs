@@ -196,7 +196,10 @@ impl Place {
         let mut h = Sha256::new();
         h.update(b"qrypt-fs replay\0");
         h.update(mount_point.as_os_str().as_encoded_bytes());
-        let hex: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Place {
             dir: dir.to_owned(),
             id: hex,
@@ -204,7 +207,8 @@ impl Place {
     }
 
     fn segment(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("replay-{}-{seq:016x}.journal", self.id))
+        self.dir
+            .join(format!("replay-{}-{seq:016x}.journal", self.id))
     }
 
     /// The sequence numbers of this mount's segments, in order.
@@ -218,7 +222,9 @@ impl Place {
                 let name = e.file_name();
                 let name = name.to_str()?;
                 let hex = name.strip_prefix(&prefix)?.strip_suffix(".journal")?;
-                u64::from_str_radix(hex, 16).ok().filter(|_| hex.len() == 16)
+                u64::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 16)
             })
             .collect();
         seqs.sort_unstable();
@@ -237,7 +243,9 @@ fn open_ours(path: &Path) -> Result<Option<File>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot open it: {e}")),
     };
-    let meta = file.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?;
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
@@ -309,7 +317,9 @@ pub fn load_or_create_key(dir: &Path) -> Result<Key, String> {
             Err(e) => Err(e),
         }
     } else {
-        warn!("replay key {shown} is unusable ({problem}): a new key replaces it, and the replay history kept under the old one is dropped");
+        warn!(
+            "replay key {shown} is unusable ({problem}): a new key replaces it, and the replay history kept under the old one is dropped"
+        );
         fs::rename(&tmp, &path)
     };
     let _ = fs::remove_file(&tmp);
@@ -894,11 +904,9 @@ mod tests {
             .expect("locked");
         assert!(err.contains("another qrypt-fs"), "{err}");
         // Another mount point in the same directory has its own journal and the same key.
-        let (mut other, _, ) = Journal::open_with_capacity(
-            Place::new(dir.path(), Path::new("/mnt/other")),
-            1000,
-        )
-        .expect("other mount");
+        let (mut other, _) =
+            Journal::open_with_capacity(Place::new(dir.path(), Path::new("/mnt/other")), 1000)
+                .expect("other mount");
         assert!(other.take_loaded().expect("loaded").is_empty());
     }
 }

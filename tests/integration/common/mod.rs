@@ -147,7 +147,11 @@ impl MountBuilder {
         cmd.arg("-f")
             .args(["--rate-limit", &self.rate_limit])
             .args(&self.args)
-            .args(state_dir.iter().flat_map(|d| [OsStr::new("--state-dir"), d.path().as_os_str()]))
+            .args(
+                state_dir
+                    .iter()
+                    .flat_map(|d| [OsStr::new("--state-dir"), d.path().as_os_str()]),
+            )
             .arg(&dir)
             .env_remove("QRYPT_TOKEN")
             .env("RUST_LOG", "qrypt_fs=debug")
