@@ -607,7 +607,7 @@ fn run(
     info!(
         "replay history: {} fingerprints (about {} MiB of past upstream bytes) loaded from {} in {} ms",
         history.len(),
-        history.len() as u64 * super::BYTES_PER_ANCHOR >> 20,
+        (history.len() as u64 * super::BYTES_PER_ANCHOR) >> 20,
         place.dir.display(),
         started.elapsed().as_millis()
     );
