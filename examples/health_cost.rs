@@ -122,11 +122,15 @@ fn main() {
             journal.append(chunk);
         }
     }
+    let full = format!(
+        "replay-{}-",
+        Place::new(state.path(), Path::new("/bench/full")).id
+    );
     let on_disk: u64 = std::fs::read_dir(state.path())
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("journal"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&full))
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum();

@@ -25,8 +25,8 @@
 //! `1.25 * CAPACITY` fingerprints on disk (43 MB) for the 34 MB of a full history.
 //!
 //! # When
-//! Accepted fingerprints are handed to a thread of the journal's own, which writes a record
-//! and `fdatasync`s at most [`FLUSH_EVERY`] after they arrived: a `kill -9` or a power loss
+//! Accepted fingerprints are left for a thread of the journal's own, which writes them as a
+//! record and `fdatasync`s every [`FLUSH_EVERY`]: a `kill -9` or a power loss
 //! loses at most the last second (plus what the disk's own cache hides). At start that
 //! thread loads the history, hands it to the intake, then starts a new segment.
 use std::collections::VecDeque;
@@ -506,9 +506,16 @@ fn remove(path: &Path) {
     }
 }
 
+/// Accepted fingerprints not yet written, and whether the intake is gone.
+#[derive(Default)]
+struct Pending {
+    fingerprints: parking_lot::Mutex<Vec<u64>>,
+    closed: AtomicBool,
+}
+
 /// A mount's journal: takes accepted fingerprints, hands the loaded history over once.
 pub struct Journal {
-    tx: Option<mpsc::Sender<Vec<u64>>>,
+    pending: Arc<Pending>,
     loaded: Option<mpsc::Receiver<Arc<Vec<u64>>>>,
     saving: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -543,16 +550,26 @@ impl Journal {
         let key = load_or_create_key(&place.dir)?;
         let key_id = key.id();
         let saving = Arc::new(AtomicBool::new(true));
-        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(Pending::default());
         let (loaded_tx, loaded_rx) = mpsc::sync_channel(1);
         let thread_saving = saving.clone();
+        let thread_pending = pending.clone();
         let thread = std::thread::Builder::new()
             .name("replay-journal".into())
-            .spawn(move || run(place, key_id, capacity, loaded_tx, rx, thread_saving))
+            .spawn(move || {
+                run(
+                    place,
+                    key_id,
+                    capacity,
+                    loaded_tx,
+                    &thread_pending,
+                    &thread_saving,
+                )
+            })
             .map_err(|e| format!("replay history thread: {e}"))?;
         Ok((
             Journal {
-                tx: Some(tx),
+                pending,
                 loaded: Some(loaded_rx),
                 saving,
                 thread: Some(thread),
@@ -567,11 +584,11 @@ impl Journal {
         self.loaded.take().and_then(|rx| rx.recv().ok())
     }
 
-    /// Hands accepted fingerprints to the journal's thread.
-    pub fn append(&self, fps: Vec<u64>) {
-        if let Some(tx) = &self.tx {
-            // A gone thread stopped saving, and said so.
-            let _ = tx.send(fps);
+    /// Hands accepted fingerprints to the journal's thread, which takes them within
+    /// [`FLUSH_EVERY`]: a copy under a lock nobody holds for long, no wake-up.
+    pub fn append(&self, fps: impl IntoIterator<Item = u64>) {
+        if self.saving() {
+            self.pending.fingerprints.lock().extend(fps);
         }
     }
 
@@ -584,22 +601,24 @@ impl Journal {
 impl Drop for Journal {
     /// Writes what is pending and waits for it: a clean stop loses nothing.
     fn drop(&mut self) {
-        self.tx = None;
+        self.pending.closed.store(true, Ordering::SeqCst);
         self.loaded = None;
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
 }
 
-/// The journal's thread: load, hand over, write the history again if it must, then append.
+/// The journal's thread: load, hand over, write the history again if it must, then write
+/// what was accepted every [`FLUSH_EVERY`] until the intake goes.
 fn run(
     place: Place,
     key_id: u64,
     capacity: usize,
     loaded_tx: mpsc::SyncSender<Arc<Vec<u64>>>,
-    rx: mpsc::Receiver<Vec<u64>>,
-    saving: Arc<AtomicBool>,
+    pending: &Pending,
+    saving: &AtomicBool,
 ) {
     let started = Instant::now();
     let loaded = load(&place, key_id, capacity);
@@ -622,13 +641,6 @@ fn run(
         closed: loaded.segments.into_iter().collect(),
         buf: Vec::with_capacity(8 * MAX_RECORD + RECORD_OVERHEAD),
     };
-    let fail = |e: std::io::Error, w: &Writer| {
-        warn!(
-            "replay history in {}: cannot write it ({e}): the history is kept in memory only from now on, and a restart will not remember what is served after this",
-            w.place.dir.display()
-        );
-        saving.store(false, Ordering::Relaxed);
-    };
     let first = if loaded.rewrite {
         w.write(&history).and_then(|()| w.sync())
     } else {
@@ -636,43 +648,37 @@ fn run(
     };
     drop(history);
     if let Err(e) = first {
-        fail(e, &w);
-        // Keep the channel open until the intake goes, so appends never block or fail.
-        while rx.recv().is_ok() {}
-        return;
+        return fail(e, &w, pending, saving);
     }
     for seq in &loaded.stale {
         remove(&w.place.segment(*seq));
     }
-    let mut pending: Vec<u64> = Vec::new();
-    let mut due: Option<Instant> = None;
+    let mut taken: Vec<u64> = Vec::new();
     loop {
-        let got = match due {
-            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-        };
-        let closed = match got {
-            Ok(fps) => {
-                pending.extend(fps);
-                due.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
-                false
+        let closed = pending.closed.load(Ordering::SeqCst);
+        std::mem::swap(&mut taken, &mut *pending.fingerprints.lock());
+        if !taken.is_empty() {
+            if let Err(e) = w.write(&taken).and_then(|()| w.sync()) {
+                return fail(e, &w, pending, saving);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => false,
-            Err(mpsc::RecvTimeoutError::Disconnected) => true,
-        };
-        if closed || due.is_some_and(|at| at <= Instant::now()) {
-            if let Err(e) = w.write(&pending).and_then(|()| w.sync()) {
-                fail(e, &w);
-                while rx.recv().is_ok() {}
-                return;
-            }
-            pending.clear();
-            due = None;
+            taken.clear();
         }
         if closed {
             return;
         }
+        // Woken early only by the intake going (`Journal::drop`).
+        std::thread::park_timeout(FLUSH_EVERY);
     }
+}
+
+/// Stops saving after a write failed, and says so once.
+fn fail(e: std::io::Error, w: &Writer, pending: &Pending, saving: &AtomicBool) {
+    warn!(
+        "replay history in {}: cannot write it ({e}): the history is kept in memory only from now on, and a restart will not remember what is served after this",
+        w.place.dir.display()
+    );
+    saving.store(false, Ordering::SeqCst);
+    pending.fingerprints.lock().clear();
 }
 
 #[cfg(test)]
@@ -771,8 +777,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, k1, loaded) = open(dir.path(), 1000);
         assert!(loaded.is_empty());
-        j.append((1..=300).collect());
-        j.append((301..=500).collect());
+        j.append(1..=300);
+        j.append(301..=500);
         drop(j);
         let (j, k2, loaded) = open(dir.path(), 1000);
         assert_eq!(k1.id(), k2.id());
@@ -791,7 +797,7 @@ mod tests {
     fn appends_reach_the_disk_within_a_second_without_a_clean_stop() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, _, _) = open(dir.path(), 1000);
-        j.append((1..=100).collect());
+        j.append(1..=100);
         let deadline = Instant::now() + Duration::from_secs(10);
         while journal_bytes(dir.path()) < (HEADER_LEN + 100 * 8 + RECORD_OVERHEAD) as u64 {
             assert!(Instant::now() < deadline, "not flushed");
@@ -811,7 +817,7 @@ mod tests {
         let (j, _, _) = open(dir.path(), capacity);
         let mut next = 1u64;
         for _ in 0..60 {
-            j.append((next..next + 997).collect());
+            j.append(next..next + 997);
             next += 997;
         }
         drop(j);
@@ -832,7 +838,7 @@ mod tests {
         let (j, _, _) = open(dir.path(), capacity);
         let mut next = 1u64;
         for _ in 0..5 * SEGMENT_FINGERPRINTS / MAX_RECORD + 1 {
-            j.append((next..next + MAX_RECORD as u64).collect());
+            j.append(next..next + MAX_RECORD as u64);
             next += MAX_RECORD as u64;
         }
         drop(j);
@@ -856,10 +862,10 @@ mod tests {
     fn damage_keeps_the_good_prefix_and_never_fails_the_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, _, _) = open(dir.path(), 1000);
-        j.append((1..=10).collect());
+        j.append(1..=10);
         drop(j);
         let (j, _, _) = open(dir.path(), 1000);
-        j.append((11..=20).collect());
+        j.append(11..=20);
         drop(j);
         // The newer segment loses its last bytes (a torn write); a stray file of another
         // program sits among the segments.
@@ -887,7 +893,7 @@ mod tests {
     fn a_damaged_key_is_replaced_and_its_history_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, k1, _) = open(dir.path(), 1000);
-        j.append(vec![1, 2, 3]);
+        j.append([1, 2, 3]);
         drop(j);
         fs::write(dir.path().join(KEY_FILE), b"short").expect("write");
         let (_j, k2, loaded) = open(dir.path(), 1000);

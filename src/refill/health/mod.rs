@@ -224,6 +224,7 @@ impl HealthTests {
     /// Waits for the journal's history, once, and remembers it.
     pub fn wait_for_history(&mut self) {
         if let Some(history) = self.journal.as_mut().and_then(|j| j.take_loaded()) {
+            self.replays.reserve(history.len());
             self.replays.remember(history.iter().copied());
         }
     }
@@ -278,7 +279,7 @@ impl HealthTests {
         }
         self.replays.remember(anchors.iter().map(|a| a.fingerprint));
         if let Some(j) = &self.journal {
-            j.append(anchors.iter().map(|a| a.fingerprint).collect());
+            j.append(anchors.iter().map(|a| a.fingerprint));
         }
         for d in digests {
             self.seen.insert(d);
