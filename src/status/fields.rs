@@ -108,7 +108,7 @@ pub static FIELDS: &[Field] = &[
         Flag,
         "",
         "yes when the replay history is written to --state-dir, so it survives a restart; no \
-         when it lives in memory only (no usable state directory, or writing failed).",
+         when it lives in memory only (no usable state directory), or while writing it fails.",
     ),
     f(
         "requests_ok",

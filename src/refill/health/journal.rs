@@ -436,7 +436,11 @@ struct Writer {
     place: Place,
     key_id: u64,
     capacity: usize,
+    /// Open only from a write to its sync: a file held open for writing would keep an
+    /// operator from remounting the state directory read-only.
     file: Option<File>,
+    /// Segment `seq` exists and is appended to.
+    current: bool,
     seq: u64,
     in_current: usize,
     /// Closed segments, oldest first, with their fingerprint counts.
@@ -447,8 +451,16 @@ struct Writer {
 impl Writer {
     fn write(&mut self, mut fps: &[u64]) -> std::io::Result<()> {
         while !fps.is_empty() {
-            if self.file.is_none() || self.in_current >= SEGMENT_FINGERPRINTS {
+            if !self.current || self.in_current >= SEGMENT_FINGERPRINTS {
                 self.rotate()?;
+            }
+            if self.file.is_none() {
+                self.file = Some(
+                    OpenOptions::new()
+                        .append(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(self.place.segment(self.seq))?,
+                );
             }
             let n = fps
                 .len()
@@ -465,25 +477,41 @@ impl Writer {
         Ok(())
     }
 
+    /// Makes what was written durable, and closes the file.
     fn sync(&mut self) -> std::io::Result<()> {
-        match &self.file {
+        match self.file.take() {
             Some(f) => f.sync_data(),
             None => Ok(()),
         }
     }
 
+    /// After a failed write: the current segment (perhaps with a torn record at its end,
+    /// which a load cuts off) is closed, and the next write starts a new one.
+    fn abandon(&mut self) {
+        self.file = None;
+        if self.current {
+            self.closed.push_back((self.seq, self.in_current));
+        }
+        self.current = false;
+        self.seq += 1;
+    }
+
     /// Closes the current segment, starts the next, and deletes the oldest ones not needed
     /// to hold `capacity` fingerprints.
     fn rotate(&mut self) -> std::io::Result<()> {
-        if let Some(f) = self.file.take() {
-            f.sync_all()?;
+        if self.current {
+            if let Some(f) = self.file.take() {
+                f.sync_all()?;
+            }
             self.closed.push_back((self.seq, self.in_current));
             self.seq += 1;
+            self.current = false;
         }
         self.file = Some(create_file(
             &self.place.segment(self.seq),
             &header(self.key_id, self.seq),
         )?);
+        self.current = true;
         self.in_current = 0;
         let mut held: usize = self.closed.iter().map(|&(_, n)| n).sum();
         while let Some(&(seq, n)) = self.closed.front() {
@@ -532,14 +560,21 @@ impl Journal {
     pub fn open_with_capacity(place: Place, capacity: usize) -> Result<(Journal, Key), String> {
         crate::budget::prepare_state_dir(&place.dir, "state directory")?;
         let lock_path = place.dir.join(format!("replay-{}.lock", place.id));
+        // Created, then held open read-only: a descriptor open for writing for the whole run
+        // would keep the state directory from being remounted read-only.
         let lock_file = OpenOptions::new()
-            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
+            .and_then(|_| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&lock_path)
+            })
             .map_err(|e| format!("replay history lock {}: {e}", lock_path.display()))?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             format!(
@@ -587,9 +622,7 @@ impl Journal {
     /// Hands accepted fingerprints to the journal's thread, which takes them within
     /// [`FLUSH_EVERY`]: a copy under a lock nobody holds for long, no wake-up.
     pub fn append(&self, fps: impl IntoIterator<Item = u64>) {
-        if self.saving() {
-            self.pending.fingerprints.lock().extend(fps);
-        }
+        self.pending.fingerprints.lock().extend(fps);
     }
 
     /// True while the history is being written to disk.
@@ -636,6 +669,7 @@ fn run(
         key_id,
         capacity,
         file: None,
+        current: false,
         seq: loaded.next_seq,
         in_current: 0,
         closed: loaded.segments.into_iter().collect(),
@@ -644,24 +678,34 @@ fn run(
     let first = if loaded.rewrite {
         w.write(&history).and_then(|()| w.sync())
     } else {
-        w.rotate()
+        w.rotate().and_then(|()| w.sync())
     };
     drop(history);
-    if let Err(e) = first {
-        return fail(e, &w, pending, saving);
-    }
-    for seq in &loaded.stale {
-        remove(&w.place.segment(*seq));
+    match first {
+        Ok(()) => {
+            for seq in &loaded.stale {
+                remove(&w.place.segment(*seq));
+            }
+        }
+        Err(e) => failed(&e, &mut w, saving),
     }
     let mut taken: Vec<u64> = Vec::new();
     loop {
         let closed = pending.closed.load(Ordering::SeqCst);
-        std::mem::swap(&mut taken, &mut *pending.fingerprints.lock());
+        taken.extend(pending.fingerprints.lock().drain(..));
+        // While writes fail, the newest history is kept for when they work again.
+        let over = taken.len().saturating_sub(capacity);
+        taken.drain(..over);
         if !taken.is_empty() {
-            if let Err(e) = w.write(&taken).and_then(|()| w.sync()) {
-                return fail(e, &w, pending, saving);
+            match w.write(&taken).and_then(|()| w.sync()) {
+                Ok(()) => {
+                    taken.clear();
+                    if !saving.swap(true, Ordering::SeqCst) {
+                        info!("replay history in {}: written again", w.place.dir.display());
+                    }
+                }
+                Err(e) => failed(&e, &mut w, saving),
             }
-            taken.clear();
         }
         if closed {
             return;
@@ -671,14 +715,16 @@ fn run(
     }
 }
 
-/// Stops saving after a write failed, and says so once.
-fn fail(e: std::io::Error, w: &Writer, pending: &Pending, saving: &AtomicBool) {
-    warn!(
-        "replay history in {}: cannot write it ({e}): the history is kept in memory only from now on, and a restart will not remember what is served after this",
-        w.place.dir.display()
-    );
-    saving.store(false, Ordering::SeqCst);
-    pending.fingerprints.lock().clear();
+/// After a write failed: say so once, and start a new segment at the next try.
+fn failed(e: &std::io::Error, w: &mut Writer, saving: &AtomicBool) {
+    if saving.swap(false, Ordering::SeqCst) {
+        warn!(
+            "replay history in {}: cannot write it ({e}): tried again every second; until it \
+             works, a restart forgets what was accepted since",
+            w.place.dir.display()
+        );
+    }
+    w.abandon();
 }
 
 #[cfg(test)]
