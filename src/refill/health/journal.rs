@@ -936,6 +936,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_is_retried_in_a_new_segment_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (j, _, _) = open(dir.path(), 1000);
+        let p = place(dir.path());
+        let first = p.segment(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !first.exists() {
+            assert!(Instant::now() < deadline, "no segment");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The segment becomes a directory: appending to it fails.
+        fs::remove_file(&first).expect("remove");
+        fs::create_dir(&first).expect("mkdir");
+        j.append(1..=10);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while j.saving() {
+            assert!(Instant::now() < deadline, "the failure went unnoticed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !j.saving() {
+            assert!(Instant::now() < deadline, "not retried");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(j);
+        let (_j, _, loaded) = open(dir.path(), 1000);
+        assert_eq!(loaded, (1..=10).collect::<Vec<u64>>());
+    }
+
+    #[test]
     fn a_damaged_key_is_replaced_and_its_history_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, k1, _) = open(dir.path(), 1000);
