@@ -81,7 +81,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let open = |name: &str| match Journal::open(Place::new(state.path(), Path::new(name))) {
+    let open = |name: &str| match Journal::open(Place::new(state.path(), name)) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("journal: {e}");
@@ -122,10 +122,7 @@ fn main() {
             journal.append(chunk);
         }
     }
-    let full = format!(
-        "replay-{}-",
-        Place::new(state.path(), Path::new("/bench/full")).id
-    );
+    let full = format!("replay-{}.0-", Place::new(state.path(), "/bench/full").id);
     let on_disk: u64 = std::fs::read_dir(state.path())
         .into_iter()
         .flatten()

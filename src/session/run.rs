@@ -220,8 +220,10 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     None => token::TOKEN_ENV.to_owned(),
                 },
             });
+        let replay_history =
+            replay_history_place(&opts, &shown_endpoint(&endpoint), token_file.as_deref());
         let cfg = MountConfig {
-            mountpoint: mountpoint.clone(),
+            mountpoint,
             fuse: FuseOptions {
                 fsname: opts.source.clone().unwrap_or_else(|| "qrypt".into()),
                 subtype: "qrypt-fs".into(),
@@ -245,7 +247,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 token_file,
                 budget,
                 first_answer.clone(),
-                replay_history_place(&opts, &mountpoint),
+                replay_history,
             ),
             startup,
         };
@@ -314,15 +316,24 @@ fn open_budget(
     Ok(Arc::new(budget))
 }
 
-/// Where this mount's replay history is kept: `--state-dir` (or its default), named after
-/// the mount point. Without one the history stays in memory, and the log says so.
-fn replay_history_place(opts: &Options, mountpoint: &Path) -> Option<Place> {
+/// Where the replay history is kept: `--state-dir` (or its default), named after the
+/// endpoint and the token source, as the budget's record is. Without one the history stays in
+/// memory, and the log says so.
+fn replay_history_place(
+    opts: &Options,
+    endpoint: &str,
+    token_file: Option<&Path>,
+) -> Option<Place> {
     let dir = match &opts.state_dir {
         Some(d) => std::path::absolute(d).map_err(|e| format!("{}: {e}", d.display())),
         None => default_state_dir(),
     };
+    let token_source = match token_file {
+        Some(p) => format!("file {}", p.display()),
+        None => token::TokenSource::Environment.to_string(),
+    };
     match dir {
-        Ok(dir) => Some(Place::new(&dir, mountpoint)),
+        Ok(dir) => Some(Place::new(&dir, &format!("{endpoint}\0{token_source}"))),
         Err(e) => {
             tracing::warn!(
                 "replay history kept in memory only ({e}): after a restart, bytes served before \

@@ -6,10 +6,11 @@
 //!   hard-linked into place, so two daemons starting together agree on one key), mode 0600.
 //!   The anchors' Gear table and XXH3 seed and the block digests' seed come from it, so a
 //!   restart computes the same fingerprints for the same bytes.
-//! - `replay-ID.lock`, `replay-ID-SEQ.journal`: one mount's history, ID a digest of the
-//!   canonical mount point. Two mounts never share a journal; a second daemon on the same
-//!   mount point (the old one still stopping) finds the lock taken and keeps its history in
-//!   memory only.
+//! - `replay-ID.SLOT.lock`, `replay-ID.SLOT-SEQ.journal`: one daemon's history, ID a digest
+//!   of the endpoint and the token source (the upstream account whose bytes could come back,
+//!   wherever it is mounted). A daemon takes the first slot (0 to [`SLOTS`] − 1) whose lock is
+//!   free and holds it while it runs: two daemons never share a journal, and a daemon that
+//!   restarts alone finds its own history again.
 //!
 //! # Segment format (version 1, little-endian)
 //! A 32-byte header: magic `QFSRPLAY`, version `u32`, 0 `u32`, key id `u64` (a digest of the
@@ -66,6 +67,8 @@ pub const SEGMENT_FINGERPRINTS: usize = CAPACITY / 8;
 const MAX_SEGMENT_LEN: u64 = (HEADER_LEN + SEGMENT_FINGERPRINTS * (8 + RECORD_OVERHEAD)) as u64;
 /// How long accepted fingerprints may wait before they are on disk.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Daemons of one account that can keep a history in one directory at once.
+pub const SLOTS: usize = 8;
 /// More segments than this at start are rewritten as few full ones.
 const MAX_SEGMENTS_KEPT: usize = 32;
 
@@ -182,20 +185,46 @@ pub fn decode_segment(file: &[u8], key_id: u64, seq: u64, out: &mut Vec<u64>) ->
     None
 }
 
+/// Takes the lock at `path` if no one holds it (`None` if someone does). Created, then held
+/// open read-only: a descriptor open for writing for the whole run would keep the state
+/// directory from being remounted read-only.
+fn lock_slot(path: &Path) -> Result<Option<Flock<File>>, String> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|_| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        })
+        .map_err(|e| format!("replay history lock {}: {e}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(format!("replay history lock {}: {e}", path.display())),
+    }
+}
+
 /// Where one mount's history lives.
 #[derive(Debug, Clone)]
 pub struct Place {
     pub dir: PathBuf,
-    /// Digest of the mount point: the journal's name.
+    /// Digest of the account, then (once a slot is taken) `.SLOT`: the journal's name.
     pub id: String,
 }
 
 impl Place {
-    /// The history of the mount on `mount_point` in `dir`.
-    pub fn new(dir: &Path, mount_point: &Path) -> Place {
+    /// The history of the upstream `account` (endpoint and token source, never the token)
+    /// in `dir`.
+    pub fn new(dir: &Path, account: &str) -> Place {
         let mut h = Sha256::new();
         h.update(b"qrypt-fs replay\0");
-        h.update(mount_point.as_os_str().as_encoded_bytes());
+        h.update(account.as_bytes());
         let hex: String = h.finalize()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -559,29 +588,22 @@ impl Journal {
 
     pub fn open_with_capacity(place: Place, capacity: usize) -> Result<(Journal, Key), String> {
         crate::budget::prepare_state_dir(&place.dir, "state directory")?;
-        let lock_path = place.dir.join(format!("replay-{}.lock", place.id));
-        // Created, then held open read-only: a descriptor open for writing for the whole run
-        // would keep the state directory from being remounted read-only.
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .and_then(|_| {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&lock_path)
-            })
-            .map_err(|e| format!("replay history lock {}: {e}", lock_path.display()))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            format!(
-                "replay history lock {}: {e} (another qrypt-fs on this mount point holds it)",
-                lock_path.display()
-            )
-        })?;
+        let mut held = None;
+        for slot in 0..SLOTS {
+            let id = format!("{}.{slot}", place.id);
+            if let Some(lock) = lock_slot(&place.dir.join(format!("replay-{id}.lock")))? {
+                held = Some((lock, id));
+                break;
+            }
+        }
+        let Some((lock, id)) = held else {
+            return Err(format!(
+                "all {SLOTS} replay history slots of this endpoint and token source in {} are \
+                 held by other running qrypt-fs daemons",
+                place.dir.display()
+            ));
+        };
+        let place = Place { id, ..place };
         let key = load_or_create_key(&place.dir)?;
         let key_id = key.id();
         let saving = Arc::new(AtomicBool::new(true));
@@ -733,7 +755,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn place(dir: &Path) -> Place {
-        Place::new(dir, Path::new("/mnt/q"))
+        Place::new(dir, "https://api.example/\0environment")
+    }
+
+    /// The files of the first daemon of `place`'s account.
+    fn slot0(dir: &Path) -> Place {
+        let p = place(dir);
+        Place {
+            id: format!("{}.0", p.id),
+            ..p
+        }
     }
 
     fn files(dir: &Path) -> Vec<String> {
@@ -851,7 +882,7 @@ mod tests {
         }
         // What a kill -9 leaves: read it as the next start would, the lock still held.
         let key = load_or_create_key(dir.path()).expect("key");
-        let l = load(&place(dir.path()), key.id(), 1000);
+        let l = load(&slot0(dir.path()), key.id(), 1000);
         assert_eq!(l.fingerprints, (1..=100).collect::<Vec<u64>>());
         drop(j);
     }
@@ -915,7 +946,7 @@ mod tests {
         drop(j);
         // The newer segment loses its last bytes (a torn write); a stray file of another
         // program sits among the segments.
-        let p = place(dir.path());
+        let p = slot0(dir.path());
         let seqs = p.segments();
         let newest = p.segment(*seqs.last().expect("segments"));
         let len = fs::metadata(&newest).expect("meta").len();
@@ -939,7 +970,7 @@ mod tests {
     fn a_failed_write_is_retried_in_a_new_segment_and_nothing_is_lost() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, _, _) = open(dir.path(), 1000);
-        let p = place(dir.path());
+        let p = slot0(dir.path());
         let first = p.segment(0);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !first.exists() {
@@ -978,17 +1009,32 @@ mod tests {
     }
 
     #[test]
-    fn a_second_daemon_on_the_same_mount_point_keeps_no_journal() {
+    fn two_daemons_of_one_account_take_two_slots_and_each_finds_its_own_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_j, _, _) = open(dir.path(), 1000);
+        let (a, _, _) = open(dir.path(), 1000);
+        let (b, _, _) = open(dir.path(), 1000);
+        a.append(1..=5);
+        b.append(6..=9);
+        drop(b);
+        // The first keeps running; a restart of the second takes the free slot, its own.
+        let (_b, _, loaded) = open(dir.path(), 1000);
+        assert_eq!(loaded, (6..=9).collect::<Vec<u64>>());
+        drop(a);
+        // Another account in the same directory: its own journal, the same key.
+        let (mut other, _) =
+            Journal::open_with_capacity(Place::new(dir.path(), "https://other/\0env"), 1000)
+                .expect("other account");
+        assert!(other.take_loaded().expect("loaded").is_empty());
+    }
+
+    #[test]
+    fn with_every_slot_taken_a_daemon_keeps_no_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held: Vec<_> = (0..SLOTS).map(|_| open(dir.path(), 1000)).collect();
         let err = Journal::open_with_capacity(place(dir.path()), 1000)
             .err()
-            .expect("locked");
-        assert!(err.contains("another qrypt-fs"), "{err}");
-        // Another mount point in the same directory has its own journal and the same key.
-        let (mut other, _) =
-            Journal::open_with_capacity(Place::new(dir.path(), Path::new("/mnt/other")), 1000)
-                .expect("other mount");
-        assert!(other.take_loaded().expect("loaded").is_empty());
+            .expect("no slot");
+        assert!(err.contains("held by other running qrypt-fs"), "{err}");
+        drop(held);
     }
 }
