@@ -38,6 +38,11 @@ pub enum Fault {
     /// that starts a new 64 KiB of correct bytes is kept, 16384 of them). With none left it
     /// waits, unspent.
     OldBlock { age_mib: u64, shift: u64 },
+    /// 200, well-formed: the whole response repeats correct bytes sent before, from `age_kib`
+    /// KiB minus `shift` bytes before the newest correct byte on (the last 8 MiB of correct
+    /// bytes are kept), then fresh bytes where the earlier ones run out. With fewer correct
+    /// bytes kept than that it waits, unspent.
+    OldWindow { age_kib: u64, shift: u64 },
     /// 200, correct body, `Content-Type: text/html`.
     WrongContentType,
     /// 200, a correct body with 64 MiB of whitespace inside the JSON, streamed (chunked).
@@ -71,6 +76,7 @@ impl Fault {
             Fault::Progression => "progression",
             Fault::ShiftedReplay => "shifted_replay",
             Fault::OldBlock { .. } => "old_block",
+            Fault::OldWindow { .. } => "old_window",
             Fault::WrongContentType => "wrong_content_type",
             Fault::OversizedBody => "oversized_body",
             Fault::Delay(_) => "delay",
@@ -124,6 +130,14 @@ impl Fault {
             "shifted_replay" => Fault::ShiftedReplay,
             "old_block" => Fault::OldBlock {
                 age_mib: num("age_mib")?,
+                shift: Some(num("shift")?)
+                    .filter(|&s| s < 1024)
+                    .ok_or("\"shift\" must be from 0 to 1023")?,
+            },
+            "old_window" => Fault::OldWindow {
+                age_kib: Some(num("age_kib")?)
+                    .filter(|&a| a > 0)
+                    .ok_or("\"age_kib\" must be at least 1")?,
                 shift: Some(num("shift")?)
                     .filter(|&s| s < 1024)
                     .ok_or("\"shift\" must be from 0 to 1023")?,
@@ -198,6 +212,10 @@ mod tests {
             Fault::RepeatBlock,
             Fault::Progression,
             Fault::ShiftedReplay,
+            Fault::OldWindow {
+                age_kib: 4096,
+                shift: 333,
+            },
             Fault::WrongContentType,
             Fault::OversizedBody,
             Fault::Delay(Duration::from_millis(2000)),
@@ -214,6 +232,10 @@ mod tests {
                 Fault::TooManyRequestsText { retry_after } => v["retry_after"] = json!(retry_after),
                 Fault::Delay(d) => v["ms"] = json!(d.as_millis() as u64),
                 Fault::SlowDrip { bytes_per_sec } => v["bytes_per_sec"] = json!(bytes_per_sec),
+                Fault::OldWindow { age_kib, shift } => {
+                    v["age_kib"] = json!(age_kib);
+                    v["shift"] = json!(shift);
+                }
                 _ => {}
             }
             assert_eq!(Fault::from_json(&v), Ok(Some(f)), "{v}");
@@ -226,6 +248,8 @@ mod tests {
             json!({"fault": "status", "status": 70000}),
             json!({"fault": "delay", "ms": -1}),
             json!({"fault": "slow_drip", "bytes_per_sec": 0}),
+            json!({"fault": "old_window", "age_kib": 0, "shift": 0}),
+            json!({"fault": "old_window", "age_kib": 4, "shift": 1024}),
             json!({"fault": "too_many_requests", "retry_after": "2"}),
             json!({"fault": "too_many_requests_text", "retry_after": 2}),
             json!({"fault": "too_many_requests_text"}),

@@ -11,6 +11,8 @@ use super::Fault;
 const RECENT_BLOCKS: usize = 16;
 /// Blocks kept for `old_block`: one per 64 KiB of correct bytes, 1 GiB of history in 16 MiB.
 const OLD_BLOCKS: usize = 16384;
+/// The newest correct bytes kept for `old_window`.
+const OLD_STREAM: usize = 8 << 20;
 pub(super) const BLOCK: usize = qrypt_api::BLOCK_LEN;
 
 /// One answer to a request on the API (admin requests are not recorded).
@@ -69,6 +71,8 @@ pub(super) struct Ledger {
     /// One block per 64 KiB of correct bytes: the count of correct bytes before it, the
     /// block, and whether `old_block` has replayed it.
     old: VecDeque<(u64, Vec<u8>, bool)>,
+    /// The newest correct bytes, in the order sent (up to [`OLD_STREAM`]).
+    stream: VecDeque<u8>,
     /// Headers of requests not answered yet (only when recording).
     pending_headers: BTreeMap<u64, Vec<(String, String)>>,
 }
@@ -84,6 +88,7 @@ impl Ledger {
             records: Vec::new(),
             recent: VecDeque::new(),
             old: VecDeque::new(),
+            stream: VecDeque::new(),
             pending_headers: BTreeMap::new(),
         }
     }
@@ -133,6 +138,9 @@ impl Ledger {
                     self.old.pop_front();
                 }
             }
+            self.stream.extend(&blocks);
+            let over = self.stream.len().saturating_sub(OLD_STREAM);
+            self.stream.drain(..over);
             let skip = (blocks.len() / BLOCK).saturating_sub(RECENT_BLOCKS);
             self.recent
                 .extend(blocks.chunks_exact(BLOCK).skip(skip).map(<[u8]>::to_vec));
@@ -177,6 +185,15 @@ impl Ledger {
             .find(|(at, _, used)| *at <= newest && !*used)?;
         *used = true;
         Some(block.clone())
+    }
+
+    /// Up to `len` correct bytes from `age_kib` KiB minus `shift` bytes before the newest
+    /// one; `None` if fewer are kept.
+    pub fn old_window(&self, age_kib: u64, shift: u64, len: usize) -> Option<Vec<u8>> {
+        let back = usize::try_from(age_kib.checked_mul(1024)?.checked_sub(shift)?).ok()?;
+        let start = self.stream.len().checked_sub(back)?;
+        let end = self.stream.len().min(start + len);
+        Some(self.stream.range(start..end).copied().collect())
     }
 
     pub fn has_recent(&self) -> bool {
@@ -231,5 +248,29 @@ pub(super) struct GaugeGuard(Arc<Gauge>);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_window_repeats_earlier_correct_bytes_at_a_shift() {
+        let mut l = Ledger::new(false);
+        let first: Vec<u8> = (0..4 * BLOCK).map(|i| (i * 7 % 251) as u8).collect();
+        l.answer(1, 200, 4, None, first.clone());
+        // A faulty answer is not correct bytes: never repeated.
+        l.answer(2, 200, 1, Some(&Fault::AllZeroBlocks), vec![0; BLOCK]);
+        assert_eq!(l.old_window(5, 0, BLOCK), None, "older than what was sent");
+        assert_eq!(
+            l.old_window(4, 3, 2 * BLOCK).as_deref(),
+            Some(&first[3..3 + 2 * BLOCK])
+        );
+        // Runs out at the newest correct byte.
+        assert_eq!(
+            l.old_window(1, 0, 4 * BLOCK).as_deref(),
+            Some(&first[3 * BLOCK..])
+        );
     }
 }

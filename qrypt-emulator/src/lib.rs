@@ -22,7 +22,8 @@
 //!   (optional `"retry_after": 2`), `too_many_requests_text` (`"retry_after": "TEXT"`, sent
 //!   as it is: a past HTTP-date, `-3`), `malformed_json`, `wrong_types`, `size_mismatch`,
 //!   `short_block`, `non_base64`, `all_zero_blocks`, `repeat_block`, `progression`,
-//!   `shifted_replay`, `old_block` (`"age_mib": 70, "shift": 5`), `wrong_content_type`,
+//!   `shifted_replay`, `old_block` (`"age_mib": 70, "shift": 5`), `old_window`
+//!   (`"age_kib": 4096, "shift": 333`), `wrong_content_type`,
 //!   `oversized_body`, `delay` (`"ms": 2000`), `drop_connection`, `reset_mid_body`,
 //!   `truncated_body`, `slow_drip` (`"bytes_per_sec": 100`). Example:
 //!   `curl -d '{"fault":"status","status":503,"times":3}' http://127.0.0.1:PORT/_emulator/fault`

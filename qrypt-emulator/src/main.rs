@@ -30,7 +30,8 @@ Admin API on the same port (no auth; see the docs of the qrypt_emulator crate):
                               malformed_json wrong_types
                               size_mismatch short_block non_base64 all_zero_blocks
                               repeat_block progression shifted_replay
-                              old_block (age_mib, shift) wrong_content_type
+                              old_block (age_mib, shift) old_window (age_kib, shift)
+                              wrong_content_type
                               oversized_body delay drop_connection reset_mid_body
                               truncated_body slow_drip
   GET  /_emulator/stats

@@ -60,7 +60,8 @@ fn kib_param(query: Option<&str>) -> Result<u32, ()> {
 enum Admission {
     /// Status, KiB asked for (0 if not read yet), the answer.
     Refused(u16, u32, Response<ScriptedBody>),
-    /// KiB, the fault to apply, and for `OldBlock` the block it repeats.
+    /// KiB, the fault to apply, and for `OldBlock` the block it repeats (for `OldWindow`, the
+    /// earlier bytes).
     Served(u32, Option<Fault>, Option<Vec<u8>>),
 }
 
@@ -130,7 +131,7 @@ pub(super) async fn entropy(
     let repeat_source = match fault {
         Some(Fault::RepeatBlock) => state.ledger.lock().recent_block(),
         Some(Fault::ShiftedReplay) => Some(state.ledger.lock().recent_bytes()),
-        Some(Fault::OldBlock { .. }) => old_block,
+        Some(Fault::OldBlock { .. } | Fault::OldWindow { .. }) => old_block,
         _ => None,
     };
     let (text, decoded) = build(kib, fault.as_ref(), repeat_source);
@@ -206,12 +207,18 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Admission {
     // Taken here, under the gate's lock, so two requests never count on the same block.
     let old_block = match gate.fault.peek() {
         Some(Fault::OldBlock { age_mib, .. }) => state.ledger.lock().take_old_block(*age_mib),
+        Some(Fault::OldWindow { age_kib, shift }) => {
+            state
+                .ledger
+                .lock()
+                .old_window(*age_kib, *shift, kib as usize * BLOCK)
+        }
         _ => None,
     };
     let cannot_repeat = match gate.fault.peek() {
         Some(Fault::RepeatBlock) => kib < 2 && !state.ledger.lock().has_recent(),
         Some(Fault::ShiftedReplay) => !state.ledger.lock().has_recent(),
-        Some(Fault::OldBlock { .. }) => old_block.is_none(),
+        Some(Fault::OldBlock { .. } | Fault::OldWindow { .. }) => old_block.is_none(),
         _ => false,
     };
     let fault = if cannot_repeat {
@@ -270,6 +277,12 @@ fn build(kib: u32, fault: Option<&Fault>, repeat_source: Option<Vec<u8>>) -> (St
         if let Some(old) = repeat_source.as_deref().filter(|o| o.len() == BLOCK) {
             let at = last - (shift as usize).min(last);
             flat[at..at + BLOCK].copy_from_slice(old);
+        }
+    }
+    if let Some(Fault::OldWindow { .. }) = fault {
+        if let Some(old) = repeat_source.as_deref() {
+            let n = old.len().min(flat.len());
+            flat[..n].copy_from_slice(&old[..n]);
         }
     }
     if fault == Some(&Fault::ShortBlock) {

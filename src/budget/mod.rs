@@ -27,7 +27,9 @@ mod store;
 pub use ledger::{Exhausted, Spend};
 pub use report::BudgetReport;
 pub use spec::{Cap, Period, merge_caps};
-pub use store::{AccountKey, Base, Legacy, StateFile, StoreError, default_state_dir};
+pub use store::{
+    AccountKey, Base, Legacy, StateFile, StoreError, default_state_dir, prepare_state_dir,
+};
 
 /// Unix seconds now. Injected so tests can cross a renewal without waiting for it.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;

@@ -265,6 +265,30 @@ fn lock_holder(ino: u64) -> Option<u32> {
     })
 }
 
+/// Creates the state directory (mode 0700) if it is missing, and refuses one that other users
+/// may write to without the sticky bit: they could replace what is kept there (a smaller
+/// spend, an emptier replay history). `what` names it in the error.
+pub fn prepare_state_dir(dir: &Path, what: &str) -> Result<(), String> {
+    let shown = dir.display();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{what} {shown}: {e}"))?;
+    let meta = fs::metadata(dir).map_err(|e| format!("{what} {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("{what} {shown}: not a directory"));
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(format!(
+            "{what} {shown} is writable by other users (mode {:o}), who could replace what \
+             is kept there: chmod go-w it or choose another",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 impl StateFile {
     /// The file of `account` (see [`AccountKey::account`]) at `endpoint` (canonical) in `dir`.
     /// The endpoint is written inside in clear for an operator to read; the token never is.
@@ -295,29 +319,9 @@ impl StateFile {
         &self.account
     }
 
-    /// Creates the directory (mode 0700) if it is missing, and refuses one that other users
-    /// may write to without the sticky bit: they could replace the record with a smaller
-    /// spend.
+    /// Creates the directory (mode 0700) if it is missing; see [`prepare_state_dir`].
     pub fn create_dir(&self) -> Result<(), String> {
-        let shown = self.dir.display();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| format!("budget state directory {shown}: {e}"))?;
-        let meta =
-            fs::metadata(&self.dir).map_err(|e| format!("budget state directory {shown}: {e}"))?;
-        if !meta.is_dir() {
-            return Err(format!("budget state directory {shown}: not a directory"));
-        }
-        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-            return Err(format!(
-                "budget state directory {shown} is writable by other users (mode {:o}), who \
-                 could replace the record of what was spent: chmod go-w it or choose another",
-                meta.mode() & 0o7777
-            ));
-        }
-        Ok(())
+        prepare_state_dir(&self.dir, "budget state directory")
     }
 
     /// Runs `f` on the recorded spend with the file locked against every other process

@@ -2,6 +2,7 @@
 //! `--mix-local`) the XOR with the local CSPRNG.
 use zeroize::Zeroizing;
 
+use crate::refill::health::journal::{Journal, Place};
 use crate::refill::health::{HealthTests, Precheck, Prechecked};
 use crate::state_machine::Outcome;
 use crate::upstream::buffers::Buffer;
@@ -42,11 +43,28 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(mix_local: bool) -> Intake {
-        Intake {
-            health: HealthTests::new(),
-            mix_local,
-        }
+    /// `history`: where the replay history is kept across restarts (`None`: in memory only).
+    /// A place that cannot be used is logged and the history kept in memory: a weaker
+    /// promise, never a failed start.
+    pub fn new(mix_local: bool, history: Option<Place>) -> Intake {
+        let health = match history.map(|p| (p.dir.clone(), Journal::open(p))) {
+            None => HealthTests::new(),
+            Some((_, Ok((journal, key)))) => HealthTests::persistent(journal, &key),
+            Some((dir, Err(e))) => {
+                tracing::warn!(
+                    "replay history kept in memory only, not in {}: {e}. After a restart, \
+                     bytes served before it are not recognised if the upstream sends them again",
+                    dir.display()
+                );
+                HealthTests::new()
+            }
+        };
+        Intake { health, mix_local }
+    }
+
+    /// Upstream bytes the replay history covers now, and whether it is kept on disk.
+    pub fn history(&self) -> (u64, bool) {
+        (self.health.history_bytes(), self.health.history_saved())
     }
 
     /// What a request's task runs on its answer before it comes back (see [`Precheck`]).
@@ -101,17 +119,17 @@ mod tests {
     #[test]
     fn mixing_changes_every_answer_and_a_failed_health_test_discards_it() {
         let good = || Entropy(MockClient::expected(0, 4096).into());
-        let plain = Intake::new(false).accept(Ok(good())).expect("passes");
+        let plain = Intake::new(false, None).accept(Ok(good())).expect("passes");
         assert_eq!(*plain, MockClient::expected(0, 4096));
-        let mixed = Intake::new(true).accept(Ok(good())).expect("passes");
+        let mixed = Intake::new(true, None).accept(Ok(good())).expect("passes");
         assert_eq!(mixed.len(), 4096);
         assert_ne!(*mixed, *plain);
-        let (refused, discarded) = Intake::new(false)
+        let (refused, discarded) = Intake::new(false, None)
             .accept(Ok(Entropy(vec![0; 1024].into())))
             .expect_err("all zeros");
         assert_eq!((refused.class().as_str(), discarded), ("health", 1024));
         assert_eq!(refused.outcome(), Outcome::Failed);
-        let (refused, discarded) = Intake::new(false)
+        let (refused, discarded) = Intake::new(false, None)
             .accept(Err(FetchError::Status {
                 code: 503,
                 retry_after: None,

@@ -62,6 +62,8 @@ pub struct PrefetchConfig {
     /// Where the first finished request's fate goes (the start's check waits for it): told
     /// after the health tests, so a first answer they discard is not "delivered".
     pub first_answer: Option<Arc<FirstAnswerCell>>,
+    /// Where the replay history is kept across restarts (`None`: in this process only).
+    pub replay_history: Option<health::journal::Place>,
 }
 
 impl PrefetchConfig {
@@ -79,6 +81,7 @@ impl PrefetchConfig {
             budget: Arc::new(Budget::unlimited()),
             budget_retry: Duration::from_secs(5),
             first_answer: None,
+            replay_history: None,
         }
     }
 
@@ -161,13 +164,16 @@ impl<C: EntropyClient> Prefetcher<C> {
             status.set_rate_allowance(r.current());
         }
         status.set_budget(cfg.budget.clone());
+        let intake = Intake::new(cfg.mix_local, cfg.replay_history.clone());
+        let (history, saved) = intake.history();
+        status.set_replay_history(history, saved);
         Prefetcher {
             pacer: Pacer::new(cfg.rate_limit),
             rate,
             accepted: VecDeque::new(),
             budget_block: None,
             budget_until: None,
-            intake: Intake::new(cfg.mix_local),
+            intake,
             upstream: Machine::new(cfg.policy(), now),
             token: cfg.token_file.clone().map(TokenReader::new),
             token_complaint: None,
@@ -487,6 +493,8 @@ impl<C: EntropyClient> Prefetcher<C> {
         sent: Epoch,
     ) {
         let accepted = self.intake.accept_prechecked(result, pre);
+        let (history, saved) = self.intake.history();
+        self.status.set_replay_history(history, saved);
         if let Some(cell) = &self.cfg.first_answer {
             cell.record(match &accepted {
                 Ok(_) => FirstAnswer::Delivered,

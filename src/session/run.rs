@@ -11,6 +11,7 @@ use crate::budget::{Budget, BudgetConfig, Legacy, TokenBytes, default_state_dir,
 use crate::fs::mount_options::FuseOptions;
 use crate::refill::PrefetchConfig;
 use crate::refill::first_answer::FirstAnswerCell;
+use crate::refill::health::journal::Place;
 use crate::session::background::{self, Ready};
 use crate::session::cli::Options;
 use crate::session::logging::{self, LogTarget};
@@ -293,6 +294,8 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     None => token::TOKEN_ENV.to_owned(),
                 },
             });
+        let replay_history =
+            replay_history_place(&opts, &canonical_endpoint(&endpoint), token_file.as_deref())?;
         let cfg = MountConfig {
             mountpoint,
             fuse: FuseOptions {
@@ -314,7 +317,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                     format!("{}/{}s", r.requests, r.window.as_secs_f64())
                 }),
             },
-            prefetch: prefetch_config(&opts, watched, budget, first_answer.clone()),
+            prefetch: prefetch_config(&opts, watched, budget, first_answer.clone(), replay_history),
             startup,
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
@@ -391,12 +394,48 @@ fn open_budget(
     Ok(Arc::new(budget))
 }
 
+/// Where the replay history is kept: `--state-dir` (or its default), named after the
+/// canonical endpoint and the token file's real path (or the environment), so every spelling
+/// of one mount's account finds the same history. Without a usable directory the history
+/// stays in memory, and the log says so.
+fn replay_history_place(
+    opts: &Options,
+    endpoint: &str,
+    token_file: Option<&Path>,
+) -> anyhow::Result<Option<Place>> {
+    let dir = match &opts.state_dir {
+        Some(d) => std::path::absolute(d).map_err(|e| format!("{}: {e}", d.display())),
+        None => default_state_dir(),
+    };
+    let token_source = match token_file {
+        Some(p) => {
+            let path = p.to_owned();
+            let real = start_io::within("token file", p, start_io::TIMEOUT, move || {
+                std::fs::canonicalize(&path).unwrap_or(path)
+            })?;
+            format!("file {}", real.display())
+        }
+        None => token::TokenSource::Environment.to_string(),
+    };
+    Ok(match dir {
+        Ok(dir) => Some(Place::new(&dir, &format!("{endpoint}\0{token_source}"))),
+        Err(e) => {
+            tracing::warn!(
+                "replay history kept in memory only ({e}): after a restart, bytes served before \
+                 it are not recognised if the upstream sends them again"
+            );
+            None
+        }
+    })
+}
+
 /// The prefetcher's settings from the command line.
 fn prefetch_config(
     opts: &Options,
     token_file: Option<token::TokenFile>,
     budget: Arc<Budget>,
     first_answer: Arc<FirstAnswerCell>,
+    replay_history: Option<Place>,
 ) -> PrefetchConfig {
     let mut prefetch = PrefetchConfig::for_capacity(opts.buffer_size);
     prefetch.rate_limit = opts.rate_limit;
@@ -408,6 +447,7 @@ fn prefetch_config(
     prefetch.token_file = token_file;
     prefetch.budget = budget;
     prefetch.first_answer = Some(first_answer);
+    prefetch.replay_history = replay_history;
     prefetch
 }
 

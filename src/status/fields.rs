@@ -96,6 +96,21 @@ pub static FIELDS: &[Field] = &[
         "Bytes received but thrown away: failed validation or health tests.",
     ),
     f(
+        "replay_history_bytes",
+        Gauge,
+        "bytes",
+        "Upstream bytes the replay test remembers (estimated, one anchor per 245 bytes), \
+         including what was loaded from --state-dir at start; a repeat of them at any shift is \
+         discarded. Up to 1 GiB.",
+    ),
+    f(
+        "replay_history_saved",
+        Flag,
+        "",
+        "yes when the replay history is written to --state-dir, so it survives a restart; no \
+         when it lives in memory only (no usable state directory), or while writing it fails.",
+    ),
+    f(
         "requests_ok",
         Counter,
         "requests",

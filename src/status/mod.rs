@@ -3,7 +3,7 @@
 //! state machine's [`View`] (see [`crate::state_machine`]) and the daemon says when it stops.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -59,6 +59,10 @@ pub struct Status {
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
     pub discarded_bytes: AtomicU64,
+    /// Upstream bytes the replay history covers (estimated from its anchors).
+    replay_history_bytes: AtomicU64,
+    /// Whether the replay history is written to --state-dir.
+    replay_history_saved: AtomicBool,
     /// Requests per window the client allows itself now (0: no `--rate-limit`).
     rate_allowance: AtomicU32,
     budget: Mutex<Option<Arc<Budget>>>,
@@ -76,6 +80,8 @@ pub struct Snapshot {
     pub served_bytes: u64,
     pub fetched_bytes: u64,
     pub discarded_bytes: u64,
+    pub replay_history_bytes: u64,
+    pub replay_history_saved: bool,
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub consecutive_failures: u64,
@@ -121,6 +127,8 @@ impl Status {
             requests_ok: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             discarded_bytes: AtomicU64::new(0),
+            replay_history_bytes: AtomicU64::new(0),
+            replay_history_saved: AtomicBool::new(false),
             rate_allowance: AtomicU32::new(0),
             budget: Mutex::new(None),
             pacing: Mutex::new(PacingWait::default()),
@@ -204,6 +212,12 @@ impl Status {
         *self.budget.lock() = Some(budget);
     }
 
+    /// What the replay history covers now, and whether it survives a restart.
+    pub fn set_replay_history(&self, bytes: u64, saved: bool) {
+        self.replay_history_bytes.store(bytes, Ordering::Relaxed);
+        self.replay_history_saved.store(saved, Ordering::Relaxed);
+    }
+
     pub fn set_rate_allowance(&self, requests: u32) {
         self.rate_allowance.store(requests, Ordering::SeqCst);
     }
@@ -274,6 +288,8 @@ impl Status {
             served_bytes: served,
             fetched_bytes: fetched,
             discarded_bytes: self.discarded_bytes.load(Ordering::SeqCst),
+            replay_history_bytes: self.replay_history_bytes.load(Ordering::Relaxed),
+            replay_history_saved: self.replay_history_saved.load(Ordering::Relaxed),
             requests_ok: self.requests_ok.load(Ordering::SeqCst),
             requests_failed: self.requests_failed.load(Ordering::SeqCst),
             consecutive_failures: m.upstream.consecutive_failures,

@@ -71,6 +71,8 @@ impl Snapshot {
             "served_bytes" => int(self.served_bytes),
             "fetched_bytes" => int(self.fetched_bytes),
             "discarded_bytes" => int(self.discarded_bytes),
+            "replay_history_bytes" => int(self.replay_history_bytes),
+            "replay_history_saved" => Value::Flag(self.replay_history_saved),
             "requests_ok" => int(self.requests_ok),
             "requests_failed" => int(self.requests_failed),
             "consecutive_failures" => int(self.consecutive_failures),

@@ -21,6 +21,7 @@ use std::collections::{HashSet, VecDeque};
 
 use crate::upstream::BLOCK_LEN;
 
+pub mod journal;
 pub mod mcv;
 pub mod replay;
 
@@ -32,6 +33,9 @@ const H: f64 = 8.0;
 pub const APT_WINDOW: usize = 512;
 /// The duplicate test remembers at least this many bytes' worth of blocks.
 pub const DUP_MEMORY_BYTES: usize = 64 << 20;
+/// Upstream bytes per replay anchor on full-entropy data (2^30 / 4,385,831 measured, see
+/// [`replay`]): how `/status` turns the anchors remembered into bytes of history.
+pub const BYTES_PER_ANCHOR: u64 = 245;
 
 /// Repetition Count Test cutoff: C = 1 + ceil(-log2(alpha) / H).
 pub fn rct_cutoff() -> usize {
@@ -104,12 +108,12 @@ pub struct Prechecked {
 }
 
 impl Precheck {
-    fn new() -> Precheck {
+    fn new(block_seed: u64, anchor_seed: u64) -> Precheck {
         Precheck {
-            seed: crate::sys::random_u64(),
+            seed: block_seed,
             rct_cutoff: rct_cutoff(),
             apt_cutoff: apt_cutoff(),
-            anchors: std::sync::Arc::new(replay::Anchors::new(crate::sys::random_u64())),
+            anchors: std::sync::Arc::new(replay::Anchors::new(anchor_seed)),
         }
     }
 
@@ -178,6 +182,8 @@ pub struct HealthTests {
     /// the Repetition Count Test runs over the stream, so a run across responses counts.
     tail: Option<(u8, usize)>,
     replays: replay::ReplayMemory,
+    /// Where the replay history is kept across restarts, if it is.
+    journal: Option<journal::Journal>,
 }
 
 impl Default for HealthTests {
@@ -187,15 +193,50 @@ impl Default for HealthTests {
 }
 
 impl HealthTests {
+    /// Tests whose history lives in this process only, under a key of its own.
     pub fn new() -> HealthTests {
+        HealthTests::with_seeds(crate::sys::random_u64(), crate::sys::random_u64(), None)
+    }
+
+    /// Tests whose replay history is loaded from and written to `journal`, under the
+    /// installation's `key`: the first [`HealthTests::commit`] waits for the history to load,
+    /// so no answer is compared with a history still partly unknown.
+    pub fn persistent(journal: journal::Journal, key: &journal::Key) -> HealthTests {
+        HealthTests::with_seeds(key.block_seed(), key.anchor_seed(), Some(journal))
+    }
+
+    fn with_seeds(
+        block_seed: u64,
+        anchor_seed: u64,
+        journal: Option<journal::Journal>,
+    ) -> HealthTests {
         HealthTests {
-            precheck: Precheck::new(),
+            precheck: Precheck::new(block_seed, anchor_seed),
             seen: FingerprintSet::default(),
             order: VecDeque::new(),
             memory_blocks: DUP_MEMORY_BYTES / BLOCK_LEN,
             tail: None,
             replays: replay::ReplayMemory::default(),
+            journal,
         }
+    }
+
+    /// Waits for the journal's history, once, and remembers it.
+    pub fn wait_for_history(&mut self) {
+        if let Some(history) = self.journal.as_mut().and_then(|j| j.take_loaded()) {
+            self.replays.reserve(history.len());
+            self.replays.remember(history.iter().copied());
+        }
+    }
+
+    /// Upstream bytes the replay history covers now, estimated from its anchors.
+    pub fn history_bytes(&self) -> u64 {
+        self.replays.len() as u64 * BYTES_PER_ANCHOR
+    }
+
+    /// True while the replay history is being written to `--state-dir`.
+    pub fn history_saved(&self) -> bool {
+        self.journal.as_ref().is_some_and(journal::Journal::saving)
     }
 
     /// For tests: remembers fingerprints as if their content had been accepted, to fill the
@@ -232,10 +273,14 @@ impl HealthTests {
                 return Err(HealthFailure::DuplicateBlock(i));
             }
         }
+        self.wait_for_history();
         if let Some(a) = self.replays.first_replay(&anchors) {
             return Err(HealthFailure::Replay(a.end));
         }
         self.replays.remember(anchors.iter().map(|a| a.fingerprint));
+        if let Some(j) = &self.journal {
+            j.append(anchors.iter().map(|a| a.fingerprint));
+        }
         for d in digests {
             self.seen.insert(d);
             self.order.push_back(d);

@@ -326,6 +326,19 @@ impl ReplayMemory {
             .min_by_key(|a| a.end)
     }
 
+    /// Sizes the set for `n` more fingerprints at once, so a bulk load (the history read at
+    /// start) rebuilds it once instead of at every doubling.
+    pub fn reserve(&mut self, n: usize) {
+        let want = ((self.stored + n.min(self.capacity)) * 2)
+            .next_power_of_two()
+            .min(self.table.len());
+        if want > self.slots {
+            // `grow` doubles: start from half.
+            self.slots = want / 2;
+            self.grow();
+        }
+    }
+
     /// Remembers fingerprints (none of them already remembered), evicting the oldest.
     pub fn remember(&mut self, fingerprints: impl IntoIterator<Item = u64>) {
         for fp in fingerprints {
@@ -478,6 +491,25 @@ mod tests {
             for (i, &fp) in all[..seen].iter().enumerate() {
                 assert_eq!(m.contains(fp), i >= seen - live, "entry {i} of {seen}");
             }
+        }
+    }
+
+    #[test]
+    fn a_reserved_set_holds_the_same_as_a_grown_one() {
+        let all: Vec<u64> = (1..=20_000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+            .collect();
+        let mut grown = ReplayMemory::with_capacity(15_000);
+        grown.remember(all.iter().copied());
+        let mut reserved = ReplayMemory::with_capacity(15_000);
+        reserved.remember(all[..10].iter().copied());
+        reserved.reserve(all.len());
+        assert!(reserved.slots >= 2 * 15_000);
+        reserved.remember(all[10..].iter().copied());
+        assert_eq!(reserved.len(), grown.len());
+        for (i, &fp) in all.iter().enumerate() {
+            assert_eq!(reserved.contains(fp), i >= 5_000, "{i}");
+            assert_eq!(grown.contains(fp), i >= 5_000, "{i}");
         }
     }
 

@@ -53,10 +53,15 @@ pub fn default_signal_dispositions() {
 /// A running `qrypt-fs -f` on a temporary directory. Drop stops it and makes sure nothing stays
 /// mounted, even when the test failed half-way.
 pub struct Mount {
-    pub dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// The mount point when the test gave none.
+    _own_dir: Option<tempfile::TempDir>,
     pub child: Option<Child>,
     pub log: PathBuf,
     _logdir: tempfile::TempDir,
+    /// The `--state-dir` given when the test gave none: the replay history a test leaves
+    /// goes with it, never into the user's default state directory.
+    _state_dir: Option<tempfile::TempDir>,
 }
 
 pub struct MountBuilder {
@@ -65,6 +70,8 @@ pub struct MountBuilder {
     rate_limit: String,
     /// A program (and its arguments) that execs qrypt-fs, e.g. to change its privileges.
     wrapper: Vec<String>,
+    /// Mount here instead of on a fresh temporary directory.
+    at: Option<PathBuf>,
 }
 
 impl MountBuilder {
@@ -75,7 +82,15 @@ impl MountBuilder {
             env_token: Some(TOKEN.into()),
             rate_limit: "off".into(),
             wrapper: Vec::new(),
+            at: None,
         }
+    }
+
+    /// Mounts on `dir` (an empty directory the test keeps), e.g. to mount the same place
+    /// again after a restart.
+    pub fn at(mut self, dir: &Path) -> Self {
+        self.at = Some(dir.to_owned());
+        self
     }
 
     /// Runs qrypt-fs through `wrapper`, which must exec it (so the pid stays the daemon's).
@@ -107,9 +122,20 @@ impl MountBuilder {
 
     /// Starts it in the foreground and waits until the mount answers.
     pub fn mount(self) -> Mount {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let (dir, own_dir) = match self.at {
+            Some(p) => (p, None),
+            None => {
+                let d = tempfile::tempdir().expect("tempdir");
+                (d.path().to_owned(), Some(d))
+            }
+        };
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("qrypt-fs.log");
+        let gives_state_dir = self
+            .args
+            .iter()
+            .any(|a| a == "--state-dir" || a.contains("state_dir="));
+        let state_dir = (!gives_state_dir).then(|| tempfile::tempdir().expect("tempdir"));
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -121,7 +147,12 @@ impl MountBuilder {
         cmd.arg("-f")
             .args(["--rate-limit", &self.rate_limit])
             .args(&self.args)
-            .arg(dir.path())
+            .args(
+                state_dir
+                    .iter()
+                    .flat_map(|d| [OsStr::new("--state-dir"), d.path().as_os_str()]),
+            )
+            .arg(&dir)
             .env_remove("QRYPT_TOKEN")
             .env("RUST_LOG", "qrypt_fs=debug")
             .stdin(Stdio::null())
@@ -133,9 +164,11 @@ impl MountBuilder {
         let child = cmd.spawn().expect("spawn qrypt-fs");
         let mut m = Mount {
             dir,
+            _own_dir: own_dir,
             child: Some(child),
             log,
             _logdir: logdir,
+            _state_dir: state_dir,
         };
         m.wait_mounted();
         m
@@ -156,7 +189,7 @@ pub fn is_mounted(path: &Path) -> bool {
 
 impl Mount {
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     pub fn random(&self) -> PathBuf {
@@ -272,6 +305,17 @@ impl Mount {
         );
         wait_timeout(&mut child, Duration::from_secs(5))
             .expect("qrypt-fs did not exit after SIGTERM")
+    }
+}
+
+impl Mount {
+    /// SIGKILL, as a crash or the OOM killer would: nothing is flushed or closed in order.
+    /// The dead filesystem is detached, so its mount point can be mounted again.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
