@@ -1,6 +1,6 @@
 //! Counters and the upstream state as told, and their renderings for `/status`,
 //! `/status.json`, `/metrics`. Nothing here decides a state: the prefetcher publishes the
-//! state machine's [`View`] (see [`crate::state_machine`]) and the daemon says when it stops.
+//! state machine's [`View`] and the daemon says when it stops.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
