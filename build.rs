@@ -153,6 +153,18 @@ fn generate(version: &str) -> io::Result<Vec<(String, Vec<u8>)>> {
         ("qrypt-fs.1.gz".to_owned(), gz.finish()?),
         ("qrypt-fs.1".to_owned(), man),
     ];
+    // qrypt-fs-seed(8): a root job, so section 8; clap_mangen's sections alone (its --help
+    // text, exit statuses included, says all there is).
+    let mut seed = Vec::new();
+    Man::new(args::SeedCli::command().version(version))
+        .section("8")
+        .manual("qrypt-fs manual")
+        .source(format!("qrypt-fs {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut seed)?;
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::best());
+    gz.write_all(&seed)?;
+    files.push(("qrypt-fs-seed.8.gz".to_owned(), gz.finish()?));
+    files.push(("qrypt-fs-seed.8".to_owned(), seed));
     for (shell, name) in [
         (Shell::Bash, "qrypt-fs.bash"),
         (Shell::Zsh, "_qrypt-fs"),
