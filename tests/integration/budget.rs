@@ -750,16 +750,28 @@ fn a_held_lock_is_shown_and_signals_are_still_handled() {
         &["--budget", "1G/day", "--buffer-size", "64K"],
     );
     m.wait_full();
+    // The budget's lock, not the replay history's (which its daemon holds while it runs).
     let lock_path = std::fs::read_dir(state.path())
         .expect("dir")
         .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|e| e == "lock"))
-        .expect("a lock file");
-    let held = nix::fcntl::Flock::lock(
-        File::open(&lock_path).expect("open"),
-        nix::fcntl::FlockArg::LockExclusive,
-    )
-    .expect("lock");
+        .find(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.starts_with("budget-") && n.ends_with(".lock"))
+        })
+        .expect("the budget's lock file");
+    // Taken without blocking, retried: the daemon holds it only while it writes a record.
+    let mut file = File::open(&lock_path).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => break held,
+            Err((f, e)) => {
+                assert!(Instant::now() < deadline, "the lock stayed taken: {e}");
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     let before = emu.stats().total_requests;
     let reader = {
         let path = m.random();
