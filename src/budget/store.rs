@@ -120,22 +120,9 @@ impl AccountKey {
 
     fn read(path: &Path) -> Result<Option<AccountKey>, String> {
         let bad = |why: String| format!("budget key {} is unusable: {why}", path.display());
-        let mut file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(bad(e.to_string())),
+        let Some((mut file, meta)) = open_own_file(path).map_err(bad)? else {
+            return Ok(None);
         };
-        let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(bad("not a regular file".into()));
-        }
-        if meta.uid() != nix::unistd::geteuid().as_raw() {
-            return Err(bad(format!("owned by uid {}", meta.uid())));
-        }
         if meta.mode() & 0o077 != 0 {
             // Whoever reads it can test guesses of the token against the file names.
             return Err(bad(format!(
@@ -289,6 +276,35 @@ pub fn prepare_state_dir(dir: &Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Opens `path` for reading if it is a regular file of this user's, reached without a
+/// symbolic link and without blocking on a FIFO; `None` if there is none. The error says why
+/// not, for the caller to name the file.
+fn open_own_file(path: &Path) -> Result<Option<(File, fs::Metadata)>, String> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err("it is a symbolic link".into());
+        }
+        Err(e) => return Err(format!("cannot open it: {e}")),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!("owned by uid {}, not by uid {me}", meta.uid()));
+    }
+    Ok(Some((file, meta)))
+}
+
 impl StateFile {
     /// The file of `account` (see [`AccountKey::account`]) at `endpoint` (canonical) in `dir`.
     /// The endpoint is written inside in clear for an operator to read; the token never is.
@@ -435,32 +451,10 @@ impl StateFile {
                 path.display()
             ))
         };
-        let mut file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(corrupt("it is a symbolic link".into()));
-            }
-            Err(e) => return Err(corrupt(format!("cannot open it: {e}"))),
+        // Not written by us: someone else may have put a smaller spend there.
+        let Some((mut file, meta)) = open_own_file(path).map_err(corrupt)? else {
+            return Ok(None);
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| corrupt(format!("cannot stat it: {e}")))?;
-        if !meta.file_type().is_file() {
-            return Err(corrupt("not a regular file".into()));
-        }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            // Not written by us: someone else may have put a smaller spend there.
-            return Err(corrupt(format!(
-                "owned by uid {}, not by uid {me}",
-                meta.uid()
-            )));
-        }
         if meta.len() > MAX_FILE_LEN {
             return Err(corrupt(format!("{} bytes is far too large", meta.len())));
         }
