@@ -12,6 +12,7 @@
 mod budget;
 mod fs;
 mod pool;
+mod privsep;
 mod read_guard;
 mod refill;
 mod session;

@@ -523,6 +523,12 @@ impl<C: EntropyClient> Prefetcher<C> {
         let message = bounded(refused.to_string());
         self.status
             .record_failure(&class, message.clone(), discarded);
+        if matches!(refused, Refused::Fetch(FetchError::FetcherLost(_))) {
+            // Nothing was learnt about the upstream: no backoff, the next request goes to
+            // the fetcher that replaces the lost one. The budget keeps what it recorded.
+            warn!("{message}");
+            return;
+        }
         let now = now();
         let (_, decision) = self.upstream.on_outcome(sent, refused.outcome(), now);
         // None: sent before the upstream stopped us (or before we resumed): already handled.

@@ -111,8 +111,9 @@ pub fn verdict(answer: Option<&FirstAnswer>, ctx: &Context<'_>) -> Verdict {
              {keeps_retrying}",
             ctx.endpoint
         )),
-        // Never sent (a bug of ours, not the service's answer): nothing to judge it by.
-        FetchError::SizeOutOfRange(_) => Verdict::Warn(format!(
+        // Never sent (a bug of ours), or the fetcher carrying it ended: not the service's
+        // answer, nothing to judge it by.
+        FetchError::SizeOutOfRange(_) | FetchError::FetcherLost(_) => Verdict::Warn(format!(
             "no answer from {} ({err}); {keeps_retrying}",
             ctx.endpoint
         )),

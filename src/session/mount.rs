@@ -24,7 +24,7 @@ use crate::read_guard::slow_refusal::RefusalPacer;
 use crate::refill::{Control, PrefetchConfig, Prefetcher};
 use crate::session::background::Ready;
 use crate::session::check_upstream::{self, FirstAnswerCell, Verdict};
-use crate::status::{StaticInfo, Status};
+use crate::status::{Processes, StaticInfo, Status};
 use crate::upstream::EntropyClient;
 
 /// What a mount needs, whatever the client.
@@ -39,6 +39,18 @@ pub struct MountConfig {
     pub info: StaticInfo,
     /// Wait for the upstream's first answer before reporting ready (None: don't).
     pub startup: Option<StartupCheck>,
+    /// Where the fetch channel and the sandbox report, for `/status`.
+    pub processes: Arc<Processes>,
+    /// Drops privileges once the mount exists (see [`AfterMount`]).
+    pub after_mount: Option<AfterMount>,
+}
+
+/// What runs once the mount exists: `before_threads` before any thread starts (what each
+/// thread inherits), `drop` once the FUSE threads run (the uid change and the sandbox; it
+/// returns the sandbox's report for `/status`).
+pub struct AfterMount {
+    pub before_threads: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+    pub drop: Box<dyn FnOnce() -> anyhow::Result<String> + Send>,
 }
 
 /// What the start waits for (see [`crate::session::check_upstream`]), and what its messages name.
@@ -111,12 +123,6 @@ impl Session {
         ready: &mut Ready,
         signals: Signals,
     ) -> anyhow::Result<Session> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("qrypt-net")
-            .enable_all()
-            .build()
-            .context("runtime")?;
         let pool = Arc::new(Pool::new(cfg.buffer_size));
         pool.set_max_waiters(cfg.max_waiters_per_user);
         if !pool.memory_locked() {
@@ -126,7 +132,43 @@ impl Session {
                 cfg.buffer_size
             );
         }
-        let status = Arc::new(Status::new(cfg.info));
+        let status = Arc::new(Status::new(cfg.info).with_processes(cfg.processes.clone()));
+        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
+        let refusals = fs.refusals();
+        let fuse = fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
+            .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+        // The mount exists: privileges go now. What is a thread's own (the bounding set,
+        // no_new_privs) goes before the first thread starts, so every thread inherits it; the
+        // FUSE threads open their clones of /dev/fuse (root's, mode 0600) before the uid
+        // changes, which glibc applies to every thread (and the kernel then clears each one's
+        // capabilities).
+        let mut fuse = match cfg.after_mount {
+            Some(after) => {
+                // Locked whole while the privilege to lock memory is still there; locked
+                // pages stay locked after it is gone.
+                pool.prepare(cfg.buffer_size);
+                let spawned = (after.before_threads)()
+                    .and_then(|()| fuse.spawn().context("cannot start the FUSE session"));
+                let dropped = spawned.and_then(|f| (after.drop)().map(|report| (f, report)));
+                match dropped {
+                    Ok((f, report)) => {
+                        cfg.processes.set_sandbox(report);
+                        f
+                    }
+                    Err(e) => {
+                        let _ = unmount(&cfg.mountpoint);
+                        return Err(e);
+                    }
+                }
+            }
+            None => fuse.spawn().context("cannot start the FUSE session")?,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("qrypt-net")
+            .enable_all()
+            .build()
+            .context("runtime")?;
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel();
         let worker = runtime.spawn(
@@ -148,14 +190,6 @@ impl Session {
         }
         let watchdog =
             crate::read_guard::wait_limits::spawn(pool.clone()).context("watchdog thread")?;
-
-        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
-        let refusals = fs.refusals();
-        let mut fuse =
-            fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
-                .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
-                .spawn()
-                .context("cannot start the FUSE session")?;
         // We unmount, never fuser: its handle unmounts again when dropped and warns
         // ("Unmount failed: Invalid argument") after our unmount or an outside `umount`. So
         // only the session's thread is watched; the handle is kept and never dropped (its
@@ -318,7 +352,7 @@ fn spawn_signal_thread(
 
 /// How an unmount ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unmounted {
+pub(crate) enum Unmounted {
     /// Gone: the FUSE session ends now.
     Done,
     /// Detached lazily (the FUSE session ends only when the last open file is closed), or
@@ -329,7 +363,20 @@ enum Unmounted {
 /// Unmounts; lazily if a reader still holds a file open (the kernel finishes the job when the
 /// last file is closed, and our exit makes any later read fail with ENOTCONN). Without
 /// privilege, `umount2` gets EPERM for a mount made through fusermount: fusermount unmounts it.
-fn unmount(path: &Path) -> Unmounted {
+/// A server that started a supervisor (and dropped its privileges) asks the supervisor.
+pub(crate) fn unmount(path: &Path) -> Unmounted {
+    if let Some(sup) = crate::privsep::supervisor() {
+        return if sup.unmount() {
+            Unmounted::Done
+        } else {
+            Unmounted::Pending
+        };
+    }
+    unmount_here(path)
+}
+
+/// Unmounts from this process (the supervisor's way, or a server without one).
+pub(crate) fn unmount_here(path: &Path) -> Unmounted {
     use nix::mount::{MntFlags, umount2};
     match umount2(path, MntFlags::empty()) {
         Ok(()) => Unmounted::Done,

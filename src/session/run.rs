@@ -9,19 +9,21 @@ use signal_hook::iterator::Signals;
 
 use crate::budget::{Budget, BudgetConfig, Legacy, TokenBytes, default_state_dir, system_clock};
 use crate::fs::mount_options::FuseOptions;
+use crate::privsep::client::{FetcherClient, FetcherConfig};
 use crate::refill::PrefetchConfig;
 use crate::refill::first_answer::FirstAnswerCell;
 use crate::refill::health::journal::Place;
 use crate::session::background::{self, Ready};
 use crate::session::cli::Options;
 use crate::session::logging::{self, LogTarget};
-use crate::session::mount::{MountConfig, Session, StartupCheck};
+use crate::session::mount::{AfterMount, MountConfig, Session, StartupCheck};
 use crate::session::start_io;
-use crate::status::StaticInfo;
+use crate::status::{Processes, StaticInfo};
 use crate::upstream::http::{
     HttpClient, HttpConfig, canonical_endpoint, mask_credentials, parse_endpoint, read_ca_file,
 };
 use crate::upstream::token;
+use zeroize::Zeroizing;
 
 /// Checks a mount point before anything else, so a stale mount gets a useful message.
 pub fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
@@ -95,7 +97,7 @@ fn kernel_filesystem(abs: &Path) -> Option<String> {
         .map(|(_, name)| format!("on the kernel's {name} filesystem"))
 }
 
-fn is_fuse_mount(path: &Path) -> bool {
+pub(crate) fn is_fuse_mount(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return false;
     };
@@ -235,12 +237,29 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         warnings.push(w);
     });
 
+    // Who the processes become after the mount (started as root), checked on the terminal.
+    let run_as = crate::privsep::user::resolve(opts.user.as_deref())?;
+    if let Some((_, Some(note))) = &run_as {
+        eprintln!("qrypt-fs: warning: {note}");
+        warnings.push(note.clone());
+    }
+    let run_as = run_as.map(|(ids, _)| ids);
+    let state_dir = match &opts.state_dir {
+        Some(d) => Some(std::path::absolute(d).with_context(|| d.display().to_string())?),
+        None => default_state_dir().ok(),
+    };
+
     let mut ready = if opts.foreground {
         Ready::foreground()
     } else {
         background::daemonize().context("cannot go to the background")?
     };
     let result = (|| {
+        // Forked while this process has one thread and before logging exists: the
+        // supervisor and the spawner (which forks the fetchers) inherit no thread, no lock
+        // and no log writer.
+        let helpers = crate::privsep::start(&mountpoint, run_as.as_ref())
+            .context("cannot start the supervisor and the fetcher's spawner")?;
         // Registered before any other thread exists, so no thread dies of a default action.
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
@@ -250,7 +269,6 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             (None, false) => LogTarget::Syslog,
         };
         logging::init(target, opts.verbose)?;
-        background::serving();
         // Said on the terminal already; also in the log, unless the log is that terminal.
         if !(opts.foreground && opts.log_file.is_none()) {
             for w in &warnings {
@@ -265,18 +283,33 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 );
             }
         }
-        let client = HttpClient::new(
+        // Built here only to check the configuration (a bad CA file is reported now, on the
+        // terminal) and to name the URL: it never sends. Each fetcher builds its own.
+        let checked = HttpClient::new(
             &HttpConfig {
                 endpoint: endpoint.clone(),
-                extra_ca_pem,
+                extra_ca_pem: extra_ca_pem.clone(),
                 connect_timeout: opts.connect_timeout,
                 request_timeout: opts.request_timeout,
                 max_idle_connections: opts.max_in_flight,
             },
             &token,
         )?;
-        drop(token);
-        let api_url = mask_credentials(client.url().as_str());
+        let api_url = mask_credentials(checked.url().as_str());
+        drop(checked);
+        let processes = Arc::new(Processes::default());
+        let client = FetcherClient::new(
+            FetcherConfig {
+                endpoint: endpoint.as_str().to_owned(),
+                connect_timeout: opts.connect_timeout,
+                request_timeout: opts.request_timeout,
+                max_idle_connections: u16::try_from(opts.max_in_flight).unwrap_or(u16::MAX),
+                ca_pem: extra_ca_pem.map(Zeroizing::new),
+            },
+            token,
+            helpers.spawner.clone(),
+            processes.clone(),
+        );
         let first_answer = Arc::new(FirstAnswerCell::default());
         let startup = opts
             .startup_timeout
@@ -319,6 +352,12 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             },
             prefetch: prefetch_config(&opts, watched, budget, first_answer.clone(), replay_history),
             startup,
+            processes,
+            after_mount: Some(after_mount(
+                run_as.clone(),
+                state_dir.clone(),
+                opts.buffer_size,
+            )),
         };
         Session::mount(cfg, Arc::new(client), &mut ready, signals)
     })();
@@ -332,6 +371,56 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             ready.failed(&message(&e));
             Err(e)
         }
+    }
+}
+
+/// What runs once the mount exists (see [`AfterMount`]). Started as root: the bounding set
+/// and `no_new_privs` before any thread; then, the state directory handed over and the
+/// locking limit raised, the uid and gid become `run_as`'s. Without root: `no_new_privs`
+/// only. Then the sandbox, and the allocator's background thread.
+fn after_mount(
+    run_as: Option<crate::privsep::user::Ids>,
+    state_dir: Option<PathBuf>,
+    buffer_size: usize,
+) -> AfterMount {
+    use crate::privsep::user;
+    let root = run_as.is_some();
+    AfterMount {
+        before_threads: Box::new(move || {
+            if root {
+                user::before_threads().context("cannot drop the capability bounding set")
+            } else {
+                user::no_new_privs().context("cannot set no_new_privs")
+            }
+        }),
+        drop: Box::new(move || {
+            if let Some(ids) = &run_as {
+                // The buffer is locked already (see `Session::mount`); room for what is
+                // locked later (the scratch space as it grows, page rounding).
+                let want = buffer_size as u64 * 2 + (16 << 20);
+                match user::allow_locking(want) {
+                    Ok(got) if got < want => tracing::debug!(
+                        "RLIMIT_MEMLOCK stays at {got} bytes after the privilege drop"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
+                }
+                if let Some(dir) = &state_dir {
+                    user::hand_over_state_dir(dir, ids)?;
+                }
+                user::drop_to(ids).context("cannot drop privileges")?;
+                tracing::info!(
+                    "privileges dropped: running as {} (uid {}, gid {})",
+                    ids.name,
+                    ids.uid,
+                    ids.gid
+                );
+            }
+            let report = crate::privsep::sandbox_server()?;
+            tracing::info!("sandbox: {report}");
+            background::serving();
+            Ok(report)
+        }),
     }
 }
 

@@ -201,6 +201,24 @@ pub static FIELDS: &[Field] = &[
         "Where the token came from: a path or the environment, never the token.",
     ),
     f(
+        "sandbox",
+        Info,
+        "",
+        "How the processes are confined: full, partial (and what the kernel lacks), or none.",
+    ),
+    f(
+        "fetcher_restarts",
+        Counter,
+        "",
+        "Times the fetcher (the process that talks to the upstream) ended and another was started.",
+    ),
+    f(
+        "fetcher_last_exit",
+        Presence,
+        "",
+        "How the last fetcher ended (its pid, exit status or signal), or none.",
+    ),
+    f(
         "token_error",
         Presence,
         "",

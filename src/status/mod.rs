@@ -51,9 +51,42 @@ struct Mutable {
     token_error: Option<String>,
 }
 
+/// What the server knows of the mount's other processes: how the last fetcher ended and how
+/// often one did, and how the processes are confined. Shared with the fetch channel.
+#[derive(Debug)]
+pub struct Processes {
+    fetcher_restarts: AtomicU64,
+    fetcher_last_exit: Mutex<Option<String>>,
+    sandbox: Mutex<String>,
+}
+
+impl Default for Processes {
+    fn default() -> Processes {
+        Processes {
+            fetcher_restarts: AtomicU64::new(0),
+            fetcher_last_exit: Mutex::new(None),
+            sandbox: Mutex::new("none".into()),
+        }
+    }
+}
+
+impl Processes {
+    /// A fetcher ended (`why`: pid and exit status or signal); another is started.
+    pub fn fetcher_ended(&self, why: String) {
+        *self.fetcher_last_exit.lock() = Some(bounded(why));
+        self.fetcher_restarts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How the processes are confined (`full`, `partial (...)`, `none ...`).
+    pub fn set_sandbox(&self, report: String) {
+        *self.sandbox.lock() = report;
+    }
+}
+
 #[derive(Debug)]
 pub struct Status {
     info: StaticInfo,
+    processes: Arc<Processes>,
     started: SystemTime,
     pub fetched_bytes: AtomicU64,
     pub requests_ok: AtomicU64,
@@ -101,6 +134,9 @@ pub struct Snapshot {
     pub token_source: String,
     /// Why the token file's last read was refused (the token in use stays), if it was.
     pub token_error: Option<String>,
+    pub sandbox: String,
+    pub fetcher_restarts: u64,
+    pub fetcher_last_exit: Option<String>,
     pub rate_limit: String,
     /// Requests per window the client allows itself now; `None` without `--rate-limit`.
     pub rate_allowance: Option<u32>,
@@ -122,6 +158,7 @@ impl Status {
     pub fn new(info: StaticInfo) -> Status {
         Status {
             info,
+            processes: Arc::default(),
             started: SystemTime::now(),
             fetched_bytes: AtomicU64::new(0),
             requests_ok: AtomicU64::new(0),
@@ -146,6 +183,12 @@ impl Status {
                 token_error: None,
             }),
         }
+    }
+
+    /// Reports on `processes` (the fetch channel's and the sandbox's) instead of its own.
+    pub fn with_processes(mut self, processes: Arc<Processes>) -> Status {
+        self.processes = processes;
+        self
     }
 
     /// The upstream state as last told (`stopping` once the daemon said so).
@@ -307,6 +350,9 @@ impl Status {
             endpoint: self.info.endpoint.clone(),
             token_source: self.info.token_source.clone(),
             token_error: m.token_error.clone(),
+            sandbox: self.processes.sandbox.lock().clone(),
+            fetcher_restarts: self.processes.fetcher_restarts.load(Ordering::SeqCst),
+            fetcher_last_exit: self.processes.fetcher_last_exit.lock().clone(),
             rate_limit: self.info.rate_limit.clone(),
             rate_allowance: Some(self.rate_allowance.load(Ordering::SeqCst)).filter(|&r| r > 0),
             rate_limited_until: pacing_until.and_then(unix_at),
@@ -351,6 +397,9 @@ mod tests {
         st.record_failure("http_503", "HTTP 503".into(), 0);
         st.record_success(1024);
         st.record_token_error("not a regular file".into());
+        st.processes
+            .fetcher_ended("pid 7 killed by signal 9 (SIGKILL)".into());
+        st.processes.set_sandbox("full".into());
         st.set_rate_allowance(30);
         let now = Instant::now();
         st.pacing_hold(now, now + Duration::from_secs(2));
@@ -485,7 +534,7 @@ mod tests {
         assert!(prom.contains("qrypt_fs_failures_total{class=\"http_503\"} 1\n"));
         assert!(prom.contains(
             "qrypt_fs_info{endpoint=\"http://127.0.0.1:1\",\
-             token_source=\"environment (QRYPT_TOKEN)\",rate_limit=\"30/10s\",budget=\"off\",\
+             token_source=\"environment (QRYPT_TOKEN)\",sandbox=\"none\",rate_limit=\"30/10s\",budget=\"off\",\
              budget_state_file=\"none\"} 1\n"
         ));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

@@ -53,6 +53,10 @@ pub enum FetchError {
     /// Bytes that passed validation but failed a health test.
     #[error("health test: {0}")]
     Health(String),
+    /// The process that carried the request ended before it answered: nothing was learnt
+    /// about the upstream, so the upstream's state does not change.
+    #[error("fetcher lost: {0}")]
+    FetcherLost(String),
 }
 
 impl FetchError {
@@ -65,6 +69,7 @@ impl FetchError {
             FetchError::Validation(_) => "validation".into(),
             FetchError::Health(_) => "health".into(),
             FetchError::SizeOutOfRange(_) => "size_out_of_range".into(),
+            FetchError::FetcherLost(_) => "fetcher_lost".into(),
         }
     }
 }

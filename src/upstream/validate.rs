@@ -19,6 +19,9 @@ pub enum ValidationError {
     WrongAmount { asked: u32, got: u64 },
     #[error("block {index} is not 1024 bytes of strict base64")]
     BadBlock { index: usize },
+    /// A breach the fetcher process found and reported (its own words, made printable).
+    #[error("{0}")]
+    Reported(String),
 }
 
 #[derive(Deserialize)]

@@ -38,8 +38,8 @@ THE TOKEN
   line: argv is visible to every user through ps. It is never logged or shown in status.
 
 MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
-  Every option above except --foreground has one, spelt with underscores: endpoint=URL
-  token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S max_in_flight=N
+  Every option above except --foreground and --user has one, spelt with underscores:
+  endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S max_in_flight=N
   read_timeout=SECS max_waiters_per_user=N connect_timeout=SECS request_timeout=SECS
   startup_timeout=SECS quota_retry=SECS max_backoff=SECS budget=SIZE/PERIOD (repeatable)
   state_dir=PATH reset_budget mix_local allow_other allow_root log_file=PATH verbose
@@ -168,6 +168,11 @@ pub struct Cli {
     /// Let root, besides the mounting user, read the mount (FUSE's allow_root).
     #[arg(long)]
     pub allow_root: bool,
+
+    /// Started as root: the user every process but the supervisor runs as once the mount
+    /// exists. Default: qrypt-fs (the package's system user), else nobody (logged).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 
     /// Log to this file instead of syslog when in the background.
     #[arg(long, value_name = "PATH")]

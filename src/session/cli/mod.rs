@@ -46,6 +46,8 @@ pub struct Options {
     pub allow_root: bool,
     pub default_permissions: bool,
     pub log_file: Option<PathBuf>,
+    /// Who to run as after the mount, when started as root (`--user`).
+    pub user: Option<String>,
     pub verbose: u8,
 }
 
@@ -140,6 +142,7 @@ impl Options {
             allow_root: cli.allow_root,
             default_permissions: true,
             log_file: cli.log_file,
+            user: cli.user,
             verbose: cli.verbose,
         })
     }

@@ -9,7 +9,9 @@ use super::args::Cli;
 
 /// Flags that make no sense in fstab: `-o foreground` would hang `mount -a`, `-o help` would
 /// print help instead of mounting.
-pub const NOT_MOUNT_OPTIONS: [&str; 3] = ["foreground", "help", "version"];
+/// `user` among them: fstab's `user` flag (any user may mount) is a different thing, so the
+/// daemon's user is chosen with `--user` only.
+pub const NOT_MOUNT_OPTIONS: [&str; 4] = ["foreground", "help", "version", "user"];
 
 /// Options mount(8), systemd and fstab conventions pass to every filesystem. The mount is
 /// always read-only, nodev, nosuid, noexec and noatime, with default_permissions; the rest

@@ -1,0 +1,165 @@
+//! The fetcher process: the only one that talks to the network. It gets everything it needs
+//! (endpoint, timeouts, token, CA certificates) in the channel's hello, opens no file, and
+//! answers each fetch request with the HTTP client's outcome.
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use zeroize::Zeroizing;
+
+use super::protocol::{self, Failure, FailureKind, HEADER_LEN, Hello, Kind, ProtocolError};
+use crate::upstream::http::{HttpClient, HttpConfig, parse_endpoint};
+use crate::upstream::token::Token;
+use crate::upstream::{EntropyClient, FetchError};
+
+/// Runs a fetcher on `channel` until the server closes it; returns the process's exit code.
+/// Called in a freshly forked, single-threaded child that holds no other descriptor.
+pub fn main(channel: OwnedFd) -> i32 {
+    // SANDBOX: the fetcher's sandbox is applied here, before the first byte from the channel
+    // or the network is read (see `super::sandbox_fetcher`).
+    if let Err(e) = super::sandbox_fetcher() {
+        return report_fatal(channel, &format!("sandbox: {e}"));
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return report_fatal(channel, &format!("runtime: {e}")),
+    };
+    match runtime.block_on(serve(channel)) {
+        Ok(()) => 0,
+        Err(_) => 3,
+    }
+}
+
+/// Tells the server why this fetcher cannot work, synchronously (no runtime needed).
+fn report_fatal(channel: OwnedFd, message: &str) -> i32 {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::from(channel);
+    let _ = s.write_all(&protocol::fatal(message));
+    2
+}
+
+/// Reads one frame: its checked header, then its payload into a wiped buffer.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<(Kind, Zeroizing<Vec<u8>>)>> {
+    let mut head = [0u8; HEADER_LEN];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let h = protocol::parse_header(&head).map_err(invalid)?;
+    let mut payload = Zeroizing::new(vec![0u8; h.len]);
+    r.read_exact(&mut payload).await?;
+    Ok(Some((h.kind, payload)))
+}
+
+pub fn invalid(e: ProtocolError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+async fn serve(channel: OwnedFd) -> std::io::Result<()> {
+    let std = std::os::unix::net::UnixStream::from(channel);
+    std.set_nonblocking(true)?;
+    let (mut rd, mut wr) = tokio::net::UnixStream::from_std(std)?.into_split();
+    let Some((Kind::Hello, payload)) = read_frame(&mut rd).await? else {
+        return Err(invalid(ProtocolError::Unexpected(Kind::Hello)));
+    };
+    let client = match client(&Hello::decode(&payload).map_err(invalid)?) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            wr.write_all(&protocol::fatal(&e)).await?;
+            return Err(std::io::Error::other(e));
+        }
+    };
+    drop(payload);
+    wr.write_all(&protocol::frame(Kind::Ready, &[])).await?;
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    while let Some((kind, payload)) = read_frame(&mut rd).await? {
+        match kind {
+            Kind::Fetch => {
+                let (id, kib) = protocol::decode_fetch(&payload).map_err(invalid)?;
+                let (client, wr) = (client.clone(), wr.clone());
+                tokio::spawn(async move {
+                    let result = client.fetch(kib).await;
+                    // A write that fails means the server is gone: the read loop ends too.
+                    let _ = answer(&wr, id, result).await;
+                });
+            }
+            Kind::Token => {
+                let text = String::from_utf8(payload.to_vec())
+                    .map_err(|_| invalid(ProtocolError::Malformed(Kind::Token)))?;
+                let token =
+                    Token::new(text).map_err(|_| invalid(ProtocolError::Malformed(Kind::Token)))?;
+                client.replace_token(token);
+            }
+            other => return Err(invalid(ProtocolError::Unexpected(other))),
+        }
+    }
+    Ok(())
+}
+
+/// The HTTP client the hello describes.
+fn client(hello: &Hello) -> Result<HttpClient, String> {
+    let endpoint = parse_endpoint(&hello.endpoint).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(hello.token.to_vec()).map_err(|_| "token is not UTF-8")?;
+    let token = Token::new(text).map_err(|e| e.to_string())?;
+    HttpClient::new(
+        &HttpConfig {
+            endpoint,
+            extra_ca_pem: hello.ca_pem.as_ref().map(|c| c.to_vec()),
+            connect_timeout: hello.connect_timeout,
+            request_timeout: hello.request_timeout,
+            max_idle_connections: usize::from(hello.max_idle_connections),
+        },
+        &token,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Sends one request's outcome: its blocks (straight from the wiped buffer), or its failure.
+async fn answer(
+    wr: &tokio::sync::Mutex<OwnedWriteHalf>,
+    id: u64,
+    result: Result<crate::upstream::Entropy, FetchError>,
+) -> std::io::Result<()> {
+    match result {
+        Ok(entropy) => {
+            let bytes = entropy.bytes();
+            let mut head = [0u8; HEADER_LEN + 8];
+            head[..HEADER_LEN].copy_from_slice(&protocol::header(Kind::Blocks, 8 + bytes.len()));
+            head[HEADER_LEN..].copy_from_slice(&id.to_le_bytes());
+            let mut w = wr.lock().await;
+            w.write_all(&head).await?;
+            w.write_all(bytes).await
+        }
+        Err(e) => {
+            let (kind, code, retry_after) = match &e {
+                FetchError::Status { code, retry_after } => {
+                    (FailureKind::Status, *code, *retry_after)
+                }
+                FetchError::Certificate(_) => (FailureKind::Certificate, 0, None),
+                FetchError::Validation(_) => (FailureKind::Validation, 0, None),
+                FetchError::SizeOutOfRange(_) => (FailureKind::SizeOutOfRange, 0, None),
+                _ => (FailureKind::Transport, 0, None),
+            };
+            let message = match &e {
+                FetchError::Transport(m) | FetchError::Certificate(m) => m.clone(),
+                other => other.to_string(),
+            };
+            let frame = Failure {
+                id,
+                kind,
+                code,
+                retry_after,
+                message,
+            }
+            .encode();
+            wr.lock().await.write_all(&frame).await
+        }
+    }
+}

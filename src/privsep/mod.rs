@@ -1,0 +1,136 @@
+//! Privilege separation: the processes a mount runs as, and how they are started and tied.
+//!
+//! - the **server** (the process started) serves FUSE and owns the pool, the budget, the health
+//!   tests, the upstream's state machine and the pacer. After the mount exists it becomes an
+//!   unprivileged user ([`user`]) and opens no network socket;
+//! - the **fetcher** ([`fetcher`]) is the only process that talks to the network (TLS, HTTP,
+//!   JSON, base64). It gets the token and CA certificates over its channel ([`protocol`]) and
+//!   needs no file; the server's [`client::FetcherClient`] treats all it sends as untrusted and
+//!   starts a new one when it dies;
+//! - the **spawner** ([`spawner`]) forks fetchers on request (the server forks nothing once it
+//!   has threads); unprivileged from its start;
+//! - the **supervisor** ([`supervisor`]) keeps `CAP_SYS_ADMIN` only, to unmount when the server
+//!   ends, however it ends.
+//!
+//! The spawner and the supervisor are forked by [`start`] before the server starts any thread,
+//! and each forked process keeps only its own socket.
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+pub mod client;
+pub mod fetcher;
+pub mod protocol;
+pub mod spawner;
+pub mod supervisor;
+pub mod user;
+
+use spawner::Spawner;
+use supervisor::Supervisor;
+use user::Ids;
+
+/// The helper processes of one mount, seen from the server.
+pub struct Helpers {
+    pub spawner: Arc<Spawner>,
+}
+
+/// The mount's supervisor, once started: `session::mount` unmounts through it.
+static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
+
+/// The supervisor, if this process started one.
+pub fn supervisor() -> Option<&'static Supervisor> {
+    SUPERVISOR.get()
+}
+
+/// Forks the supervisor (for `mountpoint`) and the spawner (which drops to `ids` at once).
+/// Must be called before the process starts any thread, and before logging is set up (the
+/// children log nothing: the fetcher has no descriptor to log to).
+pub fn start(mountpoint: &Path, ids: Option<&Ids>) -> std::io::Result<Helpers> {
+    let sup = Supervisor::fork(mountpoint)?;
+    let _ = SUPERVISOR.set(sup);
+    let spawner = Spawner::fork(ids)?;
+    Ok(Helpers {
+        spawner: Arc::new(spawner),
+    })
+}
+
+/// In a forked child: moves `fd` to descriptor 3 and closes every other one above 2, so the
+/// child holds nothing of its parent's (budget files, the log, the FUSE device, other
+/// channels). Returns the moved descriptor.
+fn keep_only(fd: OwnedFd) -> OwnedFd {
+    let raw = fd.as_raw_fd();
+    let fd = if raw == 3 {
+        fd
+    } else {
+        // SAFETY: dup2 onto descriptor 3 replaces whatever was there; nothing in this freshly
+        // forked child uses descriptor 3 except through the OwnedFd created here.
+        let r = unsafe { libc::dup2(raw, 3) };
+        drop(fd);
+        if r != 3 {
+            // SAFETY: ends the child at once; it has nothing to clean up.
+            unsafe { libc::_exit(1) }
+        }
+        // SAFETY: descriptor 3 was just made a copy of our socket and nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(3) }
+    };
+    // SAFETY: closes every descriptor above 3; in this child no Rust object owns any of them
+    // (they are the parent's, copied by fork), so no OwnedFd or File is invalidated.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 4u32, libc::c_uint::MAX, 0u32);
+    }
+    fd
+}
+
+/// In a forked spawner or fetcher: its name in `ps`, the user it becomes (if `ids`), stdio
+/// pointed at /dev/null (a fetcher must not write into the server's terminal or log), and
+/// death with its parent.
+fn become_child(
+    name: &std::ffi::CStr,
+    parent: nix::unistd::Pid,
+    ids: Option<&Ids>,
+) -> std::io::Result<()> {
+    let _ = nix::sys::prctl::set_name(name);
+    // A terminal's Ctrl-C or hang-up is for the server to act on; these die with it.
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
+    }
+    null_stdio()?;
+    match ids {
+        Some(ids) => user::drop_now(ids)?,
+        None => user::no_new_privs()?,
+    }
+    // Set after the uid change, which clears it; then the parent's death is checked once,
+    // in case it came first.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid() != parent {
+        return Err(std::io::Error::other("parent gone"));
+    }
+    Ok(())
+}
+
+fn null_stdio() -> std::io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&null)?;
+    Ok(())
+}
+
+/// SANDBOX CALL SITE (fetcher): the fetcher's sandbox, applied before it reads its channel.
+/// Without the sandbox module: nothing beyond the unprivileged user and `no_new_privs`.
+pub(crate) fn sandbox_fetcher() -> std::io::Result<()> {
+    Ok(())
+}
+
+/// SANDBOX CALL SITE (server): the server's sandbox, applied right after the privilege drop,
+/// before any thread starts. Returns what `/status` shows as `sandbox`.
+pub fn sandbox_server() -> anyhow::Result<String> {
+    Ok("none (no sandbox module in this build)".into())
+}

@@ -1,0 +1,198 @@
+//! Who the processes run as once privileges are dropped, and the dropping itself: uid and gid,
+//! supplementary groups, every capability set, `no_new_privs`.
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::unistd::{Gid, Uid, User};
+
+/// The system user the package creates, used when `--user` is not given.
+pub const DEFAULT_USER: &str = "qrypt-fs";
+/// The fallback when that user does not exist.
+pub const FALLBACK_USER: &str = "nobody";
+
+/// An unprivileged user to become.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+/// Who to become: `None` when not started as root (nothing to drop, and no uid to change to).
+/// Without `--user`, the package's user, else `nobody` (the second value says so, for the log).
+pub fn resolve(user: Option<&str>) -> anyhow::Result<Option<(Ids, Option<String>)>> {
+    if !nix::unistd::geteuid().is_root() {
+        if let Some(u) = user {
+            anyhow::bail!(
+                "--user {u} needs root: started as a user, qrypt-fs already runs as that user"
+            );
+        }
+        return Ok(None);
+    }
+    let lookup = |name: &str| -> anyhow::Result<Option<Ids>> {
+        Ok(User::from_name(name)
+            .map_err(|e| anyhow::anyhow!("cannot look up user {name}: {e}"))?
+            .map(|u| Ids {
+                name: name.to_owned(),
+                uid: u.uid,
+                gid: u.gid,
+            }))
+    };
+    let (ids, note) = match user {
+        Some(name) => (
+            lookup(name)?.ok_or_else(|| anyhow::anyhow!("--user {name}: no such user"))?,
+            None,
+        ),
+        None => match lookup(DEFAULT_USER)? {
+            Some(ids) => (ids, None),
+            None => (
+                lookup(FALLBACK_USER)?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "neither user {DEFAULT_USER} nor {FALLBACK_USER} exists to drop \
+                         privileges to: create one, or choose one with --user NAME"
+                    )
+                })?,
+                Some(format!(
+                    "no user {DEFAULT_USER}: running as {FALLBACK_USER} after the mount (create \
+                     the system user {DEFAULT_USER}, or choose one with --user NAME)"
+                )),
+            ),
+        },
+    };
+    if ids.uid.is_root() {
+        anyhow::bail!("--user {}: refusing to run as uid 0", ids.name);
+    }
+    Ok(Some((ids, note)))
+}
+
+/// What must go before a process starts threads, since each thread keeps its own: the
+/// capability bounding set (emptied while `CAP_SETPCAP` is still there) and `no_new_privs`.
+pub fn before_threads() -> std::io::Result<()> {
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap).map_err(std::io::Error::other)?;
+    }
+    no_new_privs()
+}
+
+/// Becomes `ids` for good: groups, gid and uid (real, effective and saved; glibc changes them
+/// in every thread, and the kernel clears each thread's permitted, effective and ambient
+/// capabilities as its uids leave 0), then clears this thread's sets outright. Call
+/// [`before_threads`] first.
+pub fn drop_to(ids: &Ids) -> std::io::Result<()> {
+    nix::unistd::setgroups(&[ids.gid])?;
+    nix::unistd::setresgid(ids.gid, ids.gid, ids.gid)?;
+    nix::unistd::setresuid(ids.uid, ids.uid, ids.uid)?;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(std::io::Error::other)?;
+    }
+    // Back to uid 0 must be impossible: checked, not assumed.
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::getuid() != ids.uid {
+        return Err(std::io::Error::other("the uid did not change for good"));
+    }
+    // A uid change makes the process dumpable again; it must not be (secrets, ptrace).
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
+}
+
+/// Both steps at once, for a process with one thread (the spawner).
+pub fn drop_now(ids: &Ids) -> std::io::Result<()> {
+    before_threads()?;
+    drop_to(ids)
+}
+
+/// No exec may ever grant privileges again (setuid binaries, file capabilities).
+pub fn no_new_privs() -> std::io::Result<()> {
+    nix::sys::prctl::set_no_new_privs()?;
+    // A uid change makes the process dumpable again; it must not be (secrets, ptrace).
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
+}
+
+/// The supervisor's privileges: `CAP_SYS_ADMIN` (to unmount) and nothing else, in every set.
+/// Without root there is nothing to keep.
+pub fn keep_only_sys_admin() -> std::io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return no_new_privs();
+    }
+    for cap in caps::all() {
+        if cap != Capability::CAP_SYS_ADMIN {
+            caps::drop(None, CapSet::Bounding, cap).map_err(std::io::Error::other)?;
+        }
+    }
+    let only: CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
+    caps::clear(None, CapSet::Ambient).map_err(std::io::Error::other)?;
+    caps::clear(None, CapSet::Inheritable).map_err(std::io::Error::other)?;
+    caps::set(None, CapSet::Effective, &only).map_err(std::io::Error::other)?;
+    caps::set(None, CapSet::Permitted, &only).map_err(std::io::Error::other)?;
+    no_new_privs()
+}
+
+/// Makes the state directory usable by `ids` after the drop: the directory and the regular
+/// files directly in it (the budget's records and keys, the replay history) change owner.
+/// Only a directory of root's that nobody else may enter (mode `0700`, as qrypt-fs and the
+/// unit create it) is changed; any other directory must already belong to `ids`.
+pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        // Created later by the user it runs as.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("state directory {}: {e}", dir.display()),
+    };
+    if meta.uid() == ids.uid.as_raw() {
+        return Ok(());
+    }
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "state directory {} belongs to uid {} (mode {:o}): after the mount qrypt-fs runs as \
+             {} (uid {}), which must own it. chown it to {}, or give a directory of root's \
+             with mode 0700, which qrypt-fs hands over itself",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777,
+            ids.name,
+            ids.uid,
+            ids.name
+        );
+    }
+    let chown = |p: &Path| {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            Some(ids.uid),
+            Some(ids.gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot hand {} to {}: {e}", p.display(), ids.name))
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let m = entry.metadata()?;
+        if m.file_type().is_file() && m.uid() == 0 {
+            chown(&entry.path())?;
+        }
+    }
+    chown(dir)
+}
+
+/// Lets the unprivileged server go on locking memory (it loses `CAP_IPC_LOCK`): the soft
+/// `RLIMIT_MEMLOCK` raised towards `bytes`, as far as the hard limit allows (a process
+/// without `CAP_SYS_RESOURCE` cannot raise that). Returns the soft limit in force.
+pub fn allow_locking(bytes: u64) -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)?;
+    if soft >= bytes {
+        return Ok(soft);
+    }
+    if setrlimit(Resource::RLIMIT_MEMLOCK, bytes, hard.max(bytes)).is_ok() {
+        return Ok(bytes);
+    }
+    let soft = bytes.min(hard);
+    setrlimit(Resource::RLIMIT_MEMLOCK, soft, hard)?;
+    Ok(soft)
+}
