@@ -15,6 +15,9 @@ mod pool;
 mod privsep;
 mod read_guard;
 mod refill;
+/// Each process's sandbox: capabilities, Landlock, seccomp (public: the processes' entry
+/// points and the sandbox tests apply it).
+pub mod sandbox;
 mod session;
 mod state_machine;
 mod status;
