@@ -166,6 +166,7 @@ fn run(mountpoint: PathBuf) -> anyhow::Result<()> {
         allow_other: false,
         allow_root: false,
         default_permissions: true,
+        clone_fd: true,
     });
     let session = fuser::Session::new(fs, &mountpoint, &cfg)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?

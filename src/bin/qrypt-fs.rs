@@ -11,13 +11,16 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read at its first allocation: freed pages go back to the kernel 1 s
+/// jemalloc's options, read at its first allocation: no background thread until
+/// [`start_purging`] (the process must have one thread when it forks its helpers and closes
+/// its sandbox; the build's default starts one at once); freed pages go back to the kernel 1 s
 /// after they were last used (`dirty_decay_ms`), at once after that (`muzzy_decay_ms:0`), by
 /// one background thread ([`start_purging`]), so an idle daemon holds no freed memory and no
 /// allocating thread pays for the purge. The symbol is jemalloc's `const char *malloc_conf`
 /// under the crate's `_rjem_` prefix; a reference to the byte string is that pointer.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 62] = b"max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static MALLOC_CONF: &[u8; 86] =
+    b"background_thread:false,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// Starts jemalloc's background thread, once the process is the one that serves (after the
 /// fork of daemon mode: a thread started before it would not exist in the child). If it cannot

@@ -18,6 +18,9 @@ pub struct FuseOptions {
     pub allow_root: bool,
     /// Let the kernel check permissions against the 0444/0555 modes.
     pub default_permissions: bool,
+    /// Each FUSE thread opens a `/dev/fuse` of its own (a queue per thread). Only where the
+    /// user the server runs as by then may open the device.
+    pub clone_fd: bool,
 }
 
 /// Who may use the mount. fuser 0.18 has no AllowOther mount option: it is the session ACL.
@@ -51,7 +54,7 @@ pub fn fuse_config(opts: &FuseOptions) -> fuser::Config {
     }
     cfg.acl = acl(opts.allow_other, opts.allow_root);
     cfg.n_threads = Some(FUSE_THREADS);
-    cfg.clone_fd = true;
+    cfg.clone_fd = opts.clone_fd;
     cfg
 }
 
@@ -67,6 +70,7 @@ mod tests {
             allow_other: false,
             allow_root: true,
             default_permissions: true,
+            clone_fd: true,
         };
         let cfg = fuse_config(&opts);
         for o in [

@@ -262,9 +262,12 @@ async fn start_one(s: &Arc<Shared>) -> Result<(i32, OwnedReadHalf), String> {
         what
     };
     match reply {
-        Ok(Ok(Some((Kind::Ready, _)))) => {
+        Ok(Ok(Some((Kind::Ready, payload)))) => {
+            let sandbox = protocol::decode_text(Kind::Ready, &payload)
+                .map_err(|e| ended(format!("pid {pid}: {e}")))?;
             *s.writer.lock().await = Some(wr);
-            info!("fetcher started (pid {pid})");
+            info!("fetcher started (pid {pid}), sandbox: {sandbox}");
+            s.processes.set_fetcher_sandbox(sandbox);
             Ok((pid, rd))
         }
         Ok(Ok(Some((Kind::Fatal, payload)))) => Err(ended(format!(
@@ -291,6 +294,8 @@ async fn read_answers(s: &Shared, mut rd: OwnedReadHalf) -> Option<String> {
         match read_answer(s, &mut rd).await {
             Ok(true) => {}
             Ok(false) => return None,
+            // Cut off mid-frame: the fetcher died while it wrote, no breach.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
             Err(e) => return Some(e.to_string()),
         }
     }

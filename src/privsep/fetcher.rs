@@ -15,30 +15,57 @@ use crate::upstream::{EntropyClient, FetchError};
 
 /// Runs a fetcher on `channel` until the server closes it; returns the process's exit code.
 /// Called in a freshly forked, single-threaded child that holds no other descriptor.
+///
+/// The hello is read first (it comes from the server, and the sandbox needs the endpoint's
+/// port); then the sandbox closes, before the first byte from the network is read.
 pub fn main(channel: OwnedFd) -> i32 {
-    // SANDBOX: the fetcher's sandbox is applied here, before the first byte from the channel
-    // or the network is read (see `super::sandbox_fetcher`).
-    if let Err(e) = super::sandbox_fetcher() {
-        return report_fatal(channel, &format!("sandbox: {e}"));
-    }
+    let mut stream = std::os::unix::net::UnixStream::from(channel);
+    let hello = match read_hello(&mut stream) {
+        Ok(h) => h,
+        Err(e) => return report_fatal(stream, &format!("hello: {e}")),
+    };
+    let port = match parse_endpoint(&hello.endpoint)
+        .ok()
+        .and_then(|u| u.port_or_known_default())
+    {
+        Some(p) => p,
+        None => return report_fatal(stream, "hello: an endpoint without a port"),
+    };
+    let report = match super::sandbox_fetcher(port) {
+        Ok(r) => r,
+        Err(e) => return report_fatal(stream, &format!("sandbox: {e}")),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => return report_fatal(channel, &format!("runtime: {e}")),
+        Err(e) => return report_fatal(stream, &format!("runtime: {e}")),
     };
-    match runtime.block_on(serve(channel)) {
+    match runtime.block_on(serve(stream, hello, report)) {
         Ok(()) => 0,
         Err(_) => 3,
     }
 }
 
+/// Reads the hello, blocking (no runtime yet).
+fn read_hello(stream: &mut std::os::unix::net::UnixStream) -> std::io::Result<Hello> {
+    use std::io::Read;
+    let mut head = [0u8; HEADER_LEN];
+    stream.read_exact(&mut head)?;
+    let h = protocol::parse_header(&head).map_err(invalid)?;
+    if h.kind != Kind::Hello {
+        return Err(invalid(ProtocolError::Unexpected(h.kind)));
+    }
+    let mut payload = Zeroizing::new(vec![0u8; h.len]);
+    stream.read_exact(&mut payload)?;
+    Hello::decode(&payload).map_err(invalid)
+}
+
 /// Tells the server why this fetcher cannot work, synchronously (no runtime needed).
-fn report_fatal(channel: OwnedFd, message: &str) -> i32 {
+fn report_fatal(mut stream: std::os::unix::net::UnixStream, message: &str) -> i32 {
     use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::from(channel);
-    let _ = s.write_all(&protocol::fatal(message));
+    let _ = stream.write_all(&protocol::fatal(message));
     2
 }
 
@@ -62,22 +89,22 @@ pub fn invalid(e: ProtocolError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
-async fn serve(channel: OwnedFd) -> std::io::Result<()> {
-    let std = std::os::unix::net::UnixStream::from(channel);
-    std.set_nonblocking(true)?;
-    let (mut rd, mut wr) = tokio::net::UnixStream::from_std(std)?.into_split();
-    let Some((Kind::Hello, payload)) = read_frame(&mut rd).await? else {
-        return Err(invalid(ProtocolError::Unexpected(Kind::Hello)));
-    };
-    let client = match client(&Hello::decode(&payload).map_err(invalid)?) {
+async fn serve(
+    stream: std::os::unix::net::UnixStream,
+    hello: Hello,
+    sandbox: String,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let (mut rd, mut wr) = tokio::net::UnixStream::from_std(stream)?.into_split();
+    let client = match client(&hello) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             wr.write_all(&protocol::fatal(&e)).await?;
             return Err(std::io::Error::other(e));
         }
     };
-    drop(payload);
-    wr.write_all(&protocol::frame(Kind::Ready, &[])).await?;
+    drop(hello);
+    wr.write_all(&protocol::text(Kind::Ready, &sandbox)).await?;
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
     while let Some((kind, payload)) = read_frame(&mut rd).await? {
         match kind {

@@ -123,14 +123,23 @@ fn null_stdio() -> std::io::Result<()> {
     Ok(())
 }
 
-/// SANDBOX CALL SITE (fetcher): the fetcher's sandbox, applied before it reads its channel.
-/// Without the sandbox module: nothing beyond the unprivileged user and `no_new_privs`.
-pub(crate) fn sandbox_fetcher() -> std::io::Result<()> {
-    Ok(())
+/// The fetcher's sandbox (see [`crate::sandbox`]): TCP only to the endpoint's `port`, files
+/// only what name resolution reads, no `execve`, signals only within. Applied before the
+/// fetcher reads anything from the network; returns its report.
+pub(crate) fn sandbox_fetcher(port: u16) -> anyhow::Result<String> {
+    let report = crate::sandbox::apply_fetcher(&crate::sandbox::FetcherPolicy::new(port))?;
+    Ok(report.to_string())
 }
 
-/// SANDBOX CALL SITE (server): the server's sandbox, applied right after the privilege drop,
-/// before any thread starts. Returns what `/status` shows as `sandbox`.
-pub fn sandbox_server() -> anyhow::Result<String> {
-    Ok("none (no sandbox module in this build)".into())
+/// The server's sandbox, applied right after the privilege drop, before any thread starts:
+/// no network socket, writes only in `state_dir` and the log file, reads only `read_only`
+/// (the token file, the CA file), `/proc` and `/dev/fuse`. Returns its report for `/status`.
+pub fn sandbox_server(
+    state_dir: Option<std::path::PathBuf>,
+    log_file: Option<std::path::PathBuf>,
+    read_only: Vec<std::path::PathBuf>,
+) -> anyhow::Result<String> {
+    let policy = crate::sandbox::ServerPolicy::new(state_dir, log_file, read_only);
+    let report = crate::sandbox::apply_server(&policy)?;
+    Ok(report.to_string())
 }

@@ -9,7 +9,8 @@
 //! [`Kind::Fetch`] (request id, KiB), [`Kind::Token`] (a new token). Fetcher to server:
 //! [`Kind::Ready`] (the client is built), [`Kind::Blocks`] (request id, then exactly
 //! `KiB * 1024` bytes), [`Kind::Failed`] (request id and the failure), [`Kind::Fatal`] (the
-//! fetcher cannot work at all, and ends).
+//! fetcher cannot work at all, and ends). [`Kind::Ready`] and [`Kind::Fatal`] carry one text
+//! (the fetcher's sandbox report; why it ends).
 use std::time::Duration;
 
 use zeroize::Zeroizing;
@@ -69,7 +70,7 @@ impl Kind {
             }
             Kind::Fetch => 12,
             Kind::Token => crate::upstream::token::MAX_TOKEN_LEN,
-            Kind::Ready => 0,
+            Kind::Ready => 2 + MAX_TEXT,
             Kind::Blocks => 8 + MAX_KIB_PER_REQUEST as usize * BLOCK_LEN,
             Kind::Failed => 8 + 1 + 2 + 8 + 2 + MAX_TEXT,
             Kind::Fatal => 2 + MAX_TEXT,
@@ -82,7 +83,7 @@ impl Kind {
             Kind::Hello => 4 + 4 + 2 + 2 + 2 + 4,
             Kind::Fetch => 12,
             Kind::Token => 1,
-            Kind::Ready => 0,
+            Kind::Ready => 2,
             Kind::Blocks => 8 + BLOCK_LEN,
             Kind::Failed => 8 + 1 + 2 + 8 + 2,
             Kind::Fatal => 2,
@@ -287,19 +288,30 @@ impl Failure {
     }
 }
 
-/// A fatal report: the fetcher cannot work (e.g. its client could not be built).
-pub fn fatal(message: &str) -> Zeroizing<Vec<u8>> {
+/// A frame of one text: [`Kind::Ready`] (the sandbox's report) or [`Kind::Fatal`] (why the
+/// fetcher cannot work, e.g. its client could not be built).
+pub fn text(kind: Kind, message: &str) -> Zeroizing<Vec<u8>> {
     let mut p = Vec::new();
     put_short(&mut p, truncate(message).as_bytes());
-    frame(Kind::Fatal, &p)
+    frame(kind, &p)
 }
 
-pub fn decode_fatal(payload: &[u8]) -> Result<String, ProtocolError> {
+/// A fatal report.
+pub fn fatal(message: &str) -> Zeroizing<Vec<u8>> {
+    text(Kind::Fatal, message)
+}
+
+/// The text of a [`Kind::Ready`] or [`Kind::Fatal`] frame, made printable.
+pub fn decode_text(kind: Kind, payload: &[u8]) -> Result<String, ProtocolError> {
     let mut r = Reader(payload);
     match r.short() {
         Some(t) if r.0.is_empty() && t.len() <= MAX_TEXT => Ok(printable(t)),
-        _ => Err(ProtocolError::Malformed(Kind::Fatal)),
+        _ => Err(ProtocolError::Malformed(kind)),
     }
+}
+
+pub fn decode_fatal(payload: &[u8]) -> Result<String, ProtocolError> {
+    decode_text(Kind::Fatal, payload)
 }
 
 /// A peer's text as logs and `/status` may show it: invalid UTF-8 replaced, control characters

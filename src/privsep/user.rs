@@ -100,6 +100,21 @@ pub fn drop_to(ids: &Ids) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `ids` may open `path` for reading and writing, by its mode bits.
+pub fn may_read_write(path: &Path, ids: &Ids) -> bool {
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    let mode = m.mode();
+    if m.uid() == ids.uid.as_raw() {
+        mode & 0o600 == 0o600
+    } else if m.gid() == ids.gid.as_raw() {
+        mode & 0o060 == 0o060
+    } else {
+        mode & 0o006 == 0o006
+    }
+}
+
 /// Both steps at once, for a process with one thread (the spawner).
 pub fn drop_now(ids: &Ids) -> std::io::Result<()> {
     before_threads()?;

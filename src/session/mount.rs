@@ -41,17 +41,13 @@ pub struct MountConfig {
     pub startup: Option<StartupCheck>,
     /// Where the fetch channel and the sandbox report, for `/status`.
     pub processes: Arc<Processes>,
-    /// Drops privileges once the mount exists (see [`AfterMount`]).
+    /// Runs once the mount exists, before any thread starts: drops privileges and applies
+    /// the sandbox; returns the sandbox's report for `/status`.
     pub after_mount: Option<AfterMount>,
 }
 
-/// What runs once the mount exists: `before_threads` before any thread starts (what each
-/// thread inherits), `drop` once the FUSE threads run (the uid change and the sandbox; it
-/// returns the sandbox's report for `/status`).
-pub struct AfterMount {
-    pub before_threads: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
-    pub drop: Box<dyn FnOnce() -> anyhow::Result<String> + Send>,
-}
+/// What [`MountConfig::after_mount`] runs.
+pub type AfterMount = Box<dyn FnOnce() -> anyhow::Result<String> + Send>;
 
 /// What the start waits for (see [`crate::session::check_upstream`]), and what its messages name.
 pub struct StartupCheck {
@@ -137,32 +133,23 @@ impl Session {
         let refusals = fs.refusals();
         let fuse = fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
             .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
-        // The mount exists: privileges go now. What is a thread's own (the bounding set,
-        // no_new_privs) goes before the first thread starts, so every thread inherits it; the
-        // FUSE threads open their clones of /dev/fuse (root's, mode 0600) before the uid
-        // changes, which glibc applies to every thread (and the kernel then clears each one's
-        // capabilities).
-        let mut fuse = match cfg.after_mount {
-            Some(after) => {
-                // Locked whole while the privilege to lock memory is still there; locked
-                // pages stay locked after it is gone.
-                pool.prepare(cfg.buffer_size);
-                let spawned = (after.before_threads)()
-                    .and_then(|()| fuse.spawn().context("cannot start the FUSE session"));
-                let dropped = spawned.and_then(|f| (after.drop)().map(|report| (f, report)));
-                match dropped {
-                    Ok((f, report)) => {
-                        cfg.processes.set_sandbox(report);
-                        f
-                    }
-                    Err(e) => {
-                        let _ = unmount(&cfg.mountpoint);
-                        return Err(e);
-                    }
+        // The mount exists: privileges go now, and the sandbox closes, while the process has
+        // one thread (ids, capabilities and Landlock are each thread's own): every thread
+        // started after (FUSE, runtime, watchdog) inherits them.
+        if let Some(after) = cfg.after_mount {
+            // Locked whole while the privilege to lock memory is still there; locked pages
+            // stay locked after it is gone.
+            pool.prepare(cfg.buffer_size);
+            match after() {
+                Ok(report) => cfg.processes.set_sandbox(report),
+                Err(e) => {
+                    std::mem::forget(fuse);
+                    let _ = unmount(&cfg.mountpoint);
+                    return Err(e);
                 }
             }
-            None => fuse.spawn().context("cannot start the FUSE session")?,
-        };
+        }
+        let mut fuse = fuse.spawn().context("cannot start the FUSE session")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("qrypt-net")

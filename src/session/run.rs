@@ -337,6 +337,13 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
                 allow_other: opts.allow_other,
                 allow_root: opts.allow_root,
                 default_permissions: opts.default_permissions,
+                // Each FUSE thread opens /dev/fuse once the uid changed: only if it may.
+                clone_fd: run_as.as_ref().is_none_or(|ids| {
+                    crate::privsep::user::may_read_write(
+                        Path::new(crate::session::check_local::DEV_FUSE),
+                        ids,
+                    )
+                }),
             },
             buffer_size: opts.buffer_size,
             read_timeout: opts.read_timeout,
@@ -356,6 +363,15 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             after_mount: Some(after_mount(
                 run_as.clone(),
                 state_dir.clone(),
+                opts.log_file
+                    .as_deref()
+                    .map(std::path::absolute)
+                    .transpose()?,
+                token_file
+                    .iter()
+                    .chain(opts.ca_cert.iter())
+                    .cloned()
+                    .collect(),
                 opts.buffer_size,
             )),
         };
@@ -374,54 +390,47 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     }
 }
 
-/// What runs once the mount exists (see [`AfterMount`]). Started as root: the bounding set
-/// and `no_new_privs` before any thread; then, the state directory handed over and the
-/// locking limit raised, the uid and gid become `run_as`'s. Without root: `no_new_privs`
-/// only. Then the sandbox, and the allocator's background thread.
+/// What runs once the mount exists, while the process has one thread (see [`AfterMount`]).
+/// Started as root: the state directory is handed over, the locking limit raised, and the
+/// uid, gid and every capability set become `run_as`'s. Then the sandbox (which a user mount
+/// gets too), and the allocator's background thread.
 fn after_mount(
     run_as: Option<crate::privsep::user::Ids>,
     state_dir: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    read_only: Vec<PathBuf>,
     buffer_size: usize,
 ) -> AfterMount {
     use crate::privsep::user;
-    let root = run_as.is_some();
-    AfterMount {
-        before_threads: Box::new(move || {
-            if root {
-                user::before_threads().context("cannot drop the capability bounding set")
-            } else {
-                user::no_new_privs().context("cannot set no_new_privs")
-            }
-        }),
-        drop: Box::new(move || {
-            if let Some(ids) = &run_as {
-                // The buffer is locked already (see `Session::mount`); room for what is
-                // locked later (the scratch space as it grows, page rounding).
-                let want = buffer_size as u64 * 2 + (16 << 20);
-                match user::allow_locking(want) {
-                    Ok(got) if got < want => tracing::debug!(
-                        "RLIMIT_MEMLOCK stays at {got} bytes after the privilege drop"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
+    Box::new(move || {
+        if let Some(ids) = &run_as {
+            // The buffer is locked already (see `Session::mount`); room for what is locked
+            // later (the scratch space as it grows, page rounding).
+            let want = buffer_size as u64 * 2 + (16 << 20);
+            match user::allow_locking(want) {
+                Ok(got) if got < want => {
+                    tracing::debug!("RLIMIT_MEMLOCK stays at {got} bytes after the privilege drop")
                 }
-                if let Some(dir) = &state_dir {
-                    user::hand_over_state_dir(dir, ids)?;
-                }
-                user::drop_to(ids).context("cannot drop privileges")?;
-                tracing::info!(
-                    "privileges dropped: running as {} (uid {}, gid {})",
-                    ids.name,
-                    ids.uid,
-                    ids.gid
-                );
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
             }
-            let report = crate::privsep::sandbox_server()?;
-            tracing::info!("sandbox: {report}");
-            background::serving();
-            Ok(report)
-        }),
-    }
+            if let Some(dir) = &state_dir {
+                user::hand_over_state_dir(dir, ids)?;
+            }
+            user::drop_now(ids).context("cannot drop privileges")?;
+            tracing::info!(
+                "privileges dropped: running as {} (uid {}, gid {})",
+                ids.name,
+                ids.uid,
+                ids.gid
+            );
+        }
+        let report = crate::privsep::sandbox_server(state_dir, log_file, read_only)
+            .context("cannot apply the sandbox")?;
+        tracing::info!("sandbox: {report}");
+        background::serving();
+        Ok(report)
+    })
 }
 
 /// The error and its causes on one line, `outer: inner: ...`, each said once: a library error

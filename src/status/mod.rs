@@ -58,6 +58,7 @@ pub struct Processes {
     fetcher_restarts: AtomicU64,
     fetcher_last_exit: Mutex<Option<String>>,
     sandbox: Mutex<String>,
+    fetcher_sandbox: Mutex<Option<String>>,
 }
 
 impl Default for Processes {
@@ -66,6 +67,7 @@ impl Default for Processes {
             fetcher_restarts: AtomicU64::new(0),
             fetcher_last_exit: Mutex::new(None),
             sandbox: Mutex::new("none".into()),
+            fetcher_sandbox: Mutex::new(None),
         }
     }
 }
@@ -77,9 +79,24 @@ impl Processes {
         self.fetcher_restarts.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// How the processes are confined (`full`, `partial (...)`, `none ...`).
+    /// How the server is confined (`full`, `partial (...)`, `none ...`).
     pub fn set_sandbox(&self, report: String) {
         *self.sandbox.lock() = report;
+    }
+
+    /// How the last fetcher said it is confined.
+    pub fn set_fetcher_sandbox(&self, report: String) {
+        *self.fetcher_sandbox.lock() = Some(report);
+    }
+
+    /// Both reports in one: the server's alone when the fetcher's says the same (or none came
+    /// yet), else each named.
+    fn sandbox(&self) -> String {
+        let server = self.sandbox.lock().clone();
+        match self.fetcher_sandbox.lock().as_ref() {
+            Some(f) if *f != server => format!("server {server}, fetcher {f}"),
+            _ => server,
+        }
     }
 }
 
@@ -350,7 +367,7 @@ impl Status {
             endpoint: self.info.endpoint.clone(),
             token_source: self.info.token_source.clone(),
             token_error: m.token_error.clone(),
-            sandbox: self.processes.sandbox.lock().clone(),
+            sandbox: self.processes.sandbox(),
             fetcher_restarts: self.processes.fetcher_restarts.load(Ordering::SeqCst),
             fetcher_last_exit: self.processes.fetcher_last_exit.lock().clone(),
             rate_limit: self.info.rate_limit.clone(),
