@@ -149,9 +149,10 @@ pub fn keep_only_sys_admin() -> std::io::Result<()> {
 }
 
 /// Makes the state directory usable by `ids` after the drop: the directory and the regular
-/// files directly in it (the budget's records and keys, the replay history) change owner.
-/// Only a directory of root's that nobody else may enter (mode `0700`, as qrypt-fs and the
-/// unit create it) is changed; any other directory must already belong to `ids`.
+/// files in it (the budget's records and keys, the replay history) change owner. Only a
+/// directory that looks like a state directory is changed: root's, writable by root alone,
+/// holding nothing but regular files (so never `/etc` or `/var/lib` given by mistake). Any
+/// other directory must already belong to `ids`.
 pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(m) => m,
@@ -162,18 +163,35 @@ pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
     if meta.uid() == ids.uid.as_raw() {
         return Ok(());
     }
-    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "state directory {} belongs to uid {} (mode {:o}): after the mount qrypt-fs runs as \
-             {} (uid {}), which must own it. chown it to {}, or give a directory of root's \
-             with mode 0700, which qrypt-fs hands over itself",
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "state directory {} {why}: after the mount qrypt-fs runs as {} (uid {}), which              must own it. chown it to {}, or give a directory of root's that only root may              write and that holds only qrypt-fs's files (qrypt-fs hands it over itself)",
             dir.display(),
-            meta.uid(),
-            meta.mode() & 0o7777,
             ids.name,
             ids.uid,
             ids.name
-        );
+        )
+    };
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(refuse(&format!(
+            "belongs to uid {} (mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let m = entry.metadata()?;
+        if !m.file_type().is_file() {
+            return Err(refuse(&format!(
+                "holds {}, which is not a regular file",
+                entry.path().display()
+            )));
+        }
+        if m.uid() == 0 {
+            files.push(entry.path());
+        }
     }
     let chown = |p: &Path| {
         nix::unistd::fchownat(
@@ -185,12 +203,8 @@ pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("cannot hand {} to {}: {e}", p.display(), ids.name))
     };
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let m = entry.metadata()?;
-        if m.file_type().is_file() && m.uid() == 0 {
-            chown(&entry.path())?;
-        }
+    for f in &files {
+        chown(f)?;
     }
     chown(dir)
 }
