@@ -28,7 +28,8 @@ pub use ledger::{Exhausted, Spend};
 pub use report::BudgetReport;
 pub use spec::{Cap, Period, merge_caps};
 pub use store::{
-    AccountKey, Base, Legacy, StateFile, StoreError, default_state_dir, prepare_state_dir,
+    AccountKey, Base, Legacy, StateFile, StoreError, default_state_dir, owned_by_us,
+    prepare_state_dir, set_state_owner, state_owner,
 };
 
 /// Unix seconds now. Injected so tests can cross a renewal without waiting for it.

@@ -298,11 +298,37 @@ fn open_own_file(path: &Path) -> Result<Option<(File, fs::Metadata)>, String> {
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(format!("owned by uid {}, not by uid {me}", meta.uid()));
+    if !owned_by_us(meta.uid()) {
+        return Err(format!(
+            "owned by uid {}, not by uid {}",
+            meta.uid(),
+            state_owner()
+        ));
     }
     Ok(Some((file, meta)))
+}
+
+/// The uid the state files belong to, set once at start by a process that runs as another
+/// user after its mount (it hands them over then); else this process's.
+static STATE_OWNER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Sets the uid the state files belong to (see [`state_owner`]); once, before any is opened.
+pub fn set_state_owner(uid: u32) {
+    let _ = STATE_OWNER.set(uid);
+}
+
+/// The uid the state files belong to.
+pub fn state_owner() -> u32 {
+    STATE_OWNER
+        .get()
+        .copied()
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
+}
+
+/// Whether a state file owned by `uid` is ours: the state owner's, this process's, or root's
+/// (who put it there before handing the files over, or could anyway).
+pub fn owned_by_us(uid: u32) -> bool {
+    uid == state_owner() || uid == nix::unistd::geteuid().as_raw() || uid == 0
 }
 
 impl StateFile {

@@ -45,9 +45,26 @@ pub fn supervisor() -> Option<&'static Supervisor> {
 /// Forks the supervisor (for `mountpoint`) and the spawner (which drops to `ids` at once).
 /// Must be called before the process starts any thread, and before logging is set up (the
 /// children log nothing: the fetcher has no descriptor to log to).
-pub fn start(mountpoint: &Path, ids: Option<&Ids>) -> std::io::Result<Helpers> {
-    let sup = Supervisor::fork(mountpoint)?;
+///
+/// When the processes change user, `token_file` (if any) is from then on read through the
+/// supervisor, which may still open it.
+pub fn start(
+    mountpoint: &Path,
+    token_file: Option<&Path>,
+    ids: Option<&Ids>,
+) -> std::io::Result<Helpers> {
+    let sup = Supervisor::fork(mountpoint, token_file)?;
     let _ = SUPERVISOR.set(sup);
+    if let (Some(path), Some(_)) = (token_file, ids) {
+        let owned = path.to_owned();
+        crate::upstream::token::set_file_reader(
+            path.to_owned(),
+            Box::new(move || match supervisor() {
+                Some(s) => s.read_token(&owned),
+                None => crate::upstream::token::read_file_here(&owned),
+            }),
+        );
+    }
     let spawner = Spawner::fork(ids)?;
     Ok(Helpers {
         spawner: Arc::new(spawner),

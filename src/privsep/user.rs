@@ -69,10 +69,23 @@ pub fn resolve(user: Option<&str>) -> anyhow::Result<Option<(Ids, Option<String>
 /// What must go before a process starts threads, since each thread keeps its own: the
 /// capability bounding set (emptied while `CAP_SETPCAP` is still there) and `no_new_privs`.
 pub fn before_threads() -> std::io::Result<()> {
-    for cap in caps::all() {
+    drop_bounding(|_| true)?;
+    no_new_privs()
+}
+
+/// Drops each capability `which` names from the bounding set. Without `CAP_SETPCAP` (a unit
+/// that left it out) the set stays as the service manager made it: harmless with
+/// `no_new_privs` and nothing permitted.
+fn drop_bounding(which: impl Fn(Capability) -> bool) -> std::io::Result<()> {
+    let may = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .map_err(std::io::Error::other)?;
+    if !may {
+        return Ok(());
+    }
+    for cap in caps::all().into_iter().filter(|c| which(*c)) {
         caps::drop(None, CapSet::Bounding, cap).map_err(std::io::Error::other)?;
     }
-    no_new_privs()
+    Ok(())
 }
 
 /// Becomes `ids` for good: groups, gid and uid (real, effective and saved; glibc changes them
@@ -135,11 +148,7 @@ pub fn keep_only_sys_admin() -> std::io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return no_new_privs();
     }
-    for cap in caps::all() {
-        if cap != Capability::CAP_SYS_ADMIN {
-            caps::drop(None, CapSet::Bounding, cap).map_err(std::io::Error::other)?;
-        }
-    }
+    drop_bounding(|c| c != Capability::CAP_SYS_ADMIN)?;
     let only: CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
     caps::clear(None, CapSet::Ambient).map_err(std::io::Error::other)?;
     caps::clear(None, CapSet::Inheritable).map_err(std::io::Error::other)?;
@@ -148,11 +157,15 @@ pub fn keep_only_sys_admin() -> std::io::Result<()> {
     no_new_privs()
 }
 
-/// Makes the state directory usable by `ids` after the drop: the directory and the regular
-/// files in it (the budget's records and keys, the replay history) change owner. Only a
-/// directory that looks like a state directory is changed: root's, writable by root alone,
-/// holding nothing but regular files (so never `/etc` or `/var/lib` given by mistake). Any
-/// other directory must already belong to `ids`.
+/// Names of the files qrypt-fs keeps in a state directory (the budget's, the replay
+/// history's): the only entries handed over.
+const STATE_PREFIXES: [&str; 2] = ["budget", "replay"];
+
+/// Makes the state directory usable by `ids` after the drop. Its files of qrypt-fs's (by name,
+/// regular files owned by root) change owner. The directory itself changes owner only when it
+/// looks like a state directory: root's, writable by root alone, holding nothing but such
+/// files (so never `/etc` or `/var/lib` given by mistake); a sticky, world-writable directory
+/// (a tmpfs) is usable as it is. Any other must already belong to `ids`.
 pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(m) => m,
@@ -160,38 +173,8 @@ pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => anyhow::bail!("state directory {}: {e}", dir.display()),
     };
-    if meta.uid() == ids.uid.as_raw() {
-        return Ok(());
-    }
-    let refuse = |why: &str| {
-        anyhow::anyhow!(
-            "state directory {} {why}: after the mount qrypt-fs runs as {} (uid {}), which              must own it. chown it to {}, or give a directory of root's that only root may              write and that holds only qrypt-fs's files (qrypt-fs hands it over itself)",
-            dir.display(),
-            ids.name,
-            ids.uid,
-            ids.name
-        )
-    };
-    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(refuse(&format!(
-            "belongs to uid {} (mode {:o})",
-            meta.uid(),
-            meta.mode() & 0o7777
-        )));
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let m = entry.metadata()?;
-        if !m.file_type().is_file() {
-            return Err(refuse(&format!(
-                "holds {}, which is not a regular file",
-                entry.path().display()
-            )));
-        }
-        if m.uid() == 0 {
-            files.push(entry.path());
-        }
+    if !meta.is_dir() {
+        anyhow::bail!("state directory {} is not a directory", dir.display());
     }
     let chown = |p: &Path| {
         nix::unistd::fchownat(
@@ -203,10 +186,49 @@ pub fn hand_over_state_dir(dir: &Path, ids: &Ids) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("cannot hand {} to {}: {e}", p.display(), ids.name))
     };
-    for f in &files {
+    let mut ours = Vec::new();
+    let mut only_ours = true;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let m = entry.metadata()?;
+        let name = entry.file_name();
+        let named = STATE_PREFIXES
+            .iter()
+            .any(|p| name.as_encoded_bytes().starts_with(p.as_bytes()));
+        if named && m.file_type().is_file() {
+            if m.uid() == 0 {
+                ours.push(entry.path());
+            }
+        } else {
+            only_ours = false;
+        }
+    }
+    for f in &ours {
         chown(f)?;
     }
-    chown(dir)
+    let mode = meta.mode();
+    let shared_tmp = mode & 0o1002 == 0o1002;
+    if meta.uid() == ids.uid.as_raw() || shared_tmp {
+        return Ok(());
+    }
+    if meta.uid() == 0 && mode & 0o022 == 0 && only_ours {
+        return chown(dir);
+    }
+    anyhow::bail!(
+        "state directory {} belongs to uid {} (mode {:o}){}: after the mount qrypt-fs runs as \
+         {} (uid {}), which must own it. chown it to {}, or give a directory of its own",
+        dir.display(),
+        meta.uid(),
+        mode & 0o7777,
+        if only_ours {
+            ""
+        } else {
+            " and holds other files"
+        },
+        ids.name,
+        ids.uid,
+        ids.name
+    )
 }
 
 /// Lets the unprivileged server go on locking memory (it loses `CAP_IPC_LOCK`): the soft

@@ -206,6 +206,17 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Who the processes become after the mount (started as root), checked on the terminal;
+    // the state files are theirs (handed over at each start).
+    let run_as = crate::privsep::user::resolve(opts.user.as_deref())?;
+    if let Some((ids, note)) = &run_as {
+        crate::budget::set_state_owner(ids.uid.as_raw());
+        if let Some(note) = note {
+            eprintln!("qrypt-fs: warning: {note}");
+            warnings.push(note.clone());
+        }
+    }
+    let run_as = run_as.map(|(ids, _)| ids);
     let budget = open_budget(&opts, &endpoint, token_file.as_deref(), &token)?;
     // What the token file holds now, so a later look sees whether it changed.
     let watched = match &token_file {
@@ -237,13 +248,6 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         warnings.push(w);
     });
 
-    // Who the processes become after the mount (started as root), checked on the terminal.
-    let run_as = crate::privsep::user::resolve(opts.user.as_deref())?;
-    if let Some((_, Some(note))) = &run_as {
-        eprintln!("qrypt-fs: warning: {note}");
-        warnings.push(note.clone());
-    }
-    let run_as = run_as.map(|(ids, _)| ids);
     let state_dir = match &opts.state_dir {
         Some(d) => Some(std::path::absolute(d).with_context(|| d.display().to_string())?),
         None => default_state_dir().ok(),
@@ -258,7 +262,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         // Forked while this process has one thread and before logging exists: the
         // supervisor and the spawner (which forks the fetchers) inherit no thread, no lock
         // and no log writer.
-        let helpers = crate::privsep::start(&mountpoint, run_as.as_ref())
+        let helpers = crate::privsep::start(&mountpoint, token_file.as_deref(), run_as.as_ref())
             .context("cannot start the supervisor and the fetcher's spawner")?;
         // Registered before any other thread exists, so no thread dies of a default action.
         let signals =

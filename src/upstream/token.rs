@@ -144,6 +144,17 @@ pub fn read_token_file(path: &Path) -> Result<Token, TokenError> {
     parse_token_file(path, &read_file(path)?)
 }
 
+/// Every answer of [`kind`], so a process that read the file for another can say which.
+pub const KINDS: [&str; 7] = [
+    "a directory",
+    "a FIFO",
+    "a socket",
+    "a character device",
+    "a block device",
+    "a symlink",
+    "not a regular file",
+];
+
 /// What a file type is, for a refusal's message.
 fn kind(t: FileType) -> &'static str {
     if t.is_dir() {
@@ -180,7 +191,27 @@ fn follow_once(path: &Path) -> Result<PathBuf, TokenError> {
     })
 }
 
+/// Reads a token file's bytes somewhere else: a process that runs as another user installs
+/// one for the one file it may no longer open itself (see [`set_file_reader`]).
+pub type FileReader = Box<dyn Fn() -> Result<Zeroizing<Vec<u8>>, TokenError> + Send + Sync>;
+
+/// The reader of one path, if one is installed.
+static FILE_READER: std::sync::OnceLock<(PathBuf, FileReader)> = std::sync::OnceLock::new();
+
+/// From now on the file at `path` (and only it) is read through `reader`. Once per process.
+pub fn set_file_reader(path: PathBuf, reader: FileReader) {
+    let _ = FILE_READER.set((path, reader));
+}
+
 fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+    match FILE_READER.get() {
+        Some((p, reader)) if p == path => reader(),
+        _ => read_file_here(path),
+    }
+}
+
+/// Reads a token file's bytes in this process, with the checks [`read_token_file`] lists.
+pub fn read_file_here(path: &Path) -> Result<Zeroizing<Vec<u8>>, TokenError> {
     let read_err = |source| TokenError::Read {
         path: path.to_owned(),
         source,

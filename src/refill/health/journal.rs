@@ -278,9 +278,12 @@ fn open_ours(path: &Path) -> Result<Option<File>, String> {
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(format!("owned by uid {}, not by uid {me}", meta.uid()));
+    if !crate::budget::owned_by_us(meta.uid()) {
+        return Err(format!(
+            "owned by uid {}, not by uid {}",
+            meta.uid(),
+            crate::budget::state_owner()
+        ));
     }
     Ok(Some(file))
 }
