@@ -174,8 +174,10 @@ async fn answer(
                 FetchError::SizeOutOfRange(_) => (FailureKind::SizeOutOfRange, 0, None),
                 _ => (FailureKind::Transport, 0, None),
             };
+            // The inner text: the server wraps it in the same error kind again.
             let message = match &e {
                 FetchError::Transport(m) | FetchError::Certificate(m) => m.clone(),
+                FetchError::Validation(v) => v.to_string(),
                 other => other.to_string(),
             };
             let frame = Failure {

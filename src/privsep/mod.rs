@@ -71,6 +71,48 @@ pub fn start(
     })
 }
 
+/// Sends `bytes` on a SEQPACKET socket with `fd` attached (`SCM_RIGHTS`).
+fn send_with_fd(sock: &OwnedFd, bytes: &[u8], fd: &OwnedFd) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(bytes)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message into `buf`, and the descriptor sent with it, if one was (any further
+/// ones are closed).
+fn recv_with_fd(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns
+                // it.
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    Ok((msg.bytes, fd))
+}
+
 /// In a forked child: moves `fd` to descriptor 3 and closes every other one above 2, so the
 /// child holds nothing of its parent's (budget files, the log, the FUSE device, other
 /// channels). Returns the moved descriptor.

@@ -6,15 +6,11 @@
 //! unprivileged user at once, reads nothing but one-byte requests from the server, and each
 //! fetcher it forks shares nothing with the server but its own end of a new socketpair, sent
 //! back to the server with `SCM_RIGHTS`.
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use parking_lot::Mutex;
@@ -70,30 +66,7 @@ impl Spawner {
         let sock = self.sock.lock();
         nix::sys::socket::send(sock.as_raw_fd(), &[SPAWN], MsgFlags::empty())?;
         let mut buf = [0u8; 5];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let (n, fd) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )?;
-            let mut fd = None;
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    for f in fds {
-                        // SAFETY: the kernel just installed this descriptor for us; nothing
-                        // else owns it.
-                        let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                        if fd.is_none() {
-                            fd = Some(owned);
-                        }
-                    }
-                }
-            }
-            (msg.bytes, fd)
-        };
+        let (n, fd) = super::recv_with_fd(&sock, &mut buf)?;
         match (n, buf[0], fd) {
             (5, SPAWN, Some(fd)) => {
                 let pid = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -167,15 +140,7 @@ fn spawn_fetcher(sock: &OwnedFd) -> nix::Result<()> {
             drop(fetcher_end);
             let mut msg = [SPAWN, 0, 0, 0, 0];
             msg[1..].copy_from_slice(&child.as_raw().to_le_bytes());
-            let fds = [server_end.as_raw_fd()];
-            sendmsg::<()>(
-                sock.as_raw_fd(),
-                &[IoSlice::new(&msg)],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::empty(),
-                None,
-            )?;
-            Ok(())
+            super::send_with_fd(sock, &msg, &server_end)
         }
         ForkResult::Child => {
             drop(server_end);

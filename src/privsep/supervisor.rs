@@ -5,19 +5,16 @@
 //! closes), so a killed server leaves no dead mount behind. It also reads the one token file
 //! named at start for the server, which runs as a user that may not (`--token-file` rotation):
 //! the server cannot name another file.
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigHandler, Signal, signal};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 use nix::unistd::{ForkResult, fork};
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
+use crate::session::mount::{Unmounted, unmount_here};
 use crate::upstream::token::{KINDS, MAX_TOKEN_FILE_BYTES, TokenError, read_file_here};
 
 const UNMOUNT: u8 = b'U';
@@ -86,15 +83,7 @@ impl Supervisor {
         .map_err(|_| gone())?;
         {
             let sock = self.sock.lock();
-            let fds = [theirs.as_raw_fd()];
-            sendmsg::<()>(
-                sock.as_raw_fd(),
-                &[IoSlice::new(&[TOKEN])],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::empty(),
-                None,
-            )
-            .map_err(|_| gone())?;
+            super::send_with_fd(&sock, &[TOKEN], &theirs).map_err(|_| gone())?;
         }
         drop(theirs);
         let mut buf = Zeroizing::new(vec![0u8; MAX_TOKEN_FILE_BYTES + 2]);
@@ -122,17 +111,35 @@ impl Supervisor {
         }
     }
 
-    /// Unmounts (lazily if busy); true when the mount is gone at once.
-    pub fn unmount(&self) -> bool {
+    /// Unmounts (lazily if busy): whether the mount is gone at once, and the lines for the
+    /// log of what the supervisor did.
+    pub fn unmount(&self) -> (Unmounted, Vec<String>) {
+        let failed = |why: &str| {
+            (
+                Unmounted::Pending,
+                vec![format!("unmount failed: the supervisor {why}")],
+            )
+        };
         let sock = self.sock.lock();
         if nix::sys::socket::send(sock.as_raw_fd(), &[UNMOUNT], MsgFlags::empty()).is_err() {
-            return false;
+            return failed("is gone");
         }
-        let mut buf = [0u8; 1];
-        matches!(
-            nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()),
-            Ok(1) if buf[0] == DONE
-        )
+        let mut buf = [0u8; 4096];
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) if n >= 1 && matches!(buf[0], DONE | PENDING) => {
+                let how = if buf[0] == DONE {
+                    Unmounted::Done
+                } else {
+                    Unmounted::Pending
+                };
+                let notes = String::from_utf8_lossy(&buf[1..n])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                (how, notes)
+            }
+            _ => failed("did not answer"),
+        }
     }
 }
 
@@ -160,7 +167,7 @@ fn serve(
     let token_file = std::sync::Arc::new(token_file);
     let mut buf = [0u8; 8];
     loop {
-        let (n, fd) = match receive(&sock, &mut buf) {
+        let (n, fd) = match super::recv_with_fd(&sock, &mut buf) {
             Ok(got) => got,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => (0, None),
@@ -175,10 +182,15 @@ fn serve(
                 });
             }
             (1, None) if buf[0] == UNMOUNT => {
-                let done = crate::session::mount::unmount_here(&mountpoint)
-                    == crate::session::mount::Unmounted::Done;
-                let answer = if done { DONE } else { PENDING };
-                let _ = nix::sys::socket::send(sock.as_raw_fd(), &[answer], MsgFlags::empty());
+                let (how, notes) = unmount_here(&mountpoint);
+                let mut answer = vec![if how == Unmounted::Done {
+                    DONE
+                } else {
+                    PENDING
+                }];
+                answer.extend_from_slice(notes.join("\n").as_bytes());
+                answer.truncate(4096);
+                let _ = nix::sys::socket::send(sock.as_raw_fd(), &answer, MsgFlags::empty());
             }
             // The server is gone (or broke the protocol): undo the mount and end.
             _ => {
@@ -187,32 +199,6 @@ fn serve(
             }
         }
     }
-}
-
-/// One request from the server: its bytes, and the descriptor sent with it (a token read's
-/// reply socket).
-fn receive(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Option<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fd = None;
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for f in fds {
-                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
-                let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                if fd.is_none() {
-                    fd = Some(owned);
-                }
-            }
-        }
-    }
-    Ok((msg.bytes, fd))
 }
 
 /// The answer to a token request: the file named at start, read with the usual checks.
@@ -248,6 +234,6 @@ fn read_token(path: Option<&Path>) -> Zeroizing<Vec<u8>> {
 /// mount answers ENOTCONN to everyone until it is).
 fn unmount_gone(mountpoint: &Path) {
     if crate::session::run::is_fuse_mount(mountpoint) {
-        let _ = crate::session::mount::unmount_here(mountpoint);
+        let _ = unmount_here(mountpoint);
     }
 }

@@ -143,10 +143,12 @@ pub fn no_new_privs() -> std::io::Result<()> {
 }
 
 /// The supervisor's privileges: `CAP_SYS_ADMIN` (to unmount) and nothing else, in every set.
-/// Without root there is nothing to keep.
+/// Without root there is nothing to keep, and no `no_new_privs` either: it unmounts through
+/// the setuid `fusermount3`, which that would disarm.
 pub fn keep_only_sys_admin() -> std::io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        return no_new_privs();
+        nix::sys::prctl::set_dumpable(false)?;
+        return Ok(());
     }
     drop_bounding(|c| c != Capability::CAP_SYS_ADMIN)?;
     let only: CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();

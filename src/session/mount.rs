@@ -352,40 +352,45 @@ pub(crate) enum Unmounted {
 /// privilege, `umount2` gets EPERM for a mount made through fusermount: fusermount unmounts it.
 /// A server that started a supervisor (and dropped its privileges) asks the supervisor.
 pub(crate) fn unmount(path: &Path) -> Unmounted {
-    if let Some(sup) = crate::privsep::supervisor() {
-        return if sup.unmount() {
-            Unmounted::Done
+    let (how, notes) = match crate::privsep::supervisor() {
+        Some(sup) => sup.unmount(),
+        None => unmount_here(path),
+    };
+    for n in notes {
+        if n.contains("failed") {
+            warn!("{n}");
         } else {
-            Unmounted::Pending
-        };
+            info!("{n}");
+        }
     }
-    unmount_here(path)
+    how
 }
 
-/// Unmounts from this process (the supervisor's way, or a server without one).
-pub(crate) fn unmount_here(path: &Path) -> Unmounted {
+/// Unmounts from this process (the supervisor's way, or a server without one); returns what
+/// happened and the lines for the log (the supervisor has no log: the server writes them).
+pub(crate) fn unmount_here(path: &Path) -> (Unmounted, Vec<String>) {
     use nix::mount::{MntFlags, umount2};
     match umount2(path, MntFlags::empty()) {
-        Ok(()) => Unmounted::Done,
+        Ok(()) => (Unmounted::Done, Vec::new()),
         Err(nix::errno::Errno::EBUSY) => {
-            info!("mount busy: detaching lazily");
+            let mut notes = vec!["mount busy: detaching lazily".to_owned()];
             if let Err(e) = umount2(path, MntFlags::MNT_DETACH) {
-                warn!("lazy unmount of {} failed: {e}", path.display());
+                notes.push(format!("lazy unmount of {} failed: {e}", path.display()));
             }
-            Unmounted::Pending
+            (Unmounted::Pending, notes)
         }
         Err(nix::errno::Errno::EPERM) => fusermount_unmount(path),
-        Err(e) => {
-            warn!("unmount of {} failed: {e}", path.display());
-            Unmounted::Pending
-        }
+        Err(e) => (
+            Unmounted::Pending,
+            vec![format!("unmount of {} failed: {e}", path.display())],
+        ),
     }
 }
 
 /// Unmounts through the setuid helper, the way an unprivileged mount is undone: `fusermount3
 /// -u`, then the older `fusermount -u`; lazily (`-z`) if the mount is busy.
-fn fusermount_unmount(path: &Path) -> Unmounted {
-    info!("unmount not permitted: asking fusermount");
+fn fusermount_unmount(path: &Path) -> (Unmounted, Vec<String>) {
+    let mut notes = vec!["unmount not permitted: asking fusermount".to_owned()];
     let mut failures = Vec::new();
     for helper in ["fusermount3", "fusermount"] {
         for (flags, how) in [("-u", Unmounted::Done), ("-uz", Unmounted::Pending)] {
@@ -398,7 +403,7 @@ fn fusermount_unmount(path: &Path) -> Unmounted {
                 .stderr(std::process::Stdio::piped())
                 .output()
             {
-                Ok(out) if out.status.success() => return how,
+                Ok(out) if out.status.success() => return (how, notes),
                 Ok(out) => failures.push(format!(
                     "{helper} {flags}: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
@@ -411,10 +416,10 @@ fn fusermount_unmount(path: &Path) -> Unmounted {
             }
         }
     }
-    warn!(
+    notes.push(format!(
         "unmount of {} failed: not permitted, and fusermount failed too ({})",
         path.display(),
         failures.join("; ")
-    );
-    Unmounted::Pending
+    ));
+    (Unmounted::Pending, notes)
 }

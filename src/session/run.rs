@@ -209,14 +209,14 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     // Who the processes become after the mount (started as root), checked on the terminal;
     // the state files are theirs (handed over at each start).
     let run_as = crate::privsep::user::resolve(opts.user.as_deref())?;
-    if let Some((ids, note)) = &run_as {
-        crate::budget::set_state_owner(ids.uid.as_raw());
-        if let Some(note) = note {
-            eprintln!("qrypt-fs: warning: {note}");
-            warnings.push(note.clone());
+    // The fallback's note goes to the log when the drop happens (see `after_mount`).
+    let (run_as, run_as_note) = match run_as {
+        Some((ids, note)) => {
+            crate::budget::set_state_owner(ids.uid.as_raw());
+            (Some(ids), note)
         }
-    }
-    let run_as = run_as.map(|(ids, _)| ids);
+        None => (None, None),
+    };
     let budget = open_budget(&opts, &endpoint, token_file.as_deref(), &token)?;
     // What the token file holds now, so a later look sees whether it changed.
     let watched = match &token_file {
@@ -366,6 +366,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             processes,
             after_mount: Some(after_mount(
                 run_as.clone(),
+                run_as_note.clone(),
                 state_dir.clone(),
                 opts.log_file
                     .as_deref()
@@ -400,6 +401,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
 /// gets too), and the allocator's background thread.
 fn after_mount(
     run_as: Option<crate::privsep::user::Ids>,
+    note: Option<String>,
     state_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     read_only: Vec<PathBuf>,
@@ -418,8 +420,15 @@ fn after_mount(
                 Ok(_) => {}
                 Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
             }
+            if let Some(note) = &note {
+                tracing::warn!("{note}");
+            }
             if let Some(dir) = &state_dir {
-                user::hand_over_state_dir(dir, ids)?;
+                // Not fatal: the budget then finds its state unwritable (and says so), the
+                // replay history stays in memory.
+                if let Err(e) = user::hand_over_state_dir(dir, ids) {
+                    tracing::warn!("{e:#}");
+                }
             }
             user::drop_now(ids).context("cannot drop privileges")?;
             tracing::info!(

@@ -368,6 +368,11 @@ fn daemon_pids(mountpoint: &std::path::Path) -> Vec<i32> {
                 })
                 .unwrap_or(false)
         })
+        // The server, not its helpers (supervisor, spawner, fetcher; see privsep.rs).
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "qrypt-fs")
+        })
         .collect()
 }
 

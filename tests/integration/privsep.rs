@@ -39,13 +39,22 @@ fn helpers(m: &Mount) -> (i32, i32) {
     (find("qrypt-superv"), find("qrypt-spawner"))
 }
 
-/// The running fetcher, waiting up to `within` for one that is not `old`.
+/// Whether `pid` is alive (not a zombie waiting to be reaped).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The running fetcher, waiting up to `within` for one newer than `old` (pids grow; a killed
+/// one may linger as a zombie until the spawner reaps it).
 fn fetcher(spawner: i32, old: Option<i32>, within: Duration) -> Option<i32> {
     let deadline = Instant::now() + within;
     loop {
         let f = children_of(spawner)
             .into_iter()
-            .find(|&p| comm(p) == "qrypt-fetcher" && Some(p) != old);
+            .find(|&p| comm(p) == "qrypt-fetcher" && alive(p) && old.is_none_or(|o| p > o));
         if f.is_some() || Instant::now() > deadline {
             return f;
         }
@@ -68,6 +77,8 @@ const CAP_SYS_ADMIN: &str = "0000000000200000";
 fn every_process_but_the_supervisor_runs_unprivileged_and_confined() {
     let emu = emulator();
     let m = MountBuilder::new(&emu).mount();
+    // Filled: the fetcher has applied its sandbox (it does before its first answer).
+    m.wait_full();
     let (supervisor, spawner) = helpers(&m);
     let fetcher = fetcher(spawner, None, Duration::from_secs(10)).expect("a fetcher");
     let root = nix::unistd::geteuid().is_root();
