@@ -8,12 +8,34 @@ use nix::unistd::{ForkResult, fork, setsid};
 /// The daemon's side of the readiness report.
 pub struct Ready {
     pipe: Option<File>,
+    /// systemd's notification socket, connected while the process may still reach it (it
+    /// runs as another user by the time it is ready).
+    notify: Option<std::os::unix::net::UnixDatagram>,
+}
+
+/// A datagram socket connected to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract
+/// namespace), if it is set and reachable.
+fn notify_socket() -> Option<std::os::unix::net::UnixDatagram> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let path = std::env::var_os("NOTIFY_SOCKET")?;
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name).ok()?,
+        None => SocketAddr::from_pathname(&path).ok()?,
+    };
+    let sock = UnixDatagram::unbound().ok()?;
+    sock.connect_addr(&addr).ok()?;
+    Some(sock)
 }
 
 impl Ready {
-    /// Nothing to report to: we are in the foreground.
+    /// Nothing to report to but systemd, if it watches: we are in the foreground.
     pub fn foreground() -> Ready {
-        Ready { pipe: None }
+        Ready {
+            pipe: None,
+            notify: notify_socket(),
+        }
     }
 
     /// The mount is live: release the waiting parent, which prints `warnings` (one a line)
@@ -27,7 +49,14 @@ impl Ready {
             }
             let _ = p.write_all(&report);
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        match &self.notify {
+            Some(sock) => {
+                let _ = sock.send(b"READY=1\n");
+            }
+            None => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+        }
     }
 
     /// Mounting failed: the parent prints `message` and exits 1.
@@ -93,6 +122,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
             detach_stdio();
             Ok(Ready {
                 pipe: Some(File::from(write_end)),
+                notify: notify_socket(),
             })
         }
     }

@@ -421,7 +421,7 @@ fn after_mount(
                 Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
             }
             if let Some(note) = &note {
-                tracing::warn!("{note}");
+                tracing::info!("{note}");
             }
             if let Some(dir) = &state_dir {
                 // Not fatal: the budget then finds its state unwritable (and says so), the

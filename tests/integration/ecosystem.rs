@@ -352,8 +352,8 @@ fn status_json_and_metrics_carry_the_same_numbers() {
     )));
     assert!(metrics.contains(&format!(
         "\nqrypt_fs_info{{endpoint=\"{}\",token_source=\"environment (QRYPT_TOKEN)\",\
-         rate_limit=\"off\",budget=\"off\",budget_state_file=\"none\"}} 1\n",
-        text["endpoint"]
+         sandbox=\"{}\",rate_limit=\"off\",budget=\"off\",budget_state_file=\"none\"}} 1\n",
+        text["endpoint"], text["sandbox"]
     )));
     let mut helps = std::collections::HashSet::new();
     let mut types = std::collections::HashSet::new();
