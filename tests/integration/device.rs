@@ -441,27 +441,7 @@ fn stale_mount_point_gets_a_useful_message() {
     let mut m = MountBuilder::new(&emu).mount();
     // Its supervisor first (it would unmount when the server dies), then the server: what a
     // crash of everything leaves.
-    for pid in children_of(m.pid()) {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim() == "qrypt-superv")
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            // Dead (a zombie until the server goes) before the server is killed.
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "supervisor still alive"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
+    kill_supervisor(&m);
     let mut child = m.child.take().expect("child");
     child.kill().expect("SIGKILL");
     let _ = child.wait();

@@ -224,7 +224,8 @@ fn a_second_copy_on_the_same_mount_point_leaves_the_first_alone() {
 fn a_stale_mount_point_is_refused_and_left_as_it_was() {
     let emu = emulator();
     let mut m = MountBuilder::new(&emu).mount();
-    // SIGKILL: no unmount, so the mount point is stale.
+    // SIGKILL of everything (the supervisor first): no unmount, so the mount point is stale.
+    kill_supervisor(&m);
     let mut child = m.child.take().expect("child");
     child.kill().expect("kill");
     child.wait().expect("wait");

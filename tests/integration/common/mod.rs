@@ -703,3 +703,26 @@ impl Drop for Stopped {
         let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
+
+/// SIGKILLs a mount's supervisor (which unmounts when its server dies) and waits until it is
+/// dead: a SIGKILL of the server after it leaves a stale mount, as a crash of everything would.
+pub fn kill_supervisor(m: &Mount) {
+    for pid in children_of(m.pid()) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "qrypt-superv" {
+            continue;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // A zombie until the server goes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        {
+            assert!(Instant::now() < deadline, "supervisor still alive");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
