@@ -281,6 +281,7 @@ fn consumers_see_the_nodes_mount_read_only_and_nothing_more() {
                     ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
                     "restricted"
                 );
+                assert_restricted(spec);
                 pv["spec"]["hostPath"]["path"].clone()
             }
         };
@@ -292,6 +293,49 @@ fn consumers_see_the_nodes_mount_read_only_and_nothing_more() {
             "{file}"
         );
     }
+}
+
+/// What the Restricted Pod Security profile asks of a pod spec with one container: volumes of
+/// the allowed kinds only, no privilege escalation, no capability but NET_BIND_SERVICE, a
+/// non-root user, the runtime's seccomp profile, and nothing of the host's.
+fn assert_restricted(spec: &Value) {
+    const VOLUMES: &[&str] = &[
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for v in spec["volumes"].as_array().expect("volumes") {
+        let kinds: Vec<&String> = v
+            .as_object()
+            .expect("volume")
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
+        assert!(
+            kinds.iter().all(|k| VOLUMES.contains(&k.as_str())),
+            "{kinds:?}"
+        );
+    }
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(spec.get(host).is_none_or(|v| v == false), "{host}");
+    }
+    let c = container(spec);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(sc["capabilities"].get("add").is_none());
+    assert!(sc.get("privileged").is_none_or(|v| v == false));
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_ne!(spec["securityContext"]["runAsUser"], 0);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
 }
 
 /// The DaemonSet's paths, each moved under a temporary directory, and what its start-up
@@ -557,11 +601,26 @@ fn the_daemonset_start_up_serves_recovers_from_a_crash_and_stops_on_sigterm() {
         node.log_text()
     );
 
-    // SIGTERM, as the kubelet sends it: unmounted and gone well within the grace period.
+    // A consumer that started while it was mounted holds a copy of the mount (its volume).
+    let consumer = mount_point();
+    nix::mount::mount(
+        Some(&node.mnt),
+        consumer.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind");
+    assert_eq!(read_exact(&consumer.path().join("random"), 32).len(), 32);
+
+    // SIGTERM, as the kubelet sends it: unmounted and gone well within the grace period,
+    // though the consumer's copy keeps the FUSE session; the copy is dead from then on.
     let pid = nix::unistd::Pid::from_raw(second.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let st = wait_timeout(&mut second.0, node.grace).expect("exited within the grace period");
     assert!(st.success(), "{st}: {}", node.log_text());
     assert!(!is_mounted(&node.mnt));
     assert!(node.alive(), "an empty /mnt/qrypt is fine for consumers");
+    let err = std::fs::read_dir(consumer.path()).expect_err("the copy is dead");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
 }
