@@ -27,6 +27,9 @@ mod heap_residue;
 mod hostile;
 #[cfg(feature = "fuse-tests")]
 mod hostile_upstream;
+// Needs scripts/install-test-deps.sh's manifest validator; its start-up test mounts.
+#[cfg(feature = "fuse-tests")]
+mod kubernetes;
 #[cfg(feature = "fuse-tests")]
 mod memory;
 #[cfg(feature = "fuse-tests")]
