@@ -13,7 +13,8 @@
 //!
 //! Landlock and capabilities hold per thread, so both calls refuse to run once the process has
 //! a second thread: call them before the tokio runtime, the FUSE session's threads or the
-//! allocator's background thread exist (and after any uid change, which they forbid).
+//! allocator's background thread exist (jemalloc: `background_thread:false` in its
+//! `malloc_conf`, turned on after the sandbox), and after any uid change, which they forbid.
 //! What the kernel lacks is skipped and named in the [`SandboxReport`].
 mod landlock_rules;
 mod privileges;

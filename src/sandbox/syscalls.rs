@@ -212,12 +212,16 @@ pub(super) fn fetcher_filter() -> Result<Filters, SandboxError> {
     let mut entries = plain(common());
     entries.extend(plain(fetcher_only()));
     entries.extend(shared_checked(IOCTL_COMMON)?);
-    for family in [
-        libc::AF_INET,
-        libc::AF_INET6,
-        libc::AF_UNIX,
-        libc::AF_NETLINK,
-    ] {
+    // Netlink only for the routing family (the address list), not audit, not uevents.
+    push_rule(
+        &mut entries,
+        libc::SYS_socket,
+        vec![
+            eq32(0, libc::AF_NETLINK as c_ulong)?,
+            eq32(2, libc::NETLINK_ROUTE as c_ulong)?,
+        ],
+    )?;
+    for family in [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX] {
         push_rule(
             &mut entries,
             libc::SYS_socket,

@@ -34,6 +34,8 @@ mod monitoring;
 #[cfg(feature = "fuse-tests")]
 mod mount;
 #[cfg(feature = "fuse-tests")]
+mod sandbox;
+#[cfg(feature = "fuse-tests")]
 mod seed;
 #[cfg(feature = "fuse-tests")]
 mod status_fields;
