@@ -14,8 +14,7 @@ mod fs;
 mod pool;
 mod read_guard;
 mod refill;
-/// Each process's sandbox: capabilities, Landlock, seccomp (public: the processes' entry
-/// points and the sandbox tests apply it).
+// Public: the processes' entry points and the sandbox tests apply it.
 pub mod sandbox;
 mod session;
 mod state_machine;
