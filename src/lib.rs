@@ -14,6 +14,8 @@ mod fs;
 mod pool;
 mod read_guard;
 mod refill;
+// Public: the processes' entry points and the sandbox tests apply it.
+pub mod sandbox;
 mod session;
 mod state_machine;
 mod status;

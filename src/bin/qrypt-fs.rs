@@ -16,8 +16,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// one background thread ([`start_purging`]), so an idle daemon holds no freed memory and no
 /// allocating thread pays for the purge. The symbol is jemalloc's `const char *malloc_conf`
 /// under the crate's `_rjem_` prefix; a reference to the byte string is that pointer.
+/// `background_thread:false`: the crate's feature turns the thread on at the first allocation
+/// otherwise, before the fork and before the sandbox (which needs a single thread).
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 62] = b"max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static MALLOC_CONF: &[u8; 86] =
+    b"background_thread:false,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// Starts jemalloc's background thread, once the process is the one that serves (after the
 /// fork of daemon mode: a thread started before it would not exist in the child). If it cannot

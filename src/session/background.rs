@@ -119,9 +119,12 @@ pub fn harden_process() {
     // Like any daemon (daemon(7)): hold nothing the caller opened besides stdio. A listening
     // socket or a pipe someone waits on for EOF must not live on in us. The raw syscall: nix,
     // glibc < 2.34 and musl have no wrapper. ENOSYS (Linux < 5.9): skip.
+    // Descriptors systemd passed (LISTEN_FDS, from 3 on: the FUSE descriptor of
+    // `qrypt-fs-mount`) are ours, not the caller's: kept.
+    let first = 3u32.saturating_add(crate::session::fd_store::passed_count());
     // SAFETY: runs first thing in main, before anything in this process opened a descriptor
     // above 2 that Rust code owns, so closing them all invalidates no OwnedFd or File.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, libc::c_uint::MAX, 0u32);
+        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32);
     }
 }

@@ -30,6 +30,9 @@ use crate::upstream::EntropyClient;
 /// What a mount needs, whatever the client.
 pub struct MountConfig {
     pub mountpoint: PathBuf,
+    /// A `/dev/fuse` descriptor already mounted on `mountpoint` by `qrypt-fs-mount` (from
+    /// systemd's fd store): served as it is, and its unmount left to the service manager.
+    pub fuse_fd: Option<std::os::fd::OwnedFd>,
     pub fuse: FuseOptions,
     pub buffer_size: usize,
     pub read_timeout: Option<Duration>,
@@ -81,6 +84,8 @@ enum Event {
 /// fails with ENOTCONN once the process exits); `run` is the orderly way out.
 pub struct Session {
     mountpoint: PathBuf,
+    /// Mounted by `qrypt-fs-mount`, not by us (see [`MountConfig::fuse_fd`]).
+    handed: bool,
     /// fuser's handle of the mount, forgotten in [`Session::run`] (see [`Session::mount`]).
     fuse: fuser::BackgroundSession,
     runtime: tokio::runtime::Runtime,
@@ -151,11 +156,19 @@ impl Session {
 
         let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
         let refusals = fs.refusals();
-        let mut fuse =
-            fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
-                .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?
-                .spawn()
-                .context("cannot start the FUSE session")?;
+        let handed = cfg.fuse_fd.is_some();
+        let fuse_session = match cfg.fuse_fd {
+            Some(fd) => {
+                let acl = crate::fs::mount_options::acl(cfg.fuse.allow_other, cfg.fuse.allow_root);
+                fuser::Session::from_fd(FuseAdapter(fs), fd, acl, fuse_config(&cfg.fuse))
+                    .context("cannot serve the FUSE descriptor systemd passed")?
+            }
+            None => fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
+                .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?,
+        };
+        let mut fuse = fuse_session
+            .spawn()
+            .context("cannot start the FUSE session")?;
         // We unmount, never fuser: its handle unmounts again when dropped and warns
         // ("Unmount failed: Invalid argument") after our unmount or an outside `umount`. So
         // only the session's thread is watched; the handle is kept and never dropped (its
@@ -173,7 +186,9 @@ impl Session {
                 status.set_stopping();
                 pool.shutdown();
                 refusals.shutdown();
-                let _ = unmount(&cfg.mountpoint);
+                if !handed {
+                    let _ = unmount(&cfg.mountpoint);
+                }
                 std::mem::forget(fuse);
                 runtime.shutdown_timeout(Duration::from_millis(500));
                 return Err(anyhow!(why));
@@ -199,6 +214,7 @@ impl Session {
         let signals = spawn_signal_thread(signals, control, events)?;
         Ok(Session {
             mountpoint: cfg.mountpoint,
+            handed,
             fuse,
             runtime,
             pool,
@@ -214,6 +230,19 @@ impl Session {
         })
     }
 
+    /// Unmounts, unless the mount is the service manager's to undo (a handed descriptor: this
+    /// process has no privilege to, and its exit ends the FUSE session).
+    fn unmount(&self) -> Unmounted {
+        if self.handed {
+            info!(
+                "{} is left to the service manager to unmount",
+                self.mountpoint.display()
+            );
+            return Unmounted::Pending;
+        }
+        unmount(&self.mountpoint)
+    }
+
     /// Serves until SIGINT/SIGTERM, an outside unmount or the prefetch worker's death, then
     /// answers waiting readers, wipes the buffer and unmounts.
     pub fn run(self) -> anyhow::Result<()> {
@@ -224,7 +253,7 @@ impl Session {
         let (outcome, unmounted) = match event {
             Event::Signal(sig) => {
                 info!("signal {sig}: unmounting {}", self.mountpoint.display());
-                (Ok(()), unmount(&self.mountpoint))
+                (Ok(()), self.unmount())
             }
             Event::Unmounted => {
                 info!("{} was unmounted", self.mountpoint.display());
@@ -235,7 +264,7 @@ impl Session {
                     "{why}: unmounting {} and exiting",
                     self.mountpoint.display()
                 );
-                let unmounted = unmount(&self.mountpoint);
+                let unmounted = self.unmount();
                 (Err(anyhow!(why)), unmounted)
             }
         };

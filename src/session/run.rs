@@ -116,6 +116,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     // The environment first, before any thread exists (it changes the environment); every
     // file after it is reached from a thread of its own, bounded in time (`start_io`).
     let from_env = token::take_environment();
+    let fuse_fd = crate::session::fd_store::take_fuse_fd()?;
     let (token, token_source) = match &opts.token_file {
         Some(p) => {
             let path = p.clone();
@@ -139,7 +140,13 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mountpoint = {
+    // A handed descriptor is mounted there already, and nobody serves it until we do: the
+    // mount point is not looked at (any access would wait for ourselves), nor is the device.
+    let handed = fuse_fd.is_some();
+    let mountpoint = if handed {
+        std::path::absolute(&opts.mountpoint)
+            .with_context(|| format!("mount point {}", opts.mountpoint.display()))?
+    } else {
         let path = opts.mountpoint.clone();
         start_io::within(
             "mount point",
@@ -148,19 +155,21 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             move || check_mountpoint(&path),
         )??
     };
-    start_io::within(
-        "FUSE device",
-        Path::new(crate::session::check_local::DEV_FUSE),
-        start_io::TIMEOUT,
-        || {
-            crate::session::check_local::fuse_access(
-                nix::unistd::geteuid().is_root(),
-                Path::new(crate::session::check_local::DEV_FUSE),
-                std::env::var_os("PATH").as_deref(),
-            )
-        },
-    )?
-    .map_err(anyhow::Error::msg)?;
+    if !handed {
+        start_io::within(
+            "FUSE device",
+            Path::new(crate::session::check_local::DEV_FUSE),
+            start_io::TIMEOUT,
+            || {
+                crate::session::check_local::fuse_access(
+                    nix::unistd::geteuid().is_root(),
+                    Path::new(crate::session::check_local::DEV_FUSE),
+                    std::env::var_os("PATH").as_deref(),
+                )
+            },
+        )?
+        .map_err(anyhow::Error::msg)?;
+    }
     // Printed now, on the terminal that started us; also logged once logging is set up.
     let token_warning = match &opts.token_file {
         Some(p) => {
@@ -171,7 +180,9 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mountpoint_warning = {
+    let mountpoint_warning = if handed {
+        None
+    } else {
         let path = mountpoint.clone();
         start_io::within("mount point", &mountpoint, start_io::TIMEOUT, move || {
             crate::session::check_local::mountpoint_warning(&path)
@@ -298,6 +309,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             replay_history_place(&opts, &canonical_endpoint(&endpoint), token_file.as_deref())?;
         let cfg = MountConfig {
             mountpoint,
+            fuse_fd,
             fuse: FuseOptions {
                 fsname: opts.source.clone().unwrap_or_else(|| "qrypt".into()),
                 subtype: "qrypt-fs".into(),

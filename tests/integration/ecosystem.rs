@@ -247,7 +247,14 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "/contrib/qrypt-fs.service"
     ))
     .expect("unit");
-    assert!(unit.contains("ExecStartPre=-/bin/umount -l /mnt/qrypt"));
+    assert!(
+        unit.contains(
+            "ExecStartPre=+/usr/libexec/qrypt-fs/qrypt-fs-mount --allow-other /mnt/qrypt"
+        )
+    );
+    assert!(
+        unit.contains("ExecStopPost=+-/usr/libexec/qrypt-fs/qrypt-fs-mount --unmount /mnt/qrypt")
+    );
     assert!(unit.contains("Type=notify"));
     // verify checks that ExecStart's program exists: point it at the one just built.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -256,7 +263,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         unit.contains("ExecStart=/usr/bin/qrypt-fs "),
         "the package's path"
     );
-    std::fs::write(&path, unit.replace("/usr/bin/qrypt-fs", BIN)).expect("write");
+    let unit = unit.replace("/usr/bin/qrypt-fs", BIN).replace(
+        "/usr/libexec/qrypt-fs/qrypt-fs-mount",
+        env!("CARGO_BIN_EXE_qrypt-fs-mount"),
+    );
+    std::fs::write(&path, unit).expect("write");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

@@ -37,6 +37,8 @@ mod monitoring;
 #[cfg(feature = "fuse-tests")]
 mod mount;
 #[cfg(feature = "fuse-tests")]
+mod sandbox;
+#[cfg(feature = "fuse-tests")]
 mod seed;
 #[cfg(feature = "fuse-tests")]
 mod status_fields;

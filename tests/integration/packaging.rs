@@ -375,6 +375,7 @@ fn package_ships_the_seed_and_metrics_units_and_they_verify() {
         let text = read(&format!("{ROOT}/contrib/{name}"))
             .replace("/usr/sbin/qrypt-fs-seed ", "/bin/true ")
             .replace("/usr/libexec/qrypt-fs/qrypt-fs-metrics ", "/bin/true ")
+            .replace("/usr/libexec/qrypt-fs/qrypt-fs-mount ", "/bin/true ")
             .replace("/usr/bin/qrypt-fs ", "/bin/true ");
         std::fs::write(dir.path().join(name), text).expect("write unit");
     }
@@ -398,4 +399,51 @@ fn package_ships_the_seed_and_metrics_units_and_they_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// The shipped unit's exposure in `systemd-analyze security` stays at 3.0 or less, and every
+/// hardening setting it leaves out (each line marked ✗) is named in a comment saying why.
+#[test]
+fn the_unit_is_hardened_to_an_exposure_of_at_most_3() {
+    require_program("systemd-analyze");
+    let path = format!("{ROOT}/contrib/qrypt-fs.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for qrypt-fs.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(exposure <= 3.0, "exposure {exposure} > 3.0:\n{text}");
+    let unit = read(&path);
+    let comments: Vec<&str> = unit.lines().filter(|l| l.starts_with('#')).collect();
+    let left_out: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("✗ "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!left_out.is_empty(), "{text}");
+    for setting in left_out {
+        // "RestrictAddressFamilies=~AF_UNIX", "User=/DynamicUser=": the first directive.
+        let directive = setting.split('=').next().unwrap_or(setting);
+        assert!(
+            comments
+                .iter()
+                .any(|c| c.contains(&format!("{directive}="))),
+            "{setting} is left out without a comment saying why"
+        );
+    }
 }
