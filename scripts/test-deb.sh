@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/container.sh
+# What only the packaging tests use (systemd-container, lintian, cargo-deb), installed now.
+scripts/install-test-deps.sh --packaging
 
 if [ "${1:-}" != "--no-build" ]; then
     start=$SECONDS
