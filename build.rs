@@ -274,7 +274,12 @@ fn synopsis(cmd: &clap::Command) -> Roff {
     let mut cmd = cmd.clone();
     cmd.build();
     let mut line = vec![bold(cmd.get_name()), roman(" ")];
-    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+    // Options first, then the mount point, as usage lines go.
+    let (positionals, options): (Vec<&clap::Arg>, Vec<&clap::Arg>) = cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .partition(|a| a.is_positional());
+    for arg in options.into_iter().chain(positionals) {
         let value = arg
             .get_value_names()
             .map(|names| names.join(" "))

@@ -285,6 +285,11 @@ fn man_page_synopsis_names_each_value() {
     ] {
         assert!(synopsis.contains(shown), "{shown} not in: {synopsis}");
     }
+    let usage = synopsis
+        .lines()
+        .find(|l| l.starts_with("qrypt-fs "))
+        .expect("the usage line");
+    assert!(usage.trim_end().ends_with(" MOUNTPOINT"), "{usage}");
 }
 
 #[test]
