@@ -785,3 +785,43 @@ fn sighup_to_a_working_mount_keeps_it_ok() {
     assert_eq!(read_exact(&m.random(), 32).len(), 32);
     assert_eq!(m.status()["state"], "ok");
 }
+
+/// A DNS server that does not answer is not a name that does not exist: the start mounts with
+/// a warning and keeps retrying. Run in a private mount namespace whose /etc/resolv.conf names
+/// a server this test holds the port of and never answers (getaddrinfo: EAI_AGAIN).
+#[test]
+fn a_dns_server_that_does_not_answer_mounts_with_a_warning() {
+    require_program("unshare");
+    let _silent = std::net::UdpSocket::bind("127.0.0.254:53")
+        .expect("bind 127.0.0.254:53, the DNS server that never answers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.254\noptions timeout:1 attempts:1\n",
+    )
+    .expect("write");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let (r, m) = (resolv.display(), mnt.display());
+    let script = format!(
+        "set -e; mount --bind {r} /etc/resolv.conf; trap 'umount -l {m} 2>/dev/null' EXIT; \
+         {BIN} --rate-limit off --endpoint https://api.qrypt.example {m}; \
+         grep '^state:' {m}/status; umount {m}; trap - EXIT"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("QRYPT_TOKEN", TOKEN)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("unshare");
+    let err = stderr_after_syslog_note(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.starts_with("qrypt-fs: warning: no answer from https://api.qrypt.example (")
+            && err.ends_with("; mounted anyway; qrypt-fs keeps retrying and readers wait\n")
+            && !err.contains("no such host"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "state: backing off\n");
+}
