@@ -8,7 +8,8 @@
 #
 # --packaging: also what only the packaging tests use (scripts/test-deb.sh and
 # scripts/test-systemd.sh run this themselves): systemd-container (systemd-nspawn boots a real
-# systemd), lintian, and cargo-deb (from crates.io, pinned; about 5 minutes to build on 2 cores).
+# systemd) and lintian. scripts/test-deb.sh installs cargo-deb itself (from crates.io, pinned;
+# about 5 minutes to build on 2 cores).
 #
 # It installs only what is missing and never upgrades anything already installed: a package
 # whose installation would upgrade another (a newer systemd for systemd-container, say) is
@@ -74,9 +75,6 @@ if [ ${#need[@]} -gt 0 ]; then
       systemctl disable --now "$service" 2>/dev/null || true
     fi
   done
-fi
-if [ "${1:-}" = --packaging ] && ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3\.8\.0'; then
-  cargo install cargo-deb --locked --version 3.8.0
 fi
 [ -c /dev/fuse ] || { modprobe fuse 2>/dev/null || true; }
 [ -c /dev/fuse ] || { echo "no /dev/fuse: FUSE tests cannot run" >&2; exit 1; }
