@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/container.sh
+# What only the packaging tests use (systemd-container, lintian), installed now if missing.
+scripts/install-test-deps.sh --packaging
 
 [ "${1:-}" = "--no-build" ] || cargo build --locked --workspace --quiet --bins
 BIN=target/debug

@@ -16,7 +16,7 @@ use crate::pool::Pool;
 use crate::refill::health::{HealthFailure, Prechecked};
 use crate::state_machine::{Decision, Epoch, Gate, Machine, Outcome, Policy, after};
 use crate::status::view::UpstreamState;
-use crate::status::{Status, bounded};
+use crate::status::{Status, bounded, time_text};
 use crate::upstream::token::{Token, TokenError, TokenFile};
 use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError};
 use first_answer::{FirstAnswer, FirstAnswerCell};
@@ -377,11 +377,19 @@ impl<C: EntropyClient> Prefetcher<C> {
                         .map(|c| format!("budget {}/{} reached", human_bytes(c.limit), c.period))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    warn!(
-                        "{caps}: no request until it renews in {}s; buffered bytes are still \
-                         served, reads that would wait get EIO",
-                        wait.as_secs()
+                    let renews = std::time::UNIX_EPOCH + Duration::from_secs(e.renews_at);
+                    let stop = self.status.record_stop(
+                        &format!(
+                            "{caps}: no requests, buffered bytes are still served, reads that \
+                             would wait get EIO"
+                        ),
+                        &format!(
+                            "it renews at {} (in {}s)",
+                            time_text(renews),
+                            wait.as_secs()
+                        ),
                     );
+                    warn!("{stop}");
                 }
                 after(now, wait)
             }
@@ -535,6 +543,10 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.publish();
         let token_file = self.token.as_ref().map(TokenReader::path);
         self.log.failure(&class, &message, decision, token_file);
+        // A stop says in `last_error` why and until when (the log line above said it too).
+        if let Some((reason, until)) = outage_log::stop(decision, token_file) {
+            self.status.record_stop(&reason, &until);
+        }
     }
 
     /// Tells `/status` and the pool what the state machine now says.

@@ -57,8 +57,9 @@ pub(crate) fn serving() {
 }
 
 /// Forks. The parent waits for the child's report and exits; only the child returns.
-/// Must be called before any thread is started.
-pub fn daemonize() -> std::io::Result<Ready> {
+/// Must be called before any thread is started. `keep_stderr`: the child keeps the caller's
+/// stderr (the journal's stream, which it logs to) instead of /dev/null.
+pub fn daemonize(keep_stderr: bool) -> std::io::Result<Ready> {
     let (read_end, write_end) = nix::unistd::pipe()?;
     // SAFETY: called before any thread is started (app::main forks before it creates the
     // runtime, the signal thread or the FUSE threads), so the child may run arbitrary code.
@@ -77,7 +78,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
                 [] => {
                     let _ = nix::sys::wait::waitpid(child, None);
                     eprintln!(
-                        "qrypt-fs: the daemon exited before the mount was ready (see syslog)"
+                        "qrypt-fs: the daemon exited before the mount was ready (see its log)"
                     );
                     std::process::exit(1)
                 }
@@ -90,7 +91,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
         ForkResult::Child => {
             drop(read_end);
             let _ = setsid();
-            detach_stdio();
+            detach_stdio(keep_stderr);
             Ok(Ready {
                 pipe: Some(File::from(write_end)),
             })
@@ -100,7 +101,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
 
 /// Points stdin/stdout/stderr at /dev/null, so a caller capturing our output sees EOF when the
 /// parent exits instead of waiting on the daemon.
-fn detach_stdio() {
+fn detach_stdio(keep_stderr: bool) {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -108,7 +109,9 @@ fn detach_stdio() {
     {
         let _ = nix::unistd::dup2_stdin(&null);
         let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
+        if !keep_stderr {
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
     }
 }
 

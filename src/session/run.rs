@@ -246,24 +246,41 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         warnings.push(w);
     });
 
+    // In the background without --log-file: syslog, if anything listens there.
+    let background_log = (!opts.foreground && log_file.is_none()).then(|| {
+        let socket = Path::new(logging::SYSLOG_SOCKET);
+        let choice = logging::Background::choose(socket);
+        if let Some(note) = choice.note(socket) {
+            eprintln!("qrypt-fs: warning: {note}");
+            warnings.push(note);
+        }
+        choice
+    });
+    // The log is the stderr that also prints what the start says: say nothing twice.
+    let target_is_stderr = log_file.is_none()
+        && matches!(
+            background_log,
+            None | Some(logging::Background::JournalStderr)
+        );
     let mut ready = if opts.foreground {
         Ready::foreground()
     } else {
-        background::daemonize().context("cannot go to the background")?
+        let keep_stderr = background_log == Some(logging::Background::JournalStderr);
+        background::daemonize(keep_stderr).context("cannot go to the background")?
     };
     let result = (|| {
         // Registered before any other thread exists, so no thread dies of a default action.
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
-        let target = match (log_file, opts.foreground) {
+        let target = match (log_file, background_log) {
             (Some(p), _) => LogTarget::File(p),
-            (None, true) => LogTarget::Stderr,
-            (None, false) => LogTarget::Syslog,
+            (None, None | Some(logging::Background::JournalStderr)) => LogTarget::Stderr,
+            (None, Some(_)) => LogTarget::Syslog,
         };
         logging::init(target, opts.verbose)?;
         background::serving();
         // Said on the terminal already; also in the log, unless the log is that terminal.
-        if !(opts.foreground && opts.log_file.is_none()) {
+        if !target_is_stderr {
             for w in &warnings {
                 tracing::warn!("{w}");
             }
@@ -338,7 +355,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         Ok(session) => session.run(),
         Err(e) => {
             // Kept in the log too, unless the log is the terminal that prints it below.
-            if !(opts.foreground && opts.log_file.is_none()) {
+            if !target_is_stderr {
                 tracing::error!("{}", message(&e));
             }
             ready.failed(&message(&e));

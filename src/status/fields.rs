@@ -156,7 +156,9 @@ pub static FIELDS: &[Field] = &[
         "last_error",
         Presence,
         "",
-        "The reason of the last failure (upstream, token file or budget), or none.",
+        "The reason of the last failure (upstream, token file or budget), or none. A stop \
+         (a budget cap reached, the token rejected, the quota used up) adds what ends it: \
+         \"REASON; until ...\".",
     ),
     f(
         "last_error_at",

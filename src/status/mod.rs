@@ -18,6 +18,14 @@ use crate::pool::Pool;
 use pacing_wait::PacingWait;
 pub use view::{UpstreamState, View};
 
+/// A wall-clock time as `/status` shows times (RFC 3339, UTC), for messages.
+pub fn time_text(t: SystemTime) -> String {
+    render::rfc3339(
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    )
+}
+
 /// Longest error message kept for `last_error`.
 pub const MAX_ERROR_CHARS: usize = 300;
 
@@ -186,6 +194,16 @@ impl Status {
         let mut m = self.mutable.lock();
         *m.failures_by_class.entry(class.to_owned()).or_default() += 1;
         m.last_error = Some((SystemTime::now(), message));
+    }
+
+    /// A stop state was entered (a budget cap reached, the token rejected, the quota used up;
+    /// a tenant cap goes the same way): `last_error` becomes "REASON; until UNTIL", which says
+    /// why and when it may end ([`time_text`] for a time). Returns the text, which the caller
+    /// logs once.
+    pub fn record_stop(&self, reason: &str, until: &str) -> String {
+        let message = format!("{reason}; until {until}");
+        self.record_error(message.clone());
+        message
     }
 
     /// An error that is no request's (the budget could not be recorded): the last error.

@@ -83,8 +83,8 @@ fn readme_line_after(after: &str) -> String {
 
 /// Runs the README's `line` as written, as root in a private mount namespace set up as the
 /// README assumes: qrypt-fs in /usr/local/sbin, the token in /etc/qrypt/token, the fstab line
-/// in /etc/fstab, /mnt/qrypt empty (/etc and /mnt are overlaid there, nothing outside
-/// changes). QRYPT_ENDPOINT points the default endpoint at the emulator: the line is not
+/// in /etc/fstab, /mnt/qrypt empty (/etc, /var/lib, where the budget's state goes, and /mnt
+/// are overlaid there, nothing outside changes). QRYPT_ENDPOINT points the default endpoint at the emulator: the line is not
 /// edited. Then reads from the mount and unmounts.
 fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &str) {
     require_program("unshare");
@@ -100,6 +100,8 @@ fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &st
         "set -e; mount --bind {d}/sbin /usr/local/sbin; \
          mount -t tmpfs tmpfs {d}/ovl; mkdir {d}/ovl/up {d}/ovl/work; \
          mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/ovl/up,workdir={d}/ovl/work /etc; \
+         mkdir {d}/ovl/vup {d}/ovl/vwork; \
+         mount -t overlay overlay -o lowerdir=/var/lib,upperdir={d}/ovl/vup,workdir={d}/ovl/vwork /var/lib; \
          mkdir -p /etc/qrypt; printf '%s\\n' '{TOKEN}' > /etc/qrypt/token; \
          chmod 600 /etc/qrypt/token; cp {d}/fstab /etc/fstab; \
          mount -t tmpfs tmpfs /mnt; mkdir /mnt/qrypt; \
@@ -138,6 +140,13 @@ fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &st
         line.contains("allow_other") || fstab.contains("allow_other")
     );
     let status = std::fs::read_to_string(dir.join("status")).expect("status");
+    // The recommended budget, as every way to mount in the README shows it.
+    for cap in [
+        "budget_day_limit_bytes: 104857600",
+        "budget_month_limit_bytes: 1073741824",
+    ] {
+        assert!(status.contains(cap), "{cap}: {status}");
+    }
     assert!(
         status.contains("token_source: file /etc/qrypt/token"),
         "{status}"

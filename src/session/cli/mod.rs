@@ -14,6 +14,7 @@ use crate::refill::pacer::RateLimit;
 
 pub mod args;
 pub mod mount_options;
+pub mod option_lists;
 
 pub use args::Cli;
 
