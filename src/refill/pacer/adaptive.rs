@@ -5,9 +5,9 @@
 //! `window / allowance`, jittered), so a share below one request per window exists and a
 //! fleet's requests interleave instead of colliding in bursts.
 //!
-//! - **Start**: a third of the limit, growing by half each window until the first 429. A
-//!   fleet started together meets the limit within seconds, each mount with one 429; a mount
-//!   alone reaches the whole limit in about 30 s.
+//! - **Start**: half the limit, doubled after a window without a 429. A fleet started
+//!   together meets the limit within seconds, each mount with one 429; a mount alone has the
+//!   whole limit after 10 s.
 //! - **The first 429** sets the allowance to what we had sent by then (the first request,
 //!   then the allowance spread evenly): every mount started alike, so that is our share of
 //!   the full window, measured in time rather than in whole requests (too coarse when the
@@ -37,13 +37,13 @@ use super::RateLimit;
 /// Multiplicative decrease: the allowance kept after a 429, at most.
 pub const BETA: f64 = 0.7;
 /// The allowance at start, as a fraction of the limit.
-pub const START: f64 = 1.0 / 3.0;
+pub const START: f64 = 0.5;
 /// The allowance kept after a 429, at least (the share got may be a chance low).
 pub const FLOOR: f64 = 0.1;
 /// A limit of at most this many requests starts whole: a third of it would be one request.
 pub const START_FLOOR: f64 = 3.0;
 /// Growth per window before the first 429.
-pub const START_GROWTH: f64 = 1.5;
+pub const START_GROWTH: f64 = 2.0;
 /// Steady 429s in a row that said we were alone before we believe it.
 pub const ALONE_AFTER: u32 = 2;
 /// Growth per window when the last 429s said we were alone under a lower limit.
@@ -264,48 +264,45 @@ mod tests {
     }
 
     #[test]
-    fn starts_at_a_third_and_grows_by_half_each_window_until_a_429() {
+    fn starts_at_half_the_limit_and_doubles_after_a_window_without_a_429() {
         let mut r = rate();
         let t0 = Instant::now();
-        assert_eq!(r.current(), 10);
+        assert_eq!(r.current(), 15);
         assert!(!r.on_held_back(t0), "the first window starts");
         assert!(!r.on_held_back(t0 + SPAN - Duration::from_millis(1)));
         assert!(r.on_held_back(t0 + SPAN));
-        assert_eq!(r.current(), 15);
-        assert!(r.on_held_back(t0 + SPAN * 2));
-        assert!(r.on_held_back(t0 + SPAN * 3));
         assert_eq!(r.current(), 30);
         assert_eq!(
             r.gap(0.5),
             Duration::ZERO,
             "the whole limit keeps its bursts"
         );
-        assert!(!r.on_held_back(t0 + SPAN * 4), "never above the limit");
+        assert!(!r.on_held_back(t0 + SPAN * 2), "never above the limit");
     }
 
     #[test]
     fn requests_are_spread_evenly_with_jitter() {
         let r = rate();
-        assert_eq!(r.gap(0.5), SPAN / 10);
+        assert_eq!(r.gap(0.5), SPAN / 15);
         assert!(r.gap(0.0) < r.gap(0.5) && r.gap(0.5) < r.gap(0.999));
-        assert_eq!(r.gap(0.0), SPAN.mul_f64(0.8 / 10.0));
+        assert_eq!(r.gap(0.0), SPAN.mul_f64(0.8 / 15.0));
     }
 
     #[test]
     fn the_first_429_lowers_to_the_share_sent_then_each_episode_by_beta() {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
-        // Started 2.02 s before the window was found full: the first request, then one per
-        // 1.01 s at 10 per window: 3 of the window's requests were ours.
+        // Started 2.02 s before the window was found full: the first request, then 15 per
+        // 10.1 s: 4 of the window's requests were ours.
         r.on_start(t0 - Duration::from_millis(2020));
         let mine = [t0 - Duration::from_millis(2020), t0 - S];
         assert!(r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(5)));
-        assert!((r.rate() - 3.0).abs() < 1e-9, "{}", r.rate());
+        assert!((r.rate() - 4.0).abs() < 1e-9, "{}", r.rate());
         // Answers to requests sent before the decrease change nothing.
         assert!(!r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(6)));
         let t1 = t0 + Duration::from_secs(20);
         assert!(r.on_rate_limited(t1, Some(S), &[t1 - S * 3], t1));
-        assert!((r.rate() - 3.0 * BETA).abs() < 1e-9, "{}", r.rate());
+        assert!((r.rate() - 4.0 * BETA).abs() < 1e-9, "{}", r.rate());
         for i in 2..40 {
             let t = t1 + S * 20 * i;
             r.on_rate_limited(t, Some(S), &[], t);
@@ -320,11 +317,11 @@ mod tests {
         let t0 = Instant::now() + Duration::from_secs(100);
         r.on_start(t0 - Duration::from_millis(1010));
         r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
-        assert!((r.rate() - 2.0).abs() < 1e-9, "{}", r.rate());
+        assert!((r.rate() - 2.5).abs() < 1e-9, "{}", r.rate());
         assert!(r.on_held_back(t0 + SPAN));
-        assert!((r.rate() - (2.0 + SHARED_GROWTH)).abs() < 1e-9);
-        // QUIET * sqrt(30 / 2.03) later, it grows as at start.
-        let long = t0 + QUIET.mul_f64((30.0f64 / 2.03).sqrt()) + S;
+        assert!((r.rate() - (2.5 + SHARED_GROWTH)).abs() < 1e-9);
+        // QUIET * sqrt(30 / 2.53) later, it grows as at start.
+        let long = t0 + QUIET.mul_f64((30.0f64 / 2.53).sqrt()) + S;
         let before = r.rate();
         assert!(r.on_held_back(long));
         assert!((r.rate() - before * START_GROWTH).abs() < 1e-9);
@@ -337,17 +334,17 @@ mod tests {
         r.on_start(t0 - Duration::from_millis(9090));
         r.on_rate_limited(t0, Some(S), &[], t0);
         assert!(
-            (r.rate() - 7.0).abs() < 1e-9,
-            "BETA of 10 at most: {}",
+            (r.rate() - 10.5).abs() < 1e-9,
+            "BETA of 15 at most: {}",
             r.rate()
         );
         let t1 = t0 + S * 30;
         r.on_rate_limited(t1, Some(S), &[], t1);
-        assert!((r.rate() - 4.9).abs() < 1e-9);
+        assert!((r.rate() - 7.35).abs() < 1e-9);
         r.on_held_back(t1 + SPAN);
         // Half way back to what it had, less what the 429 took for good.
         assert!(
-            (r.rate() - (4.9 + (7.0 * KEEP - 4.9) * REGROW)).abs() < 1e-9,
+            (r.rate() - (7.35 + (10.5 * KEEP - 7.35) * REGROW)).abs() < 1e-9,
             "{}",
             r.rate()
         );

@@ -168,7 +168,7 @@ mod tests {
         let t0 = Instant::now();
         p.try_start(t0, 0.5).expect("the first, at once");
         let a = p.try_start(t0, 0.5).expect("second");
-        let gap = Duration::from_millis(10_100) / 10;
+        let gap = Duration::from_millis(10_100) / 15;
         assert_eq!(p.try_start(t0, 0.5), Err(Wait::Until(t0 + gap)));
         p.cancel(a);
         assert!(
@@ -188,10 +188,10 @@ mod tests {
         }
         let k = p.try_start(t, 0.5).expect("start");
         assert!(p.finished(k, Answer::RateLimited(Some(S)), t + S / 100));
-        // The first request, then 10 per 10.1 s for the 6 s it took to fill the window.
-        let sent = 1.0 + 10.0 * 6.0 / 10.1;
+        // The first request, then 15 per 10.1 s for the 6 s it took to fill the window.
+        let sent = 1.0 + 15.0 * 6.0 / 10.1;
         assert_eq!(p.rate(), Some(sent));
-        assert_eq!(p.allowance(), Some(7));
+        assert_eq!(p.allowance(), Some(10));
     }
 
     #[test]
