@@ -38,6 +38,16 @@ def read_model(d):
     return rows
 
 
+# Busiest/least above this means a mount got (next to) nothing: shown as such, plotted at it.
+SPREAD_CAP = 20.0
+
+
+def show(fmt, i, v):
+    if i == 2 and v > SPREAD_CAP:
+        return "a mount starved"
+    return fmt.format(v)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -49,8 +59,8 @@ def main():
         r, m = real.get(n), model.get(n)
         cells = []
         for i, fmt in enumerate(("{:.3f}", "{:.1%}", "{:.2f}", "{:.2f}")):
-            a = fmt.format(r[i]) if r else "-"
-            b = fmt.format(m[i]) if m else "-"
+            a = show(fmt, i, r[i]) if r else "-"
+            b = show(fmt, i, m[i]) if m else "-"
             cells.append(f"{a} / {b}")
         if r and m:
             close = all(
@@ -79,7 +89,8 @@ def main():
     for i, (ax, (title, goal, how)) in enumerate(zip(axes.flat, titles)):
         for rows, style, label in ((real, "o-", "real mounts"), (model, "s--", "model")):
             ns = sorted(rows)
-            ax.plot(ns, [rows[n][i] for n in ns], style, label=label)
+            ys = [min(rows[n][i], SPREAD_CAP) if i == 2 else rows[n][i] for n in ns]
+            ax.plot(ns, ys, style, label=label)
         ax.axhline(goal, color="grey", linestyle=":", label=f"goal {how} {goal}")
         ax.set_xscale("log", base=2)
         ax.set_title(title)
