@@ -167,3 +167,83 @@ fn mounts_share_one_token() {
     assert!(steady.spread <= 1.5, "busiest/least: {summary}");
     assert!(steady.worst_20s >= 0.5, "worst 20 s: {summary}");
 }
+
+/// A storm of 429s: a lone mount reads without end; from 20 s the service allows 3 requests
+/// per 10 s for 40 s, then 30 again. Goal: the mount is back to the whole limit (30 requests
+/// in a window) within 60 s of the storm's end. `FLEET_OUT=DIR` writes `storm.tsv` (second,
+/// bytes, allowance).
+#[test]
+#[ignore = "a 140 s benchmark: scripts/bench.sh fleet"]
+fn a_lone_mount_is_back_to_the_whole_limit_within_60_s_of_a_storm() {
+    const STORM_AT: u64 = 20;
+    const STORM_END: u64 = 60;
+    const SECS: u64 = 140;
+    let limit = RateLimit {
+        requests: 30,
+        window: Duration::from_secs(10),
+    };
+    let emu = Emulator::start(EmulatorConfig {
+        rate_limit: Some(limit),
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator");
+    let m = MountBuilder::new(&emu).rate_limit("30/10").mount();
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(SECS);
+    let mut allowance = Vec::new();
+    let seconds = std::thread::scope(|s| {
+        let path = m.random();
+        let reader = s.spawn(move || {
+            let f = std::fs::File::open(&path).expect("open");
+            let mut seconds = vec![0u64; SECS as usize];
+            while Instant::now() < end {
+                let got = read_once(&f, 1 << 20).expect("read");
+                if let Some(slot) = seconds.get_mut(t0.elapsed().as_secs() as usize) {
+                    *slot += got.len() as u64;
+                }
+            }
+            seconds
+        });
+        for sec in 0..SECS {
+            std::thread::sleep(
+                (t0 + Duration::from_secs(sec)).saturating_duration_since(Instant::now()),
+            );
+            if sec == STORM_AT {
+                emu.set_rate_limit(Some(RateLimit {
+                    requests: 3,
+                    window: Duration::from_secs(10),
+                }));
+            }
+            if sec == STORM_END {
+                emu.set_rate_limit(Some(limit));
+            }
+            allowance.push(
+                m.status()
+                    .get("rate_allowance")
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+        reader.join().expect("reader")
+    });
+    // Requests (512 KiB each) per 10 s from each second after the storm.
+    let full = (STORM_END as usize..SECS as usize - 10)
+        .find(|&from| seconds[from..from + 10].iter().sum::<u64>() >= 29 * 512 * 1024);
+    let summary = format!(
+        "back to 30 requests in 10 s from {:?} s after the storm's end; allowance each second {allowance:?}",
+        full.map(|f| f - STORM_END as usize)
+    );
+    eprintln!("{summary}");
+    if let Some(dir) = std::env::var_os("FLEET_OUT") {
+        let mut tsv =
+            std::fs::File::create(std::path::PathBuf::from(dir).join("storm.tsv")).expect("tsv");
+        writeln!(tsv, "second\tbytes\tallowance").expect("write");
+        for (sec, (b, a)) in seconds.iter().zip(&allowance).enumerate() {
+            writeln!(tsv, "{sec}\t{b}\t{a}").expect("write");
+        }
+    }
+    assert!(
+        full.is_some_and(|f| f <= (STORM_END + 60) as usize),
+        "{summary}"
+    );
+}
