@@ -18,6 +18,7 @@ mod session;
 mod state_machine;
 mod status;
 mod sys;
+mod tenant;
 mod upstream;
 
 pub use fs::mount_options::{FuseOptions, fuse_config};
