@@ -132,7 +132,20 @@ impl TenantBudget {
         if let Some(n) = self.take_local(key, len, starts) {
             return Ok(n);
         }
-        let granted = self.record(&name(), self.chunk.max(len), now)?;
+        // What the chunk still holds counts towards this read: a crash then loses at most
+        // one chunk (and the reads under way), however large the reads.
+        let left = self
+            .local
+            .lock()
+            .get(&key)
+            .filter(|l| l.starts == starts)
+            .map_or(0, |l| l.left);
+        // At the cap, what the chunk still holds is handed out first.
+        let (granted, at_cap) = match self.record(&name(), self.chunk.max(len - left), now) {
+            Ok(granted) => (granted, None),
+            Err(Refused::AtCap(caps)) => (0, Some(caps)),
+            Err(e) => return Err(e),
+        };
         let mut local = self.local.lock();
         let l = local.entry(key).or_insert(Local { left: 0, starts });
         if l.starts != starts {
@@ -140,6 +153,9 @@ impl TenantBudget {
         }
         l.left = l.left.saturating_add(granted);
         let n = l.left.min(len);
+        if n == 0 {
+            return Err(Refused::AtCap(at_cap.unwrap_or_default()));
+        }
         l.left -= n;
         Ok(n)
     }

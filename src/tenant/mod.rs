@@ -247,7 +247,7 @@ impl Tenants {
     }
 
     /// How much of a `len`-byte read tenant `t` may have: `len`, fewer near its cap (reads
-    /// over [`SMALL_READ_MAX`] only, the others are never short), or `None` at its cap. What
+    /// over [`SMALL_READ_MAX`] only: the others are never short), or `None` at its cap. What
     /// is not handed out goes back through [`Tenants::settle`].
     pub fn admit(&self, t: Tenant, len: usize) -> Option<usize> {
         let Some(budget) = &self.budget else {
@@ -258,7 +258,8 @@ impl Tenants {
         }
         let name = || self.name(t);
         match budget.take(t.key(), &name, len as u64) {
-            Ok(n) if n as usize >= len.min(SMALL_READ_MAX) => {
+            // Larger reads may be short: they take the cap's last bytes.
+            Ok(n) if n as usize >= len || (len > SMALL_READ_MAX && n > 0) => {
                 Some(usize::try_from(n).unwrap_or(len))
             }
             Ok(n) => {
