@@ -372,3 +372,82 @@ fn cgroups_are_tenants_with_caps_of_their_own() {
     );
     assert_eq!(s["tenant_by"], "cgroup (depth 1)");
 }
+
+/// The Goals, measured for scripts/bench.sh tenants: a small reader's latency beside an
+/// endless one under the service's 30/10 s limit (with `--tenant-by none`, i.e. one queue for
+/// all, as the comparison), and four endless readers' shares. Writes `tenants-summary.tsv`
+/// into `$TENANTS_OUT`.
+#[test]
+#[ignore = "a 2-minute benchmark: scripts/bench.sh tenants"]
+fn bench_tenants_goals() {
+    let out = PathBuf::from(std::env::var("TENANTS_OUT").unwrap_or_else(|_| ".".into()));
+    let mut summary = String::new();
+    for (label, tenant_by, secs) in [("fair", "uid", 60), ("one_queue", "none", 30)] {
+        let emu = limited_emulator();
+        let m = MountBuilder::new(&emu)
+            .rate_limit("30/10")
+            .args(["--allow-other", "--tenant-by", tenant_by])
+            .mount();
+        let secs_s = secs.to_string();
+        let mut heavy = Reader::as_uid(&m, HEAVY, &["endless", "1048576", &(secs + 8).to_string()]);
+        std::thread::sleep(Duration::from_secs(3));
+        let count = (secs * 2).to_string();
+        let mut light = Reader::as_uid(&m, LIGHT, &["small", &count, "0.5"]);
+        let mut lat = Vec::new();
+        let mut failed = 0;
+        // A read may take longer than its half second: the reader runs until all are done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs * 20 + 60);
+        for _ in 0..secs * 2 {
+            let line = light.line();
+            match line.strip_prefix("ok ") {
+                Some(v) => lat.push(v.parse::<f64>().expect("seconds")),
+                None => failed += 1,
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        let (heavy_bytes, _) = heavy.total();
+        lat.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        let (median, p99) = (
+            pick(0.5).unwrap_or(f64::NAN),
+            pick(0.99).unwrap_or(f64::NAN),
+        );
+        eprintln!(
+            "{label} ({secs_s} s): small reads {} ok, {failed} failed, median {median:.3} s, \
+             p99 {p99:.3} s; endless reader {heavy_bytes} bytes",
+            lat.len()
+        );
+        summary += &format!(
+            "{label}_median\t{median}\n{label}_p99\t{p99}\n{label}_failed\t{failed}\n\
+             {label}_reads\t{}\n{label}_heavy_bytes\t{heavy_bytes}\n",
+            lat.len()
+        );
+    }
+    let emu = limited_emulator();
+    let m = MountBuilder::new(&emu)
+        .rate_limit("30/10")
+        .arg("--allow-other")
+        .mount();
+    let uids = [61021, 61022, 61023, 61024];
+    let mut readers: Vec<Reader> = uids
+        .iter()
+        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "30"]))
+        .collect();
+    let got: Vec<u64> = readers.iter_mut().map(|r| r.total().0).collect();
+    let mean = got.iter().sum::<u64>() as f64 / got.len() as f64;
+    let ratios: Vec<f64> = got.iter().map(|n| *n as f64 / mean).collect();
+    eprintln!("four tenants, 30 s: bytes {got:?}, ratios to an equal share {ratios:.3?}");
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(0.0, f64::max);
+    summary += &format!(
+        "share_min\t{min}\nshare_max\t{max}\nshare_total\t{}\n",
+        got.iter().sum::<u64>()
+    );
+    std::fs::create_dir_all(&out).expect("TENANTS_OUT");
+    std::fs::write(out.join("tenants-summary.tsv"), summary).expect("summary");
+}
