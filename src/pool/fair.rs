@@ -18,6 +18,10 @@ pub const RECENT: Duration = Duration::from_secs(10);
 /// The least kept for an active tenant: 128 reads of 32 bytes.
 pub const MIN_RESERVE: usize = 4 << 10;
 
+/// A tenant's recent reading counts half after this many seconds: one value per tenant, decayed
+/// for all at once, so no tenant's count looks larger for where its window happens to start.
+const HALF_LIFE: f64 = 5.0;
+
 /// Reserves are recomputed at most this often: the read path stays a lookup and an add.
 const RECOMPUTE: Duration = Duration::from_millis(100);
 
@@ -182,10 +186,10 @@ impl Queues {
 struct Recent {
     /// Its last read (arrival, not service: a waiting tenant is active).
     last: Instant,
-    /// Bytes served in the current and the previous window of [`RECENT`].
+    /// Bytes served since the reserves were last computed.
     current: u64,
-    previous: u64,
-    window_start: Instant,
+    /// What it read lately: bytes served, halved every [`HALF_LIFE`] seconds.
+    demand: f64,
     /// What the buffer keeps for it now.
     reserve: usize,
     /// What it must leave in the buffer: the reserves of the tenants that read less.
@@ -199,6 +203,8 @@ pub struct Shares {
     /// The sum of every active tenant's reserve.
     total: usize,
     computed_at: Option<Instant>,
+    /// When the demands were last decayed.
+    decayed_at: Option<Instant>,
 }
 
 impl Shares {
@@ -213,8 +219,7 @@ impl Shares {
                     Recent {
                         last: now,
                         current: 0,
-                        previous: 0,
-                        window_start: now,
+                        demand: 0.0,
                         reserve: 0,
                         floor: 0,
                     },
@@ -249,7 +254,7 @@ impl Shares {
     }
 
     /// Recomputes the reserves if they are older than [`RECOMPUTE`]; true if they changed.
-    /// Each active tenant keeps what it read in the last one or two windows, at least
+    /// Each active tenant keeps what it read lately (see [`HALF_LIFE`]), at least
     /// [`MIN_RESERVE`], and together never more than a quarter of the buffer: the refill
     /// worker asks for more below half, so a reserve can never hold a waiting read up for
     /// want of a refill.
@@ -263,14 +268,15 @@ impl Shares {
         self.computed_at = Some(now);
         self.recent
             .retain(|_, r| now.saturating_duration_since(r.last) < 2 * RECENT);
+        let dt = self
+            .decayed_at
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.decayed_at = Some(now);
+        let keep = 0.5f64.powf(dt / HALF_LIFE);
         let mut active = 0;
         for r in self.recent.values_mut() {
-            if now.saturating_duration_since(r.window_start) >= RECENT {
-                let stale = now.saturating_duration_since(r.window_start) >= 2 * RECENT;
-                r.previous = if stale { 0 } else { r.current };
-                r.current = 0;
-                r.window_start = now;
-            }
+            r.demand = r.demand * keep + r.current as f64;
+            r.current = 0;
             if now.saturating_duration_since(r.last) < RECENT {
                 active += 1;
             }
@@ -279,7 +285,8 @@ impl Shares {
         let mut total = 0;
         let mut by_demand: Vec<(u64, &mut Recent)> = Vec::with_capacity(self.recent.len());
         for r in self.recent.values_mut() {
-            let demand = r.current.saturating_add(r.previous);
+            // Whole bytes: tenants that read alike (newcomers: nothing) share a tier.
+            let demand = r.demand as u64;
             r.reserve = if now.saturating_duration_since(r.last) < RECENT {
                 usize::try_from(demand)
                     .unwrap_or(usize::MAX)

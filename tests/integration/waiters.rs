@@ -129,7 +129,7 @@ fn one_user_may_park_only_so_many_waiters_and_namespaced_readers_still_get_eintr
     );
     let log = m.log_text();
     assert!(
-        log.contains("uid 4242") && log.contains("--max-waiters-per-user"),
+        log.contains("uid:4242") && log.contains("--max-waiters-per-user"),
         "{log}"
     );
 
