@@ -240,8 +240,8 @@ impl Shares {
     }
 
     /// What `tenant` may take of `buffered` bytes: all but the reserves of the active tenants
-    /// that read less than it lately. The heaviest reader leaves something for everyone,
-    /// the lightest may take it all, and readers alike share by turns while they wait.
+    /// that read clearly less than it lately. A heavy reader leaves something for every light
+    /// one, the lightest may take it all, and readers alike share by turns while they wait.
     pub fn available(&self, tenant: Tenant, buffered: usize) -> usize {
         let floor = self.recent.get(&tenant).map_or(self.total, |r| r.floor);
         buffered.saturating_sub(floor)
@@ -298,19 +298,23 @@ impl Shares {
             total += r.reserve;
             by_demand.push((demand, r));
         }
-        // Each tenant's floor: the reserves of those that read strictly less.
+        // Each tenant's floor: the reserves of those that read clearly less than it (below
+        // 4/5 of its count). Readers alike keep nothing from one another (they share by
+        // turns), so their shares do not swing with who is ahead by a little.
         by_demand.sort_unstable_by_key(|(d, _)| *d);
+        let demands: Vec<u64> = by_demand.iter().map(|(d, _)| *d).collect();
+        let mut below = Vec::with_capacity(by_demand.len() + 1);
+        below.push(0usize);
+        for (_, r) in &by_demand {
+            below.push(below[below.len() - 1] + r.reserve);
+        }
         let mut changed = total != self.total;
-        let (mut below, mut tier_sum, mut tier_demand) = (0, 0, None);
         for (demand, r) in by_demand {
-            if tier_demand != Some(demand) {
-                below += tier_sum;
-                tier_sum = 0;
-                tier_demand = Some(demand);
-            }
-            tier_sum += r.reserve;
-            changed |= r.floor != below;
-            r.floor = below;
+            let lighter =
+                demands.partition_point(|d| d.saturating_mul(5) < demand.saturating_mul(4));
+            let floor = below[lighter];
+            changed |= r.floor != floor;
+            r.floor = floor;
         }
         self.total = total;
         changed

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::common::*;
 
 /// Reads `/random` as told and reports on stdout. Modes:
-/// - `endless SIZE SECS`: SIZE-byte reads for SECS seconds (or until an error), then
-///   `total BYTES errno ERRNO` (0 when the time ran out).
+/// - `endless SIZE SECS [AT]`: SIZE-byte reads for SECS seconds (or until an error), from
+///   Unix time AT if given, then `total BYTES errno ERRNO` (0 when the time ran out).
 /// - `small COUNT EVERY`: COUNT 32-byte reads, one every EVERY seconds; a line per read,
 ///   `ok SECONDS` (its latency) or `err ERRNO`, or `short N`.
 /// - `ready` is printed once the file is open.
@@ -23,6 +23,8 @@ fd = os.open(path, os.O_RDONLY)
 print("ready", flush=True)
 if mode == "endless":
     size, secs = int(sys.argv[3]), float(sys.argv[4])
+    if len(sys.argv) > 5:
+        time.sleep(max(0.0, float(sys.argv[5]) - time.time()))
     total, err, end = 0, 0, time.monotonic() + secs
     while time.monotonic() < end:
         try:
@@ -42,6 +44,15 @@ else:
             print("err", e.errno, flush=True)
         time.sleep(max(0.0, every - (time.monotonic() - t)))
 "#;
+
+/// Unix time `secs` from now, for readers to start together once all are ready.
+fn in_seconds(secs: u64) -> String {
+    let at = std::time::SystemTime::now() + Duration::from_secs(secs);
+    let unix = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    format!("{:.3}", unix.as_secs_f64())
+}
 
 /// A python3 that other users may run (not one under root's home).
 fn shared_python() -> &'static str {
@@ -180,9 +191,10 @@ fn four_endless_readers_get_near_equal_shares() {
         .arg("--allow-other")
         .mount();
     let uids = [61011, 61012, 61013, 61014];
+    let at = in_seconds(3);
     let mut readers: Vec<Reader> = uids
         .iter()
-        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "25"]))
+        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "25", &at]))
         .collect();
     let got: Vec<u64> = readers
         .iter_mut()
@@ -193,6 +205,7 @@ fn four_endless_readers_get_near_equal_shares() {
         })
         .collect();
     let mean = got.iter().sum::<u64>() as f64 / got.len() as f64;
+    eprintln!("four tenants: {got:?}");
     assert!(mean > (2 << 20) as f64, "{got:?}");
     for n in &got {
         let ratio = *n as f64 / mean;
@@ -434,9 +447,10 @@ fn bench_tenants_goals() {
         .arg("--allow-other")
         .mount();
     let uids = [61021, 61022, 61023, 61024];
+    let at = in_seconds(3);
     let mut readers: Vec<Reader> = uids
         .iter()
-        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "30"]))
+        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "30", &at]))
         .collect();
     let got: Vec<u64> = readers.iter_mut().map(|r| r.total().0).collect();
     let mean = got.iter().sum::<u64>() as f64 / got.len() as f64;
