@@ -2,7 +2,7 @@
 //! `allow_other` mount, an endless reader beside a small one, four endless readers side by
 //! side, per-tenant caps across `kill -9`, and cgroups as tenants.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -52,14 +52,6 @@ fn in_seconds(secs: u64) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970");
     format!("{:.3}", unix.as_secs_f64())
-}
-
-/// A python3 that other users may run (not one under root's home).
-fn shared_python() -> &'static str {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("a python3 in /usr/bin or /usr/local/bin: run scripts/install-test-deps.sh")
 }
 
 struct Reader {
@@ -120,12 +112,6 @@ impl Drop for Reader {
     }
 }
 
-fn next_line(out: &mut BufReader<ChildStdout>) -> String {
-    let mut line = String::new();
-    out.read_line(&mut line).expect("a line from the reader");
-    line.trim().to_owned()
-}
-
 /// The service's limit, on the emulator and in the client's pacing.
 fn limited_emulator() -> Emulator {
     default_signal_dispositions();
@@ -183,20 +169,20 @@ fn an_endless_reader_does_not_hold_up_another_users_small_reads() {
     );
 }
 
-#[test]
-fn four_endless_readers_get_near_equal_shares() {
+/// Bytes each of `uids` read in `secs` seconds of 64 KiB reads without end, all started
+/// together on one mount under the service's limit.
+fn endless_side_by_side(uids: &[u32], secs: u64) -> Vec<u64> {
     let emu = limited_emulator();
     let m = MountBuilder::new(&emu)
         .rate_limit("30/10")
         .arg("--allow-other")
         .mount();
-    let uids = [61011, 61012, 61013, 61014];
-    let at = in_seconds(3);
+    let (at, secs) = (in_seconds(3), secs.to_string());
     let mut readers: Vec<Reader> = uids
         .iter()
-        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "25", &at]))
+        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", &secs, &at]))
         .collect();
-    let got: Vec<u64> = readers
+    let got = readers
         .iter_mut()
         .map(|r| {
             let (n, e) = r.total();
@@ -204,6 +190,13 @@ fn four_endless_readers_get_near_equal_shares() {
             n
         })
         .collect();
+    assert_eq!(m.status_u64("active_tenants"), uids.len() as u64);
+    got
+}
+
+#[test]
+fn four_endless_readers_get_near_equal_shares() {
+    let got = endless_side_by_side(&[61011, 61012, 61013, 61014], 25);
     let mean = got.iter().sum::<u64>() as f64 / got.len() as f64;
     eprintln!("four tenants: {got:?}");
     assert!(mean > (2 << 20) as f64, "{got:?}");
@@ -212,7 +205,6 @@ fn four_endless_readers_get_near_equal_shares() {
         // The goal (0.8x to 1.25x) is measured in scripts/bench.sh tenants; here, generous.
         assert!((0.6..1.6).contains(&ratio), "shares {got:?}");
     }
-    assert_eq!(m.status_u64("active_tenants"), 4);
 }
 
 /// Bytes per tenant with `--tenant-budget 16M/day`: chunks of 512 KiB are recorded ahead.
@@ -441,18 +433,7 @@ fn bench_tenants_goals() {
             lat.len()
         );
     }
-    let emu = limited_emulator();
-    let m = MountBuilder::new(&emu)
-        .rate_limit("30/10")
-        .arg("--allow-other")
-        .mount();
-    let uids = [61021, 61022, 61023, 61024];
-    let at = in_seconds(3);
-    let mut readers: Vec<Reader> = uids
-        .iter()
-        .map(|u| Reader::as_uid(&m, *u, &["endless", "65536", "30", &at]))
-        .collect();
-    let got: Vec<u64> = readers.iter_mut().map(|r| r.total().0).collect();
+    let got = endless_side_by_side(&[61021, 61022, 61023, 61024], 30);
     let mean = got.iter().sum::<u64>() as f64 / got.len() as f64;
     let ratios: Vec<f64> = got.iter().map(|n| *n as f64 / mean).collect();
     eprintln!("four tenants, 30 s: bytes {got:?}, ratios to an equal share {ratios:.3?}");
