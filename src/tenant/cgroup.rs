@@ -21,7 +21,27 @@ pub fn of_task(pid: u32, depth: Option<usize>) -> Option<String> {
 }
 
 /// The path of the unified hierarchy's line (`0::PATH`), cut after `depth` components.
+/// Whoever may create cgroups names them: control characters, white space and `=` are
+/// escaped (`\x0a`), so a name cannot forge a log line or a `/status` entry.
 pub fn parse(text: &str, depth: Option<usize>) -> Option<String> {
+    parse_raw(text, depth).map(|p| escape(&p))
+}
+
+fn escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c.is_control() || c.is_whitespace() || c == '=' || c == '\\' {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_raw(text: &str, depth: Option<usize>) -> Option<String> {
     let path = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -57,6 +77,11 @@ mod tests {
         assert_eq!(parse("5:memory:/x\n", None), None);
         assert_eq!(parse("0::relative\n", None), None);
         assert_eq!(parse("", None), None);
+        // Names are escaped: no forged line, no forged `key=value`.
+        assert_eq!(
+            parse("0::/a b=c\\d\u{7f}\n", None).as_deref(),
+            Some("/a\\x20b\\x3dc\\x5cd\\x7f")
+        );
     }
 
     #[test]
