@@ -9,6 +9,9 @@
 #            reader, the emulator enforcing one 30/10 limit: delivered vs 30 x 512 KiB / 10 s,
 #            share of 429 answers, busiest vs least busy mount, least 20 s share, over 60 s
 #            after a 20 s start; the fleet model's figures for N up to 256 beside them; plot.
+#   tenants  one mount, the emulator enforcing 30/10: a small reader's 32-byte reads every 0.5 s
+#            beside an endless reader of another uid (median, p99, failures; vs one queue for
+#            all, --tenant-by none), and four endless readers' shares of an equal share.
 #   local    buffered reads from a full 1 GiB buffer vs /dev/urandom (1 MiB reads) and vs a
 #            null FUSE filesystem (32-byte reads); the read-size sweep and its plot.
 #   e2e      dd-like 1 MiB reads of 256 MiB through the default buffer, emulator unthrottled,
@@ -16,7 +19,7 @@
 #   cost     RSS (1 GiB buffer full, default buffer), idle CPU with a full buffer, time from
 #            `qrypt-fs MOUNTPOINT` to the first 32 bytes vs one API round trip + a null mount.
 #
-# Usage: scripts/bench.sh [service|fleet|local|e2e|cost]...  (no argument: all five, ~3 min after the build)
+# Usage: scripts/bench.sh [service|fleet|tenants|local|e2e|cost]...  (no argument: all six, ~5 min after the build)
 # Environment: ROUNDS (interleaved rounds per comparison, default 5), BENCH_OUT (where the
 # results, trials and logs go, default target/bench), PLOT (PNG path, default
 # BENCHMARKS-read-size.png; the `local` section writes it), FLEET_PLOT (default
@@ -31,11 +34,11 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(service fleet local e2e cost)
+[ ${#sections[@]} -eq 0 ] && sections=(service fleet tenants local e2e cost)
 for s in "${sections[@]}"; do
   case $s in
-    service | fleet | local | e2e | cost) ;;
-    *) echo "usage: $0 [service|fleet|local|e2e|cost]..." >&2; exit 2 ;;
+    service | fleet | tenants | local | e2e | cost) ;;
+    *) echo "usage: $0 [service|fleet|tenants|local|e2e|cost]..." >&2; exit 2 ;;
   esac
 done
 
@@ -259,6 +262,29 @@ section_fleet() {
   else
     echo "  fleet plot skipped (python3 with matplotlib needed; see $out/plot-fleet.log)" >&2
   fi
+}
+
+section_tenants() {
+  say "tenants: an endless reader beside a small one, and four endless readers, 30/10 (~2.5 min)"
+  local dir=$out/tenants
+  mkdir -p "$dir"
+  # The test starts its own emulators and mounts, and readers of other uids.
+  TENANTS_OUT=$dir run "$out/tenants.log" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
+    tenants::bench_tenants_goals --exact --ignored --nocapture --test-threads 1 || echo "  (the tenants run failed)" >&2
+  [ -f "$dir/tenants-summary.tsv" ] || die "the tenants run wrote no summary (see $out/tenants.log)"
+  val() { awk -F '\t' -v k="$1" '$1 == k { print $2 }' "$dir/tenants-summary.tsv"; }
+  row --section tenants --figure "32 B every 0.5 s beside an endless reader: median latency" \
+    --value "$(val fair_median)" --unit s --baseline "$(val one_queue_median)" \
+    --baseline-note "(one queue for all)" --goal "value<=0.4"
+  row --section tenants --figure "  p99 latency" \
+    --value "$(val fair_p99)" --unit s --baseline "$(val one_queue_p99)" \
+    --baseline-note "(one queue for all)" --goal "value<=1.5"
+  row --section tenants --figure "  failed of $(( $(val fair_reads) + $(val fair_failed) )) small reads" \
+    --value "$(val fair_failed)" --unit count --goal "value==0"
+  row --section tenants --figure "4 endless readers, 30 s: least share / equal share" \
+    --value "$(val share_min)" --unit x --goal "value>=0.8"
+  row --section tenants --figure "  largest share / equal share" \
+    --value "$(val share_max)" --unit x --goal "value<=1.25"
 }
 
 # The local ceiling's mounts: a 1 GiB buffer (rate limit off) and the null filesystem.

@@ -20,6 +20,7 @@ mod session;
 mod state_machine;
 mod status;
 mod sys;
+mod tenant;
 mod upstream;
 
 pub use fs::fuse_adapter::favour_this_thread;

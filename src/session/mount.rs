@@ -25,6 +25,7 @@ use crate::refill::{Control, PrefetchConfig, Prefetcher};
 use crate::session::background::Ready;
 use crate::session::check_upstream::{self, FirstAnswerCell, Verdict};
 use crate::status::{StaticInfo, Status};
+use crate::tenant::{TenantConfig, Tenants};
 use crate::upstream::EntropyClient;
 
 /// What a mount needs, whatever the client.
@@ -38,6 +39,8 @@ pub struct MountConfig {
     pub read_timeout: Option<Duration>,
     /// The most reads one user may have waiting (0: no limit).
     pub max_waiters_per_user: usize,
+    /// How readers are told apart and capped.
+    pub tenants: TenantConfig,
     pub prefetch: PrefetchConfig,
     pub info: StaticInfo,
     /// Wait for the upstream's first answer before reporting ready (None: don't).
@@ -154,7 +157,15 @@ impl Session {
         let watchdog =
             crate::read_guard::wait_limits::spawn(pool.clone()).context("watchdog thread")?;
 
-        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
+        let tenants = Arc::new(Tenants::new(cfg.tenants, crate::budget::system_clock()));
+        {
+            let view = tenants.clone();
+            status.set_tenants(Box::new(move || view.view()));
+            let status = status.clone();
+            tenants.on_refused(Box::new(move |m| status.record_error(m)));
+        }
+        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout)
+            .with_tenants(tenants);
         let refusals = fs.refusals();
         let handed = cfg.fuse_fd.is_some();
         let fuse_session = match cfg.fuse_fd {

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::budget::tenants::TenantBudget;
 use crate::budget::{Budget, BudgetConfig, Legacy, TokenBytes, default_state_dir, system_clock};
 use crate::fs::mount_options::FuseOptions;
 use crate::refill::PrefetchConfig;
@@ -18,6 +19,7 @@ use crate::session::logging::{self, LogTarget};
 use crate::session::mount::{MountConfig, Session, StartupCheck};
 use crate::session::start_io;
 use crate::status::StaticInfo;
+use crate::tenant::{TenantBy, TenantConfig};
 use crate::upstream::http::{
     HttpClient, HttpConfig, canonical_endpoint, mask_credentials, parse_endpoint, read_ca_file,
 };
@@ -216,6 +218,15 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let budget = open_budget(&opts, &endpoint, token_file.as_deref(), &token)?;
+    let tenant_budget = open_tenant_budget(&opts)?;
+    if matches!(opts.tenant_by, TenantBy::Cgroup { .. })
+        && crate::tenant::cgroup::of_task(std::process::id(), None).is_none()
+    {
+        let w = "--tenant-by cgroup: no cgroup v2 here (/proc/self/cgroup has no 0:: line): \
+                 every reader is the one tenant unknown";
+        eprintln!("qrypt-fs: warning: {w}");
+        warnings.push(w.to_owned());
+    }
     // What the token file holds now, so a later look sees whether it changed.
     let watched = match &token_file {
         Some(p) => {
@@ -337,6 +348,11 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             buffer_size: opts.buffer_size,
             read_timeout: opts.read_timeout,
             max_waiters_per_user: opts.max_waiters_per_user,
+            tenants: TenantConfig {
+                by: opts.tenant_by,
+                budget: tenant_budget,
+                exempt: opts.tenant_exempt.clone(),
+            },
             info: StaticInfo {
                 endpoint: shown_endpoint(&endpoint),
                 token_source: token_source.to_string(),
@@ -421,6 +437,31 @@ fn open_budget(
     )?
     .map_err(anyhow::Error::msg)?;
     Ok(Arc::new(budget))
+}
+
+/// Opens the `--tenant-budget` record in the state directory (an unusable one is an error
+/// now, on the terminal); `None` without per-tenant caps.
+fn open_tenant_budget(opts: &Options) -> anyhow::Result<Option<TenantBudget>> {
+    if opts.tenant_budget.is_empty() {
+        return Ok(None);
+    }
+    let state_dir = match &opts.state_dir {
+        Some(d) => std::path::absolute(d).with_context(|| d.display().to_string())?,
+        None => default_state_dir().map_err(anyhow::Error::msg)?,
+    };
+    let (caps, max, dir) = (
+        opts.tenant_budget.clone(),
+        opts.tenant_max,
+        state_dir.clone(),
+    );
+    let budget = start_io::within(
+        "tenant budget state directory",
+        &state_dir,
+        start_io::TIMEOUT,
+        move || TenantBudget::open(caps, &dir, max, system_clock()),
+    )?
+    .map_err(anyhow::Error::msg)?;
+    Ok(Some(budget))
 }
 
 /// Where the replay history is kept: `--state-dir` (or its default), named after the

@@ -43,6 +43,8 @@ mod seed;
 #[cfg(feature = "fuse-tests")]
 mod status_fields;
 #[cfg(feature = "fuse-tests")]
+mod tenants;
+#[cfg(feature = "fuse-tests")]
 mod token_file;
 #[cfg(feature = "fuse-tests")]
 mod try_it;

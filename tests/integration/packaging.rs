@@ -641,3 +641,36 @@ fn the_unit_is_hardened_to_an_exposure_of_at_most_3() {
         );
     }
 }
+
+/// The shipped unit gives each tenant (each uid) a daily cap well below the host's, so that
+/// one user cannot spend the day's budget for everyone; the README says the same.
+#[test]
+fn the_unit_caps_each_tenant_well_below_the_host() {
+    let unit = read(&format!("{ROOT}/contrib/qrypt-fs.service"));
+    let exec: String = unit
+        .lines()
+        .skip_while(|l| !l.starts_with("ExecStart=/usr/bin/qrypt-fs"))
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let day_cap = |flag: &str| -> u64 {
+        words
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .find_map(|w| w[1].strip_suffix("/day"))
+            .and_then(|size| size.strip_suffix('M'))
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {flag} SIZE/day in M: {exec}"))
+    };
+    let (host, tenant) = (day_cap("--budget"), day_cap("--tenant-budget"));
+    assert!(
+        tenant * 5 <= host,
+        "{tenant}M/day per tenant, {host}M/day for the host"
+    );
+    let readme = read(&format!("{ROOT}/README.md")).replace('\n', " ");
+    assert!(
+        readme.contains(&format!("{tenant} MiB a day per user")),
+        "the README names the per-user cap"
+    );
+}
