@@ -17,7 +17,7 @@ use std::process::Command;
 use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::Man;
-use clap_mangen::roff::{Roff, bold, roman};
+use clap_mangen::roff::{Roff, bold, italic, roman};
 use flate2::{Compression, GzBuilder};
 
 #[allow(dead_code)]
@@ -29,6 +29,8 @@ mod fields;
 #[allow(dead_code)]
 #[path = "src/session/cli/manual.rs"]
 mod manual;
+#[path = "src/session/cli/option_lists.rs"]
+mod option_lists;
 
 /// The folder next to the binaries that `[package.metadata.deb]` names.
 const ASSETS_DIR: &str = "qrypt-fs-assets";
@@ -117,10 +119,17 @@ fn git_commit(manifest_dir: &Path) -> String {
             manifest_dir.join(path).display()
         );
     }
+    // `--no-optional-locks`: a plain `git status` refreshes and rewrites the index, which is
+    // watched above, so every build would run this script (and rebuild the crate) again.
     let dirty = Command::new("git")
         .arg("-C")
         .arg(manifest_dir)
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args([
+            "--no-optional-locks",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ])
         .output()
         // If git cannot say, the tree is not claimed clean.
         .map_or(true, |o| !o.status.success() || !o.stdout.is_empty());
@@ -165,13 +174,14 @@ fn generate(version: &str) -> io::Result<Vec<(String, Vec<u8>)>> {
     gz.write_all(&seed)?;
     files.push(("qrypt-fs-seed.8.gz".to_owned(), gz.finish()?));
     files.push(("qrypt-fs-seed.8".to_owned(), seed));
+    let completed = with_mount_option_names(cmd);
     for (shell, name) in [
         (Shell::Bash, "qrypt-fs.bash"),
         (Shell::Zsh, "_qrypt-fs"),
         (Shell::Fish, "qrypt-fs.fish"),
     ] {
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), "qrypt-fs", &mut buf);
+        clap_complete::generate(shell, &mut completed.clone(), "qrypt-fs", &mut buf);
         files.push((name.to_owned(), buf));
     }
     Ok(files)
@@ -181,13 +191,13 @@ fn generate(version: &str) -> io::Result<Vec<(String, Vec<u8>)>> {
 /// sections of `manual.rs` in between. The `--help` epilogue is left out: the man page says
 /// the same at length.
 fn man_page(cmd: clap::Command) -> io::Result<Vec<u8>> {
-    let man = Man::new(cmd)
+    let man = Man::new(cmd.clone())
         .manual("qrypt-fs manual")
         .source(format!("qrypt-fs {}", env!("CARGO_PKG_VERSION")));
     let mut buf = Vec::new();
     man.render_title(&mut buf)?;
     man.render_name_section(&mut buf)?;
-    man.render_synopsis_section(&mut buf)?;
+    synopsis(&cmd).to_writer(&mut buf)?;
     man.render_description_section(&mut buf)?;
     man.render_options_section(&mut buf)?;
     let mut roff = Roff::new();
@@ -214,11 +224,94 @@ fn man_page(cmd: clap::Command) -> io::Result<Vec<u8>> {
                 }
             }
         }
+        if section.title == "MOUNT OPTIONS" {
+            // The list `-o` parsing uses, so the page cannot leave one out.
+            let mut ignored: Vec<&str> = option_lists::IGNORED
+                .iter()
+                .copied()
+                .filter(|o| !o.is_empty())
+                .collect();
+            ignored.push("x-*");
+            roff.control("PP", []);
+            roff.text([roman(format!("{}.", ignored.join(", ")))]);
+        }
     }
     status_fields(&mut roff);
     roff.to_writer(&mut buf)?;
     man.render_version_section(&mut buf)?;
     Ok(buf)
+}
+
+/// The command as the completions see it: `-o` offers every mount option's name (`key=` for
+/// those that take a value). Only for completing: parsing `-o` stays `mount_options.rs`'s.
+fn with_mount_option_names(cmd: clap::Command) -> clap::Command {
+    let mut built = cmd.clone();
+    built.build();
+    // clap wants &'static str; leaked once, in a build script.
+    let names: Vec<&'static str> = built
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_positional())
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            if option_lists::NOT_MOUNT_OPTIONS.contains(&long) || a.get_id() == "options" {
+                return None;
+            }
+            let key = long.replace('-', "_");
+            let takes = a.get_num_args().is_some_and(|n| n.takes_values());
+            let name = if takes { format!("{key}=") } else { key };
+            Some(&*Box::leak(name.into_boxed_str()))
+        })
+        .collect();
+    cmd.mut_arg("options", |a| {
+        a.value_parser(clap::builder::PossibleValuesParser::new(names))
+    })
+}
+
+/// SYNOPSIS with each option's value name (`--token-file PATH`, `-o OPTIONS`), which
+/// clap_mangen's own synopsis leaves out.
+fn synopsis(cmd: &clap::Command) -> Roff {
+    // Built, so each argument knows how many values it takes (and --help, --version exist).
+    let mut cmd = cmd.clone();
+    cmd.build();
+    let mut line = vec![bold(cmd.get_name()), roman(" ")];
+    // Options first, then the mount point, as usage lines go.
+    let (positionals, options): (Vec<&clap::Arg>, Vec<&clap::Arg>) = cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .partition(|a| a.is_positional());
+    for arg in options.into_iter().chain(positionals) {
+        let value = arg
+            .get_value_names()
+            .map(|names| names.join(" "))
+            .filter(|_| arg.get_num_args().is_some_and(|n| n.takes_values()));
+        if arg.is_positional() {
+            line.push(italic(value.unwrap_or_else(|| arg.get_id().to_string())));
+            line.push(roman(" "));
+            continue;
+        }
+        let names: Vec<String> = arg
+            .get_short()
+            .map(|c| format!("-{c}"))
+            .into_iter()
+            .chain(arg.get_long().map(|l| format!("--{l}")))
+            .collect();
+        line.push(roman("["));
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                line.push(roman("|"));
+            }
+            line.push(bold(name.as_str()));
+        }
+        if let Some(v) = value {
+            line.push(roman(" "));
+            line.push(italic(v));
+        }
+        line.push(roman("] "));
+    }
+    let mut roff = Roff::new();
+    roff.control("SH", ["SYNOPSIS"]);
+    roff.text(line);
+    roff
 }
 
 /// The STATUS FIELDS section, from the status layer's one field table: each key with its

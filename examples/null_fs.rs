@@ -2,11 +2,12 @@
 //!
 //! `cargo run --release --example null_fs -- MOUNTPOINT` mounts a read-only directory holding one
 //! regular file, `random`, opened exactly as qrypt-fs opens its `/random` (`FOPEN_DIRECT_IO |
-//! FOPEN_NONSEEKABLE | FOPEN_STREAM`) and served by the same fuser setup (4 threads, one cloned
-//! `/dev/fuse` fd each) with the same mount options: it calls qrypt-fs's own `fuse_config`
-//! (src/fuse/config.rs). Every read is answered at once from a static buffer, so reading it
-//! measures what the kernel, `/dev/fuse` and fuser cost, and nothing else: the ceiling that any
-//! FUSE file can reach on this machine.
+//! FOPEN_NONSEEKABLE | FOPEN_STREAM`) and served by the same fuser setup (the same thread
+//! count, one cloned `/dev/fuse` fd each) with the same mount options: it calls qrypt-fs's own
+//! `fuse_config` (src/fs/mount_options.rs). Every read is answered at once from a static
+//! buffer, by threads raised in priority as qrypt-fs raises its own, and nothing else runs in
+//! the process, so reading it measures what the kernel, `/dev/fuse` and fuser cost: the
+//! ceiling that any FUSE file can reach on this machine.
 //!
 //! It stays in the foreground until SIGINT or SIGTERM, then unmounts and exits 0.
 use std::ffi::OsStr;
@@ -19,7 +20,7 @@ use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenAccMode,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
-use qrypt_fs::{FuseOptions, fuse_config};
+use qrypt_fs::{FuseOptions, favour_this_thread, fuse_config};
 use qrypt_fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -129,6 +130,7 @@ impl Filesystem for NullFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        favour_this_thread();
         if ino == RANDOM {
             reply.data(&DATA[..(size as usize).min(MAX_READ)]);
         } else {

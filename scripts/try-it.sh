@@ -11,16 +11,18 @@
 # If MOUNTPOINT is already mounted or is a stale mount, qrypt-fs's own message is shown and
 # nothing there is touched: on exit this script removes only the mount and processes it made.
 #
-# TRY_IT_BIN_DIR=DIR uses the qrypt-fs and qrypt-emulator already built in DIR (tests point
-# it at target/debug) instead of `cargo build --release`.
+# It builds the debug profile without jemalloc (`--no-default-features`): minutes, not a
+# quarter of an hour, on 2 cores (docs/testing.md has the figures), and what the tests build
+# next reuses it. The packaged and `cargo build --release` daemon has jemalloc, for long runs.
+# TRY_IT_BIN_DIR=DIR uses the qrypt-fs and qrypt-emulator already built in DIR instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mnt=${1:-/tmp/qrypt}
 if [ -n "${TRY_IT_BIN_DIR:-}" ]; then
   bin=$TRY_IT_BIN_DIR
 else
-  cargo build --release --locked --workspace --bins
-  bin=target/release
+  cargo build --locked --workspace --bins --no-default-features
+  bin=${CARGO_TARGET_DIR:-target}/debug
 fi
 # A stale mount point fails even `mkdir -p`; qrypt-fs says what is wrong with it below.
 mkdir -p "$mnt" 2>/dev/null || true

@@ -15,21 +15,23 @@ mod pool;
 mod privsep;
 mod read_guard;
 mod refill;
-/// Each process's sandbox: capabilities, Landlock, seccomp (public: the processes' entry
-/// points and the sandbox tests apply it).
+// Public: the processes' entry points and the sandbox tests apply it.
 pub mod sandbox;
 mod session;
 mod state_machine;
 mod status;
 mod sys;
+mod tenant;
 mod upstream;
 
+pub use fs::fuse_adapter::favour_this_thread;
 pub use fs::mount_options::{FuseOptions, fuse_config};
 pub use fs::{RANDOM_FILE_SIZE, RANDOM_OPEN_FLAGS, page_size};
 /// The client's pacing under the service's rate limit, public for the fleet model that checks
 /// it on a virtual clock (`tests/integration/fleet_model.rs`).
 pub mod pacing {
     pub use crate::refill::pacer::adaptive::AdaptiveRate;
+    pub use crate::refill::pacer::pacing::{Answer, Pacing, Ticket};
     pub use crate::refill::pacer::{Pacer, RateLimit, Wait};
 }
 pub use refill::FIRST_REQUEST_KIB;

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 /// soaks. jemalloc keeps small and large allocations apart (size-class slabs, separate
 /// extents) and returns freed pages on its own; it crept 53-85 KiB a minute, and the rest was
 /// read buffers the HTTP residue pinned, since fixed (BENCHMARKS.md, "Soak").
+///
+/// Without the `jemalloc` feature (scripts/try-it.sh's quick build) the system allocator
+/// serves: a trial mount does not run long enough for the creep to matter.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -18,6 +22,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// one background thread ([`start_purging`]), so an idle daemon holds no freed memory and no
 /// allocating thread pays for the purge. The symbol is jemalloc's `const char *malloc_conf`
 /// under the crate's `_rjem_` prefix; a reference to the byte string is that pointer.
+/// `background_thread:false`: the crate's feature turns the thread on at the first allocation
+/// otherwise, before the fork and before the sandbox (which needs a single thread).
+#[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 86] =
     b"background_thread:false,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
@@ -26,6 +33,7 @@ static MALLOC_CONF: &[u8; 86] =
 /// fork of daemon mode: a thread started before it would not exist in the child). If it cannot
 /// start, freed pages still go back, only when later allocations come by.
 fn start_purging() {
+    #[cfg(feature = "jemalloc")]
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
 }
 

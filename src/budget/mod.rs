@@ -23,6 +23,7 @@ mod rate;
 mod report;
 mod spec;
 mod store;
+pub mod tenants;
 
 pub use ledger::{Exhausted, Spend};
 pub use report::BudgetReport;

@@ -335,14 +335,22 @@ impl StateFile {
     /// The file of `account` (see [`AccountKey::account`]) at `endpoint` (canonical) in `dir`.
     /// The endpoint is written inside in clear for an operator to read; the token never is.
     pub fn new(dir: &Path, endpoint: &str, account: &str) -> StateFile {
-        let name = format!("budget-{account}");
+        let mut file = StateFile::named(dir, &format!("budget-{account}"));
+        file.endpoint = endpoint.to_owned();
+        file.account = account.to_owned();
+        file
+    }
+
+    /// A record `NAME.json` in `dir`, locked through `NAME.lock`, of no account: for other
+    /// records kept the same way (the per-tenant spend).
+    pub(super) fn named(dir: &Path, name: &str) -> StateFile {
         StateFile {
             dir: dir.to_owned(),
             path: dir.join(format!("{name}.json")),
             lock_path: dir.join(format!("{name}.lock")),
             tmp_path: dir.join(format!("{name}.json.tmp")),
-            endpoint: endpoint.to_owned(),
-            account: account.to_owned(),
+            endpoint: String::new(),
+            account: String::new(),
             key: None,
         }
     }
@@ -434,7 +442,7 @@ impl StateFile {
     /// longer than [`LOCK_WAIT`]: a lock held by a stuck process is an error that names it,
     /// not a refill stalled in the kernel. A state directory removed while running is made
     /// again (the spend is known; the file is written again from it).
-    fn lock(&self) -> Result<Flock<File>, StoreError> {
+    pub(super) fn lock(&self) -> Result<Flock<File>, StoreError> {
         let mut file = match self.open_lock_file() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.create_dir().map_err(StoreError::Io)?;
@@ -470,7 +478,7 @@ impl StateFile {
 
     /// The text of a record at `path` that only this user could have written, `None` if
     /// there is none.
-    fn read_record(path: &Path) -> Result<Option<String>, StoreError> {
+    pub(super) fn read_record(path: &Path) -> Result<Option<String>, StoreError> {
         let corrupt = |why: String| {
             StoreError::Corrupt(format!(
                 "budget state file {} is unusable: {why}",
@@ -572,6 +580,11 @@ impl StateFile {
         let mut text = serde_json::to_string_pretty(&disk)
             .map_err(|e| StoreError::Io(format!("budget state: {e}")))?;
         text.push('\n');
+        self.replace(&text)
+    }
+
+    /// Replaces the record's text atomically and durably (the lock held).
+    pub(super) fn replace(&self, text: &str) -> Result<(), StoreError> {
         // A temporary file left by a crash: ours (we hold the lock), so replace it.
         match fs::remove_file(&self.tmp_path) {
             Ok(()) => {}

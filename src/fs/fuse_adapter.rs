@@ -28,7 +28,8 @@ impl DataReply for ReplyData {
 /// priority by 5 nice levels (relative, so an administrator's `Nice=` still counts) the first
 /// time it serves a request. Needs CAP_SYS_NICE or a high enough RLIMIT_NICE (the systemd
 /// unit sets `LimitNICE=`); without them nothing changes. The refill runtime is untouched.
-fn favour_this_thread() {
+/// Public for the benchmark's null filesystem, which must be as fast as a FUSE file can be.
+pub fn favour_this_thread() {
     thread_local!(static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     RAISED.with(|raised| {
         if !raised.replace(true) {

@@ -21,6 +21,7 @@ mod unsupported;
 use crate::read_guard::log_limit::LogLimiter;
 use crate::read_guard::slow_refusal::RefusalPacer;
 use crate::read_guard::{Admission, ReadGuard};
+use crate::tenant::Tenants;
 
 /// `st_size` of `/random`. Programs that read a regular file "to its size" (`openssl rand
 /// -rand FILE`) read this much and stop; a size of 0 would make them read until EOF, i.e.
@@ -96,18 +97,23 @@ pub fn errno_for(err: ReadError) -> Errno {
     }
 }
 
-/// Hands the pool's answer to a [`DataReply`].
+/// Hands the pool's answer to a [`DataReply`], counted for its tenant.
 struct PoolReply<R> {
     reply: R,
     tenant: Tenant,
+    /// What the tenant was admitted for.
+    asked: usize,
+    tenants: Arc<Tenants>,
 }
 
 impl<R: DataReply> ReadSink for PoolReply<R> {
     fn deliver(self, data: &[u8]) {
+        self.tenants.settle(self.tenant, self.asked, data.len());
         self.reply.data(data);
     }
 
     fn fail(self, err: ReadError) {
+        self.tenants.settle(self.tenant, self.asked, 0);
         if err == ReadError::TooManyWaiters {
             // Any user can repeat this at will: rate-limited.
             static REFUSED: LogLimiter = LogLimiter::new(3, Duration::from_secs(60));
@@ -115,7 +121,7 @@ impl<R: DataReply> ReadSink for PoolReply<R> {
                 REFUSED,
                 "{} has as many reads of random waiting as --max-waiters-per-user allows: \
                  one more answered EBUSY",
-                self.tenant
+                self.tenants.name(self.tenant)
             );
         }
         self.reply.error(errno_for(err));
@@ -159,6 +165,7 @@ pub struct EntropyFs {
     gid: u32,
     mounted_at: SystemTime,
     guard: ReadGuard,
+    tenants: Arc<Tenants>,
 }
 
 impl EntropyFs {
@@ -177,7 +184,14 @@ impl EntropyFs {
             gid: nix::unistd::getgid().as_raw(),
             mounted_at: SystemTime::now(),
             guard: ReadGuard::new(),
+            tenants: Arc::new(Tenants::default()),
         }
+    }
+
+    /// Tells readers apart (and caps them) as `tenants` says; by uid without caps otherwise.
+    pub fn with_tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = tenants;
+        self
     }
 
     /// The paced refusals of page-cache fills; the session shuts them down with the pool.
@@ -290,17 +304,25 @@ impl EntropyFs {
                         .refuse(read.pid, origin, Box::new(move || reply.error(Errno::EIO)));
                     return;
                 }
+                let tenant = self.tenants.resolve(read.pid, read.uid);
+                // A tenant at its --tenant-budget cap: EIO at once, as at the global cap.
+                let Some(len) = self.tenants.admit(tenant, read.size as usize) else {
+                    reply.error(Errno::EIO);
+                    return;
+                };
                 self.pool.read(
                     ReadRequest {
-                        len: read.size as usize,
+                        len,
                         nonblocking: read.flags.0 & libc::O_NONBLOCK != 0,
                         pid: read.pid,
-                        tenant: Tenant::uid(read.uid),
+                        tenant,
                         deadline: self.read_timeout.map(|d| Instant::now() + d),
                     },
                     PoolReply {
                         reply,
-                        tenant: Tenant::uid(read.uid),
+                        tenant,
+                        asked: len,
+                        tenants: self.tenants.clone(),
                     },
                 );
             }

@@ -1,13 +1,15 @@
 //! The entropy pool: a ring of validated bytes and the queue of readers waiting for them.
 //!
-//! Every byte leaves through exactly one [`ReadSink`], in FIFO order of the reads that asked,
-//! and is wiped as it leaves. The pool knows nothing of FUSE: the adapter hands it sinks.
-use std::collections::{HashMap, VecDeque};
+//! Every byte leaves through exactly one [`ReadSink`] and is wiped as it leaves. Reads of one
+//! tenant are served in FIFO order, tenants fairly ([`fair`]). The pool knows nothing of FUSE:
+//! the adapter hands it sinks and an opaque tenant key.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
+mod fair;
 mod ring;
 pub use ring::{LockedBuf, Ring};
 
@@ -38,23 +40,24 @@ pub enum ReadError {
     TooManyWaiters,
 }
 
-/// Whom a waiting read is charged to: the cap on waiting reads ([`Pool::set_max_waiters`])
-/// is per tenant. Today a tenant is the reading process's uid, as the FUSE request carries it;
-/// the key is opaque to the pool, so another (a cgroup, say) can replace it here alone.
+/// Whom a read belongs to: bytes are shared fairly between tenants, and the cap on waiting
+/// reads ([`Pool::set_max_waiters`]) is per tenant. Opaque to the pool (the tenant module
+/// says whose key it is: a uid, a cgroup, everyone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Tenant {
-    uid: u32,
-}
+pub struct Tenant(u64);
 
 impl Tenant {
-    pub const fn uid(uid: u32) -> Tenant {
-        Tenant { uid }
+    pub const fn new(key: u64) -> Tenant {
+        Tenant(key)
     }
-}
 
-impl std::fmt::Display for Tenant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "uid {}", self.uid)
+    /// The key of the tenant of one uid (the tenant module's keys for uids are these).
+    pub const fn uid(uid: u32) -> Tenant {
+        Tenant(uid as u64)
+    }
+
+    pub const fn key(self) -> u64 {
+        self.0
     }
 }
 
@@ -130,39 +133,27 @@ struct Inner {
     /// Where reads that wrap around the ring's end are gathered: [`MAX_READ`] bytes (or the
     /// capacity if smaller), allocated and locked once, wiped after each delivery.
     scratch: LockedBuf,
-    waiters: VecDeque<Waiter>,
+    waiters: fair::Queues,
+    /// What the buffer keeps for each recently active tenant.
+    shares: fair::Shares,
     /// One waker per open file that polled while nothing was ready: a program that polls in
     /// a loop replaces its waker instead of piling up new ones.
     pollers: HashMap<u64, Waker>,
     availability: Availability,
     next_id: u64,
-    /// Waiting reads per tenant (no entry: none), kept with `waiters`.
-    per_tenant: HashMap<Tenant, usize>,
     /// The most reads one tenant may have waiting (0: no limit).
     max_waiters: usize,
 }
 
 impl Inner {
-    /// Queues a waiter, counting it against its tenant.
-    fn enqueue(&mut self, w: Waiter) {
-        *self.per_tenant.entry(w.req.tenant).or_default() += 1;
-        self.waiters.push_back(w);
-    }
-
-    /// Uncounts a waiter that left the queue.
-    fn left(&mut self, tenant: Tenant) {
-        if let std::collections::hash_map::Entry::Occupied(mut e) = self.per_tenant.entry(tenant) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
-    }
-
     /// Takes every waiter out of the queue.
-    fn take_waiters(&mut self) -> VecDeque<Waiter> {
-        self.per_tenant.clear();
-        std::mem::take(&mut self.waiters)
+    fn take_waiters(&mut self) -> Vec<Waiter> {
+        self.waiters.drain()
+    }
+
+    /// Bytes `tenant` may take now: the buffer less what is kept for other active tenants.
+    fn available(&self, tenant: Tenant) -> usize {
+        self.shares.available(tenant, self.ring.len())
     }
 }
 
@@ -198,11 +189,11 @@ impl Pool {
             inner: Mutex::new(Inner {
                 ring: Ring::new(capacity),
                 scratch: LockedBuf::new(capacity.min(MAX_READ)),
-                waiters: VecDeque::new(),
+                waiters: fair::Queues::default(),
+                shares: fair::Shares::default(),
                 pollers: HashMap::new(),
                 availability: Availability::Open,
                 next_id: 0,
-                per_tenant: HashMap::new(),
                 max_waiters: 0,
             }),
             space: Arc::new(tokio::sync::Notify::new()),
@@ -280,36 +271,44 @@ impl Pool {
         self.buffered() < threshold
     }
 
-    /// Answers a read now, or queues it behind earlier waiting reads.
+    /// Answers a read now, or queues it behind its tenant's earlier waiting reads. Reads of
+    /// other tenants that wait cannot use what this one may take: after every change they
+    /// were served as far as the buffer allowed.
     pub fn read<S: ReadSink>(&self, req: ReadRequest, sink: S) {
         if req.len == 0 {
             sink.deliver(&[]);
             return;
         }
         let mut g = self.inner.lock();
+        let capacity = g.ring.capacity();
+        if g.shares.arrived(req.tenant, Instant::now(), capacity) {
+            // A reserve shrank: a waiting read may fit now.
+            self.serve_waiters(&mut g);
+        }
+        let avail = g.available(req.tenant);
         match g.availability {
             Availability::Shutdown => return sink.fail(ReadError::ShuttingDown),
-            Availability::Unavailable if g.ring.len() < need(req.len) => {
+            Availability::Unavailable if avail < need(req.len) => {
                 return sink.fail(ReadError::Unavailable);
             }
             _ => {}
         }
-        if g.waiters.is_empty() && g.ring.len() >= need(req.len) {
-            self.serve(&mut g, req.len, |bytes| sink.deliver(bytes));
+        if g.waiters.waiting_of(req.tenant) == 0 && avail >= need(req.len) {
+            let n = req.len.min(avail).min(MAX_READ);
+            self.serve(&mut g, req.tenant, n, |bytes| sink.deliver(bytes));
             return;
         }
         if req.nonblocking {
             return sink.fail(ReadError::WouldBlock);
         }
-        if g.max_waiters > 0 && g.per_tenant.get(&req.tenant).copied().unwrap_or(0) >= g.max_waiters
-        {
+        if g.max_waiters > 0 && g.waiters.waiting_of(req.tenant) >= g.max_waiters {
             drop(g);
             self.refused_waiters.fetch_add(1, Ordering::Relaxed);
             return sink.fail(ReadError::TooManyWaiters);
         }
         let id = g.next_id;
         g.next_id += 1;
-        g.enqueue(Waiter {
+        g.waiters.push(Waiter {
             id,
             since: Instant::now(),
             req,
@@ -319,9 +318,11 @@ impl Pool {
         self.waiting.notify_all();
     }
 
-    /// Hands the oldest `min(len, buffered, MAX_READ)` bytes to `deliver`, then wipes them.
-    fn serve(&self, g: &mut Inner, len: usize, deliver: impl FnOnce(&[u8])) {
-        let n = len.min(g.ring.len()).min(MAX_READ);
+    /// Hands the oldest `n` bytes (no more than are buffered) to `deliver` for `tenant`, then
+    /// wipes them.
+    fn serve(&self, g: &mut Inner, tenant: Tenant, n: usize, deliver: impl FnOnce(&[u8])) {
+        let n = n.min(g.ring.len());
+        g.shares.served(tenant, n);
         let Inner { ring, scratch, .. } = g;
         ring.consume(n, scratch, deliver);
         self.served.fetch_add(n as u64, Ordering::SeqCst);
@@ -331,19 +332,22 @@ impl Pool {
         }
     }
 
-    /// Serves waiting reads, oldest first, while the oldest can be served.
+    /// Serves waiting reads, tenants in turn, while any can be served.
     fn serve_waiters(&self, g: &mut Inner) {
-        while g
-            .waiters
-            .front()
-            .is_some_and(|w| g.ring.len() >= need(w.req.len))
-        {
-            if let Some(w) = g.waiters.pop_front() {
-                g.left(w.req.tenant);
-                let sink = w.sink;
-                self.serve(g, w.req.len, |bytes| sink.deliver_boxed(bytes));
-            }
+        if g.waiters.is_empty() {
+            return;
         }
+        let mut waiters = std::mem::take(&mut g.waiters);
+        waiters.serve(
+            g,
+            (SMALL_READ_MAX, MAX_READ),
+            |g, tenant| g.available(tenant),
+            |g, w, n| {
+                let sink = w.sink;
+                self.serve(g, w.req.tenant, n, |bytes| sink.deliver_boxed(bytes));
+            },
+        );
+        g.waiters = waiters;
     }
 
     fn take_pollers_if_ready(g: &mut Inner) -> Vec<Waker> {
@@ -415,8 +419,11 @@ impl Pool {
         self.inner.lock().availability == Availability::Shutdown
     }
 
+    /// Readable when a read of any tenant would be served at once: past every reserve, as
+    /// the poller's tenant is not known here.
     fn readiness_locked(g: &Inner) -> Readiness {
-        let readable = g.waiters.is_empty() && g.ring.len() >= need(g.ring.capacity());
+        let readable = g.waiters.is_empty()
+            && g.ring.len() >= need(g.ring.capacity()).saturating_add(g.shares.total());
         let error = match g.availability {
             Availability::Open => false,
             Availability::Unavailable => !readable,
@@ -448,23 +455,31 @@ impl Pool {
         self.inner.lock().pollers.len()
     }
 
-    /// When the longest-waiting read now waiting started to wait (reads are served in order,
-    /// so it is the oldest), or `None` if no read waits.
+    /// When the longest-waiting read now waiting started to wait, or `None` if no read waits.
     pub fn waiting_since(&self) -> Option<Instant> {
-        self.inner.lock().waiters.front().map(|w| w.since)
+        self.inner.lock().waiters.oldest()
     }
 
-    /// The reads waiting now.
+    /// The reads waiting now. The wait-limits thread asks every round while reads wait, so
+    /// this is also where reserves of tenants gone quiet lapse and what then fits is served.
     pub fn waiting_reads(&self) -> Vec<WaitingRead> {
-        let g = self.inner.lock();
-        g.waiters
+        let mut g = self.inner.lock();
+        let capacity = g.ring.capacity();
+        if !g.waiters.is_empty() && g.shares.maybe_recompute(Instant::now(), capacity) {
+            self.serve_waiters(&mut g);
+        }
+        let mut reads: Vec<WaitingRead> = g
+            .waiters
             .iter()
             .map(|w| WaitingRead {
                 id: w.id,
                 pid: w.req.pid,
                 deadline: w.req.deadline,
             })
-            .collect()
+            .collect();
+        // Oldest first, whatever tenant.
+        reads.sort_unstable_by_key(|w| w.id);
+        reads
     }
 
     /// Blocks until some read is waiting (or shutdown, or `timeout`).
@@ -478,11 +493,8 @@ impl Pool {
     /// Ends one waiting read with `err` (a signal arrived, or its deadline passed).
     pub fn cancel(&self, id: u64, err: ReadError) {
         let mut g = self.inner.lock();
-        if let Some(pos) = g.waiters.iter().position(|w| w.id == id) {
-            if let Some(w) = g.waiters.remove(pos) {
-                g.left(w.req.tenant);
-                w.sink.fail_boxed(err);
-            }
+        if let Some(w) = g.waiters.remove(id) {
+            w.sink.fail_boxed(err);
             // The next in line may be servable now that a bigger read left the head.
             self.serve_waiters(&mut g);
             let wake = Self::take_pollers_if_ready(&mut g);

@@ -293,3 +293,123 @@ fn a_tenant_may_have_only_so_many_reads_waiting() {
     }
     assert_eq!(pool.waiting_reads().len(), 7);
 }
+
+mod fair {
+    use super::*;
+
+    fn of(tenant: u32, len: usize) -> ReadRequest {
+        ReadRequest {
+            tenant: Tenant::uid(tenant),
+            ..req(len)
+        }
+    }
+
+    fn nonblocking(tenant: u32, len: usize) -> ReadRequest {
+        ReadRequest {
+            nonblocking: true,
+            ..of(tenant, len)
+        }
+    }
+
+    #[test]
+    fn a_small_read_is_not_held_behind_another_tenants_large_one() {
+        let pool = Pool::new(1 << 20);
+        let log: Log = Default::default();
+        pool.read(of(1, 1 << 20), Sink(1, log.clone()));
+        pool.read(of(2, 32), Sink(2, log.clone()));
+        pool.push(&seq(0, 100));
+        // Tenant 2's read is served; tenant 1's needs 256 and waits.
+        assert_eq!(log.lock().clone(), vec![(2, Ok(seq(0, 32)))]);
+        // A newcomer's small read passes the waiting large one too.
+        pool.read(of(3, 16), Sink(3, log.clone()));
+        assert_eq!(log.lock().last().cloned(), Some((3, Ok(seq(32, 16)))));
+        // Within one tenant, FIFO: tenant 1's second read waits behind its first.
+        pool.read(of(1, 8), Sink(4, log.clone()));
+        assert_eq!(log.lock().len(), 2);
+        pool.push(&seq(100, 300));
+        assert_eq!(log.lock().last().cloned(), Some((1, Ok(seq(48, 352)))));
+        pool.push(&seq(0, 8));
+        assert_eq!(log.lock().last().cloned(), Some((4, Ok(seq(0, 8)))));
+        assert_eq!(pool.counts().2, 0);
+    }
+
+    #[test]
+    fn waiting_tenants_share_a_refill_by_turns() {
+        let pool = Pool::new(4 << 20);
+        let log: Log = Default::default();
+        for t in 1..=3 {
+            pool.read(of(t, 1 << 20), Sink(t as usize, log.clone()));
+        }
+        pool.push(&vec![7; 3 * QUANTUM_FOR_TEST]);
+        let got = log.lock().clone();
+        let sizes: Vec<(usize, usize)> = got
+            .iter()
+            .map(|(id, r)| (*id, r.as_ref().map_or(0, Vec::len)))
+            .collect();
+        // Each waiting tenant gets a turn; none takes the whole refill.
+        assert_eq!(sizes.len(), 3, "{sizes:?}");
+        for (_, n) in &sizes {
+            assert!(*n >= 256 && *n <= 2 * QUANTUM_FOR_TEST, "{sizes:?}");
+        }
+        assert_eq!(sizes[0].1, crate::pool::fair::QUANTUM, "{sizes:?}");
+    }
+
+    const QUANTUM_FOR_TEST: usize = crate::pool::fair::QUANTUM;
+
+    #[test]
+    fn an_endless_reader_leaves_a_recent_readers_reserve() {
+        let pool = Pool::new(1 << 20);
+        let log: Log = Default::default();
+        // Tenant 2 read a little a moment ago.
+        pool.push(&seq(0, 64));
+        pool.read(of(2, 32), Sink(0, log.clone()));
+        // Tenant 1 reads 1 MiB at a time for as long as it gets anything.
+        let endless = || {
+            let mut got = 0;
+            for i in 0..100 {
+                let l: Log = Default::default();
+                pool.read(nonblocking(1, 1 << 20), Sink(i, l.clone()));
+                match l.lock().pop() {
+                    Some((_, Ok(b))) => got += b.len(),
+                    _ => break,
+                }
+            }
+            got
+        };
+        pool.push(&vec![1; 512 << 10]);
+        // A newcomer has read nothing yet: it may take everything once.
+        assert_eq!(endless(), (512 << 10) + 32);
+        // Once the shares are looked at again, it has read the most: it leaves a reserve.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        pool.push(&vec![1; 512 << 10]);
+        let got = endless();
+        assert!(got > 400 << 10, "it got most: {got}");
+        let left = pool.buffered();
+        assert!(left >= crate::pool::fair::MIN_RESERVE, "{left} kept");
+        // Tenant 2's small reads are served at once from what was kept.
+        for i in 0..100 {
+            pool.read(nonblocking(2, 32), Sink(100 + i, log.clone()));
+        }
+        let ok = log.lock().iter().filter(|(_, r)| r.is_ok()).count();
+        assert_eq!(ok, 101);
+    }
+
+    #[test]
+    fn the_wait_cap_is_per_tenant() {
+        let pool = Pool::new(4096);
+        pool.set_max_waiters(1);
+        let log: Log = Default::default();
+        pool.read(of(1, 32), Sink(1, log.clone()));
+        pool.read(of(1, 32), Sink(2, log.clone()));
+        pool.read(of(2, 32), Sink(3, log.clone()));
+        assert_eq!(
+            log.lock().clone(),
+            vec![(2, Err(ReadError::TooManyWaiters))]
+        );
+        assert_eq!(pool.counts().2, 2);
+        // Cancelling one leaves the other tenant's in place.
+        let ids: Vec<u64> = pool.waiting_reads().iter().map(|w| w.id).collect();
+        pool.cancel(ids[0], ReadError::Interrupted);
+        assert_eq!(pool.counts().2, 1);
+    }
+}

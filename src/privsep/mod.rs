@@ -42,14 +42,14 @@ pub fn supervisor() -> Option<&'static Supervisor> {
     SUPERVISOR.get()
 }
 
-/// Forks the supervisor (for `mountpoint`) and the spawner (which drops to `ids` at once).
+/// Forks the supervisor (for `mountpoint`, if the mount is ours to undo) and the spawner (which drops to `ids` at once).
 /// Must be called before the process starts any thread, and before logging is set up (the
 /// children log nothing: the fetcher has no descriptor to log to).
 ///
 /// When the processes change user, `token_file` (if any) is from then on read through the
 /// supervisor, which may still open it.
 pub fn start(
-    mountpoint: &Path,
+    mountpoint: Option<&Path>,
     token_file: Option<&Path>,
     ids: Option<&Ids>,
 ) -> std::io::Result<Helpers> {

@@ -35,9 +35,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Forks the supervisor of the mount at `mountpoint`. Must be called before the process
-    /// starts any thread.
-    pub fn fork(mountpoint: &Path, token_file: Option<&Path>) -> std::io::Result<Supervisor> {
+    /// Forks the supervisor of the mount at `mountpoint`; `None` when the mount is not ours to
+    /// undo (a descriptor the service manager handed over: its `ExecStopPost` unmounts), so
+    /// the supervisor keeps no capability and only reads the token file. Must be called
+    /// before the process starts any thread.
+    pub fn fork(mountpoint: Option<&Path>, token_file: Option<&Path>) -> std::io::Result<Supervisor> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -45,7 +47,7 @@ impl Supervisor {
             SockFlag::SOCK_CLOEXEC,
         )?;
         let server = nix::unistd::getpid();
-        let mountpoint = mountpoint.to_owned();
+        let mountpoint = mountpoint.map(Path::to_owned);
         let token_file = token_file.map(Path::to_owned);
         // SAFETY: called before any thread exists (see `super::start`), so the child may run
         // arbitrary code; it never returns into the caller's code.
@@ -147,7 +149,7 @@ impl Supervisor {
 fn serve(
     sock: OwnedFd,
     server: nix::unistd::Pid,
-    mountpoint: PathBuf,
+    mountpoint: Option<PathBuf>,
     token_file: Option<PathBuf>,
 ) -> i32 {
     let _ = nix::sys::prctl::set_name(c"qrypt-superv");
@@ -157,7 +159,7 @@ fn serve(
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
-    if super::user::keep_only_sys_admin().is_err() {
+    if super::user::keep_only_sys_admin(mountpoint.is_some()).is_err() {
         return 1;
     }
     if nix::unistd::getppid() != server {
@@ -182,7 +184,10 @@ fn serve(
                 });
             }
             (1, None) if buf[0] == UNMOUNT => {
-                let (how, notes) = unmount_here(&mountpoint);
+                let (how, notes) = match &mountpoint {
+                    Some(m) => unmount_here(m),
+                    None => (Unmounted::Pending, Vec::new()),
+                };
                 let mut answer = vec![if how == Unmounted::Done {
                     DONE
                 } else {
@@ -232,8 +237,10 @@ fn read_token(path: Option<&Path>) -> Zeroizing<Vec<u8>> {
 
 /// After the server's end: unmount if our filesystem is still mounted there (a dead FUSE
 /// mount answers ENOTCONN to everyone until it is).
-fn unmount_gone(mountpoint: &Path) {
-    if crate::session::run::is_fuse_mount(mountpoint) {
+fn unmount_gone(mountpoint: &Option<PathBuf>) {
+    if let Some(mountpoint) = mountpoint.as_deref()
+        && crate::session::run::is_fuse_mount(mountpoint)
+    {
         let _ = unmount_here(mountpoint);
     }
 }

@@ -142,16 +142,18 @@ pub fn no_new_privs() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The supervisor's privileges: `CAP_SYS_ADMIN` (to unmount) and nothing else, in every set.
+/// The supervisor's privileges: `CAP_SYS_ADMIN` (to unmount) and nothing else, in every set;
+/// nothing at all when it has no mount to undo (`unmounts` false: the service manager mounted).
 /// Without root there is nothing to keep, and no `no_new_privs` either: it unmounts through
 /// the setuid `fusermount3`, which that would disarm.
-pub fn keep_only_sys_admin() -> std::io::Result<()> {
+pub fn keep_only_sys_admin(unmounts: bool) -> std::io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         nix::sys::prctl::set_dumpable(false)?;
         return Ok(());
     }
-    drop_bounding(|c| c != Capability::CAP_SYS_ADMIN)?;
-    let only: CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
+    let keep = |c: Capability| unmounts && c == Capability::CAP_SYS_ADMIN;
+    drop_bounding(|c| !keep(c))?;
+    let only: CapsHashSet = caps::all().into_iter().filter(|c| keep(*c)).collect();
     caps::clear(None, CapSet::Ambient).map_err(std::io::Error::other)?;
     caps::clear(None, CapSet::Inheritable).map_err(std::io::Error::other)?;
     caps::set(None, CapSet::Effective, &only).map_err(std::io::Error::other)?;
@@ -160,8 +162,8 @@ pub fn keep_only_sys_admin() -> std::io::Result<()> {
 }
 
 /// Names of the files qrypt-fs keeps in a state directory (the budget's, the replay
-/// history's): the only entries handed over.
-const STATE_PREFIXES: [&str; 2] = ["budget", "replay"];
+/// history's, the per-tenant budget's): the only entries handed over.
+const STATE_PREFIXES: [&str; 3] = ["budget", "replay", "tenant-budget"];
 
 /// Makes the state directory usable by `ids` after the drop. Its files of qrypt-fs's (by name,
 /// regular files owned by root) change owner. The directory itself changes owner only when it

@@ -15,16 +15,21 @@
 //!   the kernel started (refused too: rare, and failing safe). Anything else that stays hidden
 //!   is taken for a user thread, so that `hidepid` never fails ordinary reads.
 //!
-//! Per READ this must be cheap (32-byte reads are a benchmark), so each answer is kept with a
-//! pidfd of the thread (`PIDFD_THREAD`): a pidfd pins its task, and polling it (one syscall,
-//! well under a microsecond) says whether that task has exited, so a reused thread id is never
-//! mistaken for the one looked up. Those of exited threads are dropped at the next look-up (a
-//! pidfd is a descriptor: their count stays flat), and at most [`CACHE_MAX`] are kept.
+//! Per READ this must cost no syscall for a reader already seen (32-byte reads run at the
+//! FUSE ceiling), so each answer is kept with a pidfd of the thread (`PIDFD_THREAD`): a pidfd
+//! pins its task, and polling it says whether that task has exited, so a reused thread id is
+//! never mistaken for the one looked up. The poll is made at most once per [`RECHECK`] per
+//! thread: a thread id is reused only after the kernel's cyclic allocator has handed out
+//! every other id up to `pid_max` (at least 32768 task creations), which takes far longer
+//! than that. Those of exited threads are dropped at the next look-up (a pidfd is a
+//! descriptor: their count stays flat), and at most [`CACHE_MAX`] are kept.
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -42,6 +47,10 @@ const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
 /// Thread answers kept at most: one pidfd each.
 pub const CACHE_MAX: usize = 256;
 
+/// How long a thread's answer is trusted without polling its pidfd again: far less than the
+/// fastest wrap of the thread ids (32768 task creations in 10 ms would be 3 million a second).
+pub const RECHECK: Duration = Duration::from_millis(10);
+
 /// What kind of task sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskKind {
@@ -58,6 +67,15 @@ pub enum TaskKind {
 struct Known {
     pidfd: OwnedFd,
     kind: TaskKind,
+    /// When the pidfd last said the thread lived, in nanoseconds from [`clock`]'s start.
+    alive_at: AtomicU64,
+}
+
+/// Nanoseconds since the first call: a monotonic clock read without a syscall (vDSO).
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Looks up, and remembers, what kind of task each requesting thread is.
@@ -77,10 +95,15 @@ impl Requesters {
         if pid == 0 {
             return TaskKind::Unattributed;
         }
-        if let Some(k) = self.known.read().get(&pid)
-            && alive(&k.pidfd)
-        {
-            return k.kind;
+        if let Some(k) = self.known.read().get(&pid) {
+            let now = clock();
+            if now.saturating_sub(k.alive_at.load(Ordering::Relaxed)) < RECHECK.as_nanos() as u64 {
+                return k.kind;
+            }
+            if alive(&k.pidfd) {
+                k.alive_at.store(now, Ordering::Relaxed);
+                return k.kind;
+            }
         }
         let Ok(pidfd) = pidfd_open(pid) else {
             // ESRCH: gone, or not in our pid namespace. Anything else (EMFILE; EINVAL before
@@ -103,7 +126,15 @@ impl Requesters {
         if known.len() >= CACHE_MAX {
             known.clear();
         }
-        known.insert(pid, Known { pidfd, kind });
+        let alive_at = AtomicU64::new(clock());
+        known.insert(
+            pid,
+            Known {
+                pidfd,
+                kind,
+                alive_at,
+            },
+        );
         kind
     }
 
@@ -304,7 +335,9 @@ mod tests {
         assert_eq!(r.len(), 1);
         child.kill().expect("kill");
         child.wait().expect("wait");
-        // The pidfd shows the exit: the cached answer is not used for a successor.
+        // Once the answer is due a recheck, the pidfd shows the exit: the cached answer is not
+        // used for a successor.
+        std::thread::sleep(RECHECK * 2);
         assert_eq!(r.kind(pid), TaskKind::Unattributed);
         // And the exited thread's pidfd is closed at the next look-up, not kept until the
         // cache is full.

@@ -3,7 +3,7 @@
 //! pass the `intake` (health tests, `--mix-local`); what the answer means for the upstream's
 //! state (each HTTP status's policy, backoff, epochs) is decided by the state machine in
 //! [`state`], which the worker then publishes to `/status` and the pool.
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,14 +16,14 @@ use crate::pool::Pool;
 use crate::refill::health::{HealthFailure, Prechecked};
 use crate::state_machine::{Decision, Epoch, Gate, Machine, Outcome, Policy, after};
 use crate::status::view::UpstreamState;
-use crate::status::{Status, bounded};
+use crate::status::{Status, bounded, time_text};
 use crate::upstream::token::{Token, TokenError, TokenFile};
 use crate::upstream::{BLOCK_LEN, Entropy, EntropyClient, FetchError};
 use first_answer::{FirstAnswer, FirstAnswerCell};
 use intake::{Intake, Refused};
 use outage_log::OutageLog;
-use pacer::adaptive::AdaptiveRate;
-use pacer::{Pacer, RateLimit, Wait};
+use pacer::pacing::{Answer, Pacing, Ticket};
+use pacer::{RateLimit, Wait};
 use request_size::{Need, request_kib};
 use token_reader::{Ask, TokenReader};
 
@@ -103,10 +103,9 @@ pub enum Control {
 /// A request in flight: its size, its pacer slot and the epoch it was sent in.
 struct InFlight {
     kib: u32,
-    slot: u64,
+    /// Its pacing ticket (holds when it was sent).
+    ticket: Ticket,
     sent: Epoch,
-    /// When it was sent.
-    at: Instant,
     /// What the budget recorded for it, given back if the service refuses it outright.
     grant: Grant,
 }
@@ -130,12 +129,8 @@ pub struct Prefetcher<C: EntropyClient> {
     pool: Arc<Pool>,
     status: Arc<Status>,
     cfg: PrefetchConfig,
-    pacer: Pacer,
-    /// The allowance under a rate limit that unknown others may share (None: no limit).
-    rate: Option<AdaptiveRate>,
-    /// When each of our requests the service accepted (any answer but 429) in the last
-    /// window was sent: our share of the window.
-    accepted: VecDeque<Instant>,
+    /// When a request may start, under a rate limit that unknown others may share.
+    pacing: Pacing,
     /// Why the budget stops requests, if it does: each refusal is logged once per episode.
     budget_block: Option<Refusal>,
     /// No request before this, by the budget's word. The state says so only once nothing is
@@ -159,18 +154,16 @@ pub struct Prefetcher<C: EntropyClient> {
 impl<C: EntropyClient> Prefetcher<C> {
     pub fn new(client: Arc<C>, pool: Arc<Pool>, status: Arc<Status>, cfg: PrefetchConfig) -> Self {
         let now = now();
-        let rate = cfg.rate_limit.map(|l| AdaptiveRate::new(l, pacer::MARGIN));
-        if let Some(r) = &rate {
-            status.set_rate_allowance(r.current());
+        let pacing = Pacing::new(cfg.rate_limit);
+        if let Some(a) = pacing.allowance() {
+            status.set_rate_allowance(a);
         }
         status.set_budget(cfg.budget.clone());
         let intake = Intake::new(cfg.mix_local, cfg.replay_history.clone());
         let (history, saved) = intake.history();
         status.set_replay_history(history, saved);
         Prefetcher {
-            pacer: Pacer::new(cfg.rate_limit),
-            rate,
-            accepted: VecDeque::new(),
+            pacing,
             budget_block: None,
             budget_until: None,
             intake,
@@ -209,18 +202,20 @@ impl<C: EntropyClient> Prefetcher<C> {
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match joined {
                         Ok((id, (kib, result, pre))) => {
-                            let code = match &result {
-                                Err(FetchError::Status { code, .. }) => Some(*code),
-                                _ => None,
+                            let (code, retry_after) = match &result {
+                                Err(FetchError::Status { code, retry_after }) => {
+                                    (Some(*code), *retry_after)
+                                }
+                                _ => (None, None),
                             };
-                            match self.finished(id, code) {
+                            match self.finished(id, code, retry_after) {
                                 Some(sent) => self.complete(kib, result, pre, sent),
                                 None => error!("an unknown fetch task finished"),
                             }
                             self.show_budget_block();
                         }
                         Err(e) => {
-                            self.finished(e.id(), None);
+                            self.finished(e.id(), None, None);
                             error!("fetch task failed: {e}");
                             self.show_budget_block();
                         }
@@ -296,21 +291,17 @@ impl<C: EntropyClient> Prefetcher<C> {
                 self.filling = false;
                 break;
             };
-            let slot = match self.pacer.try_acquire(now) {
-                Ok(slot) => slot,
-                Err(wait) => {
-                    if self.rate.as_mut().is_some_and(|r| r.on_held_back(now)) {
-                        self.allowance_changed();
-                        continue;
+            let ticket = self.pacing.try_start(now, crate::sys::random_unit());
+            self.allowance_changed();
+            let ticket = match ticket {
+                Ok(ticket) => ticket,
+                Err(wait) => match wait {
+                    Wait::Until(at) => {
+                        self.status.pacing_hold(now, at);
+                        return Some(at);
                     }
-                    match wait {
-                        Wait::Until(at) => {
-                            self.status.pacing_hold(now, at);
-                            return Some(at);
-                        }
-                        Wait::ForCompletion => break,
-                    }
-                }
+                    Wait::ForCompletion => break,
+                },
             };
             // Recorded before it is sent: a crash can only over-count. With a cap this is a
             // locked write and two fsyncs on this task, at most once per request (3/s under
@@ -318,7 +309,7 @@ impl<C: EntropyClient> Prefetcher<C> {
             let grant = match self.cfg.budget.reserve(u64::from(kib) * 1024, 1024) {
                 Ok(grant) => grant,
                 Err(refusal) => {
-                    self.pacer.cancel(slot);
+                    self.pacing.cancel(ticket);
                     return Some(self.budget_refused(refusal, now));
                 }
             };
@@ -341,9 +332,8 @@ impl<C: EntropyClient> Prefetcher<C> {
                 handle.id(),
                 InFlight {
                     kib,
-                    slot,
+                    ticket,
                     sent,
-                    at: now,
                     grant,
                 },
             );
@@ -377,11 +367,19 @@ impl<C: EntropyClient> Prefetcher<C> {
                         .map(|c| format!("budget {}/{} reached", human_bytes(c.limit), c.period))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    warn!(
-                        "{caps}: no request until it renews in {}s; buffered bytes are still \
-                         served, reads that would wait get EIO",
-                        wait.as_secs()
+                    let renews = std::time::UNIX_EPOCH + Duration::from_secs(e.renews_at);
+                    let stop = self.status.record_stop(
+                        &format!(
+                            "{caps}: no requests, buffered bytes are still served, reads that \
+                             would wait get EIO"
+                        ),
+                        &format!(
+                            "it renews at {} (in {}s)",
+                            time_text(renews),
+                            wait.as_secs()
+                        ),
                     );
+                    warn!("{stop}");
                 }
                 after(now, wait)
             }
@@ -433,46 +431,30 @@ impl<C: EntropyClient> Prefetcher<C> {
         }
     }
 
-    fn allowance_changed(&mut self) {
-        if let Some(r) = &self.rate {
-            self.pacer.set_allowance(r.current());
-            self.status.set_rate_allowance(r.current());
+    fn allowance_changed(&self) {
+        if let Some(a) = self.pacing.allowance() {
+            self.status.set_rate_allowance(a);
         }
     }
 
-    /// Releases what a finished request held: its reservation and, from now (plus jitter
-    /// once the token is shared), its pacer slot. A 429 (`code`) lowers the allowance; a
-    /// request the service refused outright is given back to the budget. Returns the epoch it
-    /// was sent in.
-    fn finished(&mut self, id: tokio::task::Id, code: Option<u16>) -> Option<Epoch> {
+    /// Releases what a finished request held: its reservation and its pacing ticket. A 429
+    /// (`code`, with its `Retry-After`) lowers the allowance; a request the service refused
+    /// outright is given back to the budget. Returns the epoch it was sent in.
+    fn finished(
+        &mut self,
+        id: tokio::task::Id,
+        code: Option<u16>,
+        retry_after: Option<Duration>,
+    ) -> Option<Epoch> {
         let r = self.in_flight.remove(&id)?;
         let now = now();
         self.reserved -= r.kib as usize * BLOCK_LEN;
-        let jitter = self
-            .rate
-            .as_ref()
-            .map_or(Duration::ZERO, |a| a.jitter(crate::sys::random_unit()));
-        self.pacer.complete(r.slot, now + jitter);
-        if let Some(limit) = self.cfg.rate_limit {
-            while self
-                .accepted
-                .front()
-                .is_some_and(|&t| now.saturating_duration_since(t) >= limit.window)
-            {
-                self.accepted.pop_front();
-            }
-            if code == Some(429) {
-                let share = self.accepted.len() as u32;
-                if self
-                    .rate
-                    .as_mut()
-                    .is_some_and(|a| a.on_rate_limited(r.at, share, now))
-                {
-                    self.allowance_changed();
-                }
-            } else {
-                self.accepted.push_back(r.at);
-            }
+        let answer = match code {
+            Some(429) => Answer::RateLimited(retry_after),
+            _ => Answer::Accepted,
+        };
+        if self.pacing.finished(r.ticket, answer, now) {
+            self.allowance_changed();
         }
         if matches!(code, Some(400 | 401 | 403 | 429)) {
             // Refused before any entropy was served: Qrypt bills nothing for it.
@@ -541,6 +523,10 @@ impl<C: EntropyClient> Prefetcher<C> {
         self.publish();
         let token_file = self.token.as_ref().map(TokenReader::path);
         self.log.failure(&class, &message, decision, token_file);
+        // A stop says in `last_error` why and until when (the log line above said it too).
+        if let Some((reason, until)) = outage_log::stop(decision, token_file) {
+            self.status.record_stop(&reason, &until);
+        }
     }
 
     /// Tells `/status` and the pool what the state machine now says.

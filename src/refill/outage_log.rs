@@ -58,6 +58,34 @@ impl OutageLog {
     }
 }
 
+/// A stop state's reason and what ends it, for `last_error` (None: not a stop, it retries).
+pub(super) fn stop(decision: Decision, token_file: Option<&Path>) -> Option<(String, String)> {
+    match decision {
+        Decision::StopBadRequest => Some((
+            "request refused (HTTP 400): stopped requesting".into(),
+            "--endpoint and the configuration are fixed and SIGHUP is sent".into(),
+        )),
+        Decision::StopUnauthorized => Some((
+            "token rejected (HTTP 401): stopped requesting".into(),
+            match token_file {
+                Some(p) => format!(
+                    "a valid token is put in {} (picked up automatically) or SIGHUP is sent",
+                    p.display()
+                ),
+                None => "qrypt-fs is restarted with a valid QRYPT_TOKEN".into(),
+            },
+        )),
+        Decision::QuotaWait(wait) => Some((
+            "monthly quota used up (HTTP 403)".into(),
+            format!(
+                "the next try at {} (SIGHUP tries now)",
+                crate::status::time_text(std::time::SystemTime::now() + wait)
+            ),
+        )),
+        Decision::RateLimited { .. } | Decision::Retry(_) => None,
+    }
+}
+
 /// What happens next, in the operator's words.
 fn explain(decision: Decision, token_file: Option<&Path>) -> String {
     match decision {
@@ -92,6 +120,27 @@ fn explain(decision: Decision, token_file: Option<&Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_stop_says_what_ends_it() {
+        use std::time::Duration;
+        let (reason, until) = stop(
+            Decision::StopUnauthorized,
+            Some(Path::new("/etc/qrypt/token")),
+        )
+        .expect("stop");
+        assert_eq!(reason, "token rejected (HTTP 401): stopped requesting");
+        assert_eq!(
+            until,
+            "a valid token is put in /etc/qrypt/token (picked up automatically) or SIGHUP is sent"
+        );
+        let (reason, until) =
+            stop(Decision::QuotaWait(Duration::from_secs(3600)), None).expect("stop");
+        assert_eq!(reason, "monthly quota used up (HTTP 403)");
+        assert!(until.starts_with("the next try at 20"), "{until}");
+        assert!(stop(Decision::StopBadRequest, None).is_some());
+        assert_eq!(stop(Decision::Retry(Duration::from_secs(1)), None), None);
+    }
 
     #[test]
     fn logs_the_first_then_powers_of_ten() {

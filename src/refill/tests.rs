@@ -452,5 +452,7 @@ async fn a_429_lowers_the_allowance_to_the_share_got() {
     wait_until(|| status.requests_failed.load(Ordering::SeqCst) == 1).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     let snap = snapshot(&status, &pool);
-    assert_eq!(snap.rate_allowance, Some(3), "three accepted in the window");
+    // Three sent about a second apart (jittered) before the window was found full.
+    let a = snap.rate_allowance.expect("an allowance");
+    assert!((3..=4).contains(&a), "{a}");
 }

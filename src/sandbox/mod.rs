@@ -13,8 +13,14 @@
 //!
 //! Landlock and capabilities hold per thread, so both calls refuse to run once the process has
 //! a second thread: call them before the tokio runtime, the FUSE session's threads or the
-//! allocator's background thread exist (and after any uid change, which they forbid).
-//! What the kernel lacks is skipped and named in the [`SandboxReport`](crate::sandbox::SandboxReport).
+//! allocator's background thread exist (jemalloc: `background_thread:false` in its
+//! `malloc_conf`, turned on after the sandbox), and after any uid change, which they forbid.
+//! What the kernel lacks is skipped and named in the [`SandboxReport`].
+//!
+//! Everything applied is inherited by every child, across `execve` too: a process started
+//! by the server runs under the server's filter (no network sockets), so the fetcher must be
+//! started by a parent that applied neither (forked before [`apply_server`], or a supervisor),
+//! and then apply [`apply_fetcher`] itself.
 mod landlock_rules;
 mod privileges;
 mod syscalls;
@@ -71,8 +77,9 @@ pub struct ServerPolicy {
     pub proc: bool,
     /// `/dev/fuse`: read, write and its clone ioctl, for the FUSE threads' own descriptors.
     pub fuse_device: bool,
-    /// A program the server may start (its own binary, to start a fetcher): `execve` is then
-    /// allowed, and Landlock lets it execute this one file only. None: no `execve` at all.
+    /// A program the server may start: `execve` is then allowed, and Landlock lets it execute
+    /// this one file only. The program inherits this sandbox (so it cannot be the fetcher,
+    /// which needs network sockets). None: no `execve` at all.
     pub exec: Option<PathBuf>,
     /// Signals only to processes started after the sandbox (Landlock scoping): the fetcher it
     /// starts itself stays in reach, any other process does not.

@@ -86,8 +86,9 @@ pub(crate) fn serving() {
 }
 
 /// Forks. The parent waits for the child's report and exits; only the child returns.
-/// Must be called before any thread is started.
-pub fn daemonize() -> std::io::Result<Ready> {
+/// Must be called before any thread is started. `keep_stderr`: the child keeps the caller's
+/// stderr (the journal's stream, which it logs to) instead of /dev/null.
+pub fn daemonize(keep_stderr: bool) -> std::io::Result<Ready> {
     let (read_end, write_end) = nix::unistd::pipe()?;
     // SAFETY: called before any thread is started (app::main forks before it creates the
     // runtime, the signal thread or the FUSE threads), so the child may run arbitrary code.
@@ -106,7 +107,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
                 [] => {
                     let _ = nix::sys::wait::waitpid(child, None);
                     eprintln!(
-                        "qrypt-fs: the daemon exited before the mount was ready (see syslog)"
+                        "qrypt-fs: the daemon exited before the mount was ready (see its log)"
                     );
                     std::process::exit(1)
                 }
@@ -119,7 +120,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
         ForkResult::Child => {
             drop(read_end);
             let _ = setsid();
-            detach_stdio();
+            detach_stdio(keep_stderr);
             Ok(Ready {
                 pipe: Some(File::from(write_end)),
                 notify: notify_socket(),
@@ -130,7 +131,7 @@ pub fn daemonize() -> std::io::Result<Ready> {
 
 /// Points stdin/stdout/stderr at /dev/null, so a caller capturing our output sees EOF when the
 /// parent exits instead of waiting on the daemon.
-fn detach_stdio() {
+fn detach_stdio(keep_stderr: bool) {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -138,7 +139,9 @@ fn detach_stdio() {
     {
         let _ = nix::unistd::dup2_stdin(&null);
         let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
+        if !keep_stderr {
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
     }
 }
 
@@ -149,9 +152,12 @@ pub fn harden_process() {
     // Like any daemon (daemon(7)): hold nothing the caller opened besides stdio. A listening
     // socket or a pipe someone waits on for EOF must not live on in us. The raw syscall: nix,
     // glibc < 2.34 and musl have no wrapper. ENOSYS (Linux < 5.9): skip.
+    // Descriptors systemd passed (LISTEN_FDS, from 3 on: the FUSE descriptor of
+    // `qrypt-fs-mount`) are ours, not the caller's: kept.
+    let first = 3u32.saturating_add(crate::session::fd_store::passed_count());
     // SAFETY: runs first thing in main, before anything in this process opened a descriptor
     // above 2 that Rust code owns, so closing them all invalidates no OwnedFd or File.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, libc::c_uint::MAX, 0u32);
+        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32);
     }
 }

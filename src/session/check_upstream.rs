@@ -3,9 +3,11 @@
 //! Like mountpoint-s3 checking its bucket before it reports a mount, qrypt-fs waits (up to
 //! `--startup-timeout`) for the answer to its first request, which is the first fill anyway,
 //! so the check costs nothing extra. An answer that no retry can fix (the token refused, the
-//! quota used up, a wrong endpoint, an untrusted certificate, a body that is not the API's)
+//! quota used up, a wrong endpoint, a host the DNS says does not exist, a port that does not
+//! speak TLS, an untrusted certificate, a body that is not the API's)
 //! ends the start with one sentence saying what to do. No answer, or a failure the network
-//! may cure later (a timeout, a refused connection, a 5xx), mounts anyway (`_netdev`: the
+//! may cure later (a timeout, a refused connection, a DNS server that did not answer, a 5xx),
+//! mounts anyway (`_netdev`: the
 //! network may come later) with a warning: the prefetcher keeps retrying. So does a first
 //! answer that failed a health test: its bytes were discarded, so nothing is ready to serve,
 //! and the user is told why.
@@ -101,6 +103,16 @@ pub fn verdict(answer: Option<&FirstAnswer>, ctx: &Context<'_>) -> Verdict {
              base URL of Qrypt's API, e.g. {DEFAULT_ENDPOINT}",
             ctx.api_url
         )),
+        FetchError::NoSuchHost(host) => Verdict::Fatal(format!(
+            "no such host {host} (the DNS answered that it does not exist): check the spelling \
+             of --endpoint {}, e.g. {DEFAULT_ENDPOINT}",
+            ctx.endpoint
+        )),
+        FetchError::NotTls(detail) => Verdict::Fatal(format!(
+            "{} does not speak TLS ({detail}): for a plain-HTTP server on this machine use \
+             http://, else check the port of --endpoint",
+            ctx.endpoint
+        )),
         FetchError::Transport(detail) => Verdict::Warn(format!(
             "no answer from {} ({detail}); {keeps_retrying}",
             ctx.endpoint
@@ -182,6 +194,23 @@ mod tests {
             "TLS certificate of https://host.example refused (invalid peer certificate: \
              UnknownIssuer): if a proxy intercepts TLS, trust its CA with --ca-cert PATH"
         );
+        let typo = Some(FirstAnswer::Failed(FetchError::NoSuchHost(
+            "host.example".into(),
+        )));
+        assert_eq!(
+            fatal(verdict(typo.as_ref(), &c)),
+            "no such host host.example (the DNS answered that it does not exist): check the \
+             spelling of --endpoint https://host.example, e.g. https://api-eus.qrypt.com"
+        );
+        let plain = Some(FirstAnswer::Failed(FetchError::NotTls(
+            "received corrupt message of type InvalidContentType".into(),
+        )));
+        assert_eq!(
+            fatal(verdict(plain.as_ref(), &c)),
+            "https://host.example does not speak TLS (received corrupt message of type \
+             InvalidContentType): for a plain-HTTP server on this machine use http://, else \
+             check the port of --endpoint"
+        );
         let bad = Some(FirstAnswer::Failed(FetchError::Validation(
             ValidationError::ContentType("text/html".into()),
         )));
@@ -205,6 +234,11 @@ mod tests {
             "no answer from https://host.example (connect failed: Connection refused); mounted \
              anyway; qrypt-fs keeps retrying and readers wait"
         );
+        // A DNS server that did not answer is not a name that does not exist.
+        let no_dns = Some(FirstAnswer::Failed(FetchError::Transport(
+            "connect failed: Temporary failure in name resolution".into(),
+        )));
+        assert!(warn(verdict(no_dns.as_ref(), &c)).contains("mounted anyway"));
         for code in [408, 429, 500, 503] {
             assert!(warn(verdict(status(code).as_ref(), &c)).contains(&format!("HTTP {code}")));
         }

@@ -1,4 +1,5 @@
-//! Logging: stderr in the foreground; syslog (journald picks it up) or a file in the background.
+//! Logging: stderr in the foreground; syslog (journald picks it up) or a file in the background,
+//! or the journal through stderr when no syslog daemon listens.
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -103,6 +104,52 @@ pub fn open_log_file(path: &Path) -> anyhow::Result<LogFile> {
     }
     notes.extend(crate::session::check_local::log_dir_warning(path, me));
     Ok(LogFile { file, notes })
+}
+
+/// Where syslog(3) sends messages; with nothing listening there, it drops them silently.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// Where the daemon logs in the background when no `--log-file` is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Background {
+    /// A syslog daemon (or journald) listens on the socket.
+    Syslog,
+    /// None does, but stderr is the journal's stream: keep it, and log there.
+    JournalStderr,
+    /// None does and nothing captures stderr: the log is lost.
+    Discarded,
+}
+
+impl Background {
+    /// Chooses, before going to the background (stderr is still the caller's).
+    pub fn choose(socket: &Path) -> Background {
+        let listening = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(socket))
+            .is_ok();
+        if listening {
+            Background::Syslog
+        } else if stderr_is_the_journal() {
+            Background::JournalStderr
+        } else {
+            Background::Discarded
+        }
+    }
+
+    /// What the start says when the log cannot go to syslog.
+    pub fn note(&self, socket: &Path) -> Option<String> {
+        let socket = socket.display();
+        match self {
+            Background::Syslog => None,
+            Background::JournalStderr => Some(format!(
+                "no syslog daemon listens on {socket}: logging to the journal through stderr"
+            )),
+            Background::Discarded => Some(format!(
+                "no syslog daemon listens on {socket}: the daemon's log is lost; give \
+                 --log-file PATH, or run in the foreground (-f) under a supervisor that keeps \
+                 stderr"
+            )),
+        }
+    }
 }
 
 fn filter(verbose: u8) -> EnvFilter {
@@ -257,6 +304,25 @@ impl<'a> MakeWriter<'a> for Syslog {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_socket_nobody_listens_on_is_not_syslog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("log");
+        let choice = super::Background::choose(&socket);
+        assert_ne!(choice, super::Background::Syslog);
+        assert!(
+            choice
+                .note(&socket)
+                .is_some_and(|n| n.starts_with("no syslog daemon listens on "))
+        );
+        let _listener = std::os::unix::net::UnixDatagram::bind(&socket).expect("bind");
+        assert_eq!(
+            super::Background::choose(&socket),
+            super::Background::Syslog
+        );
+        assert_eq!(super::Background::Syslog.note(&socket), None);
+    }
 
     #[test]
     fn journal_stream_must_name_the_very_file() {

@@ -9,6 +9,7 @@ pub mod background;
 pub mod check_local;
 pub mod check_upstream;
 pub mod cli;
+pub mod fd_store;
 pub mod logging;
 pub mod mount;
 pub mod run;

@@ -25,16 +25,22 @@ use crate::refill::{Control, PrefetchConfig, Prefetcher};
 use crate::session::background::Ready;
 use crate::session::check_upstream::{self, FirstAnswerCell, Verdict};
 use crate::status::{Processes, StaticInfo, Status};
+use crate::tenant::{TenantConfig, Tenants};
 use crate::upstream::EntropyClient;
 
 /// What a mount needs, whatever the client.
 pub struct MountConfig {
     pub mountpoint: PathBuf,
+    /// A `/dev/fuse` descriptor already mounted on `mountpoint` by `qrypt-fs-mount` (from
+    /// systemd's fd store): served as it is, and its unmount left to the service manager.
+    pub fuse_fd: Option<std::os::fd::OwnedFd>,
     pub fuse: FuseOptions,
     pub buffer_size: usize,
     pub read_timeout: Option<Duration>,
     /// The most reads one user may have waiting (0: no limit).
     pub max_waiters_per_user: usize,
+    /// How readers are told apart and capped.
+    pub tenants: TenantConfig,
     pub prefetch: PrefetchConfig,
     pub info: StaticInfo,
     /// Wait for the upstream's first answer before reporting ready (None: don't).
@@ -89,6 +95,8 @@ enum Event {
 /// fails with ENOTCONN once the process exits); `run` is the orderly way out.
 pub struct Session {
     mountpoint: PathBuf,
+    /// Mounted by `qrypt-fs-mount`, not by us (see [`MountConfig::fuse_fd`]).
+    handed: bool,
     /// fuser's handle of the mount, forgotten in [`Session::run`] (see [`Session::mount`]).
     fuse: fuser::BackgroundSession,
     runtime: tokio::runtime::Runtime,
@@ -129,10 +137,26 @@ impl Session {
             );
         }
         let status = Arc::new(Status::new(cfg.info).with_processes(cfg.processes.clone()));
-        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout);
+        let tenants = Arc::new(Tenants::new(cfg.tenants, crate::budget::system_clock()));
+        {
+            let view = tenants.clone();
+            status.set_tenants(Box::new(move || view.view()));
+            let status = status.clone();
+            tenants.on_refused(Box::new(move |m| status.record_error(m)));
+        }
+        let fs = EntropyFs::new(pool.clone(), renderer(&pool, &status), cfg.read_timeout)
+            .with_tenants(tenants);
         let refusals = fs.refusals();
-        let fuse = fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
-            .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+        let handed = cfg.fuse_fd.is_some();
+        let fuse = match cfg.fuse_fd {
+            Some(fd) => {
+                let acl = crate::fs::mount_options::acl(cfg.fuse.allow_other, cfg.fuse.allow_root);
+                fuser::Session::from_fd(FuseAdapter(fs), fd, acl, fuse_config(&cfg.fuse))
+                    .context("cannot serve the FUSE descriptor systemd passed")?
+            }
+            None => fuser::Session::new(FuseAdapter(fs), &cfg.mountpoint, &fuse_config(&cfg.fuse))
+                .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?,
+        };
         // The mount exists: privileges go now, and the sandbox closes, while the process has
         // one thread (ids, capabilities and Landlock are each thread's own): every thread
         // started after (FUSE, runtime, watchdog) inherits them.
@@ -144,7 +168,9 @@ impl Session {
                 Ok(report) => cfg.processes.set_sandbox(report),
                 Err(e) => {
                     std::mem::forget(fuse);
-                    let _ = unmount(&cfg.mountpoint);
+                    if !handed {
+                        let _ = unmount(&cfg.mountpoint);
+                    }
                     return Err(e);
                 }
             }
@@ -194,7 +220,9 @@ impl Session {
                 status.set_stopping();
                 pool.shutdown();
                 refusals.shutdown();
-                let _ = unmount(&cfg.mountpoint);
+                if !handed {
+                    let _ = unmount(&cfg.mountpoint);
+                }
                 std::mem::forget(fuse);
                 runtime.shutdown_timeout(Duration::from_millis(500));
                 return Err(anyhow!(why));
@@ -220,6 +248,7 @@ impl Session {
         let signals = spawn_signal_thread(signals, control, events)?;
         Ok(Session {
             mountpoint: cfg.mountpoint,
+            handed,
             fuse,
             runtime,
             pool,
@@ -235,6 +264,19 @@ impl Session {
         })
     }
 
+    /// Unmounts, unless the mount is the service manager's to undo (a handed descriptor: this
+    /// process has no privilege to, and its exit ends the FUSE session).
+    fn unmount(&self) -> Unmounted {
+        if self.handed {
+            info!(
+                "{} is left to the service manager to unmount",
+                self.mountpoint.display()
+            );
+            return Unmounted::Pending;
+        }
+        unmount(&self.mountpoint)
+    }
+
     /// Serves until SIGINT/SIGTERM, an outside unmount or the prefetch worker's death, then
     /// answers waiting readers, wipes the buffer and unmounts.
     pub fn run(self) -> anyhow::Result<()> {
@@ -245,7 +287,7 @@ impl Session {
         let (outcome, unmounted) = match event {
             Event::Signal(sig) => {
                 info!("signal {sig}: unmounting {}", self.mountpoint.display());
-                (Ok(()), unmount(&self.mountpoint))
+                (Ok(()), self.unmount())
             }
             Event::Unmounted => {
                 info!("{} was unmounted", self.mountpoint.display());
@@ -256,7 +298,7 @@ impl Session {
                     "{why}: unmounting {} and exiting",
                     self.mountpoint.display()
                 );
-                let unmounted = unmount(&self.mountpoint);
+                let unmounted = self.unmount();
                 (Err(anyhow!(why)), unmounted)
             }
         };

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::budget::tenants::TenantBudget;
 use crate::budget::{Budget, BudgetConfig, Legacy, TokenBytes, default_state_dir, system_clock};
 use crate::fs::mount_options::FuseOptions;
 use crate::privsep::client::{FetcherClient, FetcherConfig};
@@ -19,6 +20,7 @@ use crate::session::logging::{self, LogTarget};
 use crate::session::mount::{AfterMount, MountConfig, Session, StartupCheck};
 use crate::session::start_io;
 use crate::status::{Processes, StaticInfo};
+use crate::tenant::{TenantBy, TenantConfig};
 use crate::upstream::http::{
     HttpClient, HttpConfig, canonical_endpoint, mask_credentials, parse_endpoint, read_ca_file,
 };
@@ -118,6 +120,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
     // The environment first, before any thread exists (it changes the environment); every
     // file after it is reached from a thread of its own, bounded in time (`start_io`).
     let from_env = token::take_environment();
+    let fuse_fd = crate::session::fd_store::take_fuse_fd()?;
     let (token, token_source) = match &opts.token_file {
         Some(p) => {
             let path = p.clone();
@@ -141,7 +144,13 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mountpoint = {
+    // A handed descriptor is mounted there already, and nobody serves it until we do: the
+    // mount point is not looked at (any access would wait for ourselves), nor is the device.
+    let handed = fuse_fd.is_some();
+    let mountpoint = if handed {
+        std::path::absolute(&opts.mountpoint)
+            .with_context(|| format!("mount point {}", opts.mountpoint.display()))?
+    } else {
         let path = opts.mountpoint.clone();
         start_io::within(
             "mount point",
@@ -150,19 +159,21 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             move || check_mountpoint(&path),
         )??
     };
-    start_io::within(
-        "FUSE device",
-        Path::new(crate::session::check_local::DEV_FUSE),
-        start_io::TIMEOUT,
-        || {
-            crate::session::check_local::fuse_access(
-                nix::unistd::geteuid().is_root(),
-                Path::new(crate::session::check_local::DEV_FUSE),
-                std::env::var_os("PATH").as_deref(),
-            )
-        },
-    )?
-    .map_err(anyhow::Error::msg)?;
+    if !handed {
+        start_io::within(
+            "FUSE device",
+            Path::new(crate::session::check_local::DEV_FUSE),
+            start_io::TIMEOUT,
+            || {
+                crate::session::check_local::fuse_access(
+                    nix::unistd::geteuid().is_root(),
+                    Path::new(crate::session::check_local::DEV_FUSE),
+                    std::env::var_os("PATH").as_deref(),
+                )
+            },
+        )?
+        .map_err(anyhow::Error::msg)?;
+    }
     // Printed now, on the terminal that started us; also logged once logging is set up.
     let token_warning = match &opts.token_file {
         Some(p) => {
@@ -173,7 +184,9 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mountpoint_warning = {
+    let mountpoint_warning = if handed {
+        None
+    } else {
         let path = mountpoint.clone();
         start_io::within("mount point", &mountpoint, start_io::TIMEOUT, move || {
             crate::session::check_local::mountpoint_warning(&path)
@@ -218,6 +231,15 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         None => (None, None),
     };
     let budget = open_budget(&opts, &endpoint, token_file.as_deref(), &token)?;
+    let tenant_budget = open_tenant_budget(&opts)?;
+    if matches!(opts.tenant_by, TenantBy::Cgroup { .. })
+        && crate::tenant::cgroup::of_task(std::process::id(), None).is_none()
+    {
+        let w = "--tenant-by cgroup: no cgroup v2 here (/proc/self/cgroup has no 0:: line): \
+                 every reader is the one tenant unknown";
+        eprintln!("qrypt-fs: warning: {w}");
+        warnings.push(w.to_owned());
+    }
     // What the token file holds now, so a later look sees whether it changed.
     let watched = match &token_file {
         Some(p) => {
@@ -253,28 +275,49 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         None => default_state_dir().ok(),
     };
 
+    // In the background without --log-file: syslog, if anything listens there.
+    let background_log = (!opts.foreground && log_file.is_none()).then(|| {
+        let socket = Path::new(logging::SYSLOG_SOCKET);
+        let choice = logging::Background::choose(socket);
+        if let Some(note) = choice.note(socket) {
+            eprintln!("qrypt-fs: warning: {note}");
+            warnings.push(note);
+        }
+        choice
+    });
+    // The log is the stderr that also prints what the start says: say nothing twice.
+    let target_is_stderr = log_file.is_none()
+        && matches!(
+            background_log,
+            None | Some(logging::Background::JournalStderr)
+        );
     let mut ready = if opts.foreground {
         Ready::foreground()
     } else {
-        background::daemonize().context("cannot go to the background")?
+        let keep_stderr = background_log == Some(logging::Background::JournalStderr);
+        background::daemonize(keep_stderr).context("cannot go to the background")?
     };
     let result = (|| {
         // Forked while this process has one thread and before logging exists: the
         // supervisor and the spawner (which forks the fetchers) inherit no thread, no lock
         // and no log writer.
-        let helpers = crate::privsep::start(&mountpoint, token_file.as_deref(), run_as.as_ref())
+        let helpers = crate::privsep::start(
+            (!handed).then_some(mountpoint.as_path()),
+            token_file.as_deref(),
+            run_as.as_ref(),
+        )
             .context("cannot start the supervisor and the fetcher's spawner")?;
         // Registered before any other thread exists, so no thread dies of a default action.
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
-        let target = match (log_file, opts.foreground) {
+        let target = match (log_file, background_log) {
             (Some(p), _) => LogTarget::File(p),
-            (None, true) => LogTarget::Stderr,
-            (None, false) => LogTarget::Syslog,
+            (None, None | Some(logging::Background::JournalStderr)) => LogTarget::Stderr,
+            (None, Some(_)) => LogTarget::Syslog,
         };
         logging::init(target, opts.verbose)?;
         // Said on the terminal already; also in the log, unless the log is that terminal.
-        if !(opts.foreground && opts.log_file.is_none()) {
+        if !target_is_stderr {
             for w in &warnings {
                 tracing::warn!("{w}");
             }
@@ -335,6 +378,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             replay_history_place(&opts, &canonical_endpoint(&endpoint), token_file.as_deref())?;
         let cfg = MountConfig {
             mountpoint,
+            fuse_fd,
             fuse: FuseOptions {
                 fsname: opts.source.clone().unwrap_or_else(|| "qrypt".into()),
                 subtype: "qrypt-fs".into(),
@@ -352,6 +396,11 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             buffer_size: opts.buffer_size,
             read_timeout: opts.read_timeout,
             max_waiters_per_user: opts.max_waiters_per_user,
+            tenants: TenantConfig {
+                by: opts.tenant_by,
+                budget: tenant_budget,
+                exempt: opts.tenant_exempt.clone(),
+            },
             info: StaticInfo {
                 endpoint: shown_endpoint(&endpoint),
                 token_source: token_source.to_string(),
@@ -386,7 +435,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         Ok(session) => session.run(),
         Err(e) => {
             // Kept in the log too, unless the log is the terminal that prints it below.
-            if !(opts.foreground && opts.log_file.is_none()) {
+            if !target_is_stderr {
                 tracing::error!("{}", message(&e));
             }
             ready.failed(&message(&e));
@@ -503,6 +552,31 @@ fn open_budget(
     )?
     .map_err(anyhow::Error::msg)?;
     Ok(Arc::new(budget))
+}
+
+/// Opens the `--tenant-budget` record in the state directory (an unusable one is an error
+/// now, on the terminal); `None` without per-tenant caps.
+fn open_tenant_budget(opts: &Options) -> anyhow::Result<Option<TenantBudget>> {
+    if opts.tenant_budget.is_empty() {
+        return Ok(None);
+    }
+    let state_dir = match &opts.state_dir {
+        Some(d) => std::path::absolute(d).with_context(|| d.display().to_string())?,
+        None => default_state_dir().map_err(anyhow::Error::msg)?,
+    };
+    let (caps, max, dir) = (
+        opts.tenant_budget.clone(),
+        opts.tenant_max,
+        state_dir.clone(),
+    );
+    let budget = start_io::within(
+        "tenant budget state directory",
+        &state_dir,
+        start_io::TIMEOUT,
+        move || TenantBudget::open(caps, &dir, max, system_clock()),
+    )?
+    .map_err(anyhow::Error::msg)?;
+    Ok(Some(budget))
 }
 
 /// Where the replay history is kept: `--state-dir` (or its default), named after the

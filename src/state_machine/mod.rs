@@ -291,7 +291,11 @@ impl Machine {
         self.epoch += 1;
         self.next_attempt = now;
         self.backoff.reset();
-        self.state = UpstreamState::Starting;
+        // A working upstream stays `ok`: bytes are served as before, and "starting" would
+        // say they are not.
+        if self.state != UpstreamState::Ok {
+            self.state = UpstreamState::Starting;
+        }
     }
 }
 
@@ -548,6 +552,17 @@ mod tests {
             (true, Some(Decision::QuotaWait(QUOTA)))
         );
         assert_eq!(m.view().consecutive_failures, 2);
+    }
+
+    #[test]
+    fn sighup_while_working_stays_ok() {
+        let t0 = Instant::now();
+        let mut m = machine(t0);
+        feed(&mut m, Outcome::Delivered, t0);
+        assert_eq!(m.state(), UpstreamState::Ok);
+        m.resume(t0 + Duration::from_secs(1));
+        assert_eq!(m.state(), UpstreamState::Ok, "bytes are still served");
+        assert_eq!(m.gate(t0 + Duration::from_secs(1)), Gate::Open);
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub enum Kind {
     State,
     /// Counts per class: the series `qrypt_fs_KEY_total{class="..."}`.
     PerClass,
+    /// A number per tenant, for the top tenants and `other`: the series
+    /// `qrypt_fs_KEY{tenant="..."}` (bounded: at most 11 series).
+    PerTenant,
+    /// A growing count per tenant, as [`Kind::PerTenant`]: `qrypt_fs_KEY_total{tenant="..."}`.
+    PerTenantCounter,
 }
 
 /// One status field.
@@ -50,7 +55,9 @@ const fn f(key: &'static str, kind: Kind, unit: &'static str, help: &'static str
     }
 }
 
-use Kind::{Counter, Flag, Gauge, Info, PerClass, Presence, State, Timestamp};
+use Kind::{
+    Counter, Flag, Gauge, Info, PerClass, PerTenant, PerTenantCounter, Presence, State, Timestamp,
+};
 
 /// Every field, in the order the files show them.
 pub static FIELDS: &[Field] = &[
@@ -156,7 +163,9 @@ pub static FIELDS: &[Field] = &[
         "last_error",
         Presence,
         "",
-        "The reason of the last failure (upstream, token file or budget), or none.",
+        "The reason of the last failure (upstream, token file or budget), or none. A stop \
+         (a budget cap reached, the token rejected, the quota used up) adds what ends it: \
+         \"REASON; until ...\".",
     ),
     f(
         "last_error_at",
@@ -303,6 +312,50 @@ pub static FIELDS: &[Field] = &[
         "The file that records the spend, or none without a cap.",
     ),
     f(
+        "tenant_by",
+        Info,
+        "",
+        "How readers are told apart (--tenant-by): uid, cgroup, cgroup (depth N) or none.",
+    ),
+    f(
+        "tenant_budget",
+        Info,
+        "",
+        "The --tenant-budget caps, each tenant's own (50M/day), or off.",
+    ),
+    f(
+        "active_tenants",
+        Gauge,
+        "tenants",
+        "Tenants that read random in the last minute.",
+    ),
+    f(
+        "tenants_at_cap",
+        Gauge,
+        "tenants",
+        "Tenants refused for their --tenant-budget cap in the current period.",
+    ),
+    f(
+        "tenant_period_bytes",
+        PerTenant,
+        "bytes",
+        "Bytes served this period (the tightest --tenant-budget period, else the UTC day) to \
+         each of the 10 tenants served most (uid:1000, cgroup:/system.slice/x.service, \
+         unknown, all), and to the rest as other.",
+    ),
+    f(
+        "tenant_served_bytes",
+        PerTenantCounter,
+        "bytes",
+        "Bytes served since start to the same tenants, and to the rest as other.",
+    ),
+    f(
+        "tenant_at_cap",
+        PerTenant,
+        "tenants",
+        "For the same tenants: 1 while at its --tenant-budget cap (for other: how many are).",
+    ),
+    f(
         "uptime_seconds",
         Gauge,
         "seconds",
@@ -314,9 +367,9 @@ pub static FIELDS: &[Field] = &[
 pub fn metric_name(field: &Field) -> String {
     let base = field.key.replace("_{period}", "");
     match field.kind {
-        Kind::Counter | Kind::PerClass => format!("{base}_total"),
+        Kind::Counter | Kind::PerClass | Kind::PerTenantCounter => format!("{base}_total"),
         Kind::Timestamp => format!("{}_timestamp_seconds", base.trim_end_matches("_at")),
         Kind::Info => "info".to_owned(),
-        Kind::State | Kind::Gauge | Kind::Flag | Kind::Presence => base,
+        Kind::State | Kind::Gauge | Kind::Flag | Kind::Presence | Kind::PerTenant => base,
     }
 }

@@ -18,6 +18,14 @@ use crate::pool::Pool;
 use pacing_wait::PacingWait;
 pub use view::{UpstreamState, View};
 
+/// A wall-clock time as `/status` shows times (RFC 3339, UTC), for messages.
+pub fn time_text(t: SystemTime) -> String {
+    render::rfc3339(
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    )
+}
+
 /// Longest error message kept for `last_error`.
 pub const MAX_ERROR_CHARS: usize = 300;
 
@@ -72,6 +80,48 @@ impl Default for Processes {
     }
 }
 
+/// One tenant's line in `/status` (or `other`: the tenants beyond the top ones, summed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantReport {
+    pub name: String,
+    /// Bytes served this period ([`TenantsView::period`]).
+    pub period_bytes: u64,
+    /// Bytes served since start.
+    pub served_bytes: u64,
+    /// Tenants at their cap now (0 or 1, more for `other`).
+    pub at_cap: u64,
+}
+
+/// The tenants as `/status` shows them, filled in by the tenant module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantsView {
+    pub tenant_by: String,
+    /// The `--tenant-budget` caps, `None` without.
+    pub budget: Option<String>,
+    /// What "this period" is: hour, day or month.
+    pub period: &'static str,
+    /// Tenants that read in the last minute.
+    pub active: u64,
+    /// Tenants at their cap now.
+    pub at_cap: u64,
+    /// The top tenants by bytes this period, then `other` if any.
+    pub top: Vec<TenantReport>,
+}
+
+/// By uid, nobody seen yet: what a mount shows before its first read.
+impl Default for TenantsView {
+    fn default() -> TenantsView {
+        TenantsView {
+            tenant_by: "uid".into(),
+            budget: None,
+            period: "day",
+            active: 0,
+            at_cap: 0,
+            top: Vec::new(),
+        }
+    }
+}
+
 impl Processes {
     /// A fetcher ended (`why`: pid and exit status or signal); another is started.
     pub fn fetcher_ended(&self, why: String) {
@@ -100,6 +150,16 @@ impl Processes {
     }
 }
 
+type TenantsSource = Box<dyn Fn() -> TenantsView + Send + Sync>;
+
+struct TenantsSlot(Mutex<Option<TenantsSource>>);
+
+impl std::fmt::Debug for TenantsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantsSlot")
+    }
+}
+
 #[derive(Debug)]
 pub struct Status {
     info: StaticInfo,
@@ -118,6 +178,7 @@ pub struct Status {
     budget: Mutex<Option<Arc<Budget>>>,
     pacing: Mutex<PacingWait>,
     mutable: Mutex<Mutable>,
+    tenants: TenantsSlot,
 }
 
 /// One consistent picture, rendered three ways (see [`fields`]).
@@ -162,6 +223,7 @@ pub struct Snapshot {
     /// Seconds readers spent waiting while the client's pacing held requests back.
     pub pacing_wait_seconds: f64,
     pub budget: BudgetReport,
+    pub tenants: TenantsView,
     pub uptime_seconds: u64,
 }
 
@@ -185,6 +247,7 @@ impl Status {
             replay_history_saved: AtomicBool::new(false),
             rate_allowance: AtomicU32::new(0),
             budget: Mutex::new(None),
+            tenants: TenantsSlot(Mutex::new(None)),
             pacing: Mutex::new(PacingWait::default()),
             mutable: Mutex::new(Mutable {
                 upstream: View {
@@ -248,6 +311,16 @@ impl Status {
         m.last_error = Some((SystemTime::now(), message));
     }
 
+    /// A stop state was entered (a budget cap reached, the token rejected, the quota used up;
+    /// a tenant cap goes the same way): `last_error` becomes "REASON; until UNTIL", which says
+    /// why and when it may end ([`time_text`] for a time). Returns the text, which the caller
+    /// logs once.
+    pub fn record_stop(&self, reason: &str, until: &str) -> String {
+        let message = format!("{reason}; until {until}");
+        self.record_error(message.clone());
+        message
+    }
+
     /// An error that is no request's (the budget could not be recorded): the last error.
     pub fn record_error(&self, message: String) {
         self.mutable.lock().last_error = Some((SystemTime::now(), message));
@@ -273,6 +346,11 @@ impl Status {
     }
 
     /// What the replay history covers now, and whether it survives a restart.
+    /// Where the tenants' view comes from.
+    pub fn set_tenants(&self, source: TenantsSource) {
+        *self.tenants.0.lock() = Some(source);
+    }
+
     pub fn set_replay_history(&self, bytes: u64, saved: bool) {
         self.replay_history_bytes.store(bytes, Ordering::Relaxed);
         self.replay_history_saved.store(saved, Ordering::Relaxed);
@@ -314,6 +392,13 @@ impl Status {
             .lock()
             .as_ref()
             .map(|b| b.report())
+            .unwrap_or_default();
+        let tenants = self
+            .tenants
+            .0
+            .lock()
+            .as_ref()
+            .map(|f| f())
             .unwrap_or_default();
         let wall = SystemTime::now();
         let unix_at = |t: Instant| {
@@ -375,6 +460,7 @@ impl Status {
             rate_limited_until: pacing_until.and_then(unix_at),
             pacing_wait_seconds: pacing_wait.as_millis() as f64 / 1000.0,
             budget,
+            tenants,
             uptime_seconds: SystemTime::now()
                 .duration_since(self.started)
                 .unwrap_or(Duration::ZERO)
@@ -435,6 +521,27 @@ mod tests {
         // 1 KiB/s over the last hour: the 1 MiB cap runs out in 1024 s, before it renews.
         snap.budget.set_rates(1024.0, 42.5, 1_795_867_200);
         snap.budget.state_file = Some("/var/lib/qrypt-fs/budget.json".into());
+        snap.tenants = TenantsView {
+            tenant_by: "uid".into(),
+            budget: Some("20M/day".into()),
+            period: "day",
+            active: 2,
+            at_cap: 1,
+            top: vec![
+                TenantReport {
+                    name: "uid:1000".into(),
+                    period_bytes: 20 << 20,
+                    served_bytes: 30 << 20,
+                    at_cap: 1,
+                },
+                TenantReport {
+                    name: "uid:0".into(),
+                    period_bytes: 32,
+                    served_bytes: 64,
+                    at_cap: 0,
+                },
+            ],
+        };
         snap
     }
 
@@ -501,6 +608,17 @@ mod tests {
             prom.contains("\nqrypt_fs_state{state=\"backing off\"} 1\n"),
             "{prom}"
         );
+        assert!(
+            prom.contains("\nqrypt_fs_tenant_served_bytes_total{tenant=\"uid:1000\"} 31457280\n")
+                && prom.contains("\nqrypt_fs_tenant_at_cap{tenant=\"uid:1000\"} 1\n")
+                && prom.contains("\nqrypt_fs_active_tenants 2\n"),
+            "{prom}"
+        );
+        assert!(
+            text.contains("\ntenant_period_bytes: uid:1000=20971520 uid:0=32\n"),
+            "{text}"
+        );
+        assert_eq!(json["tenant_period_bytes"]["uid:0"], 32);
         assert_eq!(json["budget_hour_limit_bytes"], 1 << 20);
         assert_eq!(json["budget"], "1M/hour");
         // The forecast: the rates over the hour and the day, and when the cap runs out.
@@ -552,7 +670,7 @@ mod tests {
         assert!(prom.contains(
             "qrypt_fs_info{endpoint=\"http://127.0.0.1:1\",\
              token_source=\"environment (QRYPT_TOKEN)\",sandbox=\"none\",rate_limit=\"30/10s\",budget=\"off\",\
-             budget_state_file=\"none\"} 1\n"
+             budget_state_file=\"none\",tenant_by=\"uid\",tenant_budget=\"off\"} 1\n"
         ));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let later = failed_at + view::DEGRADED_WINDOW;

@@ -21,6 +21,8 @@ pub enum Value {
     Flag(bool),
     Text(Option<String>),
     Classes(BTreeMap<String, u64>),
+    /// A number per tenant, in the order shown (most served first, `other` last).
+    Tenants(Vec<(String, u64)>),
 }
 
 /// One field of one snapshot: its key (with `{period}` filled in) and value.
@@ -98,9 +100,26 @@ impl Snapshot {
             "pacing_wait_seconds" => Value::Real(Some(self.pacing_wait_seconds)),
             "budget" => text(&self.budget.summary()),
             "budget_state_file" => Value::Text(self.budget.state_file.clone()),
+            "tenant_by" => text(&self.tenants.tenant_by),
+            "tenant_budget" => text(self.tenants.budget.as_deref().unwrap_or("off")),
+            "active_tenants" => int(self.tenants.active),
+            "tenants_at_cap" => int(self.tenants.at_cap),
+            "tenant_period_bytes" => self.per_tenant(|t| t.period_bytes),
+            "tenant_served_bytes" => self.per_tenant(|t| t.served_bytes),
+            "tenant_at_cap" => self.per_tenant(|t| t.at_cap),
             "uptime_seconds" => int(self.uptime_seconds),
             _ => Value::Text(None),
         }
+    }
+
+    fn per_tenant(&self, f: impl Fn(&super::TenantReport) -> u64) -> Value {
+        Value::Tenants(
+            self.tenants
+                .top
+                .iter()
+                .map(|t| (t.name.clone(), f(t)))
+                .collect(),
+        )
     }
 
     /// The per-period values of a `{period}` field: limit and remaining for each cap; spent
@@ -152,6 +171,12 @@ impl Snapshot {
                         .collect::<Vec<_>>()
                         .join(" ")
                 }),
+                Value::Tenants(t) => (!t.is_empty()).then(|| {
+                    t.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }),
             };
             let _ = writeln!(s, "{}: {}", e.key, v.as_deref().unwrap_or("none"));
         }
@@ -173,6 +198,7 @@ impl Snapshot {
                 Value::Flag(v) => J::Bool(v),
                 Value::Text(v) => v.map_or(J::Null, J::String),
                 Value::Classes(m) => J::Object(m.into_iter().map(|(k, v)| (k, v.into())).collect()),
+                Value::Tenants(t) => J::Object(t.into_iter().map(|(k, v)| (k, v.into())).collect()),
             };
             map.insert(e.key, v);
         }
@@ -203,7 +229,10 @@ impl Snapshot {
                 continue;
             }
             let name = metric_name(field);
-            let kind = if matches!(field.kind, Kind::Counter | Kind::PerClass) {
+            let kind = if matches!(
+                field.kind,
+                Kind::Counter | Kind::PerClass | Kind::PerTenantCounter
+            ) {
                 "counter"
             } else {
                 "gauge"
@@ -246,6 +275,12 @@ impl Snapshot {
                         for (class, v) in m {
                             let class = label(class);
                             let _ = writeln!(s, "qrypt_fs_{name}{{class=\"{class}\"}} {v}");
+                        }
+                    }
+                    Value::Tenants(t) => {
+                        for (tenant, v) in t {
+                            let tenant = label(tenant);
+                            let _ = writeln!(s, "qrypt_fs_{name}{{tenant=\"{tenant}\"}} {v}");
                         }
                     }
                     Value::Int(None) | Value::Real(None) | Value::Time(None) => {}

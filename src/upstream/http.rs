@@ -47,8 +47,11 @@ pub enum ConfigError {
          the network in clear text (use https://)"
     )]
     Cleartext(String),
-    #[error("endpoint {0} must use https:// (or http:// to a loopback address)")]
-    Scheme(String),
+    #[error(
+        "endpoint {given} has an unknown scheme: use https:// (or http:// to a loopback \
+         address), e.g. {suggestion}"
+    )]
+    Scheme { given: String, suggestion: String },
     #[error(
         "endpoint {0} carries credentials (user:password@): refused. They would be sent \
          besides the token; the token comes only from QRYPT_TOKEN or --token-file"
@@ -86,6 +89,14 @@ pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::Credentials(shown()));
     }
+    // Before the base-URL check: an unknown scheme (`htp://`) parses with an empty path, and
+    // the advice must fix the scheme, not echo what was typed.
+    if !["https", "http"].contains(&url.scheme()) {
+        return Err(ConfigError::Scheme {
+            given: shown(),
+            suggestion: scheme_fixed(text),
+        });
+    }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         let mut base = url.clone();
         base.set_path("");
@@ -99,8 +110,19 @@ pub fn parse_endpoint(text: &str) -> Result<Url, ConfigError> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(ConfigError::Cleartext(shown())),
-        _ => Err(ConfigError::Scheme(shown())),
+        _ => Err(ConfigError::Cleartext(shown())),
+    }
+}
+
+/// The base URL `text` most likely meant: its host and port under `http://` for a loopback
+/// host (an emulator), `https://` for any other.
+fn scheme_fixed(text: &str) -> String {
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let rest = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let https = format!("https://{rest}");
+    match Url::parse(&https) {
+        Ok(u) if is_loopback(&u) => format!("http://{rest}"),
+        _ => mask_credentials(&https),
     }
 }
 
@@ -370,6 +392,8 @@ impl HttpClient {
             .https_only(cfg.endpoint.scheme() == "https")
             .user_agent(concat!("qrypt-fs/", env!("CARGO_PKG_VERSION")))
             .tcp_nodelay(true)
+            // Tells a host that does not exist from a resolver that did not answer.
+            .dns_resolver(Arc::new(super::resolve::Resolver))
             .build()
             .map_err(|e| ConfigError::Client(e.to_string()))?;
         Ok(HttpClient {
@@ -483,8 +507,14 @@ impl HttpClient {
 }
 
 fn transport(e: reqwest::Error) -> FetchError {
-    if let Some(cert) = certificate_error(&e) {
+    if let Some(cert) = rustls_error(&e, is_certificate) {
         return FetchError::Certificate(cert.to_string());
+    }
+    if let Some(record) = rustls_error(&e, is_not_tls) {
+        return FetchError::NotTls(record.to_string());
+    }
+    if let Some(host) = find_in_chain::<super::resolve::NoSuchHost>(&e) {
+        return FetchError::NoSuchHost(host.0.clone());
     }
     // reqwest's Display names the URL (no secret in it) and the cause chain carries the detail.
     let mut msg = if e.is_timeout() {
@@ -505,22 +535,44 @@ fn transport(e: reqwest::Error) -> FetchError {
     FetchError::Transport(msg)
 }
 
-/// The rustls certificate error somewhere in an error's cause chain, if any. The chain passes
-/// through `io::Error`s, whose `source()` skips the error they wrap, so look inside each.
-fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let is_cert = |r: &rustls::Error| {
-        matches!(
-            r,
-            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+fn is_certificate(r: &rustls::Error) -> bool {
+    matches!(
+        r,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+    )
+}
+
+/// A record header no TLS peer sends: the other end speaks something else (plain HTTP).
+fn is_not_tls(r: &rustls::Error) -> bool {
+    use rustls::InvalidMessage as M;
+    matches!(
+        r,
+        rustls::Error::InvalidMessage(
+            M::InvalidContentType | M::UnknownProtocolVersion | M::MessageTooLarge
         )
-    };
+    )
+}
+
+/// The rustls error somewhere in an error's cause chain that `wanted` picks, if any.
+fn rustls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+    wanted: fn(&rustls::Error) -> bool,
+) -> Option<&'a rustls::Error> {
+    find_in_chain::<rustls::Error>(e).filter(|r| wanted(r))
+}
+
+/// The first error of type `T` somewhere in an error's cause chain, if any. The chain passes
+/// through `io::Error`s, whose `source()` skips the error they wrap, so look inside each.
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        // An io::Error may wrap another io::Error (hyper-util does), then the rustls error.
+        // An io::Error may wrap another io::Error (hyper-util does), then the one sought.
         let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(err);
         while let Some(e) = inner {
-            if let Some(r) = e.downcast_ref::<rustls::Error>().filter(|r| is_cert(r)) {
-                return Some(r);
+            if let Some(found) = e.downcast_ref::<T>() {
+                return Some(found);
             }
             inner = e
                 .downcast_ref::<io::Error>()
@@ -731,7 +783,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_endpoint("ftp://x"),
-            Err(ConfigError::Scheme(_))
+            Err(ConfigError::Scheme { .. })
         ));
         assert!(parse_endpoint("not a url").is_err());
         assert!(parse_endpoint("https://api-eus.qrypt.com/").is_ok());
@@ -741,10 +793,38 @@ mod tests {
     fn certificate_errors_are_found_inside_io_errors() {
         let cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, cert));
-        assert!(certificate_error(&io).is_some());
+        assert!(rustls_error(&io, is_certificate).is_some());
         let other = io::Error::other(rustls::Error::DecryptError);
-        assert!(certificate_error(&other).is_none());
-        assert!(certificate_error(&io::Error::from(io::ErrorKind::ConnectionRefused)).is_none());
+        assert!(rustls_error(&other, is_certificate).is_none());
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(rustls_error(&refused, is_certificate).is_none());
+    }
+
+    #[test]
+    fn a_peer_that_does_not_speak_tls_is_told_from_a_broken_handshake() {
+        let http = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let io = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, http));
+        assert!(rustls_error(&io, is_not_tls).is_some());
+        let other = io::Error::other(rustls::Error::DecryptError);
+        assert!(rustls_error(&other, is_not_tls).is_none());
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_named_and_fixed_not_echoed() {
+        assert_eq!(
+            parse_endpoint("htp://127.0.0.1:42073")
+                .expect_err("htp")
+                .to_string(),
+            "endpoint htp://127.0.0.1:42073 has an unknown scheme: use https:// (or http:// to \
+             a loopback address), e.g. http://127.0.0.1:42073"
+        );
+        assert_eq!(
+            parse_endpoint("htps://api-eus.qrypt.com/x")
+                .expect_err("htps")
+                .to_string(),
+            "endpoint htps://api-eus.qrypt.com/x has an unknown scheme: use https:// (or \
+             http:// to a loopback address), e.g. https://api-eus.qrypt.com"
+        );
     }
 
     #[test]

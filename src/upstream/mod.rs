@@ -12,6 +12,7 @@ pub mod buffers;
 pub mod http;
 #[cfg(test)]
 pub mod mock;
+pub mod resolve;
 pub mod token;
 pub mod validate;
 
@@ -39,6 +40,14 @@ pub enum FetchError {
     /// Connect failure, reset, TLS error or timeout.
     #[error("transport: {0}")]
     Transport(String),
+    /// The resolver answered that the endpoint's host does not exist (NXDOMAIN): a typo at
+    /// start; later, perhaps a DNS change, so retried like a transport failure.
+    #[error("no such host: {0}")]
+    NoSuchHost(String),
+    /// The endpoint answered the TLS handshake with something that is not TLS (a plain-HTTP
+    /// port): a wrong URL at start, retried like a transport failure later.
+    #[error("not TLS: {0}")]
+    NotTls(String),
     /// The server's TLS certificate was refused (unknown issuer, wrong name, expired): no
     /// retry will change that, unlike the transport failures above.
     #[error("TLS certificate refused: {0}")]
@@ -66,6 +75,8 @@ impl FetchError {
             FetchError::Status { code, .. } => format!("http_{code}"),
             FetchError::Transport(_) => "transport".into(),
             FetchError::Certificate(_) => "tls_certificate".into(),
+            FetchError::NoSuchHost(_) => "no_such_host".into(),
+            FetchError::NotTls(_) => "not_tls".into(),
             FetchError::Validation(_) => "validation".into(),
             FetchError::Health(_) => "health".into(),
             FetchError::SizeOutOfRange(_) => "size_out_of_range".into(),

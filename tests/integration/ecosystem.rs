@@ -83,8 +83,8 @@ fn readme_line_after(after: &str) -> String {
 
 /// Runs the README's `line` as written, as root in a private mount namespace set up as the
 /// README assumes: qrypt-fs in /usr/local/sbin, the token in /etc/qrypt/token, the fstab line
-/// in /etc/fstab, /mnt/qrypt empty (/etc and /mnt are overlaid there, nothing outside
-/// changes). QRYPT_ENDPOINT points the default endpoint at the emulator: the line is not
+/// in /etc/fstab, /mnt/qrypt empty (/etc, /var/lib, where the budget's state goes, and /mnt
+/// are overlaid there, nothing outside changes). QRYPT_ENDPOINT points the default endpoint at the emulator: the line is not
 /// edited. Then reads from the mount and unmounts.
 fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &str) {
     require_program("unshare");
@@ -100,6 +100,8 @@ fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &st
         "set -e; mount --bind {d}/sbin /usr/local/sbin; \
          mount -t tmpfs tmpfs {d}/ovl; mkdir {d}/ovl/up {d}/ovl/work; \
          mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/ovl/up,workdir={d}/ovl/work /etc; \
+         mkdir {d}/ovl/vup {d}/ovl/vwork; \
+         mount -t overlay overlay -o lowerdir=/var/lib,upperdir={d}/ovl/vup,workdir={d}/ovl/vwork /var/lib; \
          mkdir -p /etc/qrypt; printf '%s\\n' '{TOKEN}' > /etc/qrypt/token; \
          chmod 600 /etc/qrypt/token; cp {d}/fstab /etc/fstab; \
          mount -t tmpfs tmpfs /mnt; mkdir /mnt/qrypt; \
@@ -138,6 +140,13 @@ fn run_readme_line(dir: &std::path::Path, emu: &Emulator, fstab: &str, line: &st
         line.contains("allow_other") || fstab.contains("allow_other")
     );
     let status = std::fs::read_to_string(dir.join("status")).expect("status");
+    // The recommended budget, as every way to mount in the README shows it.
+    for cap in [
+        "budget_day_limit_bytes: 104857600",
+        "budget_month_limit_bytes: 1073741824",
+    ] {
+        assert!(status.contains(cap), "{cap}: {status}");
+    }
     assert!(
         status.contains("token_source: file /etc/qrypt/token"),
         "{status}"
@@ -247,7 +256,14 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "/contrib/qrypt-fs.service"
     ))
     .expect("unit");
-    assert!(unit.contains("ExecStartPre=-/bin/umount -l /mnt/qrypt"));
+    assert!(
+        unit.contains(
+            "ExecStartPre=+/usr/libexec/qrypt-fs/qrypt-fs-mount --allow-other /mnt/qrypt"
+        )
+    );
+    assert!(
+        unit.contains("ExecStopPost=+-/usr/libexec/qrypt-fs/qrypt-fs-mount --unmount /mnt/qrypt")
+    );
     assert!(unit.contains("Type=notify"));
     // verify checks that ExecStart's program exists: point it at the one just built.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -256,7 +272,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         unit.contains("ExecStart=/usr/bin/qrypt-fs "),
         "the package's path"
     );
-    std::fs::write(&path, unit.replace("/usr/bin/qrypt-fs", BIN)).expect("write");
+    let unit = unit.replace("/usr/bin/qrypt-fs", BIN).replace(
+        "/usr/libexec/qrypt-fs/qrypt-fs-mount",
+        env!("CARGO_BIN_EXE_qrypt-fs-mount"),
+    );
+    std::fs::write(&path, unit).expect("write");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

@@ -44,13 +44,44 @@ fn start(mnt: &Path, token: Option<&str>, args: &[&str]) -> Output {
     c.output().expect("run qrypt-fs")
 }
 
+/// What the start says in the background when no syslog daemon listens on /dev/log (none does
+/// on a test machine without one; a machine with one gets no such line).
+fn syslog_note() -> Option<String> {
+    let listening = std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.connect("/dev/log"))
+        .is_ok();
+    (!listening).then(|| {
+        "qrypt-fs: warning: no syslog daemon listens on /dev/log: the daemon's log is lost; \
+         give --log-file PATH, or run in the foreground (-f) under a supervisor that keeps \
+         stderr\n"
+            .to_owned()
+    })
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// stderr of a start that mounted in the background, without the syslog note (which must be
+/// there exactly when no syslog daemon listens).
+fn stderr_after_syslog_note(out: &Output) -> String {
+    let err = stderr(out);
+    match syslog_note() {
+        Some(note) => {
+            assert!(err.contains(&note), "no syslog note: {err}");
+            err.replacen(&note, "", 1)
+        }
+        None => err,
+    }
+}
+
 /// Exit 1, exactly `message` on stderr, and no mount or daemon left behind.
 fn assert_refused(out: &Output, mnt: &Path, message: &str) {
-    let err = stderr(out);
+    // A start refused after going to the background said where its log goes first.
+    let err = match syslog_note() {
+        Some(note) => stderr(out).replacen(&note, "", 1),
+        None => stderr(out),
+    };
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err, format!("qrypt-fs: {message}\n"));
     assert!(!is_mounted(mnt), "left mounted");
@@ -68,7 +99,7 @@ fn assert_refused(out: &Output, mnt: &Path, message: &str) {
 
 /// Exit 0, mounted and serving, and exactly these warnings on stderr.
 fn assert_mounted_with_warnings(out: &Output, mnt: &Path, warnings: &[String]) {
-    let err = stderr(out);
+    let err = stderr_after_syslog_note(out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let expected: String = warnings
         .iter()
@@ -110,6 +141,8 @@ enum Upstream {
     UntrustedTls,
     /// A port nobody listens on: connection refused.
     NobodyListening,
+    /// The (plain-HTTP) emulator, asked for with https://: a port that does not speak TLS.
+    PlainHttpAsHttps,
 }
 
 /// How the command ends.
@@ -174,9 +207,10 @@ const CASE: Case = Case {
 fn run(case: Case) {
     let mnt = mount_point();
     let mut url = None;
+    let plain_http_as_https = matches!(case.upstream, Upstream::PlainHttpAsHttps);
     let emu = match case.upstream {
         Upstream::None => None,
-        Upstream::Healthy => Some(emulator()),
+        Upstream::Healthy | Upstream::PlainHttpAsHttps => Some(emulator()),
         Upstream::Fault(fault, times) => {
             let emu = emulator();
             emu.set_fault(fault, times);
@@ -205,6 +239,9 @@ fn run(case: Case) {
     };
     if let Some(emu) = &emu {
         url = Some(emu.url());
+    }
+    if plain_http_as_https {
+        url = url.map(|u| u.replacen("http://", "https://", 1));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
@@ -288,7 +325,7 @@ fn run(case: Case) {
             true
         }
         Expect::MountedWarningBetween(prefix, suffix) => {
-            let err = stderr(&out);
+            let err = stderr_after_syslog_note(&out);
             assert_eq!(out.status.code(), Some(0), "{err}");
             let (prefix, suffix) = (fill(prefix), fill(suffix));
             assert!(
@@ -440,6 +477,36 @@ cases! {
         expect: Expect::Refused(
             "endpoint \"api-eus.qrypt.com\" has no scheme: add https:// \
              (https://api-eus.qrypt.com)",
+        ),
+        ..CASE
+    };
+    /// RFC 6761: a name under .invalid never resolves, so this does not depend on the DNS.
+    an_endpoint_whose_host_does_not_exist_fails_the_start: Case {
+        upstream: Upstream::None,
+        args: &["--endpoint", "https://api-eus.qrypt.invalid"],
+        expect: Expect::Refused(
+            "no such host api-eus.qrypt.invalid (the DNS answered that it does not exist): \
+             check the spelling of --endpoint https://api-eus.qrypt.invalid, e.g. \
+             https://api-eus.qrypt.com",
+        ),
+        ..CASE
+    };
+    /// The fix, not what was typed.
+    an_endpoint_with_an_unknown_scheme_is_fixed_not_echoed: Case {
+        upstream: Upstream::None,
+        args: &["--endpoint", "htp://127.0.0.1:42073"],
+        expect: Expect::Refused(
+            "endpoint htp://127.0.0.1:42073 has an unknown scheme: use https:// (or http:// \
+             to a loopback address), e.g. http://127.0.0.1:42073",
+        ),
+        ..CASE
+    };
+    https_to_a_port_that_does_not_speak_tls_fails_the_start: Case {
+        upstream: Upstream::PlainHttpAsHttps,
+        expect: Expect::Refused(
+            "{url} does not speak TLS (received corrupt message of type InvalidContentType): \
+             for a plain-HTTP server on this machine use http://, else check the port of \
+             --endpoint",
         ),
         ..CASE
     };
@@ -618,4 +685,143 @@ fn as_nobody(script: &str, private: bool) -> Output {
 
 fn nobody_can_use(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+}
+
+/// In the background with no syslog daemon, a daemon whose stderr is the journal's stream
+/// (systemd's JOURNAL_STREAM names it) keeps that stderr and logs there; the start says so.
+#[test]
+fn without_syslog_the_background_logs_to_the_journal_stream() {
+    use std::os::unix::fs::MetadataExt;
+    if syslog_note().is_none() {
+        eprintln!("skipped: a syslog daemon listens on /dev/log here");
+        return;
+    }
+    let emu = emulator();
+    let mnt = mount_point();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let file = std::fs::File::create(&journal).expect("create");
+    let meta = file.metadata().expect("metadata");
+    let status = Command::new(BIN)
+        .args(["--rate-limit", "off", "--endpoint", &emu.url()])
+        .arg(mnt.path())
+        .env("QRYPT_TOKEN", TOKEN)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stderr(file)
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = std::fs::read_to_string(&journal).expect("read");
+        if text.contains(" mounted on ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        text.starts_with(
+            "qrypt-fs: warning: no syslog daemon listens on /dev/log: logging to the journal \
+             through stderr\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(" mounted on "), "the daemon's log: {text}");
+    unmount_and_wait(mnt.path());
+}
+
+/// A spent budget is a stop: `last_error` says which cap and when it renews, and the log says
+/// it once.
+#[test]
+fn a_spent_budget_says_why_and_until_when_in_last_error() {
+    let emu = emulator();
+    let state = tempfile::tempdir().expect("tempdir");
+    let m = MountBuilder::new(&emu)
+        .args(["--budget", "64K/day", "--buffer-size", "64K"])
+        .arg("--state-dir")
+        .arg(state.path().display().to_string())
+        .mount();
+    // More than the cap: the first fill spends it, the rest waits and then gets EIO.
+    let _ = read_in_4k(&m, 64 * 1024);
+    let f = open_nonblocking(&m.random());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.status()["state"] != "budget exhausted" {
+        assert!(Instant::now() < deadline, "{:#?}", m.status());
+        let _ = read_once(&f, 4096);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last_error = m.status()["last_error"].clone();
+    assert!(
+        last_error.starts_with(
+            "budget 64K/day reached: no requests, buffered bytes are still served, reads \
+             that would wait get EIO; until it renews at 20"
+        ),
+        "{last_error}"
+    );
+    assert_eq!(m.log_text().matches("budget 64K/day reached").count(), 1);
+}
+
+/// SIGHUP to a working mount: bytes are served as before, and /status does not say
+/// `starting` as if they were not.
+#[test]
+fn sighup_to_a_working_mount_keeps_it_ok() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    m.wait_full();
+    assert_eq!(m.status()["state"], "ok");
+    m.sighup();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !m.log_text().contains("SIGHUP") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not handled: {}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(m.status()["state"], "ok");
+    assert_eq!(read_exact(&m.random(), 32).len(), 32);
+    assert_eq!(m.status()["state"], "ok");
+}
+
+/// A DNS server that does not answer is not a name that does not exist: the start mounts with
+/// a warning and keeps retrying. Run in a private mount namespace whose /etc/resolv.conf names
+/// a server this test holds the port of and never answers (getaddrinfo: EAI_AGAIN).
+#[test]
+fn a_dns_server_that_does_not_answer_mounts_with_a_warning() {
+    require_program("unshare");
+    let _silent = std::net::UdpSocket::bind("127.0.0.254:53")
+        .expect("bind 127.0.0.254:53, the DNS server that never answers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.254\noptions timeout:1 attempts:1\n",
+    )
+    .expect("write");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let (r, m) = (resolv.display(), mnt.display());
+    let script = format!(
+        "set -e; mount --bind {r} /etc/resolv.conf; trap 'umount -l {m} 2>/dev/null' EXIT; \
+         {BIN} --rate-limit off --endpoint https://api.qrypt.example {m}; \
+         grep '^state:' {m}/status; umount {m}; trap - EXIT"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("QRYPT_TOKEN", TOKEN)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("unshare");
+    let err = stderr_after_syslog_note(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.starts_with("qrypt-fs: warning: no answer from https://api.qrypt.example (")
+            && err.ends_with("; mounted anyway; qrypt-fs keeps retrying and readers wait\n")
+            && !err.contains("no such host"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "state: backing off\n");
 }

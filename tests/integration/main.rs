@@ -27,6 +27,9 @@ mod heap_residue;
 mod hostile;
 #[cfg(feature = "fuse-tests")]
 mod hostile_upstream;
+// Needs scripts/install-test-deps.sh's manifest validator; its start-up test mounts.
+#[cfg(feature = "fuse-tests")]
+mod kubernetes;
 #[cfg(feature = "fuse-tests")]
 mod memory;
 #[cfg(feature = "fuse-tests")]
@@ -36,9 +39,13 @@ mod mount;
 #[cfg(feature = "fuse-tests")]
 mod privsep;
 #[cfg(feature = "fuse-tests")]
+mod sandbox;
+#[cfg(feature = "fuse-tests")]
 mod seed;
 #[cfg(feature = "fuse-tests")]
 mod status_fields;
+#[cfg(feature = "fuse-tests")]
+mod tenants;
 #[cfg(feature = "fuse-tests")]
 mod token_file;
 #[cfg(feature = "fuse-tests")]

@@ -168,6 +168,41 @@ fn man_page_examples_carry_the_readme_fstab_line_and_the_unit() {
     );
 }
 
+/// The man page's commands that read the mount run as written (the mount point aside) and do
+/// what they say: qrypt-fs-seed feeds the kernel, openssl prints 32 random bytes in hex.
+#[cfg(feature = "fuse-tests")]
+#[test]
+fn man_page_examples_that_read_the_mount_run() {
+    let emu = emulator();
+    let m = MountBuilder::new(&emu).mount();
+    let examples = man_section(&man_text(), "EXAMPLES");
+    let commands: Vec<&str> = examples
+        .lines()
+        .filter(|l| l.starts_with("qrypt-fs-seed ") || l.starts_with("openssl rand "))
+        .collect();
+    assert_eq!(commands.len(), 2, "{examples}");
+    let mount = m.path().display().to_string();
+    for command in commands {
+        let line = command.replace("/mnt/qrypt", &mount).replacen(
+            "qrypt-fs-seed",
+            env!("CARGO_BIN_EXE_qrypt-fs-seed"),
+            1,
+        );
+        let out = Command::new("sh").args(["-c", &line]).output().expect("sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{command}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if command.starts_with("openssl") {
+            let hex = stdout.trim();
+            assert_eq!(hex.len(), 64, "{hex}");
+            assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{hex}");
+        }
+    }
+}
+
 #[cfg(feature = "fuse-tests")]
 #[test]
 fn every_status_key_is_described_under_status_fields() {
@@ -222,6 +257,165 @@ fn completions_know_every_flag() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn completions_offer_the_mount_option_names() {
+    let bash = read(&format!("{GENERATED}/qrypt-fs.bash"));
+    let fish = read(&format!("{GENERATED}/qrypt-fs.fish"));
+    for name in ["token_file=", "budget=", "allow_other", "buffer_size="] {
+        assert!(bash.contains(name), "bash: {name}");
+        assert!(fish.contains(name), "fish: {name}");
+    }
+    assert!(
+        !bash.contains("foreground="),
+        "-o foreground is no mount option"
+    );
+}
+
+#[test]
+fn man_page_synopsis_names_each_value() {
+    let synopsis = man_section(&man_text(), "SYNOPSIS");
+    for shown in [
+        "[--token-file PATH]",
+        "[-o OPTIONS]",
+        "[--budget SIZE/PERIOD]",
+        "[-f|--foreground]",
+    ] {
+        assert!(synopsis.contains(shown), "{shown} not in: {synopsis}");
+    }
+    let usage = synopsis
+        .lines()
+        .find(|l| l.starts_with("qrypt-fs "))
+        .expect("the usage line");
+    assert!(usage.trim_end().ends_with(" MOUNTPOINT"), "{usage}");
+}
+
+#[test]
+fn man_page_lists_every_ignored_mount_option() {
+    let section = man_section(&man_text(), "MOUNT OPTIONS");
+    // The options mount(8) and systemd pass, as a user finds them in /proc/mounts and fstab.
+    for option in [
+        "relatime", "async", "sync", "fsname", "subtype", "_netdev", "nofail", "defaults",
+        "noatime", "x-*",
+    ] {
+        assert!(
+            section
+                .split(|c: char| c == ',' || c.is_whitespace() || c == '.')
+                .any(|w| w == option),
+            "{option} not in MOUNT OPTIONS: {section}"
+        );
+    }
+    // And each is indeed ignored.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["-o", "relatime,async,sync,fsname=x,subtype=y,nosuch"])
+        .arg(dir.path())
+        .env_remove("QRYPT_TOKEN")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown mount option \"nosuch\""), "{err}");
+}
+
+/// What EXIT STATUS in the man page and the table in docs/configuration.md say, and what the
+/// binary returns for each kind of outcome.
+#[test]
+fn exit_statuses_are_documented_as_the_binary_returns_them() {
+    let man = man_section(&man_text(), "EXIT STATUS");
+    let mut man_codes: Vec<String> = Vec::new();
+    let mut lines = man.lines();
+    while let Some(l) = lines.next() {
+        if l == ".TP" {
+            man_codes.extend(lines.next().map(str::to_owned));
+        }
+    }
+    let doc = read(&format!("{ROOT}/docs/configuration.md"));
+    let table = doc
+        .split("## Exit status")
+        .nth(1)
+        .expect("docs/configuration.md: ## Exit status");
+    let doc_codes: Vec<String> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|c| c.parse::<u8>().is_ok())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(man_codes, ["0", "1", "2"], "{man}");
+    assert_eq!(doc_codes, man_codes, "{table}");
+    assert!(man.contains("Bad command line"), "{man}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // With a token, so that the endpoint is what fails.
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg(dir.path())
+            .env("QRYPT_TOKEN", "exit-status-test")
+            .env_remove("QRYPT_ENDPOINT")
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&["--help"]).0, Some(0));
+    // 2: the command line itself (a flag, a value, a mount option).
+    assert_eq!(run(&["--no-such-flag"]).0, Some(2));
+    assert_eq!(run(&["--buffer-size", "12Q"]).0, Some(2));
+    assert_eq!(run(&["-o", "nosuch"]).0, Some(2));
+    // 1: a value that parses but cannot be used (here, endpoints).
+    for endpoint in [
+        "https://user:pw@api.example",
+        "https://api.example/?q=1",
+        "https://api.example/#f",
+        "htp://127.0.0.1:1",
+    ] {
+        let (code, err) = run(&["--endpoint", endpoint]);
+        assert_eq!(code, Some(1), "{endpoint}: {err}");
+        assert!(err.starts_with("qrypt-fs: endpoint "), "{endpoint}: {err}");
+    }
+}
+
+/// Every throughput or CPU figure the README and docs/ quote is one BENCHMARKS.md has.
+#[test]
+fn figures_in_the_docs_are_taken_from_benchmarks_md() {
+    let benchmarks = read(&format!("{ROOT}/BENCHMARKS.md"));
+    let mut docs = vec![format!("{ROOT}/README.md")];
+    for entry in std::fs::read_dir(format!("{ROOT}/docs")).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path.display().to_string());
+        }
+    }
+    let mut checked = 0;
+    for doc in &docs {
+        let text = read(doc);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let unit = pair[1].trim_end_matches(|c: char| ",.;:)".contains(c));
+            if !["MiB/s", "GiB/s", "s/GiB", "ms/GiB"].contains(&unit) {
+                continue;
+            }
+            let number = pair[0].trim_start_matches(['(', '~']);
+            if number.parse::<f64>().is_err() {
+                continue;
+            }
+            let figure = format!("{number} {unit}");
+            assert!(
+                benchmarks.contains(&figure),
+                "{doc} quotes {figure}, which BENCHMARKS.md does not have"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 0,
+        "no figure found: the check looks for the wrong thing"
     );
 }
 
@@ -375,6 +569,7 @@ fn package_ships_the_seed_and_metrics_units_and_they_verify() {
         let text = read(&format!("{ROOT}/contrib/{name}"))
             .replace("/usr/sbin/qrypt-fs-seed ", "/bin/true ")
             .replace("/usr/libexec/qrypt-fs/qrypt-fs-metrics ", "/bin/true ")
+            .replace("/usr/libexec/qrypt-fs/qrypt-fs-mount ", "/bin/true ")
             .replace("/usr/bin/qrypt-fs ", "/bin/true ");
         std::fs::write(dir.path().join(name), text).expect("write unit");
     }
@@ -398,4 +593,84 @@ fn package_ships_the_seed_and_metrics_units_and_they_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// The shipped unit's exposure in `systemd-analyze security` stays at 3.0 or less, and every
+/// hardening setting it leaves out (each line marked ✗) is named in a comment saying why.
+#[test]
+fn the_unit_is_hardened_to_an_exposure_of_at_most_3() {
+    require_program("systemd-analyze");
+    let path = format!("{ROOT}/contrib/qrypt-fs.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for qrypt-fs.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(exposure <= 3.0, "exposure {exposure} > 3.0:\n{text}");
+    let unit = read(&path);
+    let comments: Vec<&str> = unit.lines().filter(|l| l.starts_with('#')).collect();
+    let left_out: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("✗ "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!left_out.is_empty(), "{text}");
+    for setting in left_out {
+        // "RestrictAddressFamilies=~AF_UNIX", "User=/DynamicUser=": the first directive.
+        let directive = setting.split('=').next().unwrap_or(setting);
+        assert!(
+            comments
+                .iter()
+                .any(|c| c.contains(&format!("{directive}="))),
+            "{setting} is left out without a comment saying why"
+        );
+    }
+}
+
+/// The shipped unit gives each tenant (each uid) a daily cap well below the host's, so that
+/// one user cannot spend the day's budget for everyone; the README says the same.
+#[test]
+fn the_unit_caps_each_tenant_well_below_the_host() {
+    let unit = read(&format!("{ROOT}/contrib/qrypt-fs.service"));
+    let exec: String = unit
+        .lines()
+        .skip_while(|l| !l.starts_with("ExecStart=/usr/bin/qrypt-fs"))
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let day_cap = |flag: &str| -> u64 {
+        words
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .find_map(|w| w[1].strip_suffix("/day"))
+            .and_then(|size| size.strip_suffix('M'))
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {flag} SIZE/day in M: {exec}"))
+    };
+    let (host, tenant) = (day_cap("--budget"), day_cap("--tenant-budget"));
+    assert!(
+        tenant * 5 <= host,
+        "{tenant}M/day per tenant, {host}M/day for the host"
+    );
+    let readme = read(&format!("{ROOT}/README.md")).replace('\n', " ");
+    assert!(
+        readme.contains(&format!("{tenant} MiB a day per user")),
+        "the README names the per-user cap"
+    );
 }

@@ -2,10 +2,9 @@
 //! beyond it) and signals for readers in user namespaces of their own, each driven through a
 //! real `allow_other` mount by processes of other uids.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,14 +27,6 @@ buf = ctypes.create_string_buffer(32)
 r = libc.read(fd, buf, 32)
 print(r if r >= 0 else -ctypes.get_errno(), flush=True)
 "#;
-
-/// A python3 that other users may run (not one under root's home).
-fn shared_python() -> &'static str {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("a python3 in /usr/bin or /usr/local/bin: run scripts/install-test-deps.sh")
-}
 
 struct Reader {
     child: Child,
@@ -83,12 +74,6 @@ impl Drop for Reader {
     }
 }
 
-fn next_line(out: &mut BufReader<ChildStdout>) -> String {
-    let mut line = String::new();
-    out.read_line(&mut line).expect("a line from the reader");
-    line.trim().to_owned()
-}
-
 fn wait_waiting(m: &Mount, n: u64) {
     m.wait_status(
         &format!("{n} waiting readers"),
@@ -129,7 +114,7 @@ fn one_user_may_park_only_so_many_waiters_and_namespaced_readers_still_get_eintr
     );
     let log = m.log_text();
     assert!(
-        log.contains("uid 4242") && log.contains("--max-waiters-per-user"),
+        log.contains("uid:4242") && log.contains("--max-waiters-per-user"),
         "{log}"
     );
 

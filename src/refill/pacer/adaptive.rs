@@ -1,22 +1,33 @@
-//! How many requests per window this client allows itself, when other clients may share its
-//! token's rate limit: additive increase, multiplicative decrease (AIMD), as TCP shares a
-//! link, with the service's 429 as the congestion signal.
+//! How many requests per window this client allows itself when unknown others may share its
+//! token's rate limit, learnt only from the service's answers and our own timing.
 //!
-//! - **Decrease** on a 429, once per episode (429s answering requests sent before the last
-//!   decrease are echoes of it): to the share of the window this client actually got (the
-//!   requests it had accepted in the last window), and at most `BETA` of the allowance.
-//!   The share is what the token's other users left us; the factor makes room for them to
-//!   grow and, being proportional, moves a large share more than a small one, so the clients
-//!   converge on equal shares.
-//! - **Increase** after `QUIET` windows without a 429 or a change, and only while the
-//!   allowance is what holds requests back (RFC 7661's rule: probe only with demand, so an
-//!   idle mount does not grow an allowance it would spend in one burst). By one request, or
-//!   more for a mount far below the limit (`CATCH_UP`): a mount that joins a token others
-//!   already saturate gets little at first, and one step per 20 s would leave it behind for
-//!   minutes; growing in proportion to how small it is (as HighSpeed TCP grows faster from
-//!   a small window) brings it to its share in a few windows, and its 429s to the others
-//!   make room.
-//! - Never above the configured limit, never below one request per window.
+//! The allowance is a real number of requests per window, spent evenly (one request every
+//! `window / allowance`, jittered), so a share below one request per window exists and a
+//! fleet's requests interleave instead of colliding in bursts.
+//!
+//! - **Start**: half the limit, doubled after a window without a 429. A fleet started
+//!   together meets the limit within seconds, each mount with one 429; a mount alone has the
+//!   whole limit after 10 s.
+//! - **The first 429** sets the allowance to what we had sent by then (the first request,
+//!   then the allowance spread evenly): every mount started alike, so that is our share of
+//!   the full window, measured in time rather than in whole requests (too coarse when the
+//!   share is one or two). A mount that finds the window full at once joined a token in use.
+//! - **Each later 429**, once per episode (429s answering requests sent before the last
+//!   decrease are echoes of it): `BETA` of the allowance, regrown half way back each window
+//!   towards `KEEP` of what it was. A 429 meets whoever sends into a full window, in
+//!   proportion to its rate, so the part kept for good takes more from larger shares.
+//! - **Increase**, only while the allowance is what holds requests back (probe only with
+//!   demand), once per window; how fast depends on what the 429s said:
+//!   - *shared*: `SHARED_GROWTH` requests per window (part of it below one request: a share
+//!     below one means more mounts than the limit's requests, all growing). After a long
+//!     quiet (`QUIET`, longer for a smaller share: a small share means a large fleet, whose
+//!     429s are rare for each mount) as at start: a mount may have left.
+//!   - *alone*: two steady 429s in a row said the oldest request in the service's window was
+//!     ours (its `Retry-After` is when our own oldest leaves, and at least 2 s: with others
+//!     sending evenly, the window's oldest request leaves within a second). The limit itself
+//!     fell (a storm of 429s); grow by `ALONE_GROWTH` per window so that when it rises again
+//!     the whole limit is back within a minute.
+//! - Never above the configured limit, never below `MIN_SHARE` of it.
 //!
 //! Pure: every call takes the time, so tests and the fleet model run on a virtual clock.
 use std::time::{Duration, Instant};
@@ -24,21 +35,60 @@ use std::time::{Duration, Instant};
 use super::RateLimit;
 
 /// Multiplicative decrease: the allowance kept after a 429, at most.
-pub const BETA: f64 = 0.75;
-/// The longest jitter, as a fraction of the window.
-pub const JITTER: f64 = 0.1;
-/// A mount with less than `1 / CATCH_UP` of the limit grows by up to that much per quiet
-/// window (the step is `ceiling / CATCH_UP / current`, at least one).
-pub const CATCH_UP: u32 = 5;
-/// Windows without a 429 or a change before probing higher.
-pub const QUIET: u32 = 2;
+pub const BETA: f64 = 0.7;
+/// The allowance at start, as a fraction of the limit.
+pub const START: f64 = 0.5;
+/// The allowance kept after a 429, at least (the share got may be a chance low).
+pub const FLOOR: f64 = 0.1;
+/// A limit of at most this many requests starts whole: a third of it would be one request.
+pub const START_FLOOR: f64 = 3.0;
+/// Growth per window before the first 429.
+pub const START_GROWTH: f64 = 2.0;
+/// Steady 429s in a row that said we were alone before we believe it.
+pub const ALONE_AFTER: u32 = 2;
+/// Growth per window when the last 429s said we were alone under a lower limit.
+pub const ALONE_GROWTH: f64 = 1.6;
+/// What a 429 takes for good from the allowance regrown to (the rest is regrown): a larger
+/// share meets more 429s, so shares converge.
+pub const KEEP: f64 = 0.9;
+/// A first 429 before we sent this many requests (at our start's pace) means we joined.
+pub const JOINED: f64 = 1.5;
+/// Below the allowance before the last 429, the part of the distance to it regained per window.
+pub const REGROW: f64 = 0.5;
+/// Growth per window on a shared token, in requests (in part of one below one request: a
+/// share below one means a fleet of more than the limit's requests, all growing).
+pub const SHARED_GROWTH: f64 = 0.03;
+/// Without a 429 for `QUIET * sqrt(limit / allowance)`, a shared mount grows as at start.
+pub const QUIET: Duration = Duration::from_secs(25);
+/// The spread of the gap between two requests, as a fraction of it (centred on it).
+pub const JITTER: f64 = 0.4;
+/// The smallest allowance, as a fraction of the limit: one request per 200 windows.
+pub const MIN_SHARE: f64 = 1.0 / 6000.0;
+
+/// What the last 429s said about who else uses the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No 429 yet.
+    Start,
+    Shared,
+    Alone,
+}
 
 #[derive(Debug, Clone)]
 pub struct AdaptiveRate {
-    ceiling: u32,
-    current: u32,
+    ceiling: f64,
+    /// Requests per window allowed now.
+    rate: f64,
+    window: Duration,
     /// A window plus the pacer's margin: how long a request counts at the service.
     span: Duration,
+    phase: Phase,
+    /// 429 episodes in a row whose `Retry-After` said the window's oldest request was ours.
+    alone_streak: u32,
+    /// The allowance before the last decrease on a shared token: regrown to quickly.
+    before: f64,
+    /// The first request's start.
+    started_at: Option<Instant>,
     /// The last decrease or increase.
     changed_at: Option<Instant>,
     decreased_at: Option<Instant>,
@@ -46,65 +96,160 @@ pub struct AdaptiveRate {
 
 impl AdaptiveRate {
     pub fn new(limit: RateLimit, margin: Duration) -> AdaptiveRate {
+        let ceiling = f64::from(limit.requests.max(1));
         AdaptiveRate {
-            ceiling: limit.requests.max(1),
-            current: limit.requests.max(1),
+            ceiling,
+            rate: (ceiling * START).max(START_FLOOR.min(ceiling)),
+            window: limit.window,
             span: limit.window + margin,
+            phase: Phase::Start,
+            alone_streak: 0,
+            before: 0.0,
+            started_at: None,
             changed_at: None,
             decreased_at: None,
         }
     }
 
-    /// Requests allowed per window now.
+    /// Requests allowed per window now, rounded up (the slots the pacer may hold).
     pub fn current(&self) -> u32 {
-        self.current
+        self.rate.ceil().clamp(1.0, self.ceiling) as u32
     }
 
-    /// Extra time a completed request keeps its slot, drawn from `unit` (uniform in [0, 1)).
-    /// None while the allowance is whole: a mount alone keeps its full bursts. Once a 429 has
-    /// shown the token is shared, up to `JITTER` of the window (a second at 10 s: the grain
-    /// of `Retry-After`). Without it, mounts sharing a token reuse their own slots the instant
-    /// the service frees them, every window: a mount that was told to come back in whole
-    /// seconds always arrives after the slot was taken again, and a small share never grows.
-    pub fn jitter(&self, unit: f64) -> Duration {
-        if self.current >= self.ceiling {
+    /// Requests allowed per window now.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The least time from one request's start to the next, drawn from `unit` (uniform in
+    /// [0, 1)): the window spread evenly over the allowance, jittered so that mounts sharing
+    /// a token do not keep meeting at the same instants. Zero at the whole limit: a mount
+    /// alone keeps its bursts.
+    pub fn gap(&self, unit: f64) -> Duration {
+        if self.rate >= self.ceiling {
             return Duration::ZERO;
         }
-        self.span.mul_f64(unit.clamp(0.0, 1.0) * JITTER)
+        let spread = 1.0 + JITTER * (unit.clamp(0.0, 1.0) - 0.5);
+        self.span.mul_f64(spread / self.rate)
     }
 
-    /// A 429 answered a request sent at `sent`; `accepted`: our requests the service accepted
-    /// in the window before `now`. Returns whether the allowance changed.
-    pub fn on_rate_limited(&mut self, sent: Instant, accepted: u32, now: Instant) -> bool {
+    /// A request starts at `now`.
+    pub fn on_start(&mut self, now: Instant) {
+        self.started_at.get_or_insert(now);
+    }
+
+    /// A 429 answered a request sent at `sent` with `retry_after`; `accepted`: the send times
+    /// of our requests the service accepted in the window before `now`, oldest first.
+    /// Returns whether the allowance changed.
+    pub fn on_rate_limited(
+        &mut self,
+        sent: Instant,
+        retry_after: Option<Duration>,
+        accepted: &[Instant],
+        now: Instant,
+    ) -> bool {
         if self.decreased_at.is_some_and(|d| sent < d) {
             return false;
         }
-        let scaled = (f64::from(self.current) * BETA).floor() as u32;
-        let next = accepted.min(scaled).clamp(1, self.ceiling);
+        // Whole seconds until our oldest accepted request leaves the service's window, as
+        // the service rounds its `Retry-After`.
+        let ours = accepted
+            .iter()
+            .find(|&&t| t + self.window > sent)
+            .map(|&t| ceil_secs((t + self.window).saturating_duration_since(sent)));
+        let alone = matches!((retry_after, ours), (Some(r), Some(o)) if r.as_secs() >= 2 && o <= r.as_secs());
+        // Only a 429 a window after the last decrease counts as evidence of being alone:
+        // right after one (and at the start) the token's users send in bursts, which fill the
+        // window early and make its oldest request anyone's.
+        let steady = self
+            .decreased_at
+            .is_some_and(|d| now.saturating_duration_since(d) >= self.span);
+        if !alone {
+            self.alone_streak = 0;
+        } else if steady {
+            self.alone_streak += 1;
+        }
+        // The start's allowance was a guess, not a level the token bore.
+        let was_start = self.phase == Phase::Start;
+        self.phase = if self.alone_streak >= ALONE_AFTER {
+            Phase::Alone
+        } else {
+            Phase::Shared
+        };
+        let share = if was_start {
+            // Everyone started as we did, and the window filled `filled` after our start:
+            // our share of it is what we sent by then, the first request and then our
+            // allowance spread evenly. (Counting our requests in the window says the same,
+            // in whole requests: too coarse when the share is one or two.)
+            let filled = self
+                .started_at
+                .map_or(self.window, |s| sent.saturating_duration_since(s));
+            1.0 + self.rate * filled.as_secs_f64() / self.span.as_secs_f64()
+        } else {
+            let got = accepted.iter().filter(|&&t| t + self.window > now).count() as f64;
+            got.max(self.rate * BETA)
+        };
+        let next = share
+            .max(self.rate * FLOOR)
+            .min(self.rate * BETA)
+            .clamp(self.ceiling * MIN_SHARE, self.ceiling);
+        self.before = if !was_start {
+            self.rate * KEEP
+        } else if share < JOINED && !accepted.is_empty() {
+            // Full as soon as we came, though it took our first request: we joined a token
+            // others already use, and what we sent by then is no measure of our share. Regrow
+            // towards a cut of the start's allowance; the 429s the others meet make room.
+            self.rate * BETA
+        } else {
+            next
+        };
         self.decreased_at = Some(now);
         self.changed_at = Some(now);
-        let changed = next != self.current;
-        self.current = next;
+        let changed = next != self.rate;
+        self.rate = next;
         changed
     }
 
-    /// The allowance held a request back at `now`: after a quiet window, one more.
+    /// The allowance held a request back at `now`: grow, at most once a window.
     /// Returns whether the allowance changed.
     pub fn on_held_back(&mut self, now: Instant) -> bool {
-        if self.current >= self.ceiling {
+        if self.rate >= self.ceiling {
             return false;
         }
-        if self
-            .changed_at
-            .is_some_and(|t| now.saturating_duration_since(t) < self.span * QUIET)
-        {
+        let Some(changed_at) = self.changed_at else {
+            // The first window starts now.
+            self.changed_at = Some(now);
+            return false;
+        };
+        if now.saturating_duration_since(changed_at) < self.span {
             return false;
         }
-        let step = (self.ceiling / CATCH_UP).div_ceil(self.current).max(1);
-        self.current = (self.current + step).min(self.ceiling);
+        let quiet = self
+            .decreased_at
+            .map_or(Duration::MAX, |d| now.saturating_duration_since(d));
+        let next = match self.phase {
+            Phase::Start => self.rate * START_GROWTH,
+            Phase::Alone => self.rate * ALONE_GROWTH,
+            Phase::Shared if quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt()) => {
+                self.rate * START_GROWTH
+            }
+            // Back towards what the token bore before the last 429, halving the distance
+            // each window; the 429 was most likely chance (see the module's doc).
+            Phase::Shared if self.rate < self.before => {
+                self.rate
+                    + ((self.before - self.rate) * REGROW).max(SHARED_GROWTH * self.rate.min(1.0))
+            }
+            Phase::Shared => self.rate + SHARED_GROWTH * self.rate.min(1.0),
+        };
+        self.rate = next.min(self.ceiling);
         self.changed_at = Some(now);
         true
     }
+}
+
+/// Whole seconds, rounded up, as the service gives `Retry-After`.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 #[cfg(test)]
@@ -112,73 +257,122 @@ mod tests {
     use super::*;
 
     const SPAN: Duration = Duration::from_millis(10_100);
+    const S: Duration = Duration::from_secs(1);
 
     fn rate() -> AdaptiveRate {
         AdaptiveRate::new(RateLimit::QRYPT, Duration::from_millis(100))
     }
 
     #[test]
-    fn decreases_to_the_share_got_once_per_episode() {
+    fn starts_at_half_the_limit_and_doubles_after_a_window_without_a_429() {
         let mut r = rate();
         let t0 = Instant::now();
+        assert_eq!(r.current(), 15);
+        assert!(!r.on_held_back(t0), "the first window starts");
+        assert!(!r.on_held_back(t0 + SPAN - Duration::from_millis(1)));
+        assert!(r.on_held_back(t0 + SPAN));
         assert_eq!(r.current(), 30);
-        assert!(r.on_rate_limited(t0, 8, t0 + Duration::from_millis(50)));
-        assert_eq!(r.current(), 8);
+        assert_eq!(
+            r.gap(0.5),
+            Duration::ZERO,
+            "the whole limit keeps its bursts"
+        );
+        assert!(!r.on_held_back(t0 + SPAN * 2), "never above the limit");
+    }
+
+    #[test]
+    fn requests_are_spread_evenly_with_jitter() {
+        let r = rate();
+        assert_eq!(r.gap(0.5), SPAN / 15);
+        assert!(r.gap(0.0) < r.gap(0.5) && r.gap(0.5) < r.gap(0.999));
+        assert_eq!(r.gap(0.0), SPAN.mul_f64(0.8 / 15.0));
+    }
+
+    #[test]
+    fn the_first_429_lowers_to_the_share_sent_then_each_episode_by_beta() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        // Started 2.02 s before the window was found full: the first request, then 15 per
+        // 10.1 s: 4 of the window's requests were ours.
+        r.on_start(t0 - Duration::from_millis(2020));
+        let mine = [t0 - Duration::from_millis(2020), t0 - S];
+        assert!(r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(5)));
+        assert!((r.rate() - 4.0).abs() < 1e-9, "{}", r.rate());
         // Answers to requests sent before the decrease change nothing.
-        assert!(!r.on_rate_limited(
-            t0 + Duration::from_millis(10),
-            8,
-            t0 + Duration::from_millis(60)
-        ));
-        assert_eq!(r.current(), 8);
-        // A later episode: at most BETA of the allowance, even if the share was larger.
+        assert!(!r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(6)));
         let t1 = t0 + Duration::from_secs(20);
-        assert!(r.on_rate_limited(t1, 8, t1));
-        assert_eq!(r.current(), 6);
-        let t2 = t1 + Duration::from_secs(20);
-        r.on_rate_limited(t2, 0, t2);
-        assert_eq!(r.current(), 1, "never below one");
-    }
-
-    #[test]
-    fn probes_up_only_with_demand_after_quiet_windows_never_above_the_limit() {
-        let mut r = rate();
-        let t0 = Instant::now();
-        r.on_rate_limited(t0, 12, t0);
-        assert_eq!(r.current(), 12);
-        let quiet = SPAN * QUIET;
-        assert!(
-            !r.on_held_back(t0 + quiet - Duration::from_millis(1)),
-            "not quiet yet"
-        );
-        assert!(r.on_held_back(t0 + quiet));
-        assert_eq!(r.current(), 13);
-        assert!(
-            !r.on_held_back(t0 + quiet + SPAN),
-            "one step per quiet period"
-        );
-        let mut t = t0 + quiet;
-        for _ in 0..100 {
-            t += quiet;
-            r.on_held_back(t);
+        assert!(r.on_rate_limited(t1, Some(S), &[t1 - S * 3], t1));
+        assert!((r.rate() - 4.0 * BETA).abs() < 1e-9, "{}", r.rate());
+        for i in 2..40 {
+            let t = t1 + S * 20 * i;
+            r.on_rate_limited(t, Some(S), &[], t);
         }
-        assert_eq!(r.current(), 30);
+        assert_eq!(r.rate(), 30.0 * MIN_SHARE, "never below the least share");
+        assert_eq!(r.current(), 1);
     }
 
     #[test]
-    fn a_small_share_catches_up_faster() {
+    fn a_shared_token_grows_slowly_then_faster_after_a_long_quiet() {
         let mut r = rate();
-        let t0 = Instant::now();
-        r.on_rate_limited(t0, 1, t0);
-        assert_eq!(r.current(), 1);
-        let quiet = SPAN * QUIET;
-        let steps: Vec<u32> = (1..=4)
-            .map(|i| {
-                r.on_held_back(t0 + quiet * i);
-                r.current()
-            })
-            .collect();
-        // Steps of 6, 1, 1, 1: ceiling / CATCH_UP / current, at least one.
-        assert_eq!(steps, vec![7, 8, 9, 10]);
+        let t0 = Instant::now() + Duration::from_secs(100);
+        r.on_start(t0 - Duration::from_millis(1010));
+        r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
+        assert!((r.rate() - 2.5).abs() < 1e-9, "{}", r.rate());
+        assert!(r.on_held_back(t0 + SPAN));
+        assert!((r.rate() - (2.5 + SHARED_GROWTH)).abs() < 1e-9);
+        // QUIET * sqrt(30 / 2.53) later, it grows as at start.
+        let long = t0 + QUIET.mul_f64((30.0f64 / 2.53).sqrt()) + S;
+        let before = r.rate();
+        assert!(r.on_held_back(long));
+        assert!((r.rate() - before * START_GROWTH).abs() < 1e-9);
+    }
+
+    #[test]
+    fn after_a_429_on_a_shared_token_it_regrows_towards_what_it_had() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        r.on_start(t0 - Duration::from_millis(9090));
+        r.on_rate_limited(t0, Some(S), &[], t0);
+        assert!(
+            (r.rate() - 10.5).abs() < 1e-9,
+            "BETA of 15 at most: {}",
+            r.rate()
+        );
+        let t1 = t0 + S * 30;
+        r.on_rate_limited(t1, Some(S), &[], t1);
+        assert!((r.rate() - 7.35).abs() < 1e-9);
+        r.on_held_back(t1 + SPAN);
+        // Half way back to what it had, less what the 429 took for good.
+        assert!(
+            (r.rate() - (7.35 + (10.5 * KEEP - 7.35) * REGROW)).abs() < 1e-9,
+            "{}",
+            r.rate()
+        );
+    }
+
+    #[test]
+    fn steady_429s_whose_retry_after_is_our_own_oldest_request_mean_a_lower_limit() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        // Alone under 3 / 10 s: our oldest of three leaves the window in 4 s, and the
+        // service says 4.
+        let mine = [t0 - S * 6, t0 - S * 3, t0 - S];
+        r.on_rate_limited(t0, Some(S * 4), &mine, t0);
+        assert_eq!(r.phase, Phase::Shared, "the start's 429 is no evidence");
+        let t1 = t0 + S * 11;
+        let mine = [t1 - S * 7, t1 - S * 4, t1 - S];
+        r.on_rate_limited(t1, Some(S * 3), &mine, t1);
+        assert_eq!(r.phase, Phase::Shared, "one steady 429 is not enough");
+        let t1 = t1 + S * 11;
+        let mine = [t1 - S * 7, t1 - S * 4, t1 - S];
+        r.on_rate_limited(t1, Some(S * 3), &mine, t1);
+        assert_eq!(r.phase, Phase::Alone);
+        let got = r.rate();
+        r.on_held_back(t1 + SPAN);
+        assert!((r.rate() - got * ALONE_GROWTH).abs() < 1e-9);
+        // With others sending, the window's oldest leaves within a second.
+        let t2 = t1 + S * 30;
+        r.on_rate_limited(t2, Some(S), &[t2 - S * 4], t2);
+        assert_eq!(r.phase, Phase::Shared);
     }
 }

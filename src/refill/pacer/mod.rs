@@ -2,6 +2,7 @@
 use std::time::{Duration, Instant};
 
 pub mod adaptive;
+pub mod pacing;
 
 /// One type and one syntax (`30/10`) for the client's pacer and the emulator's limit.
 pub use qrypt_api::RateLimit;

@@ -42,8 +42,9 @@ MOUNT OPTIONS (-o, for fstab and mount -t fuse.qrypt-fs)
   endpoint=URL token_file=PATH ca_cert=PATH buffer_size=SIZE rate_limit=R/S max_in_flight=N
   read_timeout=SECS max_waiters_per_user=N connect_timeout=SECS request_timeout=SECS
   startup_timeout=SECS quota_retry=SECS max_backoff=SECS budget=SIZE/PERIOD (repeatable)
-  state_dir=PATH reset_budget mix_local allow_other allow_root log_file=PATH verbose
-  (repeatable).
+  state_dir=PATH reset_budget tenant_by=uid|cgroup|none tenant_cgroup_depth=N
+  tenant_budget=SIZE/PERIOD (repeatable) tenant_max=N tenant_exempt=TENANT (repeatable)
+  mix_local allow_other allow_root log_file=PATH verbose (repeatable).
   default_permissions and ro are always on; rw, dev, suid, exec, atime (and no*), relatime,
   defaults, async, sync, _netdev, nofail, auto, noauto, user, users, fsname, subtype and x-*
   are accepted and ignored.
@@ -156,6 +157,35 @@ pub struct Cli {
     /// a damaged state file). SIGHUP never resets it.
     #[arg(long)]
     pub reset_budget: bool,
+    /// How readers are told apart; each tenant is served its fair share and capped by
+    /// --tenant-budget. uid: the reader's uid. cgroup: its cgroup (v2), so each systemd
+    /// service, container or pod is a tenant (readers whose cgroup cannot be read are one
+    /// tenant, unknown). none: one tenant for all.
+    #[arg(long, value_name = "uid|cgroup|none", default_value = "uid",
+          value_parser = ["uid", "cgroup", "none"])]
+    pub tenant_by: String,
+    /// With --tenant-by cgroup: keep the first N components of the cgroup path, so that,
+    /// say, a Kubernetes pod's containers (kubepods.slice/kubepods-burstable.slice/POD/...,
+    /// N = 3) are one tenant. Default: the whole path.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub tenant_cgroup_depth: Option<u8>,
+    /// The most one tenant may receive per calendar PERIOD (hour, day or month, in UTC),
+    /// e.g. 20M/day; repeatable (each cap holds); `off` drops the caps given before it. A
+    /// tenant at its cap gets EIO at once, the others go on. Recorded in --state-dir ahead of
+    /// use (in chunks of 1/32 of the smallest cap), so it holds across restarts and crashes.
+    /// Default: off.
+    #[arg(long, value_name = "SIZE/PERIOD", action = clap::ArgAction::Append, allow_hyphen_values = true)]
+    pub tenant_budget: Vec<String>,
+    /// Tenants the --tenant-budget record holds per period. A newcomer beyond it gets EIO
+    /// until the period renews: forgetting an older tenant's spend instead would let that
+    /// tenant read its cap again.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub tenant_max: u32,
+    /// A tenant that --tenant-budget does not cap: uid:N or cgroup:/PATH; repeatable. Root
+    /// is capped like any other tenant unless exempted (uid:0).
+    #[arg(long, value_name = "TENANT", action = clap::ArgAction::Append, value_parser = parse_tenant)]
+    pub tenant_exempt: Vec<String>,
     /// XOR every byte with the OS CSPRNG (getrandom): unpredictable if either source is good.
     /// Off by default: by default every byte is Qrypt's.
     #[arg(long)]
@@ -296,6 +326,22 @@ pub fn parse_startup_timeout(s: &str) -> Result<Duration, InvalidValue> {
         return Ok(Duration::ZERO);
     }
     parse_seconds_in(s, &STARTUP_TIMEOUT).map_err(|e| InvalidValue(format!("{e}; or 0 to skip")))
+}
+
+/// `uid:N` or `cgroup:/PATH`, as a tenant is named in the log and /status.
+pub fn parse_tenant(s: &str) -> Result<String, InvalidValue> {
+    let ok = match (s.strip_prefix("uid:"), s.strip_prefix("cgroup:")) {
+        (Some(uid), _) => uid.parse::<u32>().is_ok(),
+        (_, Some(path)) => path.starts_with('/'),
+        _ => false,
+    };
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(InvalidValue(format!(
+            "{s:?}: a tenant is uid:N (uid:0) or cgroup:/PATH (cgroup:/system.slice/x.service)"
+        )))
+    }
 }
 
 fn parse_buffer_size(s: &str) -> Result<u64, InvalidValue> {

@@ -31,10 +31,10 @@ pub const SECTIONS: &[Section] = &[
             "Every long option is also a mount option for fstab(5) and mount -t fuse.qrypt-fs: \
                  write it without the dashes and with underscores (token_file=PATH, \
                  buffer_size=4M, allow_other, verbose). qrypt-fs accepts the \
-                 SOURCE MOUNTPOINT -o OPTIONS form that mount.fuse3(8) uses. The generic options \
-                 rw, ro, dev, suid, exec, atime (and their no forms), _netdev, nofail, auto, \
-                 noauto, user, users, defaults and x-* are accepted and ignored. There is no \
-                 token= option: mount options are visible to every user.",
+                 SOURCE MOUNTPOINT -o OPTIONS form that mount.fuse3(8) uses. There is no \
+                 token= option: mount options are visible to every user. The generic options \
+                 mount(8), systemd and fstab pass to every filesystem are accepted and \
+                 ignored:",
         )],
     },
     Section {
@@ -147,7 +147,7 @@ pub const SECTIONS: &[Section] = &[
             Para("Try it, then unmount:"),
             Code(
                 "mkdir -p /mnt/qrypt\n\
-                 qrypt-fs --token-file /etc/qrypt/token /mnt/qrypt\n\
+                 qrypt-fs --token-file /etc/qrypt/token --budget 100M/day --budget 1G/month /mnt/qrypt\n\
                  head -c 32 /mnt/qrypt/random | xxd\n\
                  cat /mnt/qrypt/status\n\
                  umount /mnt/qrypt",
@@ -156,17 +156,23 @@ pub const SECTIONS: &[Section] = &[
             Code("install -d -m 0700 /etc/qrypt\ninstall -m 0600 /dev/stdin /etc/qrypt/token"),
             Para("In /etc/fstab:"),
             Code(
-                "qrypt  /mnt/qrypt  fuse.qrypt-fs  token_file=/etc/qrypt/token,allow_other,_netdev  0 0",
+                "qrypt  /mnt/qrypt  fuse.qrypt-fs  token_file=/etc/qrypt/token,budget=100M/day,budget=1G/month,allow_other,_netdev  0 0",
             ),
-            Para("As a systemd service (Type=notify: active once the mount is live):"),
+            Para(
+                "As a systemd service (Type=notify: active once the mount is live; the unit \
+                 adds --budget 100M/day --budget 1G/month):",
+            ),
             Code(
                 "systemctl enable --now qrypt-fs\n\
                  systemctl reload qrypt-fs    # SIGHUP: re-read the token, retry now\n\
                  journalctl -u qrypt-fs",
             ),
-            Para("Feed the kernel's pool, or seed OpenSSL:"),
+            Para(
+                "Feed the kernel's pool (64 bytes with credit, then a reseed; the package's \
+                 qrypt-fs-seed.timer does this every 10 minutes), or seed OpenSSL:",
+            ),
             Code(
-                "rngd -f -r /mnt/qrypt/random\n\
+                "qrypt-fs-seed --bytes 64 /mnt/qrypt\n\
                  openssl rand -rand /mnt/qrypt/random -hex 32",
             ),
         ],
@@ -175,7 +181,7 @@ pub const SECTIONS: &[Section] = &[
         title: "SEE ALSO",
         body: &[Para(
             "mount.fuse3(8), fusermount3(1), fstab(5), systemd.service(5), systemctl(1), \
-             random(4), rngd(8)",
+             random(4), qrypt-fs-seed(8)",
         )],
     },
 ];

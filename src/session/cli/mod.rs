@@ -11,9 +11,11 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::budget::{Cap, merge_caps};
 use crate::refill::pacer::RateLimit;
+use crate::tenant::TenantBy;
 
 pub mod args;
 pub mod mount_options;
+pub mod option_lists;
 
 pub use args::Cli;
 
@@ -41,6 +43,12 @@ pub struct Options {
     pub budget: Vec<Cap>,
     pub state_dir: Option<PathBuf>,
     pub reset_budget: bool,
+    pub tenant_by: TenantBy,
+    /// The `--tenant-budget` caps (none: tenants are not capped).
+    pub tenant_budget: Vec<Cap>,
+    pub tenant_max: usize,
+    /// Tenants without a cap, as `uid:N` or `cgroup:/PATH`.
+    pub tenant_exempt: Vec<String>,
     pub mix_local: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -137,6 +145,29 @@ impl Options {
             })?,
             state_dir: cli.state_dir,
             reset_budget: cli.reset_budget,
+            tenant_by: match (cli.tenant_by.as_str(), cli.tenant_cgroup_depth) {
+                ("cgroup", depth) => TenantBy::Cgroup {
+                    depth: depth.map(usize::from),
+                },
+                (_, Some(_)) => {
+                    return Err(Cli::command().error(
+                        ErrorKind::ArgumentConflict,
+                        "--tenant-cgroup-depth needs --tenant-by cgroup",
+                    ));
+                }
+                ("none", None) => TenantBy::None,
+                _ => TenantBy::Uid,
+            },
+            tenant_budget: merge_caps(cli.tenant_budget.iter().map(String::as_str)).map_err(
+                |e| {
+                    Cli::command().error(
+                        ErrorKind::ValueValidation,
+                        format!("invalid value for '--tenant-budget <SIZE/PERIOD>': {e}"),
+                    )
+                },
+            )?,
+            tenant_max: cli.tenant_max as usize,
+            tenant_exempt: cli.tenant_exempt,
             mix_local: cli.mix_local,
             allow_other: cli.allow_other,
             allow_root: cli.allow_root,
@@ -248,7 +279,9 @@ mod tests {
             "buffer_size" => "1M",
             "rate_limit" => "off",
             "max_in_flight" => "2",
-            "budget" => "1M/day",
+            "budget" | "tenant_budget" => "1M/day",
+            "tenant_by" => "cgroup",
+            "tenant_exempt" => "uid:0",
             "state_dir" => "/x",
             "token_file" | "ca_cert" | "log_file" => "/x",
             _ => "5",
@@ -270,9 +303,15 @@ mod tests {
             } else {
                 (key.clone(), vec![format!("--{long}")])
             };
+            // A depth only means something for cgroup tenants.
+            let base: &[&str] = if key == "tenant_cgroup_depth" {
+                &["qrypt-fs", "/m", "--tenant-by", "cgroup"]
+            } else {
+                &["qrypt-fs", "/m"]
+            };
             let via_o =
-                parse(&["qrypt-fs", "/m", "-o", &opt]).unwrap_or_else(|e| panic!("-o {opt}: {e}"));
-            let mut argv = vec!["qrypt-fs", "/m"];
+                parse(&[base, &["-o", &opt]].concat()).unwrap_or_else(|e| panic!("-o {opt}: {e}"));
+            let mut argv = base.to_vec();
             argv.extend(flag.iter().map(String::as_str));
             let via_flag = parse(&argv).unwrap_or_else(|e| panic!("{flag:?}: {e}"));
             assert_eq!(via_o, via_flag, "-o {opt}");
@@ -402,6 +441,54 @@ mod tests {
             o.budget
         );
         assert!(parse(&["qrypt-fs", "/m"]).expect("ok").budget.is_empty());
+    }
+
+    #[test]
+    fn tenant_options_as_flags_and_mount_options() {
+        use crate::budget::Period;
+        let o = parse(&["qrypt-fs", "/m"]).expect("ok");
+        assert_eq!(
+            (o.tenant_by, o.tenant_budget.len(), o.tenant_max),
+            (TenantBy::Uid, 0, 1024)
+        );
+        let o = parse(&[
+            "qrypt-fs",
+            "/m",
+            "-o",
+            "tenant_by=cgroup,tenant_cgroup_depth=3,tenant_budget=20M/day,tenant_max=10",
+            "--tenant-budget",
+            "5M/hour",
+            "-o",
+            "tenant_exempt=uid:0,tenant_exempt=cgroup:/system.slice",
+        ])
+        .expect("ok");
+        assert_eq!(o.tenant_by, TenantBy::Cgroup { depth: Some(3) });
+        assert_eq!(
+            o.tenant_budget,
+            vec![
+                Cap {
+                    limit: 5 << 20,
+                    period: Period::Hour
+                },
+                Cap {
+                    limit: 20 << 20,
+                    period: Period::Day
+                },
+            ]
+        );
+        assert_eq!(o.tenant_max, 10);
+        assert_eq!(o.tenant_exempt, vec!["uid:0", "cgroup:/system.slice"]);
+        let o = parse(&["qrypt-fs", "/m", "-o", "tenant_by=none"]).expect("ok");
+        assert_eq!(o.tenant_by, TenantBy::None);
+        let err = |args: &[&str]| parse(args).expect_err("rejected").to_string();
+        assert!(err(&["qrypt-fs", "/m", "--tenant-by", "gid"]).contains("uid"));
+        assert!(
+            err(&["qrypt-fs", "/m", "--tenant-cgroup-depth", "2"]).contains("--tenant-by cgroup")
+        );
+        assert!(err(&["qrypt-fs", "/m", "--tenant-exempt", "root"]).contains("uid:N"));
+        assert!(err(&["qrypt-fs", "/m", "--tenant-exempt", "cgroup:x"]).contains("cgroup:/PATH"));
+        assert!(err(&["qrypt-fs", "/m", "--tenant-budget", "1M/week"]).contains("unknown period"));
+        assert!(err(&["qrypt-fs", "/m", "--tenant-max", "0"]).contains("tenant-max"));
     }
 
     #[test]

@@ -6,45 +6,8 @@ use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use super::args::Cli;
-
-/// Flags that make no sense in fstab: `-o foreground` would hang `mount -a`, `-o help` would
-/// print help instead of mounting.
-/// `user` among them: fstab's `user` flag (any user may mount) is a different thing, so the
-/// daemon's user is chosen with `--user` only.
-pub const NOT_MOUNT_OPTIONS: [&str; 4] = ["foreground", "help", "version", "user"];
-
-/// Options mount(8), systemd and fstab conventions pass to every filesystem. The mount is
-/// always read-only, nodev, nosuid, noexec and noatime, with default_permissions; the rest
-/// concern mount(8) itself.
-const IGNORED: [&str; 25] = [
-    "ro",
-    "rw",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "relatime",
-    "_netdev",
-    "nofail",
-    "auto",
-    "noauto",
-    "user",
-    "users",
-    "nouser",
-    "defaults",
-    "async",
-    "sync",
-    "default_permissions",
-    // Set by mount(8) and fusermount from the fstab line; we set our own.
-    "fsname",
-    "subtype",
-    // A comma after the last option.
-    "",
-];
+use super::option_lists::IGNORED;
+pub use super::option_lists::NOT_MOUNT_OPTIONS;
 
 /// `argv` with every `-o` option given in `opts` (the parsed `-o` values) rewritten into its
 /// flag. The flags go after the original arguments (so, as before, `-o` wins over a flag

@@ -726,3 +726,19 @@ pub fn kill_supervisor(m: &Mount) {
         }
     }
 }
+
+/// A python3 that other users may run (not one under root's home).
+pub fn shared_python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a python3 in /usr/bin or /usr/local/bin: run scripts/install-test-deps.sh")
+}
+
+/// The next line a reader process printed, trimmed.
+pub fn next_line(out: &mut std::io::BufReader<std::process::ChildStdout>) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    out.read_line(&mut line).expect("a line from the reader");
+    line.trim().to_owned()
+}

@@ -1,0 +1,207 @@
+//! One client's pacing as a whole: the sliding-window gate ([`Pacer`]), the adaptive
+//! allowance ([`AdaptiveRate`]) and the even spacing between requests, fed with each request's
+//! answer. The refill worker and the fleet model both drive this one type.
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::adaptive::AdaptiveRate;
+use super::{MARGIN, Pacer, RateLimit, Wait};
+
+/// What the service said to a request, as far as pacing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Counted in the service's window (any answer but 429).
+    Accepted,
+    /// 429, with its `Retry-After`.
+    RateLimited(Option<Duration>),
+}
+
+/// A request allowed to start: give it back to [`Pacing::finished`] or [`Pacing::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    slot: u64,
+    sent: Instant,
+}
+
+impl Ticket {
+    /// When the request started.
+    pub fn sent(&self) -> Instant {
+        self.sent
+    }
+}
+
+pub struct Pacing {
+    limit: Option<RateLimit>,
+    pacer: Pacer,
+    rate: Option<AdaptiveRate>,
+    /// Send times of our requests the service accepted in the last window, oldest first.
+    accepted: VecDeque<Instant>,
+    /// No request starts before this (the allowance spread evenly over the window).
+    next_start: Option<Instant>,
+    /// The last start and the jitter drawn for the gap after it.
+    last_start: Option<(Instant, f64)>,
+}
+
+impl Pacing {
+    pub fn new(limit: Option<RateLimit>) -> Pacing {
+        let rate = limit.map(|l| AdaptiveRate::new(l, MARGIN));
+        let mut pacer = Pacer::new(limit);
+        if let Some(r) = &rate {
+            pacer.set_allowance(r.current());
+        }
+        Pacing {
+            limit,
+            pacer,
+            rate,
+            accepted: VecDeque::new(),
+            next_start: None,
+            last_start: None,
+        }
+    }
+
+    /// Requests per window allowed now (None: no limit).
+    pub fn allowance(&self) -> Option<u32> {
+        self.rate.as_ref().map(AdaptiveRate::current)
+    }
+
+    /// Requests per window allowed now, unrounded (None: no limit).
+    pub fn rate(&self) -> Option<f64> {
+        self.rate.as_ref().map(AdaptiveRate::rate)
+    }
+
+    /// Lets a request start at `now`, or says until when to wait. `unit` (uniform in [0, 1))
+    /// draws the jitter of the gap to the next request.
+    pub fn try_start(&mut self, now: Instant, unit: f64) -> Result<Ticket, Wait> {
+        loop {
+            let held = match self.next_start.filter(|&t| now < t) {
+                Some(t) => Err(Wait::Until(t)),
+                None => self.pacer.try_acquire(now),
+            };
+            match held {
+                Ok(slot) => {
+                    // The first request is a small one that tells the mount is up: the
+                    // allowance is spread from the second on.
+                    let gap = match (&self.rate, self.last_start) {
+                        (Some(r), Some(_)) => r.gap(unit),
+                        _ => Duration::ZERO,
+                    };
+                    self.next_start = Some(now + gap);
+                    if let Some(r) = &mut self.rate {
+                        r.on_start(now);
+                    }
+                    self.last_start = Some((now, unit));
+                    return Ok(Ticket { slot, sent: now });
+                }
+                Err(wait) => {
+                    // Demand the allowance holds back: the moment to probe higher.
+                    if self.rate.as_mut().is_some_and(|r| r.on_held_back(now)) {
+                        self.allowance_changed();
+                        continue;
+                    }
+                    return Err(wait);
+                }
+            }
+        }
+    }
+
+    /// Gives back a ticket whose request was never sent.
+    pub fn cancel(&mut self, ticket: Ticket) {
+        self.pacer.cancel(ticket.slot);
+        if self.last_start.is_some_and(|(t, _)| t == ticket.sent) {
+            self.next_start = None;
+        }
+    }
+
+    /// The request of `ticket` was answered at `now`. Returns whether the allowance changed.
+    pub fn finished(&mut self, ticket: Ticket, answer: Answer, now: Instant) -> bool {
+        self.pacer.complete(ticket.slot, now);
+        let (Some(limit), Some(rate)) = (self.limit, self.rate.as_mut()) else {
+            return false;
+        };
+        while self
+            .accepted
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= limit.window)
+        {
+            self.accepted.pop_front();
+        }
+        match answer {
+            Answer::Accepted => {
+                // Kept in send order: answers may arrive out of it.
+                let at = self.accepted.partition_point(|&t| t <= ticket.sent);
+                self.accepted.insert(at, ticket.sent);
+                false
+            }
+            Answer::RateLimited(retry_after) => {
+                let accepted: Vec<Instant> = self.accepted.iter().copied().collect();
+                if rate.on_rate_limited(ticket.sent, retry_after, &accepted, now) {
+                    self.allowance_changed();
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// The allowance moved: the pacer's slots and the gap after the last start follow.
+    fn allowance_changed(&mut self) {
+        let Some(r) = &self.rate else {
+            return;
+        };
+        self.pacer.set_allowance(r.current());
+        if let Some((at, unit)) = self.last_start {
+            self.next_start = Some(at + r.gap(unit));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn spreads_the_allowance_over_the_window() {
+        let mut p = Pacing::new(Some(RateLimit::QRYPT));
+        let t0 = Instant::now();
+        p.try_start(t0, 0.5).expect("the first, at once");
+        let a = p.try_start(t0, 0.5).expect("second");
+        let gap = Duration::from_millis(10_100) / 15;
+        assert_eq!(p.try_start(t0, 0.5), Err(Wait::Until(t0 + gap)));
+        p.cancel(a);
+        assert!(
+            p.try_start(t0, 0.5).is_ok(),
+            "a cancelled start frees the gap"
+        );
+    }
+
+    #[test]
+    fn the_first_429_lowers_the_allowance_to_the_share_sent() {
+        let mut p = Pacing::new(Some(RateLimit::QRYPT));
+        let mut t = Instant::now();
+        for _ in 0..3 {
+            let k = p.try_start(t, 0.5).expect("start");
+            p.finished(k, Answer::Accepted, t + S / 100);
+            t += S * 2;
+        }
+        let k = p.try_start(t, 0.5).expect("start");
+        assert!(p.finished(k, Answer::RateLimited(Some(S)), t + S / 100));
+        // The first request, then 15 per 10.1 s for the 6 s it took to fill the window.
+        let sent = 1.0 + 15.0 * 6.0 / 10.1;
+        assert_eq!(p.rate(), Some(sent));
+        assert_eq!(p.allowance(), Some(10));
+    }
+
+    #[test]
+    fn unlimited() {
+        let mut p = Pacing::new(None);
+        let t = Instant::now();
+        for _ in 0..100 {
+            let k = p.try_start(t, 0.5).expect("no limit");
+            assert!(!p.finished(k, Answer::RateLimited(None), t));
+        }
+        assert_eq!(p.allowance(), None);
+    }
+}
