@@ -372,7 +372,8 @@ fn status_json_and_metrics_carry_the_same_numbers() {
     )));
     assert!(metrics.contains(&format!(
         "\nqrypt_fs_info{{endpoint=\"{}\",token_source=\"environment (QRYPT_TOKEN)\",\
-         sandbox=\"{}\",rate_limit=\"off\",budget=\"off\",budget_state_file=\"none\"}} 1\n",
+         sandbox=\"{}\",rate_limit=\"off\",budget=\"off\",budget_state_file=\"none\",\
+         tenant_by=\"uid\",tenant_budget=\"off\"}} 1\n",
         text["endpoint"], text["sandbox"]
     )));
     let mut helps = std::collections::HashSet::new();
