@@ -39,7 +39,10 @@ impl Supervisor {
     /// undo (a descriptor the service manager handed over: its `ExecStopPost` unmounts), so
     /// the supervisor keeps no capability and only reads the token file. Must be called
     /// before the process starts any thread.
-    pub fn fork(mountpoint: Option<&Path>, token_file: Option<&Path>) -> std::io::Result<Supervisor> {
+    pub fn fork(
+        mountpoint: Option<&Path>,
+        token_file: Option<&Path>,
+    ) -> std::io::Result<Supervisor> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,

@@ -306,7 +306,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
             token_file.as_deref(),
             run_as.as_ref(),
         )
-            .context("cannot start the supervisor and the fetcher's spawner")?;
+        .context("cannot start the supervisor and the fetcher's spawner")?;
         // Registered before any other thread exists, so no thread dies of a default action.
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
