@@ -376,6 +376,8 @@ fn failure(f: &Failure, kib: u32) -> Result<FetchError, ProtocolError> {
             FetchError::Validation(ValidationError::Reported(f.message.clone()))
         }
         FailureKind::SizeOutOfRange => FetchError::SizeOutOfRange(kib),
+        FailureKind::NoSuchHost => FetchError::NoSuchHost(f.message.clone()),
+        FailureKind::NotTls => FetchError::NotTls(f.message.clone()),
     })
 }
 
@@ -422,5 +424,17 @@ mod tests {
             failure(&f(FailureKind::SizeOutOfRange, 0), 4),
             Ok(FetchError::SizeOutOfRange(4))
         );
+        // The start tells a typo from a transient failure by these two.
+        assert_eq!(
+            failure(&f(FailureKind::NoSuchHost, 0), 4),
+            Ok(FetchError::NoSuchHost("m".into()))
+        );
+        assert_eq!(
+            failure(&f(FailureKind::NotTls, 0), 4),
+            Ok(FetchError::NotTls("m".into()))
+        );
+        let framed = f(FailureKind::NotTls, 0).encode();
+        let back = Failure::decode(&framed[HEADER_LEN..]).expect("decodes");
+        assert_eq!(back.kind, FailureKind::NotTls);
     }
 }

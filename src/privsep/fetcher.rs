@@ -172,11 +172,18 @@ async fn answer(
                 FetchError::Certificate(_) => (FailureKind::Certificate, 0, None),
                 FetchError::Validation(_) => (FailureKind::Validation, 0, None),
                 FetchError::SizeOutOfRange(_) => (FailureKind::SizeOutOfRange, 0, None),
-                _ => (FailureKind::Transport, 0, None),
+                FetchError::NoSuchHost(_) => (FailureKind::NoSuchHost, 0, None),
+                FetchError::NotTls(_) => (FailureKind::NotTls, 0, None),
+                FetchError::Transport(_) | FetchError::Health(_) | FetchError::FetcherLost(_) => {
+                    (FailureKind::Transport, 0, None)
+                }
             };
             // The inner text: the server wraps it in the same error kind again.
             let message = match &e {
-                FetchError::Transport(m) | FetchError::Certificate(m) => m.clone(),
+                FetchError::Transport(m)
+                | FetchError::Certificate(m)
+                | FetchError::NoSuchHost(m)
+                | FetchError::NotTls(m) => m.clone(),
                 FetchError::Validation(v) => v.to_string(),
                 other => other.to_string(),
             };

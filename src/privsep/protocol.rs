@@ -234,6 +234,10 @@ pub enum FailureKind {
     Certificate = 2,
     Validation = 3,
     SizeOutOfRange = 4,
+    /// The resolver's definite "no such host": at start, a typo in the endpoint.
+    NoSuchHost = 5,
+    /// The endpoint answered TLS with something else: at start, a plain-HTTP port.
+    NotTls = 6,
 }
 
 /// A failed request's answer.
@@ -270,6 +274,8 @@ impl Failure {
             2 => FailureKind::Certificate,
             3 => FailureKind::Validation,
             4 => FailureKind::SizeOutOfRange,
+            5 => FailureKind::NoSuchHost,
+            6 => FailureKind::NotTls,
             _ => return Err(bad()),
         };
         let code = r.u16().ok_or_else(bad)?;

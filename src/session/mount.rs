@@ -52,8 +52,9 @@ pub struct MountConfig {
     pub after_mount: Option<AfterMount>,
 }
 
-/// What [`MountConfig::after_mount`] runs.
-pub type AfterMount = Box<dyn FnOnce() -> anyhow::Result<String> + Send>;
+/// What [`MountConfig::after_mount`] runs. Its argument locks the whole buffer at once, for
+/// when the process will not be allowed to lock it as it fills once privileges are gone.
+pub type AfterMount = Box<dyn FnOnce(&dyn Fn()) -> anyhow::Result<String> + Send>;
 
 /// What the start waits for (see [`crate::session::check_upstream`]), and what its messages name.
 pub struct StartupCheck {
@@ -161,10 +162,8 @@ impl Session {
         // one thread (ids, capabilities and Landlock are each thread's own): every thread
         // started after (FUSE, runtime, watchdog) inherits them.
         if let Some(after) = cfg.after_mount {
-            // Locked whole while the privilege to lock memory is still there; locked pages
-            // stay locked after it is gone.
-            pool.prepare(cfg.buffer_size);
-            match after() {
+            let lock_whole = || pool.prepare(cfg.buffer_size);
+            match after(&lock_whole) {
                 Ok(report) => cfg.processes.set_sandbox(report),
                 Err(e) => {
                     std::mem::forget(fuse);

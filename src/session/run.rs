@@ -457,17 +457,29 @@ fn after_mount(
     buffer_size: usize,
 ) -> AfterMount {
     use crate::privsep::user;
-    Box::new(move || {
+    Box::new(move |lock_whole: &dyn Fn()| {
         if let Some(ids) = &run_as {
-            // The buffer is locked already (see `Session::mount`); room for what is locked
-            // later (the scratch space as it grows, page rounding).
+            // Room to lock the buffer as it fills after the drop (and the scratch space, page
+            // rounding). Without it (no CAP_SYS_RESOURCE to raise the hard limit), the whole
+            // buffer is locked now, while CAP_IPC_LOCK is still there: locked pages stay
+            // locked after it is gone.
             let want = buffer_size as u64 * 2 + (16 << 20);
             match user::allow_locking(want) {
-                Ok(got) if got < want => {
-                    tracing::debug!("RLIMIT_MEMLOCK stays at {got} bytes after the privilege drop")
+                Ok(got) if got >= want => {}
+                Ok(got) => {
+                    tracing::info!(
+                        "RLIMIT_MEMLOCK stays at {got} bytes after the privilege drop: the whole \
+                         buffer is locked now rather than as it fills"
+                    );
+                    lock_whole();
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot raise RLIMIT_MEMLOCK ({e}): the whole buffer is locked now \
+                         rather than as it fills"
+                    );
+                    lock_whole();
+                }
             }
             if let Some(note) = &note {
                 tracing::info!("{note}");

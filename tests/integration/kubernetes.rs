@@ -579,8 +579,9 @@ fn the_daemonset_start_up_serves_recovers_from_a_crash_and_stops_on_sigterm() {
     emu.clear_fault();
     node.wait_ready(true, &mut first.0);
 
-    // A crash leaves a dead mount: the consumers' probe fails on it, and the next start
-    // detaches it and serves again.
+    // A crash of everything (the container killed, supervisor included) leaves a dead mount:
+    // the consumers' probe fails on it, and the next start detaches it and serves again.
+    kill_supervisor_of(first.0.id() as i32);
     first.0.kill().expect("SIGKILL");
     first.0.wait().expect("wait");
     assert!(is_mounted(&node.mnt), "a crash leaves the mount behind");

@@ -707,7 +707,12 @@ impl Drop for Stopped {
 /// SIGKILLs a mount's supervisor (which unmounts when its server dies) and waits until it is
 /// dead: a SIGKILL of the server after it leaves a stale mount, as a crash of everything would.
 pub fn kill_supervisor(m: &Mount) {
-    for pid in children_of(m.pid()) {
+    kill_supervisor_of(m.pid());
+}
+
+/// [`kill_supervisor`] for a server started by other means than [`Mount`].
+pub fn kill_supervisor_of(server: i32) {
+    for pid in children_of(server) {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() != "qrypt-superv" {
             continue;
