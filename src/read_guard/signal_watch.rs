@@ -348,17 +348,22 @@ impl Reader {
     }
 }
 
-/// A quarter of the soft RLIMIT_NOFILE, after raising it to the hard limit (as Go's runtime
-/// does; nothing here uses `select(2)`, which would care).
-fn fd_budget() -> usize {
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does; nothing here uses
+/// `select(2)`, which would care). Called at start: the sandbox forbids setting limits later.
+pub fn raise_descriptor_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// A quarter of the soft RLIMIT_NOFILE (see [`raise_descriptor_limit`]).
+fn fd_budget() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 0;
-    };
-    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
     };
     usize::try_from(soft / 4).unwrap_or(usize::MAX)
 }

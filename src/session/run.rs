@@ -463,7 +463,7 @@ fn after_mount(
             // rounding). Without it (no CAP_SYS_RESOURCE to raise the hard limit), the whole
             // buffer is locked now, while CAP_IPC_LOCK is still there: locked pages stay
             // locked after it is gone.
-            let want = buffer_size as u64 * 2 + (16 << 20);
+            let want = buffer_size as u64 + (4 << 20);
             match user::allow_locking(want) {
                 Ok(got) if got >= want => {}
                 Ok(got) => {
@@ -499,6 +499,7 @@ fn after_mount(
                 ids.gid
             );
         }
+        crate::read_guard::signal_watch::raise_descriptor_limit();
         let report = crate::privsep::sandbox_server(state_dir, log_file, read_only)
             .context("cannot apply the sandbox")?;
         tracing::info!("sandbox: {report}");
