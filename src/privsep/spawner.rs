@@ -3,7 +3,8 @@
 //!
 //! The server cannot start processes itself (its sandbox forbids `execve`, and `fork` in a
 //! process with threads may copy a lock held by another thread). The spawner drops to the
-//! unprivileged user at once, reads nothing but one-byte requests from the server, and each
+//! unprivileged user at once and closes its own seccomp sandbox (the fetcher's list plus
+//! forking and reaping), reads nothing but one-byte requests from the server, and each
 //! fetcher it forks shares nothing with the server but its own end of a new socketpair, sent
 //! back to the server with `SCM_RIGHTS`.
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -50,8 +51,10 @@ impl Spawner {
             ForkResult::Child => {
                 drop(ours);
                 let fd = super::keep_only(theirs);
-                let code = match super::become_child(c"qrypt-spawner", server, ids) {
-                    Ok(()) => serve(fd),
+                let code = match super::become_child(c"qrypt-spawner", server, ids)
+                    .and_then(|()| crate::sandbox::apply_spawner().map_err(std::io::Error::other))
+                {
+                    Ok(_) => serve(fd),
                     Err(_) => 1,
                 };
                 // SAFETY: ends the child without running the parent's atexit handlers or

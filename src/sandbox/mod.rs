@@ -170,6 +170,18 @@ pub fn apply_fetcher(policy: &FetcherPolicy) -> Result<SandboxReport, SandboxErr
     Ok(report)
 }
 
+/// Locks the calling (single-threaded) spawner: the fetcher's allow-list plus forking,
+/// reaping, and what a new fetcher needs to close its own sandbox (see
+/// `syscalls::spawner_filter`). No Landlock of its own: its fetchers add theirs.
+pub fn apply_spawner() -> Result<SandboxReport, SandboxError> {
+    let mut report = SandboxReport::default();
+    privileges::drop_all(&mut report)?;
+    let filters = syscalls::spawner_filter()?;
+    report.allowed_syscalls = filters.allowed;
+    syscalls::apply(&filters)?;
+    Ok(report)
+}
+
 /// Locks the calling (single-threaded) process into the server's sandbox.
 pub fn apply_server(policy: &ServerPolicy) -> Result<SandboxReport, SandboxError> {
     let mut report = SandboxReport::default();

@@ -210,6 +210,24 @@ const CLONE_FORBIDDEN: u64 = (libc::CLONE_NEWNS
 /// The fetcher's filter: signals only to itself.
 pub(super) fn fetcher_filter() -> Result<Filters, SandboxError> {
     let own = c_ulong::from(std::process::id());
+    let mut entries = fetcher_entries()?;
+    for call in [
+        libc::SYS_kill,
+        libc::SYS_tgkill,
+        libc::SYS_rt_tgsigqueueinfo,
+    ] {
+        push_rule(&mut entries, call, vec![eq32(0, own)?])?;
+    }
+    // glibc's nscd lookup tries a unix socket first: refused, it resolves by itself.
+    let refused = vec![(
+        libc::SYS_socket,
+        vec![rule(vec![eq32(0, libc::AF_UNIX as c_ulong)?])?],
+    )];
+    Filters::build(entries, refused)
+}
+
+/// The fetcher's allow-list but for sending signals.
+fn fetcher_entries() -> Result<Vec<Entry>, SandboxError> {
     let mut entries = plain(common());
     entries.extend(plain(fetcher_only()));
     entries.extend(shared_checked(IOCTL_COMMON)?);
@@ -229,19 +247,51 @@ pub(super) fn fetcher_filter() -> Result<Filters, SandboxError> {
             vec![eq32(0, family as c_ulong)?],
         )?;
     }
-    for call in [
-        libc::SYS_kill,
-        libc::SYS_tgkill,
-        libc::SYS_rt_tgsigqueueinfo,
-    ] {
-        push_rule(&mut entries, call, vec![eq32(0, own)?])?;
+    Ok(entries)
+}
+
+/// What the spawner adds to the fetcher's list: forking and reaping fetchers, and what each
+/// new fetcher calls to close its own sandbox before that narrows this filter to its own.
+/// Those calls can only take away (add a filter or a Landlock domain, drop a capability, lower
+/// a limit), so the spawner holds nothing a fetcher may not.
+fn spawner_only() -> Vec<c_long> {
+    vec![
+        libc::SYS_wait4,
+        libc::SYS_waitid,
+        libc::SYS_getppid,
+        libc::SYS_close_range,
+        libc::SYS_capset,
+        libc::SYS_seccomp,
+        libc::SYS_landlock_create_ruleset,
+        libc::SYS_landlock_add_rule,
+        libc::SYS_landlock_restrict_self,
+    ]
+}
+
+/// `prctl` options a new fetcher sets on itself (see [`spawner_only`]).
+const PRCTL_SPAWNER: &[c_ulong] = &[
+    libc::PR_SET_PDEATHSIG as c_ulong,
+    libc::PR_SET_DUMPABLE as c_ulong,
+    libc::PR_SET_NO_NEW_PRIVS as c_ulong,
+    libc::PR_CAP_AMBIENT as c_ulong,
+    65, // PR_SET_MDWE
+];
+
+/// The spawner's filter: the fetcher's, plus [`spawner_only`]; signals only `SIGKILL` (a
+/// fetcher that does not exit) and `SIGABRT` (a fetcher's own abort), limits may be set.
+pub(super) fn spawner_filter() -> Result<Filters, SandboxError> {
+    let mut entries = fetcher_entries()?;
+    entries.extend(plain(spawner_only()));
+    for &option in PRCTL_SPAWNER {
+        push_rule(&mut entries, libc::SYS_prctl, vec![eq32(0, option)?])?;
     }
-    // glibc's nscd lookup tries a unix socket first: refused, it resolves by itself.
-    let refused = vec![(
-        libc::SYS_socket,
-        vec![rule(vec![eq32(0, libc::AF_UNIX as c_ulong)?])?],
-    )];
-    Filters::build(entries, refused)
+    for signal in [libc::SIGKILL, libc::SIGABRT] {
+        let signal = signal as c_ulong;
+        push_rule(&mut entries, libc::SYS_kill, vec![eq32(1, signal)?])?;
+        push_rule(&mut entries, libc::SYS_tgkill, vec![eq32(2, signal)?])?;
+    }
+    entries.extend(plain(vec![libc::SYS_prlimit64]));
+    Filters::build(entries, Vec::new())
 }
 
 /// The server's filter: unix sockets only; `execve` only if it starts a program.
@@ -443,6 +493,21 @@ mod tests {
                 assert!(!calls.contains(call), "{role} allows system call {call}");
             }
         }
+    }
+
+    #[test]
+    fn the_spawner_may_only_narrow_what_its_fetchers_may_do() {
+        let spawner = spawner_only();
+        for call in NEVER {
+            if [libc::SYS_capset, libc::SYS_seccomp].contains(call) {
+                continue;
+            }
+            assert!(!spawner.contains(call), "spawner allows system call {call}");
+        }
+        let filter = spawner_filter().expect("spawner filter");
+        let fetcher = fetcher_filter().expect("fetcher filter");
+        assert!(filter.allowed > fetcher.allowed);
+        assert_eq!(filter.soft.len(), 1);
     }
 
     #[test]

@@ -85,8 +85,8 @@ fn every_process_but_the_supervisor_runs_unprivileged_and_confined() {
     for (name, pid, sandboxed) in [
         ("server", m.pid(), true),
         ("fetcher", fetcher, true),
-        // Forks fetchers and reads one-byte requests; no seccomp filter of its own.
-        ("spawner", spawner, false),
+        // Forks fetchers: the fetcher's filter plus forking and reaping.
+        ("spawner", spawner, true),
     ] {
         let s = proc_status(pid);
         if root {
