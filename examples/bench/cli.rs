@@ -108,8 +108,8 @@ pub enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
-    /// Prints the CPU time (user + system, all threads) each PID has used so far, in seconds,
-    /// one line per PID.
+    /// Prints the CPU time (user + system, all threads, children included) each PID has used so
+    /// far, in seconds, one line per PID.
     Cputime {
         #[arg(long = "pid", required = true)]
         pids: Vec<u32>,

@@ -23,20 +23,43 @@ pub fn clock_ticks_per_sec() -> f64 {
     }
 }
 
-/// utime + stime of all the process's threads, in clock ticks.
+/// utime + stime of all the process's threads and of its children, live or reaped, in clock
+/// ticks.
 pub fn cpu_ticks(pid: u32) -> Res<u64> {
     let path = format!("/proc/{pid}/stat");
     let text = ctx(std::fs::read_to_string(&path), &path)?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = text.rsplit_once(')').ok_or(format!("{path}: malformed"))?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    // rest starts at field 3 (state); utime, stime, cutime and cstime are fields 14 to 17
+    // (the last two: children already reaped, such as fetchers that ended).
     let tick = |i: usize| -> Res<u64> {
         f.get(i - 3)
             .and_then(|s| s.parse().ok())
             .ok_or(format!("{path}: no field {i}"))
     };
-    Ok(tick(14)? + tick(15)?)
+    let mut total = tick(14)? + tick(15)? + tick(16)? + tick(17)?;
+    // Live children too: qrypt-fs's fetchers do the HTTP, JSON and base64 work.
+    for child in children(pid) {
+        total += cpu_ticks(child).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The live children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Processes whose command line has `arg` as one argument (for the daemon we cannot wait on).

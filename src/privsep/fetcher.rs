@@ -35,7 +35,11 @@ pub fn main(channel: OwnedFd) -> i32 {
         Ok(r) => r,
         Err(e) => return report_fatal(stream, &format!("sandbox: {e}")),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: responses in flight are decoded and validated on both cores, as they were
+    // in one process (threads started now inherit the sandbox).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("qrypt-fetch")
         .enable_all()
         .build()
     {

@@ -135,6 +135,12 @@ fn spawn_fetcher(sock: &OwnedFd) -> nix::Result<()> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // Room for a whole 512 KiB answer in flight between the two (the kernel caps it at
+    // net.core.wmem_max / rmem_max), so the fetcher's write rarely waits for the server's read.
+    for fd in [&server_end, &fetcher_end] {
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::SndBuf, &(2 << 20));
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::RcvBuf, &(2 << 20));
+    }
     let spawner = nix::unistd::getpid();
     // SAFETY: the spawner is single-threaded, so the child may run arbitrary code; it never
     // returns into the spawner's loop.
