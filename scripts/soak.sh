@@ -34,7 +34,7 @@
 # Usage: scripts/soak.sh            Environment: SOAK_DURATION, SOAK_SAMPLE, SOAK_WARMUP,
 #   SOAK_RSS_TOL_KIB, SOAK_FD_TOL, SOAK_RATE_LIMIT, SOAK_OUT (default target/soak), SOAK_BUFFER (default 4M),
 #   SOAK_ENV (extra environment for the daemon, e.g. "MALLOC_ARENA_MAX=2"),
-#   SOAK_PROFILE (release or debug, default release; built if missing), SOAK_BIN (a directory
+#   SOAK_PROFILE (release or debug, default release; built first), SOAK_BIN (a directory
 #   holding qrypt-fs and qrypt-emulator, instead of target/$SOAK_PROFILE).
 # Needs root (or /dev/fuse and fusermount3), python3, curl.
 set -euo pipefail
@@ -56,7 +56,9 @@ bin=${SOAK_BIN:-$root/target/$profile}
 die() { echo "soak.sh: $*" >&2; exit 2; }
 command -v python3 >/dev/null || die "python3 is missing"
 command -v curl >/dev/null || die "curl is missing"
-if [ ! -x "$bin/qrypt-fs" ] || [ ! -x "$bin/qrypt-emulator" ]; then
+# Built every time (nothing to do when up to date): a binary left from another commit would
+# soak the wrong code. SOAK_BIN names binaries to use as they are.
+if [ -z "${SOAK_BIN:-}" ]; then
   if [ "$profile" = release ]; then cargo build --release --quiet --workspace --bins; else cargo build --quiet --workspace --bins; fi
 fi
 
@@ -208,8 +210,13 @@ started+=("$readers")
 ) &
 started+=($!)
 
+# The daemon's own processes (supervisor, spawner, fetcher), all generations.
+descendants() {
+  local c
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done
+}
 csv=$out/samples.csv
-echo "elapsed_s,rss_kib,rss_anon_kib,rss_file_kib,vmlck_kib,threads,fds,watch_fds,reader_fds,buffered_bytes,served_bytes,fetched_bytes,state" >"$csv"
+echo "elapsed_s,rss_kib,rss_anon_kib,rss_file_kib,vmlck_kib,threads,fds,watch_fds,reader_fds,buffered_bytes,served_bytes,fetched_bytes,state,helpers_rss_kib" >"$csv"
 t0=$(date +%s)
 while :; do
   now=$(date +%s)
@@ -232,7 +239,9 @@ while :; do
   served=$(sed -n 's/^served_bytes: //p' <<<"$st")
   fetched=$(sed -n 's/^fetched_bytes: //p' <<<"$st")
   state=$(sed -n 's/^state: //p' <<<"$st")
-  echo "$elapsed,$rss,$anon,$file,$lck,$thr,$fds,$watch_fds,$reader_fds,$buffered,$served,$fetched,$state" >>"$csv"
+  helpers=$(for p in $(descendants "$fs"); do awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null; done |
+    awk '{ s += $1 } END { print s + 0 }')
+  echo "$elapsed,$rss,$anon,$file,$lck,$thr,$fds,$watch_fds,$reader_fds,$buffered,$served,$fetched,$state,$helpers" >>"$csv"
   [ "$elapsed" -ge "$duration" ] && break
   sleep "$sample"
 done
@@ -296,6 +305,12 @@ fd_thirds = [fds[:third], fds[third:-third], fds[-third:]]
 fd_floor_growth = min(fd_thirds[2]) - min(fd_thirds[0])
 print("soak: descriptors by thirds, fewest " + " -> ".join(str(min(t)) for t in fd_thirds)
       + ", most " + " -> ".join(str(max(t)) for t in fd_thirds))
+if "helpers_rss_kib" in after[0]:
+    helpers = [int(r["helpers_rss_kib"]) for r in after]
+    h3 = [helpers[:third], helpers[third:-third], helpers[-third:]]
+    print(f"soak: the daemon's helper processes (supervisor, spawner, fetcher), RSS together, "
+          f"not judged: {min(helpers)}..{max(helpers)} KiB, highest by thirds "
+          + " -> ".join(str(max(t)) for t in h3))
 served = int(rows[-1]["served_bytes"] or 0)
 print(f"soak: served {served} bytes")
 flat = (growth <= growth_tol and floor_growth <= growth_tol and max(rss) - min(rss) <= rss_tol

@@ -37,7 +37,7 @@ pub struct MountConfig {
     pub fuse: FuseOptions,
     pub buffer_size: usize,
     pub read_timeout: Option<Duration>,
-    /// The most reads one user may have waiting (0: no limit).
+    /// The most reads one tenant may have waiting (0: no limit).
     pub max_waiters_per_user: usize,
     /// How readers are told apart and capped.
     pub tenants: TenantConfig,

@@ -112,8 +112,9 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", value_parser = parse_read_timeout)]
     pub read_timeout: Option<Duration>,
 
-    /// Reads of random one user may have waiting at once; one more fails at once with EBUSY
-    /// instead of costing everyone the watch of another waiter. 0: no limit.
+    /// Reads of random one tenant (a uid by default, see --tenant-by) may have waiting at once;
+    /// one more fails at once with EBUSY instead of costing everyone the watch of another
+    /// waiter. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_waiters_per_user: usize,
 
