@@ -113,6 +113,36 @@ fn recv_with_fd(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Option<Ow
     Ok((msg.bytes, fd))
 }
 
+/// Forks a helper joined to this process by a `SOCK_SEQPACKET` socketpair and returns this
+/// side's end. The child keeps only its own end (as descriptor 3), runs `child` with it and
+/// this process's pid, and exits with what `child` returns. Must be called before the process
+/// starts any thread.
+fn fork_helper(child: impl FnOnce(OwnedFd, nix::unistd::Pid) -> i32) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: called before any thread exists (see `start`), so the child may run arbitrary
+    // code; it never returns into the caller's code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(theirs);
+            Ok(ours)
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(ours);
+            let code = child(keep_only(theirs), parent);
+            // SAFETY: ends the child without running the parent's atexit handlers or the
+            // destructors of state it copied.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
 /// In a forked child: moves `fd` to descriptor 3 and closes every other one above 2, so the
 /// child holds nothing of its parent's (budget files, the log, the FUSE device, other
 /// channels). Returns the moved descriptor.

@@ -32,36 +32,17 @@ impl Spawner {
     /// Forks the spawner. Must be called before the process starts any thread. `ids`: the
     /// unprivileged user it (and every fetcher) runs as when started as root.
     pub fn fork(ids: Option<&Ids>) -> std::io::Result<Spawner> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
-        let server = nix::unistd::getpid();
-        // SAFETY: called before any thread exists (see `super::start`), so the child may run
-        // arbitrary code; it never returns into the caller's code.
-        match unsafe { fork() }? {
-            ForkResult::Parent { .. } => {
-                drop(theirs);
-                Ok(Spawner {
-                    sock: Mutex::new(ours),
-                })
+        let sock = super::fork_helper(|fd, server| {
+            match super::become_child(c"qrypt-spawner", server, ids)
+                .and_then(|()| crate::sandbox::apply_spawner().map_err(std::io::Error::other))
+            {
+                Ok(_) => serve(fd),
+                Err(_) => 1,
             }
-            ForkResult::Child => {
-                drop(ours);
-                let fd = super::keep_only(theirs);
-                let code = match super::become_child(c"qrypt-spawner", server, ids)
-                    .and_then(|()| crate::sandbox::apply_spawner().map_err(std::io::Error::other))
-                {
-                    Ok(_) => serve(fd),
-                    Err(_) => 1,
-                };
-                // SAFETY: ends the child without running the parent's atexit handlers or
-                // destructors of state it copied.
-                unsafe { libc::_exit(code) }
-            }
-        }
+        })?;
+        Ok(Spawner {
+            sock: Mutex::new(sock),
+        })
     }
 
     /// Asks for a new fetcher: its pid and the server's end of its channel (blocking, brief).

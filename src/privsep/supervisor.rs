@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
-use nix::unistd::{ForkResult, fork};
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
 
@@ -43,32 +42,12 @@ impl Supervisor {
         mountpoint: Option<&Path>,
         token_file: Option<&Path>,
     ) -> std::io::Result<Supervisor> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
-        let server = nix::unistd::getpid();
         let mountpoint = mountpoint.map(Path::to_owned);
         let token_file = token_file.map(Path::to_owned);
-        // SAFETY: called before any thread exists (see `super::start`), so the child may run
-        // arbitrary code; it never returns into the caller's code.
-        match unsafe { fork() }? {
-            ForkResult::Parent { .. } => {
-                drop(theirs);
-                Ok(Supervisor {
-                    sock: Mutex::new(ours),
-                })
-            }
-            ForkResult::Child => {
-                drop(ours);
-                let fd = super::keep_only(theirs);
-                let code = serve(fd, server, mountpoint, token_file);
-                // SAFETY: ends the child without running the server's destructors.
-                unsafe { libc::_exit(code) }
-            }
-        }
+        let sock = super::fork_helper(move |fd, server| serve(fd, server, mountpoint, token_file))?;
+        Ok(Supervisor {
+            sock: Mutex::new(sock),
+        })
     }
 
     /// The token file's bytes, as the supervisor read them (see the module's documentation).
