@@ -59,6 +59,9 @@ struct Shared {
     spawner: Arc<Spawner>,
     processes: Arc<Processes>,
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    /// A new token's frame not yet written: whoever next holds `writer` writes it first, so
+    /// no request asked for after the token changed reaches the fetcher before it.
+    token_frame: Mutex<Option<Zeroizing<Vec<u8>>>>,
     /// True while a fetcher is ready for requests.
     up: watch::Sender<bool>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -85,6 +88,7 @@ impl FetcherClient {
                 spawner,
                 processes,
                 writer: tokio::sync::Mutex::new(None),
+                token_frame: Mutex::new(None),
                 up: watch::channel(false).0,
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -121,7 +125,14 @@ impl EntropyClient for FetcherClient {
         let (tx, rx) = oneshot::channel();
         s.pending.lock().insert(id, Pending { kib, answer: tx });
         let sent = match s.writer.lock().await.as_mut() {
-            Some(w) => w.write_all(&protocol::fetch(id, kib)).await.is_ok(),
+            Some(w) => {
+                let token = s.token_frame.lock().take();
+                let token_sent = match token {
+                    Some(frame) => w.write_all(&frame).await.is_ok(),
+                    None => true,
+                };
+                token_sent && w.write_all(&protocol::fetch(id, kib)).await.is_ok()
+            }
             None => false,
         };
         if !sent {
@@ -148,12 +159,19 @@ impl EntropyClient for FetcherClient {
 
     fn replace_token(&self, token: Token) {
         let frame = protocol::frame(Kind::Token, token.expose().as_bytes());
+        // The next fetcher's hello carries it; the running one gets the frame before any
+        // later request (see `Shared::token_frame`), and at once if no request comes.
         *self.shared.token.lock() = token;
+        *self.shared.token_frame.lock() = Some(frame);
         let shared = self.shared.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Some(w) = shared.writer.lock().await.as_mut() {
-                    let _ = w.write_all(&frame).await;
+                let mut writer = shared.writer.lock().await;
+                if let Some(w) = writer.as_mut() {
+                    let frame = shared.token_frame.lock().take();
+                    if let Some(frame) = frame {
+                        let _ = w.write_all(&frame).await;
+                    }
                 }
             });
         }
