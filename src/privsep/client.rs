@@ -20,8 +20,8 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use super::fetcher::{invalid, read_frame};
-use super::protocol::{self, Failure, FailureKind, HEADER_LEN, Hello, Kind, ProtocolError};
+use super::fetcher::{invalid, read_frame, read_header};
+use super::protocol::{self, Failure, FailureKind, Hello, Kind, ProtocolError};
 use super::spawner::Spawner;
 use crate::status::Processes;
 use crate::upstream::buffers::{Buffers, CAPACITY};
@@ -126,12 +126,8 @@ impl EntropyClient for FetcherClient {
         s.pending.lock().insert(id, Pending { kib, answer: tx });
         let sent = match s.writer.lock().await.as_mut() {
             Some(w) => {
-                let token = s.token_frame.lock().take();
-                let token_sent = match token {
-                    Some(frame) => w.write_all(&frame).await.is_ok(),
-                    None => true,
-                };
-                token_sent && w.write_all(&protocol::fetch(id, kib)).await.is_ok()
+                write_new_token(s, w).await.is_ok()
+                    && w.write_all(&protocol::fetch(id, kib)).await.is_ok()
             }
             None => false,
         };
@@ -166,15 +162,21 @@ impl EntropyClient for FetcherClient {
         let shared = self.shared.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let mut writer = shared.writer.lock().await;
-                if let Some(w) = writer.as_mut() {
-                    let frame = shared.token_frame.lock().take();
-                    if let Some(frame) = frame {
-                        let _ = w.write_all(&frame).await;
-                    }
+                if let Some(w) = shared.writer.lock().await.as_mut() {
+                    let _ = write_new_token(&shared, w).await;
                 }
             });
         }
+    }
+}
+
+/// Writes a new token's frame, if one waits (see `Shared::token_frame`). Called with the
+/// writer held, so nothing else is written between the look and the write.
+async fn write_new_token(s: &Shared, w: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    let frame = s.token_frame.lock().take();
+    match frame {
+        Some(frame) => w.write_all(&frame).await,
+        None => Ok(()),
     }
 }
 
@@ -321,13 +323,9 @@ async fn read_answers(s: &Shared, mut rd: OwnedReadHalf) -> Option<String> {
 
 /// One answer; `Ok(false)` at the channel's end.
 async fn read_answer(s: &Shared, rd: &mut OwnedReadHalf) -> std::io::Result<bool> {
-    let mut head = [0u8; HEADER_LEN];
-    match rd.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let h = protocol::parse_header(&head).map_err(invalid)?;
+    let Some(h) = read_header(rd).await? else {
+        return Ok(false);
+    };
     match h.kind {
         Kind::Blocks => {
             let mut id = [0u8; 8];
@@ -410,6 +408,7 @@ fn fail_pending(s: &Shared, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::privsep::protocol::HEADER_LEN;
 
     #[test]
     fn restarts_back_off_only_while_fetchers_die_young() {

@@ -73,17 +73,26 @@ fn report_fatal(mut stream: std::os::unix::net::UnixStream, message: &str) -> i3
     2
 }
 
-/// Reads one frame: its checked header, then its payload into a wiped buffer.
-pub async fn read_frame<R: AsyncReadExt + Unpin>(
+/// Reads one frame's header, checked; `None` at the channel's end.
+pub async fn read_header<R: AsyncReadExt + Unpin>(
     r: &mut R,
-) -> std::io::Result<Option<(Kind, Zeroizing<Vec<u8>>)>> {
+) -> std::io::Result<Option<protocol::Header>> {
     let mut head = [0u8; HEADER_LEN];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let h = protocol::parse_header(&head).map_err(invalid)?;
+    protocol::parse_header(&head).map(Some).map_err(invalid)
+}
+
+/// Reads one frame: its checked header, then its payload into a wiped buffer.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<(Kind, Zeroizing<Vec<u8>>)>> {
+    let Some(h) = read_header(r).await? else {
+        return Ok(None);
+    };
     let mut payload = Zeroizing::new(vec![0u8; h.len]);
     r.read_exact(&mut payload).await?;
     Ok(Some((h.kind, payload)))
