@@ -343,8 +343,8 @@ pub fn steady_figures(o: &Outcome) -> Figures {
     figures(&seconds, o.steady.0, o.steady.1, RateLimit::QRYPT)
 }
 
-/// How far apart the benchmark's mounts start (measured: their processes start one by one).
-pub const STAGGER: Duration = Duration::from_millis(50);
+/// How far apart the benchmark's mounts start (measured: 16 mounts started within 0.2 s).
+pub const STAGGER: Duration = Duration::from_millis(13);
 
 /// Seconds the model reads at `mounts`: 60 s up to 16 mounts, then as long as gives each
 /// mount as many requests as 16 get in 60 s (a fleet of 256 shares one request per 85 s).
@@ -364,8 +364,8 @@ mod tests {
 
     /// The steady figures (60 s after a 20 s start) of fleets started together. The goals
     /// are delivered >= 0.90, 429s <= 5%, busiest/least <= 1.5 and no mount below half its
-    /// fair share over 20 s; the model meets the first two within a few points and misses
-    /// the last two from 4 mounts on (BENCHMARKS.md), so these bounds guard what it reaches.
+    /// fair share over 20 s; the model meets the first two up to 8 mounts, misses the 429s
+    /// at 16 and the spread from 8 on (BENCHMARKS.md), so these bounds guard what it reaches.
     #[test]
     fn fleets_of_2_to_16_stay_polite_and_near_fair() {
         for mounts in [2, 4, 8, 16] {
@@ -374,8 +374,12 @@ mod tests {
                 sc.secs = WARMUP + 60;
                 let o = run(&sc);
                 let f = steady_figures(&o);
-                let spread = if mounts <= 4 { 2.5 } else { 3.0 };
-                check(mounts, &f, (0.82, 0.06, spread));
+                let (refused, spread) = if mounts <= 8 {
+                    (0.05, 2.2)
+                } else {
+                    (0.09, 3.0)
+                };
+                check(mounts, &f, (0.85, refused, spread));
                 // The start costs each mount one 429, and a few echoes of it at most.
                 assert!(
                     o.refused - o.steady.1 <= 5 * mounts as u64,

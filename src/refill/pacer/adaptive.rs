@@ -8,25 +8,31 @@
 //! - **Start**: half the limit, doubled after a window without a 429. A fleet started
 //!   together meets the limit within seconds, each mount with one 429; a mount alone has the
 //!   whole limit after 10 s.
-//! - **The first 429** sets the allowance to what we had sent by then (the first request,
-//!   then the allowance spread evenly): every mount started alike, so that is our share of
-//!   the full window, measured in time rather than in whole requests (too coarse when the
-//!   share is one or two). A mount that finds the window full at once joined a token in use.
+//! - **The first 429** sets the allowance to our share of the full window: our requests in
+//!   it when there are `COUNTED_FROM` or more, else what we sent by then in time (the first
+//!   request, then the allowance spread evenly: whole requests are too coarse when the share
+//!   is one or two). Counting matters once the start's allowance grew: a pair of mounts fits
+//!   the start's half limit each and meets its first 429 only after doubling. A mount that
+//!   finds the window full at once (it joined a token in use) takes what it measured too.
 //! - **Each later 429**, once per episode (429s answering requests sent before the last
-//!   decrease are echoes of it): `BETA` of the allowance, regrown half way back each window
-//!   towards `KEEP` of what it was. A 429 meets whoever sends into a full window, in
-//!   proportion to its rate, so the part kept for good takes more from larger shares.
+//!   decrease are echoes of it): `BETA` of the allowance, regrown most of the way back
+//!   (`REGROW`) each window towards `KEEP` of what it was. A 429 meets whoever sends into a
+//!   full window, in proportion to its rate, so the part kept for good takes more from
+//!   larger shares; a small cut regrown quickly keeps one chance 429 from setting a mount
+//!   far below the others.
 //! - **Increase**, only while the allowance is what holds requests back (probe only with
 //!   demand), once per window; how fast depends on what the 429s said:
-//!   - *shared*: `SHARED_GROWTH` requests per window (part of it below one request: a share
-//!     below one means more mounts than the limit's requests, all growing). After a long
+//!   - *shared*: `SHARED_GROWTH * limit * (allowance / limit)^2` requests per window: the
+//!     fleet's growth (N mounts of a share 1/N each) then shrinks as 1/N, as does what one
+//!     429 takes, so a fleet's 429s per window do not grow with its size. After a long
 //!     quiet (`QUIET`, longer for a smaller share: a small share means a large fleet, whose
-//!     429s are rare for each mount) as at start: a mount may have left.
+//!     429s are rare for each mount) by `QUIET_GROWTH`: a mount may have left.
 //!   - *alone*: two steady 429s in a row said the oldest request in the service's window was
 //!     ours (its `Retry-After` is when our own oldest leaves, and at least 2 s: with others
 //!     sending evenly, the window's oldest request leaves within a second). The limit itself
 //!     fell (a storm of 429s); grow by `ALONE_GROWTH` per window so that when it rises again
-//!     the whole limit is back within a minute.
+//!     the whole limit is back within a minute. A later 429 that says others are there
+//!     takes it back to what it had when it believed it was alone.
 //! - Never above the configured limit, never below `MIN_SHARE` of it.
 //!
 //! Pure: every call takes the time, so tests and the fleet model run on a virtual clock.
@@ -35,7 +41,7 @@ use std::time::{Duration, Instant};
 use super::RateLimit;
 
 /// Multiplicative decrease: the allowance kept after a 429, at most.
-pub const BETA: f64 = 0.7;
+pub const BETA: f64 = 0.8;
 /// The allowance at start, as a fraction of the limit.
 pub const START: f64 = 0.5;
 /// The allowance kept after a 429, at least (the share got may be a chance low).
@@ -51,17 +57,23 @@ pub const ALONE_GROWTH: f64 = 1.6;
 /// What a 429 takes for good from the allowance regrown to (the rest is regrown): a larger
 /// share meets more 429s, so shares converge.
 pub const KEEP: f64 = 0.9;
-/// A first 429 before we sent this many requests (at our start's pace) means we joined.
-pub const JOINED: f64 = 1.5;
+/// At the first 429, our requests in the window from which they measure our share.
+pub const COUNTED_FROM: usize = 4;
 /// Below the allowance before the last 429, the part of the distance to it regained per window.
-pub const REGROW: f64 = 0.5;
-/// Growth per window on a shared token, in requests (in part of one below one request: a
-/// share below one means a fleet of more than the limit's requests, all growing).
+pub const REGROW: f64 = 0.7;
+/// Growth per window on a shared token, times the limit and the square of the allowance's
+/// fraction of it.
 pub const SHARED_GROWTH: f64 = 0.03;
-/// Without a 429 for `QUIET * sqrt(limit / allowance)`, a shared mount grows as at start.
+/// Without a 429 for `QUIET * sqrt(limit / allowance)`, a shared mount grows by
+/// `QUIET_GROWTH` per window: a mount may have left.
 pub const QUIET: Duration = Duration::from_secs(25);
-/// The spread of the gap between two requests, as a fraction of it (centred on it).
-pub const JITTER: f64 = 0.4;
+/// Growth per window after a long quiet on a shared token (not the start's doubling: a
+/// whole fleet grows at once when its 429s are rare).
+pub const QUIET_GROWTH: f64 = 1.25;
+/// The spread of the gap between two requests, as a fraction of it (centred on it). Small:
+/// the service counts requests per window, so what matters is that each mount's count in
+/// any window stays steady, not that mounts never meet at one instant.
+pub const JITTER: f64 = 0.2;
 /// The smallest allowance, as a fraction of the limit: one request per 200 windows.
 pub const MIN_SHARE: f64 = 1.0 / 6000.0;
 
@@ -87,6 +99,8 @@ pub struct AdaptiveRate {
     alone_streak: u32,
     /// The allowance before the last decrease on a shared token: regrown to quickly.
     before: f64,
+    /// The allowance when we came to believe we were alone.
+    shared_level: f64,
     /// The first request's start.
     started_at: Option<Instant>,
     /// The last decrease or increase.
@@ -105,6 +119,7 @@ impl AdaptiveRate {
             phase: Phase::Start,
             alone_streak: 0,
             before: 0.0,
+            shared_level: 0.0,
             started_at: None,
             changed_at: None,
             decreased_at: None,
@@ -131,6 +146,11 @@ impl AdaptiveRate {
         }
         let spread = 1.0 + JITTER * (unit.clamp(0.0, 1.0) - 0.5);
         self.span.mul_f64(spread / self.rate)
+    }
+
+    /// Requests per window added each window on a shared token (see the module's doc).
+    fn shared_growth(&self) -> f64 {
+        SHARED_GROWTH * self.ceiling * (self.rate / self.ceiling).powi(2)
     }
 
     /// A request starts at `now`.
@@ -171,20 +191,31 @@ impl AdaptiveRate {
         }
         // The start's allowance was a guess, not a level the token bore.
         let was_start = self.phase == Phase::Start;
+        let was_alone = self.phase == Phase::Alone;
         self.phase = if self.alone_streak >= ALONE_AFTER {
             Phase::Alone
         } else {
             Phase::Shared
         };
         let share = if was_start {
-            // Everyone started as we did, and the window filled `filled` after our start:
-            // our share of it is what we sent by then, the first request and then our
-            // allowance spread evenly. (Counting our requests in the window says the same,
-            // in whole requests: too coarse when the share is one or two.)
-            let filled = self
-                .started_at
-                .map_or(self.window, |s| sent.saturating_duration_since(s));
-            1.0 + self.rate * filled.as_secs_f64() / self.span.as_secs_f64()
+            let counted = accepted
+                .iter()
+                .filter(|&&t| t < sent && t + self.window > sent)
+                .count();
+            if counted >= COUNTED_FROM {
+                counted as f64
+            } else {
+                // Everyone started as we did, and the window filled `filled` after our
+                // start: our share of it is what we sent by then, the first request and
+                // then our allowance spread evenly.
+                let filled = self
+                    .started_at
+                    .map_or(self.window, |s| sent.saturating_duration_since(s));
+                1.0 + self.rate * filled.as_secs_f64() / self.span.as_secs_f64()
+            }
+        } else if was_alone && self.phase == Phase::Shared {
+            // Others are there after all: what we grew to while alone was never our share.
+            (self.rate * BETA).min(self.shared_level)
         } else {
             let got = accepted.iter().filter(|&&t| t + self.window > now).count() as f64;
             got.max(self.rate * BETA)
@@ -193,16 +224,16 @@ impl AdaptiveRate {
             .max(self.rate * FLOOR)
             .min(self.rate * BETA)
             .clamp(self.ceiling * MIN_SHARE, self.ceiling);
-        self.before = if !was_start {
-            self.rate * KEEP
-        } else if share < JOINED && !accepted.is_empty() {
-            // Full as soon as we came, though it took our first request: we joined a token
-            // others already use, and what we sent by then is no measure of our share. Regrow
-            // towards a cut of the start's allowance; the 429s the others meet make room.
-            self.rate * BETA
-        } else {
+        self.before = if was_start {
             next
+        } else if was_alone && self.phase == Phase::Shared {
+            next * KEEP
+        } else {
+            self.rate * KEEP
         };
+        if self.phase == Phase::Alone && !was_alone {
+            self.shared_level = next;
+        }
         self.decreased_at = Some(now);
         self.changed_at = Some(now);
         let changed = next != self.rate;
@@ -231,15 +262,14 @@ impl AdaptiveRate {
             Phase::Start => self.rate * START_GROWTH,
             Phase::Alone => self.rate * ALONE_GROWTH,
             Phase::Shared if quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt()) => {
-                self.rate * START_GROWTH
+                self.rate * QUIET_GROWTH
             }
             // Back towards what the token bore before the last 429, halving the distance
             // each window; the 429 was most likely chance (see the module's doc).
             Phase::Shared if self.rate < self.before => {
-                self.rate
-                    + ((self.before - self.rate) * REGROW).max(SHARED_GROWTH * self.rate.min(1.0))
+                self.rate + ((self.before - self.rate) * REGROW).max(self.shared_growth())
             }
-            Phase::Shared => self.rate + SHARED_GROWTH * self.rate.min(1.0),
+            Phase::Shared => self.rate + self.shared_growth(),
         };
         self.rate = next.min(self.ceiling);
         self.changed_at = Some(now);
@@ -285,7 +315,7 @@ mod tests {
         let r = rate();
         assert_eq!(r.gap(0.5), SPAN / 15);
         assert!(r.gap(0.0) < r.gap(0.5) && r.gap(0.5) < r.gap(0.999));
-        assert_eq!(r.gap(0.0), SPAN.mul_f64(0.8 / 15.0));
+        assert_eq!(r.gap(0.0), SPAN.mul_f64((1.0 - JITTER / 2.0) / 15.0));
     }
 
     #[test]
@@ -312,6 +342,21 @@ mod tests {
     }
 
     #[test]
+    fn a_first_429_after_the_start_grew_counts_our_requests_in_the_window() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        r.on_start(t0 - S * 12);
+        // Two mounts at 15 each fit the limit: no 429 in the first window, then both double.
+        assert!(!r.on_held_back(t0 - S * 12));
+        assert!(r.on_held_back(t0 - Duration::from_millis(1900)));
+        assert_eq!(r.current(), 30);
+        // 15 of ours in the window when the first 429 came: our share, not 12 s at 30.
+        let mine: Vec<Instant> = (1..=15).map(|i| t0 - S * 10 + S * i / 2).collect();
+        assert!(r.on_rate_limited(t0, Some(S), &mine, t0));
+        assert!((r.rate() - 15.0).abs() < 1e-9, "{}", r.rate());
+    }
+
+    #[test]
     fn a_shared_token_grows_slowly_then_faster_after_a_long_quiet() {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
@@ -319,12 +364,13 @@ mod tests {
         r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
         assert!((r.rate() - 2.5).abs() < 1e-9, "{}", r.rate());
         assert!(r.on_held_back(t0 + SPAN));
-        assert!((r.rate() - (2.5 + SHARED_GROWTH)).abs() < 1e-9);
-        // QUIET * sqrt(30 / 2.53) later, it grows as at start.
-        let long = t0 + QUIET.mul_f64((30.0f64 / 2.53).sqrt()) + S;
-        let before = r.rate();
+        // SHARED_GROWTH * 30 * (2.5 / 30)^2: a share of 2.5 in 30 grows by 0.00625 a window.
+        let grown = 2.5 + SHARED_GROWTH * 2.5 * 2.5 / 30.0;
+        assert!((r.rate() - grown).abs() < 1e-9, "{}", r.rate());
+        // QUIET * sqrt(30 / 2.5) later, it grows by QUIET_GROWTH.
+        let long = t0 + QUIET.mul_f64((30.0f64 / 2.5).sqrt()) + S;
         assert!(r.on_held_back(long));
-        assert!((r.rate() - before * START_GROWTH).abs() < 1e-9);
+        assert!((r.rate() - grown * QUIET_GROWTH).abs() < 1e-9);
     }
 
     #[test]
@@ -334,17 +380,18 @@ mod tests {
         r.on_start(t0 - Duration::from_millis(9090));
         r.on_rate_limited(t0, Some(S), &[], t0);
         assert!(
-            (r.rate() - 10.5).abs() < 1e-9,
+            (r.rate() - 15.0 * BETA).abs() < 1e-9,
             "BETA of 15 at most: {}",
             r.rate()
         );
         let t1 = t0 + S * 30;
         r.on_rate_limited(t1, Some(S), &[], t1);
-        assert!((r.rate() - 7.35).abs() < 1e-9);
+        let cut = 15.0 * BETA * BETA;
+        assert!((r.rate() - cut).abs() < 1e-9);
         r.on_held_back(t1 + SPAN);
-        // Half way back to what it had, less what the 429 took for good.
+        // Most of the way back to what it had, less what the 429 took for good.
         assert!(
-            (r.rate() - (7.35 + (10.5 * KEEP - 7.35) * REGROW)).abs() < 1e-9,
+            (r.rate() - (cut + (15.0 * BETA * KEEP - cut) * REGROW)).abs() < 1e-9,
             "{}",
             r.rate()
         );
@@ -370,9 +417,13 @@ mod tests {
         let got = r.rate();
         r.on_held_back(t1 + SPAN);
         assert!((r.rate() - got * ALONE_GROWTH).abs() < 1e-9);
-        // With others sending, the window's oldest leaves within a second.
+        // With others sending, the window's oldest leaves within a second: what it grew to
+        // while it believed it was alone is dropped.
+        r.on_held_back(t1 + SPAN * 2);
+        assert!(r.rate() > got * ALONE_GROWTH);
         let t2 = t1 + S * 30;
         r.on_rate_limited(t2, Some(S), &[t2 - S * 4], t2);
         assert_eq!(r.phase, Phase::Shared);
+        assert!(r.rate() <= got, "{} > {got}", r.rate());
     }
 }
