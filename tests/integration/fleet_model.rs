@@ -434,11 +434,18 @@ mod tests {
     fn a_fleet_keeps_its_throughput_30_s_after_a_mount_joins_or_leaves() {
         for mounts in [4, 8, 16] {
             let mut sc = Scenario::fleet(mounts, STAGGER, 1);
-            sc.secs = 150;
-            // The last mount joins at 60 s; the first leaves at 100 s.
+            sc.secs = 180;
+            // The last mount joins at 60 s; the first leaves at 120 s.
             sc.starts[mounts - 1] = Duration::from_secs(60);
-            sc.stops[0] = Some(Duration::from_secs(100));
+            sc.stops[0] = Some(Duration::from_secs(120));
             let o = run(&sc);
+            if std::env::var_os("TRACE").is_some() {
+                for t in (0..o.allowance[0].len()).step_by(5) {
+                    let a: Vec<String> =
+                        o.allowance.iter().map(|m| format!("{:.1}", m[t])).collect();
+                    eprintln!("{t:3} {}", a.join(" "));
+                }
+            }
             let at = o.readers_at.as_secs() as usize;
             let span = |from: usize, who: std::ops::Range<usize>| -> Vec<Vec<u64>> {
                 o.seconds[who]
@@ -454,7 +461,7 @@ mod tests {
             assert!(f.delivered >= 0.80, "after the join, {mounts}: {f:?}");
             let joiner: u64 = joined[mounts - 1].iter().sum();
             assert!(joiner > 0, "the joiner got nothing: {joined:?}");
-            let left = span(130, 1..mounts);
+            let left = span(150, 1..mounts);
             let f = figures(&left, 1, 0, RateLimit::QRYPT);
             assert!(f.delivered >= 0.80, "after the leave, {mounts}: {f:?}");
         }

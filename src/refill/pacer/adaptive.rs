@@ -8,12 +8,15 @@
 //! - **Start**: half the limit, doubled after a window without a 429. A fleet started
 //!   together meets the limit within seconds, each mount with one 429; a mount alone has the
 //!   whole limit after 10 s.
-//! - **The first 429** sets the allowance to our share of the full window: our requests in
-//!   it when there are `COUNTED_FROM` or more, else what we sent by then in time (the first
-//!   request, then the allowance spread evenly: whole requests are too coarse when the share
-//!   is one or two). Counting matters once the start's allowance grew: a pair of mounts fits
-//!   the start's half limit each and meets its first 429 only after doubling. A mount that
-//!   finds the window full at once (it joined a token in use) takes what it measured too.
+//! - **The first 429** sets the allowance to our share of the full window: what we sent by
+//!   then in time (the first request, then the allowance spread evenly: whole requests are
+//!   too coarse when the share is one or two), or, once the start's allowance grew, our
+//!   requests in the window (a pair of mounts fits the start's half limit each and meets its
+//!   first 429 only after doubling). Every mount of a fleet started together measures the
+//!   same way. A mount that finds the window full at once joined a token in use: what it
+//!   measured says nothing of its share, so it grows by `QUIET_GROWTH` per window until its
+//!   next 429 (the others make room as the 429s its growth causes meet them, in proportion
+//!   to their shares).
 //! - **Each later 429**, once per episode (429s answering requests sent before the last
 //!   decrease are echoes of it): `BETA` of the allowance, regrown most of the way back
 //!   (`REGROW`) each window towards `KEEP` of what it was. A 429 meets whoever sends into a
@@ -57,8 +60,6 @@ pub const ALONE_GROWTH: f64 = 1.6;
 /// What a 429 takes for good from the allowance regrown to (the rest is regrown): a larger
 /// share meets more 429s, so shares converge.
 pub const KEEP: f64 = 0.9;
-/// At the first 429, our requests in the window from which they measure our share.
-pub const COUNTED_FROM: usize = 4;
 /// Below the allowance before the last 429, the part of the distance to it regained per window.
 pub const REGROW: f64 = 0.7;
 /// Growth per window on a shared token, times the limit and the square of the allowance's
@@ -76,6 +77,8 @@ pub const QUIET_GROWTH: f64 = 1.25;
 pub const JITTER: f64 = 0.2;
 /// The smallest allowance, as a fraction of the limit: one request per 200 windows.
 pub const MIN_SHARE: f64 = 1.0 / 6000.0;
+/// A first 429 before we sent this many requests (at our start's pace) means we joined.
+pub const JOINED: f64 = 1.5;
 
 /// What the last 429s said about who else uses the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +106,10 @@ pub struct AdaptiveRate {
     shared_level: f64,
     /// The first request's start.
     started_at: Option<Instant>,
+    /// The start's allowance grew before the first 429.
+    grew: bool,
+    /// The first 429 said we joined a token in use; until the next one we probe for a share.
+    joining: bool,
     /// The last decrease or increase.
     changed_at: Option<Instant>,
     decreased_at: Option<Instant>,
@@ -121,6 +128,8 @@ impl AdaptiveRate {
             before: 0.0,
             shared_level: 0.0,
             started_at: None,
+            grew: false,
+            joining: false,
             changed_at: None,
             decreased_at: None,
         }
@@ -198,12 +207,11 @@ impl AdaptiveRate {
             Phase::Shared
         };
         let share = if was_start {
-            let counted = accepted
-                .iter()
-                .filter(|&&t| t < sent && t + self.window > sent)
-                .count();
-            if counted >= COUNTED_FROM {
-                counted as f64
+            if self.grew {
+                accepted
+                    .iter()
+                    .filter(|&&t| t < sent && t + self.window > sent)
+                    .count() as f64
             } else {
                 // Everyone started as we did, and the window filled `filled` after our
                 // start: our share of it is what we sent by then, the first request and
@@ -224,6 +232,7 @@ impl AdaptiveRate {
             .max(self.rate * FLOOR)
             .min(self.rate * BETA)
             .clamp(self.ceiling * MIN_SHARE, self.ceiling);
+        self.joining = was_start && share < JOINED;
         self.before = if was_start {
             next
         } else if was_alone && self.phase == Phase::Shared {
@@ -259,8 +268,12 @@ impl AdaptiveRate {
             .decreased_at
             .map_or(Duration::MAX, |d| now.saturating_duration_since(d));
         let next = match self.phase {
-            Phase::Start => self.rate * START_GROWTH,
+            Phase::Start => {
+                self.grew = true;
+                self.rate * START_GROWTH
+            }
             Phase::Alone => self.rate * ALONE_GROWTH,
+            Phase::Shared if self.joining => self.rate * QUIET_GROWTH,
             Phase::Shared if quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt()) => {
                 self.rate * QUIET_GROWTH
             }
