@@ -8,15 +8,19 @@
 //! - **Start**: half the limit, doubled after a window without a 429. A fleet started
 //!   together meets the limit within seconds, each mount with one 429; a mount alone has the
 //!   whole limit after 10 s.
-//! - **The first 429** sets the allowance to our share of the full window: what we sent by
-//!   then in time (the first request, then the allowance spread evenly: whole requests are
-//!   too coarse when the share is one or two), or, once the start's allowance grew, our
-//!   requests in the window (a pair of mounts fits the start's half limit each and meets its
-//!   first 429 only after doubling). Every mount of a fleet started together measures the
-//!   same way. A mount that finds the window full at once joined a token in use: what it
-//!   measured says nothing of its share, so it grows by `QUIET_GROWTH` per window until its
-//!   next 429 (the others make room as the 429s its growth causes meet them, in proportion
-//!   to their shares).
+//! - **The first 429** sets the allowance to our share of the full window: `START_TRIM` of
+//!   what we sent by then in time (the first request, then the allowance spread evenly:
+//!   whole requests are too coarse when the share is one or two; we learn the window is full
+//!   only at the send after it filled, so the measure runs high, and a fleet whose shares add
+//!   up to more than the limit loses more to the 429s that trim it than the trim costs), or,
+//!   once the start's allowance grew, our requests in the window (a pair of mounts fits the
+//!   start's half limit each and meets its first 429 only after doubling). Every mount of a
+//!   fleet started together measures the same way. A mount that finds the window full at
+//!   once: if the window filled within the last second (`Retry-After` is the whole window),
+//!   a fleet started together just before us, and our share is what each of them sent in
+//!   that time; otherwise we joined a token in use, and what we measured says nothing of our
+//!   share, so we grow by `QUIET_GROWTH` per window until the next 429 (the others make room
+//!   as the 429s our growth causes meet them, in proportion to their shares).
 //! - **Each later 429**, once per episode (429s answering requests sent before the last
 //!   decrease are echoes of it): `BETA` of the allowance, regrown most of the way back
 //!   (`REGROW`) each window towards `KEEP` of what it was. A 429 meets whoever sends into a
@@ -79,6 +83,8 @@ pub const JITTER: f64 = 0.2;
 pub const MIN_SHARE: f64 = 1.0 / 6000.0;
 /// A first 429 before we sent this many requests (at our start's pace) means we joined.
 pub const JOINED: f64 = 1.5;
+/// The part of the share measured in time at the first 429 that is kept (see the module's doc).
+pub const START_TRIM: f64 = 0.95;
 
 /// What the last 429s said about who else uses the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +225,18 @@ impl AdaptiveRate {
                 let filled = self
                     .started_at
                     .map_or(self.window, |s| sent.saturating_duration_since(s));
-                1.0 + self.rate * filled.as_secs_f64() / self.span.as_secs_f64()
+                let sent_by_then = |d: Duration| {
+                    START_TRIM * (1.0 + self.rate * d.as_secs_f64() / self.span.as_secs_f64())
+                };
+                let ours = sent_by_then(filled);
+                match retry_after {
+                    // The window filled within the last second, whole seconds as the service
+                    // rounds: the others started just before us, half a second on average.
+                    Some(r) if ours < JOINED && r + Duration::from_secs(1) >= self.window => {
+                        sent_by_then(self.window.saturating_sub(r) + Duration::from_millis(500))
+                    }
+                    _ => ours,
+                }
             }
         } else if was_alone && self.phase == Phase::Shared {
             // Others are there after all: what we grew to while alone was never our share.
@@ -232,7 +249,7 @@ impl AdaptiveRate {
             .max(self.rate * FLOOR)
             .min(self.rate * BETA)
             .clamp(self.ceiling * MIN_SHARE, self.ceiling);
-        self.joining = was_start && share < JOINED;
+        self.joining = was_start && share < JOINED * START_TRIM;
         self.before = if was_start {
             next
         } else if was_alone && self.phase == Phase::Shared {
@@ -336,16 +353,17 @@ mod tests {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
         // Started 2.02 s before the window was found full: the first request, then 15 per
-        // 10.1 s: 4 of the window's requests were ours.
+        // 10.1 s: 4 of the window's requests were ours, less the trim.
         r.on_start(t0 - Duration::from_millis(2020));
         let mine = [t0 - Duration::from_millis(2020), t0 - S];
         assert!(r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(5)));
-        assert!((r.rate() - 4.0).abs() < 1e-9, "{}", r.rate());
+        let first = 4.0 * START_TRIM;
+        assert!((r.rate() - first).abs() < 1e-9, "{}", r.rate());
         // Answers to requests sent before the decrease change nothing.
         assert!(!r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(6)));
         let t1 = t0 + Duration::from_secs(20);
         assert!(r.on_rate_limited(t1, Some(S), &[t1 - S * 3], t1));
-        assert!((r.rate() - 4.0 * BETA).abs() < 1e-9, "{}", r.rate());
+        assert!((r.rate() - first * BETA).abs() < 1e-9, "{}", r.rate());
         for i in 2..40 {
             let t = t1 + S * 20 * i;
             r.on_rate_limited(t, Some(S), &[], t);
@@ -370,18 +388,40 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_that_finds_a_window_filled_within_the_second_takes_what_the_others_sent() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        // Its first request refused, and the window's oldest request leaves in 10 s: a fleet
+        // started together just before it, half a second on average.
+        let mut r = rate();
+        r.on_start(t0);
+        r.on_rate_limited(t0, Some(S * 10), &[], t0 + Duration::from_millis(5));
+        let share = START_TRIM * (1.0 + 15.0 * 0.5 / 10.1);
+        assert!((r.rate() - share).abs() < 1e-9, "{}", r.rate());
+        assert!(!r.joining);
+        // The window's oldest leaves in 2 s: a token in use; it probes for its share.
+        let mut r = rate();
+        r.on_start(t0);
+        r.on_rate_limited(t0, Some(S * 2), &[], t0 + Duration::from_millis(5));
+        assert!(r.joining);
+        let got = r.rate();
+        assert!(r.on_held_back(t0 + Duration::from_millis(5) + SPAN));
+        assert!((r.rate() - got * QUIET_GROWTH).abs() < 1e-9, "{}", r.rate());
+    }
+
+    #[test]
     fn a_shared_token_grows_slowly_then_faster_after_a_long_quiet() {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
         r.on_start(t0 - Duration::from_millis(1010));
         r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
-        assert!((r.rate() - 2.5).abs() < 1e-9, "{}", r.rate());
+        let share = 2.5 * START_TRIM;
+        assert!((r.rate() - share).abs() < 1e-9, "{}", r.rate());
         assert!(r.on_held_back(t0 + SPAN));
-        // SHARED_GROWTH * 30 * (2.5 / 30)^2: a share of 2.5 in 30 grows by 0.00625 a window.
-        let grown = 2.5 + SHARED_GROWTH * 2.5 * 2.5 / 30.0;
+        // SHARED_GROWTH * 30 * (share / 30)^2: a share of 2.4 in 30 grows by 0.006 a window.
+        let grown = share + SHARED_GROWTH * share * share / 30.0;
         assert!((r.rate() - grown).abs() < 1e-9, "{}", r.rate());
-        // QUIET * sqrt(30 / 2.5) later, it grows by QUIET_GROWTH.
-        let long = t0 + QUIET.mul_f64((30.0f64 / 2.5).sqrt()) + S;
+        // QUIET * sqrt(30 / share) later, it grows by QUIET_GROWTH.
+        let long = t0 + QUIET.mul_f64((30.0 / share).sqrt()) + S;
         assert!(r.on_held_back(long));
         assert!((r.rate() - grown * QUIET_GROWTH).abs() < 1e-9);
     }

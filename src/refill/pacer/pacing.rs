@@ -190,7 +190,7 @@ mod tests {
         assert!(p.finished(k, Answer::RateLimited(Some(S)), t + S / 100));
         // The first request, then 15 per 10.1 s for the 6 s it took to fill the window.
         let sent = 1.0 + 15.0 * 6.0 / 10.1;
-        assert_eq!(p.rate(), Some(sent));
+        assert_eq!(p.rate(), Some(sent * super::super::adaptive::START_TRIM));
         assert_eq!(p.allowance(), Some(10));
     }
 
