@@ -27,6 +27,11 @@ fi
 # A stale mount point fails even `mkdir -p`; qrypt-fs says what is wrong with it below.
 mkdir -p "$mnt" 2>/dev/null || true
 work=$(mktemp -d)
+# The replay history and budget of an emulator session are worth nothing after it: they go
+# to a directory of the session's own, not to the state directory of real mounts (each
+# emulator listens on a new port, so each session would leave a history of its own there).
+# Apart from $work, which only root may enter: qrypt-fs hands it to its unprivileged user.
+state=$(mktemp -d)
 fs_pid='' emu_pid='' mount_id=''
 
 # The mount's id in /proc/self/mountinfo, if MOUNTPOINT's topmost mount is a qrypt-fs one.
@@ -57,7 +62,7 @@ cleanup_processes() {
 cleanup() {
   trap - EXIT INT TERM
   cleanup_processes
-  rm -rf "$work"
+  rm -rf "$work" "$state"
 }
 stop() {
   echo "stopping"
@@ -96,8 +101,8 @@ if [ -z "$url" ]; then
 fi
 echo "emulator (NOT quantum entropy) at $url"
 
-QRYPT_TOKEN=emulator-token "$bin/qrypt-fs" -f --rate-limit off --endpoint "$url" "$mnt" \
-  2>"$work/fs.log" &
+QRYPT_TOKEN=emulator-token "$bin/qrypt-fs" -f --rate-limit off --endpoint "$url" \
+  --state-dir "$state" "$mnt" 2>"$work/fs.log" &
 fs_pid=$!
 # Ready once qrypt-fs itself says it mounted; a mount already there is not ours.
 while ! grep -q ' mounted on ' "$work/fs.log"; do

@@ -8,19 +8,19 @@
 //! - **Start**: half the limit, doubled after a window without a 429. A fleet started
 //!   together meets the limit within seconds, each mount with one 429; a mount alone has the
 //!   whole limit after 10 s.
-//! - **The first 429** sets the allowance to our share of the full window: `START_TRIM` of
-//!   what we sent by then in time (the first request, then the allowance spread evenly:
-//!   whole requests are too coarse when the share is one or two; we learn the window is full
-//!   only at the send after it filled, so the measure runs high, and a fleet whose shares add
-//!   up to more than the limit loses more to the 429s that trim it than the trim costs), or,
-//!   once the start's allowance grew, our requests in the window (a pair of mounts fits the
-//!   start's half limit each and meets its first 429 only after doubling). Every mount of a
-//!   fleet started together measures the same way. A mount that finds the window full at
-//!   once: if the window filled within the last second (`Retry-After` is the whole window),
-//!   a fleet started together just before us, and our share is what each of them sent in
-//!   that time; otherwise we joined a token in use, and what we measured says nothing of our
-//!   share, so we grow by `QUIET_GROWTH` per window until the next 429 (the others make room
-//!   as the 429s our growth causes meet them, in proportion to their shares).
+//! - **The first 429** sets the allowance to our share of the full window:
+//!   - from the start's allowance: `START_TRIM` of what we sent by then, the first request
+//!     and then the allowance spread evenly (whole requests are too coarse when the share is
+//!     one or two); every mount of a fleet started together measures alike. The measure runs
+//!     high (we learn the window is full only at our send after it filled), and shares that
+//!     add up to more than the limit cost more in 429s than the trim costs;
+//!   - once the start's allowance grew: our requests in the window (a pair of mounts fits the
+//!     start's half limit each and meets its first 429 only after doubling);
+//!   - the window full at once, and filled within the last second (`Retry-After` is the whole
+//!     window): a fleet started just before us; our share is what each of them sent by then;
+//!   - the window full at once, and filled earlier: we joined a token in use and measured
+//!     nothing; grow by `QUIET_GROWTH` per window until the next 429 (the others make room
+//!     as the 429s our growth causes meet them, in proportion to their shares).
 //! - **Each later 429**, once per episode (429s answering requests sent before the last
 //!   decrease are echoes of it): `BETA` of the allowance, regrown most of the way back
 //!   (`REGROW`) each window towards `KEEP` of what it was. A 429 meets whoever sends into a
