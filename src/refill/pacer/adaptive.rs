@@ -242,8 +242,7 @@ impl AdaptiveRate {
             // Others are there after all: what we grew to while alone was never our share.
             (self.rate * BETA).min(self.shared_level)
         } else {
-            let got = accepted.iter().filter(|&&t| t + self.window > now).count() as f64;
-            got.max(self.rate * BETA)
+            self.rate * BETA
         };
         let next = share
             .max(self.rate * FLOOR)
@@ -294,7 +293,7 @@ impl AdaptiveRate {
             Phase::Shared if quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt()) => {
                 self.rate * QUIET_GROWTH
             }
-            // Back towards what the token bore before the last 429, halving the distance
+            // Back towards what the token bore before the last 429, `REGROW` of the distance
             // each window; the 429 was most likely chance (see the module's doc).
             Phase::Shared if self.rate < self.before => {
                 self.rate + ((self.before - self.rate) * REGROW).max(self.shared_growth())
