@@ -212,6 +212,8 @@ impl AdaptiveRate {
         } else {
             Phase::Shared
         };
+        // Others are there after all: what we grew to while alone was never our share.
+        let left_alone = was_alone && self.phase == Phase::Shared;
         let share = if was_start {
             if self.grew {
                 accepted
@@ -238,8 +240,7 @@ impl AdaptiveRate {
                     _ => ours,
                 }
             }
-        } else if was_alone && self.phase == Phase::Shared {
-            // Others are there after all: what we grew to while alone was never our share.
+        } else if left_alone {
             (self.rate * BETA).min(self.shared_level)
         } else {
             self.rate * BETA
@@ -251,7 +252,7 @@ impl AdaptiveRate {
         self.joining = was_start && share < JOINED * START_TRIM;
         self.before = if was_start {
             next
-        } else if was_alone && self.phase == Phase::Shared {
+        } else if left_alone {
             next * KEEP
         } else {
             self.rate * KEEP
