@@ -64,6 +64,8 @@ pub struct Scenario {
     /// The service's limit from each time on (from the first start); the first from 0.
     pub limits: Vec<(Duration, RateLimit)>,
     pub seed: u64,
+    /// Seconds of `secs` before the steady figures count.
+    pub warmup: u64,
 }
 
 impl Scenario {
@@ -77,6 +79,7 @@ impl Scenario {
             short_latency: Duration::from_millis(5),
             limits: vec![(Duration::ZERO, RateLimit::QRYPT)],
             seed,
+            warmup: WARMUP,
         }
     }
 }
@@ -110,6 +113,10 @@ pub struct Outcome {
     pub allowance: Vec<Vec<f64>>,
     /// When the readers started, from the first start.
     pub readers_at: Duration,
+    /// Requests and 429s sent each second from the first start.
+    pub per_second: Vec<(u64, u64)>,
+    /// Seconds of reading before the steady figures count.
+    pub warmup: u64,
 }
 
 /// The figures the fleet goals are stated in.
@@ -194,7 +201,8 @@ pub fn run(sc: &Scenario) -> Outcome {
     let mut rng = rand::rngs::StdRng::seed_from_u64(sc.seed);
     let (mut requests, mut refused) = (0u64, 0u64);
     let mut steady = (0u64, 0u64);
-    let steady_from = readers + Duration::from_secs(WARMUP);
+    let steady_from = readers + Duration::from_secs(sc.warmup);
+    let mut per_second = vec![(0u64, 0u64); total_secs];
     let mut now = t0;
     while now < end {
         while limits.front().is_some_and(|(at, _)| *at <= now) {
@@ -253,6 +261,10 @@ pub fn run(sc: &Scenario) -> Outcome {
                         steady.0 += u64::from(counted);
                         let size = if m.started { FULL } else { FIRST };
                         let answer = service.admit(now);
+                        if let Some(p) = per_second.get_mut((now - t0).as_secs() as usize) {
+                            p.0 += 1;
+                            p.1 += u64::from(answer.is_err());
+                        }
                         let took = match answer {
                             Ok(()) if size == FULL => sc.latency,
                             Ok(()) => sc.short_latency,
@@ -298,6 +310,8 @@ pub fn run(sc: &Scenario) -> Outcome {
         steady,
         allowance: ms.iter().map(|m| m.allowance.clone()).collect(),
         readers_at: readers - t0,
+        per_second,
+        warmup: sc.warmup,
     }
 }
 
@@ -312,7 +326,8 @@ pub fn fleet_figures(mounts: usize, secs: u64, seeds: u64) -> Figures {
     };
     for seed in 0..seeds {
         let mut sc = Scenario::fleet(mounts, STAGGER, seed);
-        sc.secs = WARMUP + secs;
+        sc.warmup = model_warmup(mounts);
+        sc.secs = sc.warmup + secs;
         let o = run(&sc);
         let f = steady_figures(&o);
         sum.delivered += f.delivered;
@@ -338,7 +353,7 @@ pub fn steady_figures(o: &Outcome) -> Figures {
     let seconds: Vec<Vec<u64>> = o
         .seconds
         .iter()
-        .map(|s| s.iter().skip(WARMUP as usize).copied().collect())
+        .map(|s| s.iter().skip(o.warmup as usize).copied().collect())
         .collect();
     figures(&seconds, o.steady.0, o.steady.1, RateLimit::QRYPT)
 }
@@ -350,6 +365,11 @@ pub const STAGGER: Duration = Duration::from_millis(13);
 /// mount as many requests as 16 get in 60 s (a fleet of 256 shares one request per 85 s).
 pub fn model_secs(mounts: usize) -> u64 {
     60 * (mounts as u64).div_ceil(16).max(1)
+}
+
+/// The start's seconds at `mounts`, on the same scale as `model_secs`: 20 s up to 16 mounts.
+pub fn model_warmup(mounts: usize) -> u64 {
+    WARMUP * (mounts as u64).div_ceil(16).max(1)
 }
 
 mod tests {
@@ -390,6 +410,24 @@ mod tests {
                     assert!(f.worst_20s >= 0.25, "worst 20 s: {mounts} mounts: {f:?}");
                 }
             }
+        }
+    }
+
+    /// 64 mounts started together: a share below one request per window, which the start
+    /// cannot measure (the window is full before most mounts sent twice), so the fleet
+    /// starts at four times the limit. Goals there: delivered >= 0.85, 429s <= 5%,
+    /// busiest/least <= 2; the model reaches the first only (BENCHMARKS.md). This guards
+    /// that the fleet comes down from its start: 429s in a row cut deeper and for good.
+    #[test]
+    fn a_fleet_of_64_comes_down_to_the_limit() {
+        for seed in 0..2 {
+            let mut sc = Scenario::fleet(64, STAGGER, seed);
+            sc.warmup = model_warmup(64);
+            sc.secs = sc.warmup + model_secs(64);
+            let o = run(&sc);
+            let f = steady_figures(&o);
+            assert!(f.delivered >= 0.85, "{f:?}");
+            assert!(f.refused <= 0.25, "{f:?}");
         }
     }
 
@@ -479,7 +517,11 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut sc = Scenario::fleet(n, STAGGER, seed);
-        sc.secs = 60 + WARMUP;
+        sc.warmup = model_warmup(n);
+        sc.secs = std::env::var("SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(model_secs(n) + sc.warmup);
         let o = run(&sc);
         eprintln!(
             "whole {:?}",
@@ -489,7 +531,15 @@ mod tests {
         for s in (0..o.allowance[0].len()).step_by(5) {
             let a: Vec<String> = o.allowance.iter().map(|m| format!("{:.1}", m[s])).collect();
             let sum: f64 = o.allowance.iter().map(|m| m[s]).sum();
-            eprintln!("{s:3} sum {sum:5.1} {}", a.join(" "));
+            let (req, refused): (u64, u64) = o.per_second[s..(s + 5).min(o.per_second.len())]
+                .iter()
+                .fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
+            let max = o.allowance.iter().map(|m| m[s]).fold(0.0, f64::max);
+            let min = o.allowance.iter().map(|m| m[s]).fold(f64::MAX, f64::min);
+            eprintln!(
+                "{s:3} sum {sum:5.1} min {min:.2} max {max:4.1} req {req:3} 429 {refused:3} {}",
+                a.join(" ")
+            );
         }
         for m in &o.seconds {
             let tens: Vec<u64> = m.chunks(10).map(|c| c.iter().sum::<u64>() / FULL).collect();

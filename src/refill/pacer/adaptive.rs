@@ -26,7 +26,10 @@
 //!   (`REGROW`) each window towards `KEEP` of what it was. A 429 meets whoever sends into a
 //!   full window, in proportion to its rate, so the part kept for good takes more from
 //!   larger shares; a small cut regrown quickly keeps one chance 429 from setting a mount
-//!   far below the others.
+//!   far below the others. A 429 with nothing of ours accepted since the last cut is no
+//!   chance: the token is over its limit (a fleet larger than a request per window each,
+//!   whose start measured nothing); the cut deepens with each such 429 in a row (`BETA`
+//!   squared, cubed, up to the fourth power) and is kept.
 //! - **Increase**, only while the allowance is what holds requests back (probe only with
 //!   demand), once per window; how fast depends on what the 429s said:
 //!   - *shared*: `SHARED_GROWTH * limit * (allowance / limit)^2` requests per window: the
@@ -119,6 +122,10 @@ pub struct AdaptiveRate {
     /// The last decrease or increase.
     changed_at: Option<Instant>,
     decreased_at: Option<Instant>,
+    /// The send time of our latest request the service accepted.
+    last_accepted: Option<Instant>,
+    /// 429 episodes in a row with nothing of ours accepted between them.
+    refused_streak: i32,
 }
 
 impl AdaptiveRate {
@@ -138,6 +145,8 @@ impl AdaptiveRate {
             joining: false,
             changed_at: None,
             decreased_at: None,
+            last_accepted: None,
+            refused_streak: 0,
         }
     }
 
@@ -165,12 +174,21 @@ impl AdaptiveRate {
 
     /// Requests per window added each window on a shared token (see the module's doc).
     fn shared_growth(&self) -> f64 {
-        SHARED_GROWTH * self.ceiling * (self.rate / self.ceiling).powi(2)
+        self.shared_growth_at(self.rate)
+    }
+
+    fn shared_growth_at(&self, rate: f64) -> f64 {
+        SHARED_GROWTH * self.ceiling * (rate / self.ceiling).powi(2)
     }
 
     /// A request starts at `now`.
     pub fn on_start(&mut self, now: Instant) {
         self.started_at.get_or_insert(now);
+    }
+
+    /// The service accepted a request sent at `sent`.
+    pub fn on_accepted(&mut self, sent: Instant) {
+        self.last_accepted = Some(self.last_accepted.map_or(sent, |t| t.max(sent)));
     }
 
     /// A 429 answered a request sent at `sent` with `retry_after`; `accepted`: the send times
@@ -214,6 +232,18 @@ impl AdaptiveRate {
         };
         // Others are there after all: what we grew to while alone was never our share.
         let left_alone = was_alone && self.phase == Phase::Shared;
+        // Refused again with nothing accepted since the last cut: the token is over its
+        // limit, not unlucky; this cut is kept.
+        let refused_again = !was_start
+            && self
+                .decreased_at
+                .is_some_and(|d| self.last_accepted.is_none_or(|a| a < d));
+        self.refused_streak = if refused_again {
+            self.refused_streak + 1
+        } else {
+            0
+        };
+        let cut = BETA.powi(1 + self.refused_streak.min(3));
         let share = if was_start {
             if self.grew {
                 accepted
@@ -241,16 +271,16 @@ impl AdaptiveRate {
                 }
             }
         } else if left_alone {
-            (self.rate * BETA).min(self.shared_level)
+            (self.rate * cut).min(self.shared_level)
         } else {
-            self.rate * BETA
+            self.rate * cut
         };
         let next = share
             .max(self.rate * FLOOR)
-            .min(self.rate * BETA)
+            .min(self.rate * cut)
             .clamp(self.ceiling * MIN_SHARE, self.ceiling);
         self.joining = was_start && share < JOINED * START_TRIM;
-        self.before = if was_start {
+        self.before = if was_start || refused_again {
             next
         } else if left_alone {
             next * KEEP
@@ -362,10 +392,12 @@ mod tests {
         // Answers to requests sent before the decrease change nothing.
         assert!(!r.on_rate_limited(t0, Some(S), &mine, t0 + Duration::from_millis(6)));
         let t1 = t0 + Duration::from_secs(20);
+        r.on_accepted(t1 - S * 3);
         assert!(r.on_rate_limited(t1, Some(S), &[t1 - S * 3], t1));
         assert!((r.rate() - first * BETA).abs() < 1e-9, "{}", r.rate());
         for i in 2..40 {
             let t = t1 + S * 20 * i;
+            r.on_accepted(t - S);
             r.on_rate_limited(t, Some(S), &[], t);
         }
         assert_eq!(r.rate(), 30.0 * MIN_SHARE, "never below the least share");
@@ -438,6 +470,7 @@ mod tests {
             r.rate()
         );
         let t1 = t0 + S * 30;
+        r.on_accepted(t1 - S);
         r.on_rate_limited(t1, Some(S), &[], t1);
         let cut = 15.0 * BETA * BETA;
         assert!((r.rate() - cut).abs() < 1e-9);
@@ -448,6 +481,38 @@ mod tests {
             "{}",
             r.rate()
         );
+    }
+
+    #[test]
+    fn a_429_after_nothing_accepted_since_the_last_cut_cuts_deeper_and_for_good() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        r.on_start(t0 - Duration::from_millis(9090));
+        r.on_rate_limited(t0, Some(S), &[], t0);
+        let start = r.rate();
+        // Refused again, nothing accepted in between: over the limit, not unlucky.
+        let t1 = t0 + S * 10;
+        assert!(r.on_rate_limited(t1, Some(S), &[], t1));
+        assert!(
+            (r.rate() - start * BETA * BETA).abs() < 1e-9,
+            "{}",
+            r.rate()
+        );
+        let t2 = t1 + S * 10;
+        r.on_rate_limited(t2, Some(S), &[], t2);
+        let kept = start * BETA.powi(5);
+        assert!((r.rate() - kept).abs() < 1e-9, "{}", r.rate());
+        // Nothing to regrow to: the level it was cut to is the level it bore.
+        r.on_held_back(t2 + SPAN);
+        assert!((r.rate() - kept - r.shared_growth_at(kept)).abs() < 1e-9);
+        // One accepted since: a later 429 is chance again, BETA and regrown.
+        r.on_accepted(t2 + SPAN * 2);
+        let got = r.rate();
+        let t3 = t2 + SPAN * 3;
+        r.on_rate_limited(t3, Some(S), &[], t3);
+        assert!((r.rate() - got * BETA).abs() < 1e-9, "{}", r.rate());
+        r.on_held_back(t3 + SPAN);
+        assert!(r.rate() > got * BETA + (got * KEEP - got * BETA) * REGROW - 1e-9);
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl Pacing {
                 // Kept in send order: answers may arrive out of it.
                 let at = self.accepted.partition_point(|&t| t <= ticket.sent);
                 self.accepted.insert(at, ticket.sent);
+                rate.on_accepted(ticket.sent);
                 false
             }
             Answer::RateLimited(retry_after) => {
