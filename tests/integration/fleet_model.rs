@@ -541,6 +541,9 @@ mod tests {
                 a.join(" ")
             );
         }
+        if std::env::var_os("PER_SECOND").is_some() {
+            eprintln!("per second {:?}", o.per_second);
+        }
         for m in &o.seconds {
             let tens: Vec<u64> = m.chunks(10).map(|c| c.iter().sum::<u64>() / FULL).collect();
             eprintln!("  {tens:?}");

@@ -36,7 +36,9 @@
 //!     fleet's growth (N mounts of a share 1/N each) then shrinks as 1/N, as does what one
 //!     429 takes, so a fleet's 429s per window do not grow with its size. After a long
 //!     quiet (`QUIET`, longer for a smaller share: a small share means a large fleet, whose
-//!     429s are rare for each mount) by `QUIET_GROWTH`: a mount may have left.
+//!     429s are rare for each mount) by `QUIET_GROWTH`: a mount may have left. The 429
+//!     that ends it keeps `QUIET_KEPT` of that growth, for good (a mount spared by chance
+//!     would otherwise keep what it took from the others).
 //!   - *alone*: two steady 429s in a row said the oldest request in the service's window was
 //!     ours (its `Retry-After` is when our own oldest leaves, and at least 2 s: with others
 //!     sending evenly, the window's oldest request leaves within a second). The limit itself
@@ -78,6 +80,8 @@ pub const QUIET: Duration = Duration::from_secs(25);
 /// Growth per window after a long quiet on a shared token (not the start's doubling: a
 /// whole fleet grows at once when its 429s are rare).
 pub const QUIET_GROWTH: f64 = 1.25;
+/// Of what a long quiet made a mount grow by, the part kept at the 429 that ends it.
+pub const QUIET_KEPT: f64 = 0.5;
 /// The spread of the gap between two requests, as a fraction of it (centred on it). Small:
 /// the service counts requests per window, so what matters is that each mount's count in
 /// any window stays steady, not that mounts never meet at one instant.
@@ -126,6 +130,8 @@ pub struct AdaptiveRate {
     last_accepted: Option<Instant>,
     /// 429 episodes in a row with nothing of ours accepted between them.
     refused_streak: i32,
+    /// The allowance when a long quiet made us grow by `QUIET_GROWTH`; cleared by a 429.
+    quiet_from: Option<f64>,
 }
 
 impl AdaptiveRate {
@@ -147,6 +153,7 @@ impl AdaptiveRate {
             decreased_at: None,
             last_accepted: None,
             refused_streak: 0,
+            quiet_from: None,
         }
     }
 
@@ -272,15 +279,19 @@ impl AdaptiveRate {
             }
         } else if left_alone {
             (self.rate * cut).min(self.shared_level)
+        } else if let Some(from) = self.quiet_from {
+            // What the quiet made us grow by was a guess: half of it is kept.
+            (self.rate * cut).min(from + (self.rate - from) * QUIET_KEPT)
         } else {
             self.rate * cut
         };
+        let ended_quiet = self.quiet_from.take().is_some();
         let next = share
             .max(self.rate * FLOOR)
             .min(self.rate * cut)
             .clamp(self.ceiling * MIN_SHARE, self.ceiling);
         self.joining = was_start && share < JOINED * START_TRIM;
-        self.before = if was_start || refused_again {
+        self.before = if was_start || refused_again || ended_quiet {
             next
         } else if left_alone {
             next * KEEP
@@ -322,6 +333,7 @@ impl AdaptiveRate {
             Phase::Alone => self.rate * ALONE_GROWTH,
             Phase::Shared if self.joining => self.rate * QUIET_GROWTH,
             Phase::Shared if quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt()) => {
+                self.quiet_from.get_or_insert(self.rate);
                 self.rate * QUIET_GROWTH
             }
             // Back towards what the token bore before the last 429, `REGROW` of the distance
@@ -456,6 +468,31 @@ mod tests {
         let long = t0 + QUIET.mul_f64((30.0 / share).sqrt()) + S;
         assert!(r.on_held_back(long));
         assert!((r.rate() - grown * QUIET_GROWTH).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_429_that_ends_a_quiet_keeps_half_of_what_the_quiet_grew() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        r.on_start(t0 - Duration::from_millis(1010));
+        r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
+        let share = r.rate();
+        // A long quiet: three windows of growth by QUIET_GROWTH.
+        let quiet = t0 + QUIET.mul_f64((30.0 / share).sqrt()) + S;
+        r.on_held_back(quiet);
+        let first = r.rate();
+        assert!(r.on_held_back(quiet + SPAN));
+        assert!(r.on_held_back(quiet + SPAN * 2));
+        let grown = r.rate();
+        assert!((grown - first * QUIET_GROWTH.powi(2)).abs() < 1e-9);
+        // The 429 says the token bore less: half of the quiet's growth is kept, for good.
+        let t1 = quiet + SPAN * 3;
+        r.on_accepted(t1 - S);
+        assert!(r.on_rate_limited(t1, Some(S), &[], t1));
+        let kept = share + (grown - share) * QUIET_KEPT;
+        assert!((r.rate() - kept).abs() < 1e-9, "{} != {kept}", r.rate());
+        r.on_held_back(t1 + SPAN);
+        assert!((r.rate() - kept - r.shared_growth_at(kept)).abs() < 1e-9);
     }
 
     #[test]
