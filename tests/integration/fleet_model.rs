@@ -431,6 +431,35 @@ mod tests {
         }
     }
 
+    /// Ten minutes of 4 and 8 mounts: the growth has no pull towards equal shares, so nothing
+    /// may push them apart (a long quiet's growth taken by mounts spared by chance drifted 8
+    /// mounts to 3x apart in ten minutes).
+    #[test]
+    fn fleets_stay_fair_over_ten_minutes() {
+        for (mounts, seed) in [(4, 0), (4, 1), (8, 0), (8, 1)] {
+            let mut sc = Scenario::fleet(mounts, STAGGER, seed);
+            sc.secs = 600;
+            let f = steady_figures(&run(&sc));
+            assert!(f.refused <= 0.03, "{mounts} mounts, seed {seed}: {f:?}");
+            assert!(f.spread <= 2.0, "{mounts} mounts, seed {seed}: {f:?}");
+        }
+    }
+
+    /// One of two mounts leaves: after a long quiet the other grows to the whole limit.
+    #[test]
+    fn the_mount_that_stays_takes_the_whole_limit_within_minutes() {
+        for seed in 0..3 {
+            let mut sc = Scenario::fleet(2, STAGGER, seed);
+            sc.secs = 520;
+            sc.stops[0] = Some(Duration::from_secs(200));
+            let o = run(&sc);
+            let a = &o.allowance[1];
+            let back = (200..a.len()).find(|&s| a[s] >= 29.9);
+            eprintln!("seed {seed}: the whole limit at {back:?}");
+            assert!(back.is_some_and(|s| s <= 440), "{back:?}: {:?}", &a[200..]);
+        }
+    }
+
     #[test]
     fn one_mount_alone_reaches_the_whole_limit_without_a_429() {
         let o = run(&Scenario::fleet(1, STAGGER, 0));
@@ -522,6 +551,9 @@ mod tests {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(model_secs(n) + sc.warmup);
+        if let Some(at) = std::env::var("LEAVE").ok().and_then(|v| v.parse().ok()) {
+            sc.stops[0] = Some(Duration::from_secs(at));
+        }
         let o = run(&sc);
         eprintln!(
             "whole {:?}",

@@ -34,11 +34,15 @@
 //!   demand), once per window; how fast depends on what the 429s said:
 //!   - *shared*: `SHARED_GROWTH * limit * (allowance / limit)^2` requests per window: the
 //!     fleet's growth (N mounts of a share 1/N each) then shrinks as 1/N, as does what one
-//!     429 takes, so a fleet's 429s per window do not grow with its size. After a long
-//!     quiet (`QUIET`, longer for a smaller share: a small share means a large fleet, whose
-//!     429s are rare for each mount) by `QUIET_GROWTH`: a mount may have left. The 429
-//!     that ends it keeps `QUIET_KEPT` of that growth, for good (a mount spared by chance
-//!     would otherwise keep what it took from the others).
+//!     429 takes, so a fleet's 429s per window do not grow with its size. The growth has no
+//!     pull towards equal shares (a larger share meets more 429s but also grows more), so
+//!     nothing else may push shares apart. After a long quiet, by `QUIET_GROWTH`: a mount
+//!     may have left. Long is `QUIET_TIMES` our usual number of requests between two 429s
+//!     (known once a 429 came after the start's) and at least `QUIET` (longer for a
+//!     smaller share: a small share means a large fleet). Shorter, a mount spared by
+//!     chance grew while the others paid for its growth with their 429s: over ten minutes,
+//!     8 mounts drifted to 3x apart in the model. The 429 that ends the growth keeps
+//!     `QUIET_KEPT` of it, for good.
 //!   - *alone*: two steady 429s in a row said the oldest request in the service's window was
 //!     ours (its `Retry-After` is when our own oldest leaves, and at least 2 s: with others
 //!     sending evenly, the window's oldest request leaves within a second). The limit itself
@@ -74,12 +78,14 @@ pub const REGROW: f64 = 0.7;
 /// Growth per window on a shared token, times the limit and the square of the allowance's
 /// fraction of it.
 pub const SHARED_GROWTH: f64 = 0.03;
-/// Without a 429 for `QUIET * sqrt(limit / allowance)`, a shared mount grows by
+/// The least quiet, times `sqrt(limit / allowance)`, after which a shared mount grows by
 /// `QUIET_GROWTH` per window: a mount may have left.
 pub const QUIET: Duration = Duration::from_secs(25);
 /// Growth per window after a long quiet on a shared token (not the start's doubling: a
 /// whole fleet grows at once when its 429s are rare).
 pub const QUIET_GROWTH: f64 = 1.25;
+/// A long quiet is at least this many times our usual number of requests between two 429s.
+pub const QUIET_TIMES: f64 = 5.0;
 /// Of what a long quiet made a mount grow by, the part kept at the 429 that ends it.
 pub const QUIET_KEPT: f64 = 0.5;
 /// The spread of the gap between two requests, as a fraction of it (centred on it). Small:
@@ -132,6 +138,11 @@ pub struct AdaptiveRate {
     refused_streak: i32,
     /// The allowance when a long quiet made us grow by `QUIET_GROWTH`; cleared by a 429.
     quiet_from: Option<f64>,
+    /// Requests started, and since the last cut.
+    sent: u64,
+    sent_since_cut: u64,
+    /// 429 episodes (cuts), the start's included.
+    cuts: u64,
 }
 
 impl AdaptiveRate {
@@ -154,6 +165,9 @@ impl AdaptiveRate {
             last_accepted: None,
             refused_streak: 0,
             quiet_from: None,
+            sent: 0,
+            sent_since_cut: 0,
+            cuts: 0,
         }
     }
 
@@ -179,6 +193,15 @@ impl AdaptiveRate {
         self.span.mul_f64(spread / self.rate)
     }
 
+    /// `quiet` since the last cut is long (see the module's doc): long for the share, and
+    /// `QUIET_TIMES` our usual number of requests between two 429s.
+    fn long_quiet(&self, quiet: Duration) -> bool {
+        let usual = (self.sent - self.sent_since_cut) as f64 / self.cuts.max(1) as f64;
+        self.cuts >= 2
+            && quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt())
+            && self.sent_since_cut as f64 >= QUIET_TIMES * usual
+    }
+
     /// Requests per window added each window on a shared token (see the module's doc).
     fn shared_growth(&self) -> f64 {
         self.shared_growth_at(self.rate)
@@ -191,6 +214,8 @@ impl AdaptiveRate {
     /// A request starts at `now`.
     pub fn on_start(&mut self, now: Instant) {
         self.started_at.get_or_insert(now);
+        self.sent += 1;
+        self.sent_since_cut += 1;
     }
 
     /// The service accepted a request sent at `sent`.
@@ -286,6 +311,8 @@ impl AdaptiveRate {
             self.rate * cut
         };
         let ended_quiet = self.quiet_from.take().is_some();
+        self.cuts += 1;
+        self.sent_since_cut = 0;
         let next = share
             .max(self.rate * FLOOR)
             .min(self.rate * cut)
@@ -332,7 +359,7 @@ impl AdaptiveRate {
             }
             Phase::Alone => self.rate * ALONE_GROWTH,
             Phase::Shared if self.joining => self.rate * QUIET_GROWTH,
-            Phase::Shared if quiet >= QUIET.mul_f64((self.ceiling / self.rate).sqrt()) => {
+            Phase::Shared if self.long_quiet(quiet) => {
                 self.quiet_from.get_or_insert(self.rate);
                 self.rate * QUIET_GROWTH
             }
@@ -452,6 +479,28 @@ mod tests {
         assert!((r.rate() - got * QUIET_GROWTH).abs() < 1e-9, "{}", r.rate());
     }
 
+    /// `n` requests accepted, one every second from `from`; returns when the last was sent.
+    fn accepted(r: &mut AdaptiveRate, from: Instant, n: u32) -> Instant {
+        for i in 0..n {
+            r.on_start(from + S * i);
+            r.on_accepted(from + S * i);
+        }
+        from + S * n.saturating_sub(1)
+    }
+
+    /// A mount past its start's 429 that met a second after 20 accepted requests: its usual
+    /// is 11 requests (22 sent over 2 cuts) between two 429s. Returns the second's time.
+    fn shared_with_a_usual_of_11(r: &mut AdaptiveRate) -> Instant {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        r.on_start(t0 - Duration::from_millis(1010));
+        r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
+        let last = accepted(r, t0 + S, 20);
+        let t1 = last + S;
+        r.on_start(t1);
+        assert!(r.on_rate_limited(t1, Some(S), &[], t1));
+        t1
+    }
+
     #[test]
     fn a_shared_token_grows_slowly_then_faster_after_a_long_quiet() {
         let mut r = rate();
@@ -464,34 +513,59 @@ mod tests {
         // SHARED_GROWTH * 30 * (share / 30)^2: a share of 2.4 in 30 grows by 0.006 a window.
         let grown = share + SHARED_GROWTH * share * share / 30.0;
         assert!((r.rate() - grown).abs() < 1e-9, "{}", r.rate());
-        // QUIET * sqrt(30 / share) later, it grows by QUIET_GROWTH.
-        let long = t0 + QUIET.mul_f64((30.0 / share).sqrt()) + S;
-        assert!(r.on_held_back(long));
-        assert!((r.rate() - grown * QUIET_GROWTH).abs() < 1e-9);
+        // The start's 429 says nothing of how often 429s come: no quiet yet, however long.
+        let last = accepted(&mut r, t0 + SPAN, 200);
+        assert!(r.on_held_back(last + SPAN));
+        assert!(r.rate() < grown * 1.01, "{}", r.rate());
+    }
+
+    #[test]
+    fn a_long_quiet_is_five_usual_spans_between_429s_and_long_for_the_share() {
+        let mut r = rate();
+        let t1 = shared_with_a_usual_of_11(&mut r);
+        // 54 requests after the cut, longer than the share's quiet: not yet.
+        let last = accepted(&mut r, t1 + S, 54);
+        let late = last.max(t1 + QUIET.mul_f64((30.0 / r.rate()).sqrt())) + SPAN;
+        r.on_held_back(late);
+        let before = r.rate();
+        assert!(r.on_held_back(late + SPAN));
+        assert!(r.rate() < before * 1.1, "{before} -> {}", r.rate());
+        // The 55th (five times 11): a mount may have left.
+        let at = late + SPAN * 2;
+        accepted(&mut r, at, 1);
+        let before = r.rate();
+        assert!(r.on_held_back(at + SPAN));
+        assert!(
+            (r.rate() - before * QUIET_GROWTH).abs() < 1e-9,
+            "{}",
+            r.rate()
+        );
     }
 
     #[test]
     fn the_429_that_ends_a_quiet_keeps_half_of_what_the_quiet_grew() {
         let mut r = rate();
-        let t0 = Instant::now() + Duration::from_secs(100);
-        r.on_start(t0 - Duration::from_millis(1010));
-        r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
-        let share = r.rate();
-        // A long quiet: three windows of growth by QUIET_GROWTH.
-        let quiet = t0 + QUIET.mul_f64((30.0 / share).sqrt()) + S;
-        r.on_held_back(quiet);
-        let first = r.rate();
+        let t1 = shared_with_a_usual_of_11(&mut r);
+        let last = accepted(&mut r, t1 + S, 55);
+        let quiet = last.max(t1 + QUIET.mul_f64((30.0 / r.rate()).sqrt())) + SPAN;
+        // Three windows of growth from where the last cut left it.
+        let from = r.rate();
+        assert!(r.on_held_back(quiet));
         assert!(r.on_held_back(quiet + SPAN));
         assert!(r.on_held_back(quiet + SPAN * 2));
         let grown = r.rate();
-        assert!((grown - first * QUIET_GROWTH.powi(2)).abs() < 1e-9);
+        assert!(
+            (grown - from * QUIET_GROWTH.powi(3)).abs() < 1e-9,
+            "{from} {grown}"
+        );
         // The 429 says the token bore less: half of the quiet's growth is kept, for good.
-        let t1 = quiet + SPAN * 3;
-        r.on_accepted(t1 - S);
-        assert!(r.on_rate_limited(t1, Some(S), &[], t1));
-        let kept = share + (grown - share) * QUIET_KEPT;
+        let t2 = quiet + SPAN * 3;
+        r.on_accepted(t2 - S);
+        r.on_start(t2);
+        assert!(r.on_rate_limited(t2, Some(S), &[], t2));
+        let kept = from + (grown - from) * QUIET_KEPT;
         assert!((r.rate() - kept).abs() < 1e-9, "{} != {kept}", r.rate());
-        r.on_held_back(t1 + SPAN);
+        r.on_held_back(t2 + SPAN);
         assert!((r.rate() - kept - r.shared_growth_at(kept)).abs() < 1e-9);
     }
 
