@@ -26,10 +26,10 @@
 //!   (`REGROW`) each window towards `KEEP` of what it was. A 429 meets whoever sends into a
 //!   full window, in proportion to its rate, so the part kept for good takes more from
 //!   larger shares; a small cut regrown quickly keeps one chance 429 from setting a mount
-//!   far below the others. A 429 with nothing of ours accepted since the last cut is no
-//!   chance: the token is over its limit (a fleet larger than a request per window each,
-//!   whose start measured nothing); the cut deepens with each such 429 in a row (`BETA`
-//!   squared, cubed, up to the fourth power) and is kept.
+//!   far below the others. A 429 when none of our requests sent since the last cut was
+//!   accepted is no chance: the token is over its limit (a fleet larger than a request per
+//!   window each, whose start measured nothing); the cut deepens with each such 429 in a
+//!   row (`BETA` squared, cubed, up to the fourth power) and is kept.
 //! - **Increase**, only while the allowance is what holds requests back (probe only with
 //!   demand), once per window; how fast depends on what the 429s said:
 //!   - *shared*: `SHARED_GROWTH * limit * (allowance / limit)^2` requests per window: the
@@ -264,8 +264,8 @@ impl AdaptiveRate {
         };
         // Others are there after all: what we grew to while alone was never our share.
         let left_alone = was_alone && self.phase == Phase::Shared;
-        // Refused again with nothing accepted since the last cut: the token is over its
-        // limit, not unlucky; this cut is kept.
+        // Refused again, and none of our requests sent since the last cut accepted: the token
+        // is over its limit, not unlucky; this cut is kept.
         let refused_again = !was_start
             && self
                 .decreased_at
@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_token_grows_slowly_then_faster_after_a_long_quiet() {
+    fn a_shared_token_grows_slowly_and_no_faster_before_a_429_after_the_start() {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
         r.on_start(t0 - Duration::from_millis(1010));
