@@ -384,8 +384,9 @@ mod tests {
 
     /// The steady figures (60 s after a 20 s start) of fleets started together. The goals
     /// are delivered >= 0.90, 429s <= 5%, busiest/least <= 1.5 and no mount below half its
-    /// fair share over 20 s; the model meets the first two up to 8 mounts, misses the 429s
-    /// at 16 and the spread from 8 on (BENCHMARKS.md), so these bounds guard what it reaches.
+    /// fair share over 20 s; in the model each seed meets the first two up to 16 mounts, the
+    /// spread and the worst 20 s within a little up to 8 and misses them at 16
+    /// (BENCHMARKS.md), so these bounds guard what it reaches.
     #[test]
     fn fleets_of_2_to_16_stay_polite_and_near_fair() {
         for mounts in [2, 4, 8, 16] {
@@ -395,11 +396,11 @@ mod tests {
                 let o = run(&sc);
                 let f = steady_figures(&o);
                 let (refused, spread) = if mounts <= 8 {
-                    (0.05, 2.2)
+                    (0.03, 1.8)
                 } else {
-                    (0.09, 3.0)
+                    (0.06, 3.0)
                 };
-                check(mounts, &f, (0.85, refused, spread));
+                check(mounts, &f, (0.90, refused, spread));
                 // The start costs each mount one 429, and a few echoes of it at most.
                 assert!(
                     o.refused - o.steady.1 <= 5 * mounts as u64,
@@ -407,7 +408,7 @@ mod tests {
                     o.refused - o.steady.1
                 );
                 if mounts <= 8 {
-                    assert!(f.worst_20s >= 0.25, "worst 20 s: {mounts} mounts: {f:?}");
+                    assert!(f.worst_20s >= 0.5, "worst 20 s: {mounts} mounts: {f:?}");
                 }
             }
         }
@@ -534,6 +535,9 @@ mod tests {
         }
     }
 
+    /// Environment: `N` mounts (4), `SEED` (0), `SECS` of reading (the table's), the last
+    /// mount starting at `JOIN` s, the first stopping at `LEAVE` s, `PER_SECOND` to print
+    /// requests and 429s each second.
     #[test]
     #[ignore = "a trace for tuning"]
     fn trace() {
@@ -553,6 +557,9 @@ mod tests {
             .unwrap_or(model_secs(n) + sc.warmup);
         if let Some(at) = std::env::var("LEAVE").ok().and_then(|v| v.parse().ok()) {
             sc.stops[0] = Some(Duration::from_secs(at));
+        }
+        if let Some(at) = std::env::var("JOIN").ok().and_then(|v| v.parse().ok()) {
+            sc.starts[n - 1] = Duration::from_secs(at);
         }
         let o = run(&sc);
         eprintln!(
