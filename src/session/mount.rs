@@ -174,18 +174,22 @@ impl Session {
                 }
             }
         }
-        let mut fuse = fuse.spawn().context("cannot start the FUSE session")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("qrypt-net")
             .enable_all()
             .build()
             .context("runtime")?;
+        // Built before the first FUSE request is served: it tells `/status` the budget, the
+        // allowance and the replay history, which a read right after mounting must see.
+        let prefetcher = {
+            let _context = runtime.enter();
+            Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch)
+        };
+        let mut fuse = fuse.spawn().context("cannot start the FUSE session")?;
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel();
-        let worker = runtime.spawn(
-            Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch).run(control_rx),
-        );
+        let worker = runtime.spawn(prefetcher.run(control_rx));
         {
             let (events, pool) = (events.clone(), pool.clone());
             runtime.spawn(async move {

@@ -209,9 +209,12 @@ fn status_and_ls_answer_while_a_reader_waits() {
     let m = failing_mount(&emu, &[]);
     let path = m.random();
     let reader = thread::spawn(move || read_exact(&path, 100));
-    m.wait_status("a waiting reader", Duration::from_secs(3), |s| {
-        s["waiting_readers"] == "1"
-    });
+    // The reader may wait before the first 503 is back: both, then.
+    m.wait_status(
+        "a waiting reader, backing off",
+        Duration::from_secs(5),
+        |s| s["waiting_readers"] == "1" && s["state"] == "backing off",
+    );
     for _ in 0..20 {
         let t = Instant::now();
         let s = m.status();
