@@ -501,6 +501,14 @@ mod tests {
         t1
     }
 
+    /// `shared_with_a_usual_of_11`, then `n` requests accepted; returns a window after both
+    /// the last of them and the share's least quiet.
+    fn quiet_after(r: &mut AdaptiveRate, n: u32) -> Instant {
+        let t1 = shared_with_a_usual_of_11(r);
+        let last = accepted(r, t1 + S, n);
+        last.max(t1 + QUIET.mul_f64((30.0 / r.rate()).sqrt())) + SPAN
+    }
+
     #[test]
     fn a_shared_token_grows_slowly_and_no_faster_before_a_429_after_the_start() {
         let mut r = rate();
@@ -522,10 +530,8 @@ mod tests {
     #[test]
     fn a_long_quiet_is_five_usual_spans_between_429s_and_long_for_the_share() {
         let mut r = rate();
-        let t1 = shared_with_a_usual_of_11(&mut r);
         // 54 requests after the cut, longer than the share's quiet: not yet.
-        let last = accepted(&mut r, t1 + S, 54);
-        let late = last.max(t1 + QUIET.mul_f64((30.0 / r.rate()).sqrt())) + SPAN;
+        let late = quiet_after(&mut r, 54);
         r.on_held_back(late);
         let before = r.rate();
         assert!(r.on_held_back(late + SPAN));
@@ -545,9 +551,7 @@ mod tests {
     #[test]
     fn the_429_that_ends_a_quiet_keeps_half_of_what_the_quiet_grew() {
         let mut r = rate();
-        let t1 = shared_with_a_usual_of_11(&mut r);
-        let last = accepted(&mut r, t1 + S, 55);
-        let quiet = last.max(t1 + QUIET.mul_f64((30.0 / r.rate()).sqrt())) + SPAN;
+        let quiet = quiet_after(&mut r, 55);
         // Three windows of growth from where the last cut left it.
         let from = r.rate();
         assert!(r.on_held_back(quiet));
