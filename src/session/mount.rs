@@ -182,10 +182,7 @@ impl Session {
             .context("runtime")?;
         // Built before the first FUSE request is served: it tells `/status` the budget, the
         // allowance and the replay history, which a read right after mounting must see.
-        let prefetcher = {
-            let _context = runtime.enter();
-            Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch)
-        };
+        let prefetcher = Prefetcher::new(client, pool.clone(), status.clone(), cfg.prefetch);
         let mut fuse = fuse.spawn().context("cannot start the FUSE session")?;
         let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::channel();
