@@ -541,24 +541,17 @@ mod tests {
     #[test]
     #[ignore = "a trace for tuning"]
     fn trace() {
-        let n: usize = std::env::var("N")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4);
-        let seed = std::env::var("SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut sc = Scenario::fleet(n, STAGGER, seed);
+        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
+            std::env::var(name).ok().and_then(|v| v.parse().ok())
+        }
+        let n: usize = var("N").unwrap_or(4);
+        let mut sc = Scenario::fleet(n, STAGGER, var("SEED").unwrap_or(0));
         sc.warmup = model_warmup(n);
-        sc.secs = std::env::var("SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(model_secs(n) + sc.warmup);
-        if let Some(at) = std::env::var("LEAVE").ok().and_then(|v| v.parse().ok()) {
+        sc.secs = var("SECS").unwrap_or(model_secs(n) + sc.warmup);
+        if let Some(at) = var("LEAVE") {
             sc.stops[0] = Some(Duration::from_secs(at));
         }
-        if let Some(at) = std::env::var("JOIN").ok().and_then(|v| v.parse().ok()) {
+        if let Some(at) = var("JOIN") {
             sc.starts[n - 1] = Duration::from_secs(at);
         }
         let o = run(&sc);
