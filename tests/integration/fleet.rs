@@ -29,10 +29,7 @@ fn row(name: &str, f: &Figures) -> String {
 #[test]
 #[ignore = "a 90 s benchmark: scripts/bench.sh fleet"]
 fn mounts_share_one_token() {
-    let mounts: usize = std::env::var("FLEET_MOUNTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let mounts: usize = crate::common::env_setting("FLEET_MOUNTS").unwrap_or(4);
     let limit = RateLimit {
         requests: 30,
         window: Duration::from_secs(10),

@@ -382,34 +382,31 @@ mod tests {
         assert!(f.spread <= goals.2, "busiest/least: {s}");
     }
 
-    /// The steady figures (60 s after a 20 s start) of fleets started together. The goals
-    /// are delivered >= 0.90, 429s <= 5%, busiest/least <= 1.5 and no mount below half its
-    /// fair share over 20 s; in the model each seed meets the first two up to 16 mounts, the
-    /// spread and the worst 20 s within a little up to 8 and misses them at 16
-    /// (BENCHMARKS.md), so these bounds guard what it reaches.
+    /// The steady figures (60 s after a 20 s start) of fleets started together meet the
+    /// goals: delivered >= 0.90, 429s <= 5%, busiest/least <= 1.5 and no mount below half
+    /// its fair share over 20 s; up to 8 mounts with room (the `sweep` shows 30 of 32 seeds
+    /// meeting all four at 16, and the least room there).
     #[test]
-    fn fleets_of_2_to_16_stay_polite_and_near_fair() {
+    fn fleets_of_2_to_16_stay_polite_and_fair() {
         for mounts in [2, 4, 8, 16] {
             for seed in 0..3 {
                 let mut sc = Scenario::fleet(mounts, STAGGER, seed);
                 sc.secs = WARMUP + 60;
                 let o = run(&sc);
                 let f = steady_figures(&o);
-                let (refused, spread) = if mounts <= 8 {
-                    (0.03, 1.8)
+                let (refused, worst) = if mounts <= 8 {
+                    (0.02, 0.6)
                 } else {
-                    (0.06, 3.0)
+                    (0.05, 0.5)
                 };
-                check(mounts, &f, (0.90, refused, spread));
+                check(mounts, &f, (0.90, refused, 1.5));
                 // The start costs each mount one 429, and a few echoes of it at most.
                 assert!(
                     o.refused - o.steady.1 <= 5 * mounts as u64,
                     "start: {mounts} mounts, {} 429s",
                     o.refused - o.steady.1
                 );
-                if mounts <= 8 {
-                    assert!(f.worst_20s >= 0.5, "worst 20 s: {mounts} mounts: {f:?}");
-                }
+                assert!(f.worst_20s >= worst, "worst 20 s: {mounts} mounts: {f:?}");
             }
         }
     }
@@ -432,17 +429,18 @@ mod tests {
         }
     }
 
-    /// Ten minutes of 4 and 8 mounts: the growth has no pull towards equal shares, so nothing
-    /// may push them apart (a long quiet's growth taken by mounts spared by chance drifted 8
-    /// mounts to 3x apart in ten minutes).
+    /// Ten minutes of 4, 8 and 16 mounts: the growth has no pull towards equal shares, so
+    /// nothing may push them apart (a long quiet's growth taken by mounts spared by chance
+    /// drifted 8 mounts to 3x apart in ten minutes, and 16 to 2-3x).
     #[test]
     fn fleets_stay_fair_over_ten_minutes() {
-        for (mounts, seed) in [(4, 0), (4, 1), (8, 0), (8, 1)] {
+        for (mounts, seed) in [(4, 0), (4, 1), (8, 0), (8, 1), (16, 0), (16, 1)] {
             let mut sc = Scenario::fleet(mounts, STAGGER, seed);
             sc.secs = 600;
             let f = steady_figures(&run(&sc));
-            assert!(f.refused <= 0.03, "{mounts} mounts, seed {seed}: {f:?}");
-            assert!(f.spread <= 2.0, "{mounts} mounts, seed {seed}: {f:?}");
+            let refused = if mounts <= 8 { 0.03 } else { 0.035 };
+            assert!(f.refused <= refused, "{mounts} mounts, seed {seed}: {f:?}");
+            assert!(f.spread <= 1.7, "{mounts} mounts, seed {seed}: {f:?}");
         }
     }
 
@@ -457,7 +455,7 @@ mod tests {
             let a = &o.allowance[1];
             let back = (200..a.len()).find(|&s| a[s] >= 29.9);
             eprintln!("seed {seed}: the whole limit at {back:?}");
-            assert!(back.is_some_and(|s| s <= 440), "{back:?}: {:?}", &a[200..]);
+            assert!(back.is_some_and(|s| s <= 290), "{back:?}: {:?}", &a[200..]);
         }
     }
 
@@ -497,41 +495,41 @@ mod tests {
         }
     }
 
-    /// The fleet's throughput over 20 s from 30 s after a mount joins it, and after one leaves.
+    /// The fleet's throughput over 20 s from 30 s after a mount joins it; after one leaves,
+    /// how long until the others take its share (a quiet long for their share: BENCHMARKS.md).
     #[test]
-    fn a_fleet_keeps_its_throughput_30_s_after_a_mount_joins_or_leaves() {
+    fn a_fleet_keeps_its_throughput_after_a_join_and_regains_a_leavers_share() {
         for mounts in [4, 8, 16] {
-            let mut sc = Scenario::fleet(mounts, STAGGER, 1);
-            sc.secs = 180;
-            // The last mount joins at 60 s; the first leaves at 120 s.
-            sc.starts[mounts - 1] = Duration::from_secs(60);
-            sc.stops[0] = Some(Duration::from_secs(120));
-            let o = run(&sc);
-            if std::env::var_os("TRACE").is_some() {
-                for t in (0..o.allowance[0].len()).step_by(5) {
-                    let a: Vec<String> =
-                        o.allowance.iter().map(|m| format!("{:.1}", m[t])).collect();
-                    eprintln!("{t:3} {}", a.join(" "));
-                }
+            for seed in 0..4 {
+                let mut sc = Scenario::fleet(mounts, STAGGER, seed);
+                sc.secs = 480;
+                // The last mount joins at 60 s; the first leaves at 120 s.
+                sc.starts[mounts - 1] = Duration::from_secs(60);
+                sc.stops[0] = Some(Duration::from_secs(120));
+                let o = run(&sc);
+                let at = o.readers_at.as_secs() as usize;
+                let span = |from: usize, who: std::ops::Range<usize>| -> Vec<Vec<u64>> {
+                    o.seconds[who]
+                        .iter()
+                        .map(|s| s[from - at..from - at + 20].to_vec())
+                        .collect()
+                };
+                // 30 s after the join: the fleet's throughput holds. The joiner is far
+                // from its fair share (BENCHMARKS.md): only that it is served is held here.
+                let joined = span(90, 0..mounts);
+                let f = figures(&joined, 1, 0, RateLimit::QRYPT);
+                assert!(f.delivered >= 0.85, "after the join, {mounts}: {f:?}");
+                let joiner: u64 = joined[mounts - 1].iter().sum();
+                assert!(joiner > 0, "the joiner got nothing: {joined:?}");
+                let back = (130..=460).step_by(10).find(|&from| {
+                    figures(&span(from, 1..mounts), 1, 0, RateLimit::QRYPT).delivered >= 0.9
+                });
+                eprintln!("{mounts} mounts, seed {seed}: back at 0.9 {back:?}");
+                assert!(
+                    back.is_some_and(|b| b <= 120 + 300),
+                    "{mounts} mounts, seed {seed}: {back:?}"
+                );
             }
-            let at = o.readers_at.as_secs() as usize;
-            let span = |from: usize, who: std::ops::Range<usize>| -> Vec<Vec<u64>> {
-                o.seconds[who]
-                    .iter()
-                    .map(|s| s[from - at..from - at + 20].to_vec())
-                    .collect()
-            };
-            // 30 s after the join: all mounts in the fleet within the goals over 20 s.
-            let joined = span(90, 0..mounts);
-            let f = figures(&joined, 1, 0, RateLimit::QRYPT);
-            // The joiner is not yet at its fair share 30 s later (BENCHMARKS.md): only the
-            // fleet's throughput is held here, and that the joiner is served at all.
-            assert!(f.delivered >= 0.80, "after the join, {mounts}: {f:?}");
-            let joiner: u64 = joined[mounts - 1].iter().sum();
-            assert!(joiner > 0, "the joiner got nothing: {joined:?}");
-            let left = span(150, 1..mounts);
-            let f = figures(&left, 1, 0, RateLimit::QRYPT);
-            assert!(f.delivered >= 0.80, "after the leave, {mounts}: {f:?}");
         }
     }
 
@@ -541,9 +539,7 @@ mod tests {
     #[test]
     #[ignore = "a trace for tuning"]
     fn trace() {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            std::env::var(name).ok().and_then(|v| v.parse().ok())
-        }
+        use crate::common::env_setting as var;
         let n: usize = var("N").unwrap_or(4);
         let mut sc = Scenario::fleet(n, STAGGER, var("SEED").unwrap_or(0));
         sc.warmup = model_warmup(n);
@@ -589,6 +585,49 @@ mod tests {
             "requests {} refused {} per mount {per:?}",
             o.requests, o.refused
         );
+    }
+
+    /// Environment: `SEEDS` (12), `MOUNTS` (`4,8,16`). Each fleet's mean and worst steady
+    /// figures over the seeds, and how many seeds meet all four goals: one seed says little
+    /// at 16 mounts.
+    #[test]
+    #[ignore = "a sweep for tuning"]
+    fn sweep() {
+        let seeds: u64 = crate::common::env_setting("SEEDS").unwrap_or(12);
+        let list: Vec<usize> = std::env::var("MOUNTS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
+            .unwrap_or_else(|| vec![4, 8, 16]);
+        for mounts in list {
+            let mut met = 0;
+            let mut all = Vec::new();
+            for seed in 0..seeds {
+                let mut sc = Scenario::fleet(mounts, STAGGER, seed);
+                sc.secs = WARMUP + 60;
+                let f = steady_figures(&run(&sc));
+                met += u32::from(
+                    f.delivered >= 0.9
+                        && f.refused <= 0.05
+                        && f.spread <= 1.5
+                        && f.worst_20s >= 0.5,
+                );
+                all.push(f);
+            }
+            let mean = |g: fn(&Figures) -> f64| all.iter().map(g).sum::<f64>() / all.len() as f64;
+            let max = |g: fn(&Figures) -> f64| all.iter().map(g).fold(0.0, f64::max);
+            let min = |g: fn(&Figures) -> f64| all.iter().map(g).fold(f64::MAX, f64::min);
+            eprintln!(
+                "{mounts:2}: met {met}/{seeds}  delivered {:.3} (min {:.3})  429s {:.1} % (max {:.1})  spread {:.2} (max {:.2})  worst {:.2} (min {:.2})",
+                mean(|f| f.delivered),
+                min(|f| f.delivered),
+                100.0 * mean(|f| f.refused),
+                100.0 * max(|f| f.refused),
+                mean(|f| f.spread),
+                max(|f| f.spread),
+                mean(|f| f.worst_20s),
+                min(|f| f.worst_20s),
+            );
+        }
     }
 
     /// The model's table: `FLEET_OUT=DIR` writes `model.tsv` (mounts, seconds, the figures),

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::adaptive::AdaptiveRate;
+use super::adaptive::{AdaptiveRate, Reaction};
 use super::{MARGIN, Pacer, RateLimit, Wait};
 
 /// What the service said to a request, as far as pacing cares.
@@ -40,6 +40,8 @@ pub struct Pacing {
     next_start: Option<Instant>,
     /// The last start and the jitter drawn for the gap after it.
     last_start: Option<(Instant, f64)>,
+    /// A chance 429's request goes again at this time, whatever the allowance does meanwhile.
+    retry_at: Option<Instant>,
 }
 
 impl Pacing {
@@ -56,6 +58,7 @@ impl Pacing {
             accepted: VecDeque::new(),
             next_start: None,
             last_start: None,
+            retry_at: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl Pacing {
                         r.on_start(now);
                     }
                     self.last_start = Some((now, unit));
+                    self.retry_at = None;
                     return Ok(Ticket { slot, sent: now });
                 }
                 Err(wait) => {
@@ -135,11 +139,25 @@ impl Pacing {
             }
             Answer::RateLimited(retry_after) => {
                 let accepted: Vec<Instant> = self.accepted.iter().copied().collect();
-                if rate.on_rate_limited(ticket.sent, retry_after, &accepted, now) {
-                    self.allowance_changed();
-                    true
-                } else {
-                    false
+                match rate.on_rate_limited(ticket.sent, retry_after, &accepted, now) {
+                    Reaction::Echo => false,
+                    Reaction::Cut { changed } => {
+                        if changed {
+                            self.allowance_changed();
+                        }
+                        changed
+                    }
+                    Reaction::Retry { changed } => {
+                        // The service did not count the request: its slot is free, and the
+                        // next request goes when the service's oldest one leaves.
+                        self.pacer.cancel(ticket.slot);
+                        if changed {
+                            self.pacer.set_allowance(rate.current());
+                        }
+                        self.retry_at = Some(now + retry_after.unwrap_or_default());
+                        self.next_start = self.retry_at;
+                        changed
+                    }
                 }
             }
         }
@@ -151,7 +169,7 @@ impl Pacing {
             return;
         };
         self.pacer.set_allowance(r.current());
-        if let Some((at, unit)) = self.last_start {
+        if let Some((at, unit)) = self.last_start.filter(|_| self.retry_at.is_none()) {
             self.next_start = Some(at + r.gap(unit));
         }
     }
@@ -189,10 +207,36 @@ mod tests {
         }
         let k = p.try_start(t, 0.5).expect("start");
         assert!(p.finished(k, Answer::RateLimited(Some(S)), t + S / 100));
-        // The first request, then 15 per 10.1 s for the 6 s it took to fill the window.
-        let sent = 1.0 + 15.0 * 6.0 / 10.1;
-        assert_eq!(p.rate(), Some(sent * super::super::adaptive::START_TRIM));
-        assert_eq!(p.allowance(), Some(10));
+        // The first request, then 15 per 10.1 s for the 4 s from the second request (2 s
+        // after the first: its answer was slow) to the window found full.
+        let sent = 1.0 + 15.0 * 4.0 / 10.1;
+        let share = sent * super::super::adaptive::START_TRIM - super::super::adaptive::START_LESS;
+        assert_eq!(p.rate(), Some(share));
+        assert_eq!(p.allowance(), Some(7));
+    }
+
+    #[test]
+    fn a_chance_429_frees_its_slot_and_the_next_request_goes_when_the_oldest_leaves() {
+        let mut p = Pacing::new(Some(RateLimit::QRYPT));
+        let mut t = Instant::now();
+        // The start's 429, then requests accepted at the allowance's pace.
+        let k = p.try_start(t, 0.5).expect("start");
+        p.finished(k, Answer::RateLimited(Some(S * 10)), t + S / 100);
+        for _ in 0..3 {
+            t += S * 20;
+            let k = p.try_start(t, 0.5).expect("paced");
+            p.finished(k, Answer::Accepted, t + S / 100);
+        }
+        let allowance = p.rate().expect("limited");
+        t += S * 20;
+        let k = p.try_start(t, 0.5).expect("paced");
+        assert!(p.finished(k, Answer::RateLimited(Some(S * 2)), t + S / 100));
+        let kept = allowance * super::super::adaptive::CHANCE_KEPT;
+        assert_eq!(p.rate(), Some(kept));
+        // Not a whole gap later: when the service's oldest request leaves.
+        let at = t + S / 100 + S * 2;
+        assert_eq!(p.try_start(at - S / 100, 0.5), Err(Wait::Until(at)));
+        assert!(p.try_start(at, 0.5).is_ok());
     }
 
     #[test]

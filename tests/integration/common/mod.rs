@@ -18,6 +18,12 @@ pub use qrypt_emulator::{Emulator, EmulatorConfig, Fault, RateLimit};
 pub const TOKEN: &str = "emulator-token";
 pub const BIN: &str = env!("CARGO_BIN_EXE_qrypt-fs");
 
+/// A benchmark's or a trace's setting from the environment, parsed; `None` when unset or not
+/// a `T`.
+pub fn env_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 pub fn emulator() -> Emulator {
     default_signal_dispositions();
     Emulator::start(EmulatorConfig {
