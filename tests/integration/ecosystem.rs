@@ -44,9 +44,10 @@ fn invoked_the_way_mount_fuse3_invokes_it() {
     // `_dir` (not `_`) keeps the directory until the end of the test.
     let (_dir, token, mnt) = token_file_and_mountpoint();
     let opts = format!(
-        "rw,nodev,nosuid,token_file={},endpoint={},rate_limit=off,buffer_size=64K,_netdev,allow_other",
+        "rw,nodev,nosuid,token_file={},endpoint={},rate_limit=off,buffer_size=64K,_netdev,allow_other,state_dir={}",
         token.display(),
-        emu.url()
+        emu.url(),
+        run_state_dir().display()
     );
     // mount.fuse3 runs: TYPE SOURCE MOUNTPOINT -o OPTIONS, and waits for it to return.
     let out = Command::new(BIN)
@@ -225,7 +226,7 @@ fn foreground_reports_readiness_to_systemd() {
     sock.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
     let mnt = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BIN)
+    let mut child = qrypt_fs()
         .args(["-f", "--endpoint", &emu.url(), "--rate-limit", "off"])
         .arg(mnt.path())
         .env("QRYPT_TOKEN", TOKEN)
@@ -297,7 +298,7 @@ fn background_logs_to_the_log_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("qrypt.log");
     let mnt = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
+    let out = qrypt_fs()
         .args([
             "--endpoint",
             &emu.url(),

@@ -32,7 +32,7 @@ fn processes_naming(mountpoint: &Path) -> Vec<i32> {
 
 /// `qrypt-fs ARGS MOUNTPOINT` in daemon mode with the emulator's token in the environment.
 fn start(mnt: &Path, token: Option<&str>, args: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
+    let mut c = qrypt_fs();
     c.args(["--rate-limit", "off"])
         .args(args)
         .arg(mnt)
@@ -702,7 +702,7 @@ fn without_syslog_the_background_logs_to_the_journal_stream() {
     let journal = dir.path().join("journal");
     let file = std::fs::File::create(&journal).expect("create");
     let meta = file.metadata().expect("metadata");
-    let status = Command::new(BIN)
+    let status = qrypt_fs()
         .args(["--rate-limit", "off", "--endpoint", &emu.url()])
         .arg(mnt.path())
         .env("QRYPT_TOKEN", TOKEN)

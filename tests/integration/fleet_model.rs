@@ -526,7 +526,7 @@ mod tests {
                 });
                 eprintln!("{mounts} mounts, seed {seed}: back at 0.9 {back:?}");
                 assert!(
-                    back.is_some_and(|b| b <= 120 + 300),
+                    back.is_some_and(|b| b <= 120 + 330),
                     "{mounts} mounts, seed {seed}: {back:?}"
                 );
             }

@@ -389,7 +389,7 @@ fn thread_names(pid: i32) -> Vec<String> {
 fn daemon_mode_returns_once_mounted_and_ends_on_umount() {
     let emu = emulator();
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
+    let out = qrypt_fs()
         .args(["--endpoint", &emu.url(), "--rate-limit", "off"])
         .arg(dir.path())
         .env("QRYPT_TOKEN", TOKEN)
@@ -572,7 +572,7 @@ fn a_clean_stop_logs_no_failed_unmount() {
         let log = dir.path().join("log");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir");
-        let mut child = Command::new(BIN)
+        let mut child = qrypt_fs()
             .args(["-f", "--rate-limit", "off", "--endpoint", &emu.url()])
             .arg(&mnt)
             .env("QRYPT_TOKEN", TOKEN)

@@ -4,7 +4,7 @@
 //! SIGHUP. At start, such a file is a clear error and nothing is mounted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -266,7 +266,7 @@ fn a_token_file_on_a_hung_filesystem_never_holds_up_a_sighup_or_a_file_put_back(
 fn refused_at_start(token_file: &Path, why: &str) {
     let emu = emulator();
     let mnt = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BIN)
+    let mut child = qrypt_fs()
         .args(["-f", "--endpoint", &emu.url(), "--token-file"])
         .arg(token_file)
         .arg(mnt.path())

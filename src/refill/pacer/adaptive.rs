@@ -21,9 +21,9 @@
 //!     only after doubling; how many each got in after that is a race);
 //!   - the window full at once, and filled within the last second (`Retry-After` is the whole
 //!     window): a fleet started just before us. Each of them met the full window at its
-//!     send one gap of the start's pace after its start: our share is what we would have
-//!     sent by then (measured from our own start, a mount that started 0.2 s after the
-//!     others took half of their share);
+//!     send one gap of the start's pace after its spread began: our share is what we would
+//!     have sent by then (measured from our own start, a mount that started 0.2 s after the
+//!     others took a sixth less than they did, and ended with two thirds of their bytes);
 //!   - the window full at once, and filled earlier: we joined a token in use and measured
 //!     nothing; grow by `QUIET_GROWTH` per window until the next 429 (the others make room
 //!     as the 429s our growth causes meet them, in proportion to their shares).
@@ -35,8 +35,8 @@
 //!     and the request goes again as soon as the service's oldest request leaves (its
 //!     `Retry-After`; a 429 takes no slot), not a whole gap later: with each mount sending
 //!     evenly, a bunch recurs at the same phase each period, so a mount that waits meets it
-//!     again, is cut again and falls behind the others (16 mounts drifted 2-3x apart in a
-//!     minute). The retry races the others for the slot that freed; lost, it goes once more
+//!     again, is cut again and falls behind the others (16 mounts ended 1.5 to 2.2x apart
+//!     after a minute). The retry races the others for the slot that freed; lost, it goes once more
 //!     (`CHANCE_RETRIES`) without a further cut;
 //!   - *refused again*, none of our requests sent since the last cut accepted: no chance,
 //!     the token is over its limit (a fleet larger than a request per window each, whose

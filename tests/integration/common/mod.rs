@@ -18,6 +18,27 @@ pub use qrypt_emulator::{Emulator, EmulatorConfig, Fault, RateLimit};
 pub const TOKEN: &str = "emulator-token";
 pub const BIN: &str = env!("CARGO_BIN_EXE_qrypt-fs");
 
+/// The directory this test run's directly started mounts keep their state in (replay
+/// history, budget): as root the default is /var/lib/qrypt-fs, which a test run must not
+/// fill. It outlives every mount of the run (a daemon outlives the command that started it);
+/// `cargo clean` removes it.
+pub fn run_state_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("the run's state directory");
+        dir
+    })
+}
+
+/// `qrypt-fs --state-dir` [`run_state_dir`]: the binary run directly, as a user would.
+pub fn qrypt_fs() -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--state-dir").arg(run_state_dir());
+    c
+}
+
 /// A benchmark's or a trace's setting from the environment, parsed; `None` when unset or not
 /// a `T`.
 pub fn env_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
