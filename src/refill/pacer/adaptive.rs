@@ -36,8 +36,8 @@
 //!     `Retry-After`; a 429 takes no slot), not a whole gap later: with each mount sending
 //!     evenly, a bunch recurs at the same phase each period, so a mount that waits meets it
 //!     again, is cut again and falls behind the others (16 mounts ended 1.5 to 2.2x apart
-//!     after a minute). The retry races the others for the slot that freed; lost, it goes once more
-//!     (`CHANCE_RETRIES`) without a further cut;
+//!     after a minute). The retry races the others for the slot that freed; lost, it goes
+//!     once more (`CHANCE_RETRIES`) without a further cut;
 //!   - *refused again*, none of our requests sent since the last cut accepted: no chance,
 //!     the token is over its limit (a fleet larger than a request per window each, whose
 //!     start measured nothing); the cut deepens with each such 429 in a row (`BETA`
@@ -179,8 +179,9 @@ pub struct AdaptiveRate {
     /// The second request's start, from which the allowance is spread (the first is sent
     /// alone, and its answer takes longer: a new connection).
     spread_from: Option<Instant>,
-    /// The start's allowance grew before the first 429.
-    grew: bool,
+    /// The allowance before the start's last doubling, if it doubled before the first 429:
+    /// the token bore it for a window.
+    grown_from: Option<f64>,
     /// The first 429 said we joined a token in use; until the next one we probe for a share.
     joining: bool,
     /// The last decrease or increase.
@@ -197,8 +198,6 @@ pub struct AdaptiveRate {
     sent_since_cut: u64,
     /// 429 episodes (cuts), the start's included.
     cuts: u64,
-    /// The allowance before the start's last doubling: the token bore it for a window.
-    grown_from: f64,
     /// Times the request of the last chance 429 went again (see `CHANCE_RETRIES`); `None`
     /// when the last 429 was not chance.
     retries: Option<u32>,
@@ -218,7 +217,7 @@ impl AdaptiveRate {
             shared_level: 0.0,
             started_at: None,
             spread_from: None,
-            grew: false,
+            grown_from: None,
             joining: false,
             changed_at: None,
             decreased_at: None,
@@ -228,7 +227,6 @@ impl AdaptiveRate {
             sent: 0,
             sent_since_cut: 0,
             cuts: 0,
-            grown_from: 0.0,
             retries: None,
         }
     }
@@ -375,10 +373,10 @@ impl AdaptiveRate {
             return Reaction::Retry { changed };
         }
         let share = if was_start {
-            if self.grew {
+            if let Some(from) = self.grown_from {
                 // The token bore the allowance before the doubling for a whole window; what
                 // each of us got in after it is a race.
-                self.grown_from * START_TRIM
+                from * START_TRIM
             } else {
                 // Everyone started as we did, and the window filled `filled` after our
                 // spread began: our share of it is what we sent by then, the first request
@@ -455,8 +453,7 @@ impl AdaptiveRate {
             .map_or(Duration::MAX, |d| now.saturating_duration_since(d));
         let next = match self.phase {
             Phase::Start => {
-                self.grew = true;
-                self.grown_from = self.rate;
+                self.grown_from = Some(self.rate);
                 self.rate * START_GROWTH
             }
             Phase::Alone => self.rate * ALONE_GROWTH,
