@@ -151,11 +151,11 @@ impl Pacing {
                         // The service did not count the request: its slot is free, and the
                         // next request goes when the service's oldest one leaves.
                         self.pacer.cancel(ticket.slot);
-                        if changed {
-                            self.pacer.set_allowance(rate.current());
-                        }
                         self.retry_at = Some(now + retry_after.unwrap_or_default());
                         self.next_start = self.retry_at;
+                        if changed {
+                            self.allowance_changed();
+                        }
                         changed
                     }
                 }
