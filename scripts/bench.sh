@@ -5,10 +5,11 @@
 #   service  40 MiB through a fresh mount against the emulator enforcing 30 requests / 10 s,
 #            vs the ideal schedule (20 s); zero 429 answers; requests per 40 MiB (ideal 80).
 #            Buffers 1M, 4M (default) and 16M.
-#   fleet    N mounts on one token (FLEET_SIZES, default "2 4 8 16") each with one endless
-#            reader, the emulator enforcing one 30/10 limit: delivered vs 30 x 512 KiB / 10 s,
-#            share of 429 answers, busiest vs least busy mount, least 20 s share, over 60 s
-#            after a 20 s start; the fleet model's figures for N up to 256 beside them; plot.
+#   fleet    N mounts on one token (FLEET_SIZES, default "2 4 8 16 16 16": 16 three times,
+#            their mean beside the model) each with one endless reader, the emulator
+#            enforcing one 30/10 limit: delivered vs 30 x 512 KiB / 10 s, share of 429 answers,
+#            busiest vs least busy mount, least 20 s share, over 60 s after a 20 s start; the
+#            fleet model's figures for N up to 256 beside them; plot.
 #   tenants  one mount, the emulator enforcing 30/10: a small reader's 32-byte reads every 0.5 s
 #            beside an endless reader of another uid (median, p99, failures; vs one queue for
 #            all, --tenant-by none), and four endless readers' shares of an equal share.
@@ -226,18 +227,25 @@ section_service() {
 
 section_fleet() {
   # shellcheck disable=SC2206 # FLEET_SIZES is a list of numbers, split on purpose
-  local sizes=(${FLEET_SIZES:-2 4 8 16}) n dir=$out/fleet
+  # 16 mounts three times: one run's 429 share varies by about a point from run to run, as the
+  # model's does from seed to seed, so the model (five seeds) is held against their mean.
+  local sizes=(${FLEET_SIZES:-2 4 8 16 16 16}) n dir=$out/fleet run_dir i=0 again
   say "fleet: N mounts on one token (N = ${sizes[*]}), emulator enforcing 30/10, 20 s start + 60 s each (~$((${#sizes[@]} * 95)) s), and the model up to 256"
   mkdir -p "$dir"
-  rm -f "$dir"/fleet-*-summary.tsv
+  rm -rf "$dir"/fleet-*-summary.tsv "$dir"/again-*
   for n in "${sizes[@]}"; do
+    i=$((i + 1)) run_dir=$dir again=""
+    if [ -f "$dir/fleet-$n-summary.tsv" ]; then
+      run_dir=$dir/again-$i again=" (again)"
+      mkdir -p "$run_dir"
+    fi
     # The test starts its own emulator and mounts and unmounts them when it ends.
-    FLEET_MOUNTS=$n FLEET_OUT=$dir run "$out/fleet-$n.log" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
+    FLEET_MOUNTS=$n FLEET_OUT=$run_dir run "$out/fleet-$n-$i.log" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
       fleet::mounts_share_one_token --exact --ignored --nocapture --test-threads 1 || echo "  (the $n-mount fleet missed a goal)" >&2
-    [ -f "$dir/fleet-$n-summary.tsv" ] || die "the fleet test wrote no summary (see $out/fleet-$n.log)"
-    val() { awk -F '\t' -v k="$1" '$1 == k { print $2 }' "$dir/fleet-$n-summary.tsv"; }
+    [ -f "$run_dir/fleet-$n-summary.tsv" ] || die "the fleet test wrote no summary (see $out/fleet-$n-$i.log)"
+    val() { awk -F '\t' -v k="$1" '$1 == k { print $2 }' "$run_dir/fleet-$n-summary.tsv"; }
     echo "  $(val summary)" >&2
-    row --section fleet --figure "$n mounts, one token, 60 s after a 20 s start: delivered" \
+    row --section fleet --figure "$n mounts$again, one token, 60 s after a 20 s start: delivered" \
       --value "$(echo "$(val steady_delivered) * 1572864" | bc -l)" --unit B/s --baseline 1572864 \
       --baseline-note "(30 x 512 KiB / 10 s)" --goal "ratio>=0.90"
     row --section fleet --figure "  429 answers, % of $(val requests) requests" \

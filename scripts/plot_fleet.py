@@ -4,8 +4,9 @@
 Usage: plot_fleet.py DIR OUT.png
 
 DIR holds what `scripts/bench.sh fleet` wrote: fleet-N-summary.tsv for each real run
-(tests/integration/fleet.rs) and model.tsv (tests/integration/fleet_model.rs). Prints a
-markdown table (N, real and model side by side) on stdout and draws four panels: delivered
+(tests/integration/fleet.rs; a run of the same N again in DIR/again-*/, the figures are then
+their mean) and model.tsv (tests/integration/fleet_model.rs). Prints a markdown table (N,
+real and model side by side) on stdout and draws four panels: delivered
 share of the ceiling, 429 share, busiest/least busy mount, least 20 s share, each with its goal.
 """
 import glob
@@ -14,18 +15,25 @@ import sys
 
 
 def read_real(d):
-    rows = {}
-    for path in glob.glob(os.path.join(d, "fleet-*-summary.tsv")):
+    """Each N's figures, the mean over its runs (a run of N again is in DIR/again-*/), and
+    how many runs."""
+    runs = {}
+    paths = glob.glob(os.path.join(d, "fleet-*-summary.tsv"))
+    paths += glob.glob(os.path.join(d, "again-*", "fleet-*-summary.tsv"))
+    for path in paths:
         kv = {}
         with open(path) as f:
             for line in f:
                 k, _, v = line.rstrip("\n").partition("\t")
                 kv[k] = v
         n = int(kv["mounts"])
-        rows[n] = tuple(
-            float(kv["steady_" + k]) for k in ("delivered", "refused", "spread", "worst_20s")
+        runs.setdefault(n, []).append(
+            tuple(float(kv["steady_" + k]) for k in ("delivered", "refused", "spread", "worst_20s"))
         )
-    return rows
+    return {
+        n: (tuple(sum(r[i] for r in rs) / len(rs) for i in range(4)), len(rs))
+        for n, rs in runs.items()
+    }
 
 
 def read_model(d):
@@ -51,10 +59,11 @@ def show(fmt, i, v):
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    real, model = read_real(sys.argv[1]), read_model(sys.argv[1])
+    real_runs, model = read_real(sys.argv[1]), read_model(sys.argv[1])
+    real = {n: figs for n, (figs, _) in real_runs.items()}
     print("| mounts | delivered real / model | 429s real / model | busiest/least real / model "
-          "| worst 20 s share real / model | within 10% |")
-    print("|---|---|---|---|---|---|")
+          "| worst 20 s share real / model | within 10% | real runs |")
+    print("|---|---|---|---|---|---|---|")
     for n in sorted(set(real) | set(model)):
         r, m = real.get(n), model.get(n)
         cells = []
@@ -72,6 +81,7 @@ def main():
             cells.append("yes" if close else "no")
         else:
             cells.append("-")
+        cells.append(str(real_runs[n][1]) if n in real_runs else "-")
         print(f"| {n} | " + " | ".join(cells) + " |")
 
     import matplotlib

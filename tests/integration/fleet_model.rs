@@ -587,6 +587,56 @@ mod tests {
         );
     }
 
+    /// Environment: `SEEDS` (8), `MOUNTS` (`4,8,16`). A mount joins a busy fleet at 60 s:
+    /// the fleet's figures over 60 s from 30 s after the join, and the joiner's share of the
+    /// fair one.
+    #[test]
+    #[ignore = "a sweep for tuning"]
+    fn joins() {
+        let seeds: u64 = crate::common::env_setting("SEEDS").unwrap_or(8);
+        let list: Vec<usize> = std::env::var("MOUNTS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
+            .unwrap_or_else(|| vec![4, 8, 16]);
+        for mounts in list {
+            let mut met = 0;
+            let mut line = String::new();
+            for seed in 0..seeds {
+                let mut sc = Scenario::fleet(mounts, STAGGER, seed);
+                sc.secs = 200;
+                sc.starts[mounts - 1] = Duration::from_secs(60);
+                let o = run(&sc);
+                let at = o.readers_at.as_secs() as usize;
+                let span: Vec<Vec<u64>> = o
+                    .seconds
+                    .iter()
+                    .map(|s| s[90 - at..150 - at].to_vec())
+                    .collect();
+                let (req, refused) = o.per_second[90..150]
+                    .iter()
+                    .fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
+                let f = figures(&span, req, refused, RateLimit::QRYPT);
+                let fair = span.iter().flatten().sum::<u64>() as f64 / mounts as f64;
+                let joiner = span[mounts - 1].iter().sum::<u64>() as f64 / fair;
+                met += u32::from(
+                    f.delivered >= 0.9
+                        && f.refused <= 0.05
+                        && f.spread <= 1.5
+                        && f.worst_20s >= 0.5,
+                );
+                line += &format!(
+                    " [{:.2} {:.1}% {:.2} {:.2} j{:.2}]",
+                    f.delivered,
+                    100.0 * f.refused,
+                    f.spread,
+                    f.worst_20s,
+                    joiner
+                );
+            }
+            eprintln!("{mounts:2}: met {met}/{seeds}{line}");
+        }
+    }
+
     /// Environment: `SEEDS` (12), `MOUNTS` (`4,8,16`). Each fleet's mean and worst steady
     /// figures over the seeds, and how many seeds meet all four goals: one seed says little
     /// at 16 mounts.
