@@ -9,6 +9,7 @@
 #            their mean beside the model) each with one endless reader, the emulator
 #            enforcing one 30/10 limit: delivered vs 30 x 512 KiB / 10 s, share of 429 answers,
 #            busiest vs least busy mount, least 20 s share, over 60 s after a 20 s start; the
+#            same from 30 s after the last of N joins the others (FLEET_JOINS, default "4 16"); the
 #            fleet model's figures for N up to 256 beside them; plot.
 #   tenants  one mount, the emulator enforcing 30/10: a small reader's 32-byte reads every 0.5 s
 #            beside an endless reader of another uid (median, p99, failures; vs one queue for
@@ -225,14 +226,40 @@ section_service() {
   done
 }
 
+# The value of key `$2` in the two-column TSV `$1`.
+tsv_value() { awk -F '\t' -v k="$2" '$1 == k { print $2 }' "$1"; }
+
+# Runs the fleet test `fleet::$1` (ignored, release) with FLEET_MOUNTS=$2 and FLEET_OUT=$3,
+# logging to `$4`, and prints the summary it wrote to `$5`.
+fleet_test() {
+  FLEET_MOUNTS=$2 FLEET_OUT=$3 run "$4" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
+    "fleet::$1" --exact --ignored --nocapture --test-threads 1 || echo "  (fleet::$1 with $2 mounts missed a goal)" >&2
+  [ -f "$5" ] || die "fleet::$1 wrote no summary (see $4)"
+  echo "  $(tsv_value "$5" summary)" >&2
+}
+
+# The fleet's four goals, from the figures `$2_*` of the fleet test's summary `$1`; `$3` names
+# the run.
+fleet_rows() {
+  row --section fleet --figure "$3: delivered" \
+    --value "$(echo "$(tsv_value "$1" "$2_delivered") * 1572864" | bc -l)" --unit B/s --baseline 1572864 \
+    --baseline-note "(30 x 512 KiB / 10 s)" --goal "ratio>=0.90"
+  row --section fleet --figure "  429 answers, % of $(tsv_value "$1" requests) requests" \
+    --value "$(echo "$(tsv_value "$1" "$2_refused") * 100" | bc -l)" --unit % --goal "value<=5"
+  row --section fleet --figure "  bytes of the busiest mount / the least busy" \
+    --value "$(tsv_value "$1" "$2_spread")" --unit x --goal "value<=1.5"
+  row --section fleet --figure "  least share of a mount over 20 s / its fair share" \
+    --value "$(tsv_value "$1" "$2_worst_20s")" --unit x --goal "value>=0.5"
+}
+
 section_fleet() {
   # shellcheck disable=SC2206 # FLEET_SIZES is a list of numbers, split on purpose
   # 16 mounts three times: one run's 429 share varies by about a point from run to run, as the
   # model's does from seed to seed, so the model (five seeds) is held against their mean.
-  local sizes=(${FLEET_SIZES:-2 4 8 16 16 16}) n dir=$out/fleet run_dir i=0 again
-  say "fleet: N mounts on one token (N = ${sizes[*]}), emulator enforcing 30/10, 20 s start + 60 s each (~$((${#sizes[@]} * 95)) s), and the model up to 256"
+  local sizes=(${FLEET_SIZES:-2 4 8 16 16 16}) n dir=$out/fleet run_dir i=0 again summary
+  say "fleet: N mounts on one token (N = ${sizes[*]}), emulator enforcing 30/10, 20 s start + 60 s each (~$((${#sizes[@]} * 95)) s), the last of N = ${FLEET_JOINS:-4 16} joining (~155 s each), and the model up to 256"
   mkdir -p "$dir"
-  rm -rf "$dir"/fleet-*-summary.tsv "$dir"/again-*
+  rm -rf "$dir"/fleet-*-summary.tsv "$dir"/join-*-summary.tsv "$dir"/again-*
   for n in "${sizes[@]}"; do
     i=$((i + 1)) run_dir=$dir again=""
     if [ -f "$dir/fleet-$n-summary.tsv" ]; then
@@ -240,28 +267,28 @@ section_fleet() {
       mkdir -p "$run_dir"
     fi
     # The test starts its own emulator and mounts and unmounts them when it ends.
-    FLEET_MOUNTS=$n FLEET_OUT=$run_dir run "$out/fleet-$n-$i.log" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
-      fleet::mounts_share_one_token --exact --ignored --nocapture --test-threads 1 || echo "  (the $n-mount fleet missed a goal)" >&2
-    [ -f "$run_dir/fleet-$n-summary.tsv" ] || die "the fleet test wrote no summary (see $out/fleet-$n-$i.log)"
-    val() { awk -F '\t' -v k="$1" '$1 == k { print $2 }' "$run_dir/fleet-$n-summary.tsv"; }
-    echo "  $(val summary)" >&2
-    row --section fleet --figure "$n mounts$again, one token, 60 s after a 20 s start: delivered" \
-      --value "$(echo "$(val steady_delivered) * 1572864" | bc -l)" --unit B/s --baseline 1572864 \
-      --baseline-note "(30 x 512 KiB / 10 s)" --goal "ratio>=0.90"
-    row --section fleet --figure "  429 answers, % of $(val requests) requests" \
-      --value "$(echo "$(val steady_refused) * 100" | bc -l)" --unit % --goal "value<=5"
-    row --section fleet --figure "  bytes of the busiest mount / the least busy" \
-      --value "$(val steady_spread)" --unit x --goal "value<=1.5"
-    row --section fleet --figure "  least share of a mount over 20 s / its fair share" \
-      --value "$(val steady_worst_20s)" --unit x --goal "value>=0.5"
+    summary=$run_dir/fleet-$n-summary.tsv
+    fleet_test mounts_share_one_token "$n" "$run_dir" "$out/fleet-$n-$i.log" "$summary"
+    fleet_rows "$summary" steady "$n mounts$again, one token, 60 s after a 20 s start"
     row --section fleet --figure "  whole 80 s, start included: 429 answers" \
-      --value "$(echo "$(val whole_refused) * 100" | bc -l)" --unit % --goal info
+      --value "$(echo "$(tsv_value "$summary" whole_refused) * 100" | bc -l)" --unit % --goal info
   done
   # A storm of 429s (3 / 10 s for 40 s) on a lone mount, and its way back to the whole limit.
   FLEET_OUT=$dir run "$out/fleet-storm.log" cargo test --release --quiet --locked --features fuse-tests --test integration -- \
     fleet::a_lone_mount_is_back_to_the_whole_limit_within_60_s_of_a_storm --exact --ignored --nocapture --test-threads 1 \
     || echo "  (the lone mount was not back within 60 s of the storm)" >&2
   grep -o 'back to 30 requests in 10 s from [^;]*' "$out/fleet-storm.log" | sed 's/^/  storm: /' >&2 || true
+  # N mounts, the last joining the others at 60 s (FLEET_JOINS), held to the fleet's goals from
+  # 30 s after the join.
+  # shellcheck disable=SC2206 # FLEET_JOINS is a list of numbers, split on purpose
+  local joins=(${FLEET_JOINS:-4 16})
+  for n in "${joins[@]}"; do
+    summary=$dir/join-$n-summary.tsv
+    fleet_test a_mount_joins_a_busy_fleet "$n" "$dir" "$out/fleet-join-$n.log" "$summary"
+    fleet_rows "$summary" joined "$n mounts, the last joining at 60 s; 60 s from 30 s after"
+    row --section fleet --figure "  the joiner's bytes / the fleet's mean" \
+      --value "$(tsv_value "$summary" joiner_share)" --unit x --goal info
+  done
   # The model on a virtual clock, for the same N and for 64 and 256 mounts.
   FLEET_OUT=$dir run "$out/fleet-model.log" cargo test --release --quiet --locked --test integration -- \
     fleet_model::tests::table --exact --ignored --nocapture --test-threads 1 || die "the fleet model failed (see $out/fleet-model.log)"

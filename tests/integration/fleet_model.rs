@@ -533,6 +533,30 @@ mod tests {
         }
     }
 
+    /// A mount joins one alone at the whole limit, which refills each slot of the window as it
+    /// frees: the joiner is let in and served (it used to cut itself at each 429 until it sent
+    /// one request per 200 windows, and got nothing in four seeds of eight).
+    #[test]
+    fn a_mount_joining_a_lone_mount_at_the_whole_limit_is_served() {
+        for seed in 0..4 {
+            let mut sc = Scenario::fleet(2, STAGGER, seed);
+            sc.secs = 200;
+            sc.starts[1] = Duration::from_secs(60);
+            let o = run(&sc);
+            let at = o.readers_at.as_secs() as usize;
+            let bytes: Vec<u64> = o
+                .seconds
+                .iter()
+                .map(|s| s[90 - at..150 - at].iter().sum())
+                .collect();
+            let joiner = bytes[1] as f64 / (bytes.iter().sum::<u64>() as f64 / 2.0);
+            assert!(
+                joiner >= 0.3,
+                "seed {seed}: the joiner's bytes / the mean {joiner}"
+            );
+        }
+    }
+
     /// Environment: `N` mounts (4), `SEED` (0), `SECS` of reading (the table's), the last
     /// mount starting at `JOIN` s, the first stopping at `LEAVE` s, `PER_SECOND` to print
     /// requests and 429s each second.

@@ -42,6 +42,11 @@
 //!     bunch's 429s meet many mounts at once and their retries, all at the same
 //!     `Retry-After`, bunch again (64 mounts in the model: 17 % of requests answered 429
 //!     with the retry, 11 % without);
+//!   - *never let in*, none of our requests ever accepted: the service counted none of them,
+//!     so what fills its window is others' (a mount alone at the whole limit refills each
+//!     slot as it frees, and a joiner that cut itself at each 429 vanished). No cut, no
+//!     growth; the request goes again when the window's oldest leaves (or later: the
+//!     backoff of repeated 429s);
 //!   - *refused again*, none of our requests sent since the last cut accepted: no chance,
 //!     the token is over its limit (a fleet larger than a request per window each, whose
 //!     start measured nothing); the cut deepens with each such 429 in a row (`BETA`
@@ -338,6 +343,14 @@ impl AdaptiveRate {
         };
         // Others are there after all: what we grew to while alone was never our share.
         let left_alone = was_alone && self.phase == Phase::Shared;
+        if !was_start && self.last_accepted.is_none() {
+            // Nothing of ours was ever accepted: the service counted none of our requests, so
+            // what fills its window is others'. No cut: the request goes again when the
+            // window's oldest leaves.
+            self.decreased_at = Some(now);
+            self.retries = Some(0);
+            return Reaction::Retry { changed: false };
+        }
         // Refused again, and none of our requests sent since the last cut accepted: the token
         // is over its limit, not unlucky; this cut is kept.
         let refused_again = !was_start
@@ -443,6 +456,9 @@ impl AdaptiveRate {
     /// Returns whether the allowance changed.
     pub fn on_held_back(&mut self, now: Instant) -> bool {
         if self.rate >= self.ceiling {
+            return false;
+        }
+        if self.phase != Phase::Start && self.last_accepted.is_none() {
             return false;
         }
         let Some(changed_at) = self.changed_at else {
@@ -579,11 +595,45 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_never_let_in_is_not_cut_and_goes_again_when_the_oldest_leaves() {
+        let mut r = rate();
+        let t0 = Instant::now() + Duration::from_secs(100);
+        // A joiner whose first request met a window filled long before (a mount alone at the
+        // whole limit refills each slot as it frees).
+        r.on_start(t0);
+        r.on_rate_limited(t0, Some(S * 2), &[], t0);
+        let share = r.rate();
+        for i in 1..5 {
+            let t = t0 + S * 10 * i;
+            r.on_start(t);
+            let reaction = r.on_rate_limited(t, Some(S), &[], t);
+            assert_eq!(reaction, Reaction::Retry { changed: false });
+            assert_eq!(r.rate(), share, "no cut");
+            assert!(!r.on_held_back(t + SPAN), "no growth before it got in");
+        }
+        // In at last: a refusal with nothing accepted since a cut is over the limit again.
+        let t = t0 + S * 60;
+        r.on_accepted(t);
+        r.on_start(t + S);
+        r.on_rate_limited(t + S, Some(S), &[t], t + S);
+        let cut = r.rate();
+        assert!(cut < share, "{cut}");
+        r.on_start(t + S * 11);
+        assert!(
+            r.on_rate_limited(t + S * 11, Some(S), &[], t + S * 11)
+                .changed()
+        );
+        assert!(r.rate() < cut);
+    }
+
+    #[test]
     fn below_one_request_per_window_a_429_is_a_cut_and_no_retry() {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
         // The start's 429, then one more with nothing accepted between: the token is over
         // its limit, and the share falls below one request per window.
+        r.on_start(t0 - S);
+        r.on_accepted(t0 - S);
         r.on_start(t0);
         r.on_rate_limited(t0, Some(S * 2), &[], t0);
         r.on_start(t0 + S * 10);
@@ -640,11 +690,16 @@ mod tests {
         let share = START_TRIM * 2.0 - START_LESS;
         assert!((r.rate() - share).abs() < 1e-9, "{}", r.rate());
         assert!(!r.joining);
-        // The window's oldest leaves in 2 s: a token in use; it probes for its share.
+        // The window's oldest leaves in 2 s: a token in use; once in, it probes for its share.
         let mut r = rate();
         r.on_start(t0);
         r.on_rate_limited(t0, Some(S * 2), &[], t0 + Duration::from_millis(5));
         assert!(r.joining);
+        assert!(
+            !r.on_held_back(t0 + Duration::from_millis(5) + SPAN),
+            "not before it got in"
+        );
+        r.on_accepted(t0 + S * 2);
         let got = r.rate();
         assert!(r.on_held_back(t0 + Duration::from_millis(5) + SPAN));
         assert!((r.rate() - got * QUIET_GROWTH).abs() < 1e-9, "{}", r.rate());
@@ -685,6 +740,7 @@ mod tests {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
         r.on_start(t0 - Duration::from_millis(1010));
+        r.on_accepted(t0 - Duration::from_millis(1010));
         r.on_rate_limited(t0, Some(S), &[t0 - S], t0);
         let share = 2.5 * START_TRIM - START_LESS;
         assert!((r.rate() - share).abs() < 1e-9, "{}", r.rate());
@@ -755,11 +811,12 @@ mod tests {
             "BETA of 15 at most: {}",
             r.rate()
         );
-        // A joiner: its first request refused by a window filled long before.
+        // A joiner: its first request refused by a window filled long before; then one in.
         let mut r = rate();
         r.on_start(t0);
         r.on_rate_limited(t0, Some(S * 2), &[], t0);
         assert!(r.joining);
+        r.on_accepted(t0 + S * 2);
         let mut t = t0;
         for _ in 0..4 {
             t += SPAN;
@@ -788,6 +845,7 @@ mod tests {
         let mut r = rate();
         let t0 = Instant::now() + Duration::from_secs(100);
         r.on_start(t0 - Duration::from_millis(9090));
+        r.on_accepted(t0 - Duration::from_millis(9090));
         r.on_rate_limited(t0, Some(S), &[], t0);
         let start = r.rate();
         // Refused again, nothing accepted in between: over the limit, not unlucky.
@@ -821,6 +879,7 @@ mod tests {
         // Alone under 3 / 10 s: our oldest of three leaves the window in 4 s, and the
         // service says 4.
         let mine = [t0 - S * 6, t0 - S * 3, t0 - S];
+        r.on_accepted(t0 - S);
         r.on_rate_limited(t0, Some(S * 4), &mine, t0);
         assert_eq!(r.phase, Phase::Shared, "the start's 429 is no evidence");
         let t1 = t0 + S * 11;
