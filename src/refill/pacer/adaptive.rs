@@ -459,6 +459,7 @@ impl AdaptiveRate {
             return false;
         }
         if self.phase != Phase::Start && self.last_accepted.is_none() {
+            // Never let in: no level the token bore to grow from.
             return false;
         }
         let Some(changed_at) = self.changed_at else {
