@@ -611,6 +611,20 @@ mod tests {
         );
     }
 
+    /// The fleets of `MOUNTS` (comma-separated; `4,8,16`), for the sweeps.
+    fn mounts_setting() -> Vec<usize> {
+        std::env::var("MOUNTS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
+            .unwrap_or_else(|| vec![4, 8, 16])
+    }
+
+    /// All four goals of a fleet: delivered >= 0.90, 429s <= 5 %, busiest/least <= 1.5, and
+    /// no mount below half its fair share over 20 s.
+    fn meets_the_goals(f: &Figures) -> bool {
+        f.delivered >= 0.9 && f.refused <= 0.05 && f.spread <= 1.5 && f.worst_20s >= 0.5
+    }
+
     /// Environment: `SEEDS` (8), `MOUNTS` (`4,8,16`). A mount joins a busy fleet at 60 s:
     /// the fleet's figures over 60 s from 30 s after the join, and the joiner's share of the
     /// fair one.
@@ -618,11 +632,7 @@ mod tests {
     #[ignore = "a sweep for tuning"]
     fn joins() {
         let seeds: u64 = crate::common::env_setting("SEEDS").unwrap_or(8);
-        let list: Vec<usize> = std::env::var("MOUNTS")
-            .ok()
-            .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
-            .unwrap_or_else(|| vec![4, 8, 16]);
-        for mounts in list {
+        for mounts in mounts_setting() {
             let mut met = 0;
             let mut line = String::new();
             for seed in 0..seeds {
@@ -642,12 +652,7 @@ mod tests {
                 let f = figures(&span, req, refused, RateLimit::QRYPT);
                 let fair = span.iter().flatten().sum::<u64>() as f64 / mounts as f64;
                 let joiner = span[mounts - 1].iter().sum::<u64>() as f64 / fair;
-                met += u32::from(
-                    f.delivered >= 0.9
-                        && f.refused <= 0.05
-                        && f.spread <= 1.5
-                        && f.worst_20s >= 0.5,
-                );
+                met += u32::from(meets_the_goals(&f));
                 line += &format!(
                     " [{:.2} {:.1}% {:.2} {:.2} j{:.2}]",
                     f.delivered,
@@ -668,23 +673,14 @@ mod tests {
     #[ignore = "a sweep for tuning"]
     fn sweep() {
         let seeds: u64 = crate::common::env_setting("SEEDS").unwrap_or(12);
-        let list: Vec<usize> = std::env::var("MOUNTS")
-            .ok()
-            .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
-            .unwrap_or_else(|| vec![4, 8, 16]);
-        for mounts in list {
+        for mounts in mounts_setting() {
             let mut met = 0;
             let mut all = Vec::new();
             for seed in 0..seeds {
                 let mut sc = Scenario::fleet(mounts, STAGGER, seed);
                 sc.secs = WARMUP + 60;
                 let f = steady_figures(&run(&sc));
-                met += u32::from(
-                    f.delivered >= 0.9
-                        && f.refused <= 0.05
-                        && f.spread <= 1.5
-                        && f.worst_20s >= 0.5,
-                );
+                met += u32::from(meets_the_goals(&f));
                 all.push(f);
             }
             let mean = |g: fn(&Figures) -> f64| all.iter().map(g).sum::<f64>() / all.len() as f64;
